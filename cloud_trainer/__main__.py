@@ -1,0 +1,3 @@
+from cloud_trainer.cli import main
+
+raise SystemExit(main())

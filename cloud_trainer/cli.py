@@ -1,0 +1,55 @@
+"""``cloud-trainer``: the trainer-side command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from importlib.metadata import version
+
+from shared_schema.mqtt import BrokerConfig
+
+
+def _demo(args: argparse.Namespace) -> int:
+    print("demo: not yet available (needs the edge runtime, model update and trainer issues)")
+    return 0
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from cloud_trainer.monitor import monitor
+
+    config = BrokerConfig(
+        host=args.host, port=args.port, protocol=args.protocol, prefix=args.prefix
+    )
+    monitor(config, lambda line: print(line, flush=True), count=args.count, timeout_s=args.timeout)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cloud-trainer",
+        description="Cloud trainer: teacher labelling, Adaptive Model Streaming, evaluation.",
+    )
+    parser.add_argument("--version", action="version", version=version("amstream"))
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser("demo", help="local demo: embedded broker, trainer, one edge runtime")
+    demo.set_defaults(func=_demo)
+
+    mon = sub.add_parser("monitor", help="print every protocol message under a prefix as JSON")
+    mon.add_argument("--host", default="127.0.0.1")
+    mon.add_argument("--port", type=int, default=1883)
+    mon.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
+    mon.add_argument("--prefix", default="ams")
+    mon.add_argument("--count", type=int, help="exit after this many messages")
+    mon.add_argument("--timeout", type=float, help="exit after this many seconds")
+    mon.set_defaults(func=_monitor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return args.func(args)

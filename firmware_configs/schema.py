@@ -1,0 +1,217 @@
+"""The device profile: everything a device class needs to run the edge runtime, in one TOML file.
+
+Paths may use ``${VAR}`` (environment variables; ``AMS_SHARED_DIR`` defaults to the shared data
+directory beside the project) and ``~``; relative paths resolve against the profile's directory.
+Files are not required to exist when a profile is validated: a profile describes a device, and
+the runtime checks the files it opens.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shared_schema.messages import ModelFormat
+from shared_schema.mqtt import BrokerConfig
+from shared_schema.topics import validate_device_id
+
+SHARED_DIR_ENV = "AMS_SHARED_DIR"
+PROFILE_DIR = Path(__file__).resolve().parent
+_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be used; the message names the file and the offending field."""
+
+
+def find_shared_dir() -> Path | None:
+    """The shared data directory: ``$AMS_SHARED_DIR``, else ``../shared`` beside the project."""
+    if os.environ.get(SHARED_DIR_ENV):
+        return Path(os.environ[SHARED_DIR_ENV]).expanduser().resolve()
+    for root in (PROFILE_DIR.parent, Path.cwd()):
+        candidate = root.parent / "shared"
+        if (candidate / "SPEC.md").is_file():
+            return candidate.resolve()
+    return None
+
+
+class Backend(StrEnum):
+    LITERT = "litert"  # LiteRT on the CPU, XNNPACK
+    EDGETPU = "edgetpu"  # LiteRT + libedgetpu delegate (Coral)
+    GPU = "gpu"  # LiteRT + GPU delegate
+    NNAPI = "nnapi"  # LiteRT + NNAPI delegate (Android)
+    ONNXRUNTIME = "onnxruntime"  # ONNX Runtime (Jetson: TensorRT / CUDA providers)
+
+
+_DELEGATE_BACKENDS = {Backend.EDGETPU, Backend.GPU, Backend.NNAPI}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceSection(_Section):
+    id: str
+    device_class: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+    @model_validator(mode="after")
+    def _valid_id(self) -> DeviceSection:
+        validate_device_id(self.id)
+        return self
+
+
+class DelegateSection(_Section):
+    library: str = Field(min_length=1)  # e.g. libedgetpu.so.1, or a path to the GPU delegate
+    options: dict[str, str] = Field(default_factory=dict)  # e.g. {device = "usb:0"}
+
+
+class InferenceSection(_Section):
+    backend: Backend
+    threads: int = Field(2, ge=1, le=64)
+    xnnpack: bool = True
+    input_size: tuple[Annotated[int, Field(ge=1, le=8192)], Annotated[int, Field(ge=1, le=8192)]]
+    delegate: DelegateSection | None = None
+    onnx_providers: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> InferenceSection:
+        if self.backend in _DELEGATE_BACKENDS and self.delegate is None:
+            raise ValueError(f"backend {self.backend.value!r} needs [inference.delegate]")
+        if self.backend not in _DELEGATE_BACKENDS and self.delegate is not None:
+            raise ValueError(f"backend {self.backend.value!r} takes no delegate")
+        if (self.backend == Backend.ONNXRUNTIME) != bool(self.onnx_providers):
+            raise ValueError("onnx_providers is required for, and only for, backend 'onnxruntime'")
+        return self
+
+
+class ModelSection(_Section):
+    initial: Path  # the model the device starts from before any update
+    format: ModelFormat = ModelFormat.TFLITE
+    labels: Path | None = None
+    slot_dir: Path  # slots A and B and the active-slot record live here
+    public_key: Path | None = None  # Ed25519 key that update signatures must verify against
+
+
+class SamplingSection(_Section):
+    min_fps: float = Field(0.1, gt=0.0, le=240.0)
+    max_fps: float = Field(1.0, gt=0.0, le=240.0)
+    initial_fps: float = Field(1.0, gt=0.0, le=240.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SamplingSection:
+        if not self.min_fps <= self.initial_fps <= self.max_fps:
+            raise ValueError("need min_fps <= initial_fps <= max_fps")
+        return self
+
+
+class BufferSection(_Section):
+    t_update_s: float = Field(10.0, gt=0.0, le=3600.0)
+    bitrate_kbps: float = Field(200.0, ge=10.0, le=100_000.0)
+    upload_width: int | None = Field(None, ge=16, le=8192)
+    upload_height: int | None = Field(None, ge=16, le=8192)
+    max_frames: int = Field(600, ge=1, le=4096)  # per segment: bounds encoder memory
+    max_segment_bytes: int = Field(8 * 2**20, ge=2**16)
+    spool_dir: Path
+    spool_max_bytes: int = Field(256 * 2**20, ge=2**20)
+    spool_max_segments: int = Field(1000, ge=1)
+
+
+class TelemetrySection(_Section):
+    interval_s: float = Field(10.0, gt=0.0, le=3600.0)
+    results_rate_hz: float = Field(0.0, ge=0.0, le=30.0)  # 0: no MQTT results summary
+
+
+class Profile(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    description: str = ""
+    device: DeviceSection
+    inference: InferenceSection
+    model: ModelSection
+    mqtt: BrokerConfig
+    sampling: SamplingSection = SamplingSection()
+    buffer: BufferSection
+    telemetry: TelemetrySection = TelemetrySection()
+
+    @model_validator(mode="after")
+    def _model_fits_backend(self) -> Profile:
+        onnx = self.model.format == ModelFormat.ONNX
+        if onnx != (self.inference.backend == Backend.ONNXRUNTIME):
+            raise ValueError("model.format 'onnx' goes with backend 'onnxruntime' only")
+        if (self.model.format == ModelFormat.EDGETPU_TFLITE) != (
+            self.inference.backend == Backend.EDGETPU
+        ):
+            raise ValueError("model.format 'edgetpu-tflite' goes with backend 'edgetpu' only")
+        return self
+
+
+def load_profile(path_or_name: str | Path) -> Profile:
+    """Load a profile from a file, or by name from the bundled ``firmware_configs``."""
+    path = Path(path_or_name)
+    if not path.suffix and not path.exists():
+        path = PROFILE_DIR / f"{path_or_name}.toml"
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read profile: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_profile(raw, base_dir=path.resolve().parent, source=str(path))
+
+
+def parse_profile(raw: dict[str, Any], *, base_dir: Path, source: str = "profile") -> Profile:
+    try:
+        expanded = _expand_paths(raw, base_dir, ())
+        return Profile.model_validate(expanded)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ProfileError(f"{source}: {field}: {err['msg']}{more}") from exc
+    except ValueError as exc:  # path expansion, device id checks outside pydantic
+        raise ProfileError(f"{source}: {exc}") from exc
+
+
+# Keys whose values are paths, wherever they appear in the profile.
+_PATH_KEYS = {
+    "initial",
+    "labels",
+    "slot_dir",
+    "public_key",
+    "spool_dir",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "password_file",
+}
+
+
+def _expand_paths(node: Any, base_dir: Path, where: tuple[str, ...]) -> Any:
+    if isinstance(node, dict):
+        return {k: _expand_paths(v, base_dir, (*where, k)) for k, v in node.items()}
+    if where and where[-1] in _PATH_KEYS and isinstance(node, str):
+        return str(expand_path(node, base_dir, ".".join(where)))
+    return node
+
+
+def expand_path(value: str, base_dir: Path, field: str = "path") -> Path:
+    def var(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name == SHARED_DIR_ENV and not os.environ.get(name):
+            shared = find_shared_dir()
+            if shared is None:
+                raise ValueError(
+                    f"{field}: ${{{name}}} is unset and no shared data directory was found"
+                )
+            return str(shared)
+        if name not in os.environ:
+            raise ValueError(f"{field}: environment variable ${{{name}}} is not set")
+        return os.environ[name]
+
+    path = Path(_VAR_RE.sub(var, value)).expanduser()
+    return path if path.is_absolute() else (base_dir / path).resolve()

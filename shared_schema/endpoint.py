@@ -1,0 +1,281 @@
+"""Typed protocol endpoints over one MQTT link: how both sides send and receive messages.
+
+An endpoint numbers what it sends (sequence numbers unique within a random ``boot`` id), chunks
+envelopes larger than the broker allows, and on receipt: parses the topic, decodes and validates
+the envelope, checks that it came from the device the topic names and that its type belongs on
+that topic, reassembles chunks, drops QoS 1 duplicates, and hands the message to the handler
+registered for its type. Every rejection is logged (throttled) and counted as
+``rejected.<reason>``; nothing a peer sends can raise out of the receive path.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import threading
+from collections.abc import Callable
+
+from shared_schema.chunking import Reassembler, split
+from shared_schema.counters import Counters, DuplicateFilter, RejectionLog
+from shared_schema.envelope import DEFAULT_LIMITS, Envelope, Limits, decode, encode
+from shared_schema.errors import ProtocolError, Reason
+from shared_schema.messages import AnyMessage, MessageType, Status
+from shared_schema.mqtt import BrokerConfig, Inbound, MqttLink, Outbound, PublishHandle
+from shared_schema.topics import (
+    DELIVERY,
+    Direction,
+    Topic,
+    device_subscriptions,
+    parse_topic,
+    topic_for,
+    trainer_subscriptions,
+    validate_device_id,
+)
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[Envelope, Topic], None]
+
+
+class Endpoint:
+    """Shared machinery; use DeviceEndpoint or TrainerEndpoint."""
+
+    #: the directions this side accepts messages from
+    _accepts: frozenset[Direction | None] = frozenset()
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        *,
+        sender_id: str,
+        client_id: str,
+        limits: Limits = DEFAULT_LIMITS,
+        counters: Counters | None = None,
+    ) -> None:
+        self.config = config
+        self.prefix = config.prefix
+        self.sender_id = validate_device_id(sender_id)
+        self.boot = secrets.token_hex(8)
+        self.limits = limits
+        self.counters = counters or Counters()
+        self._rejections = RejectionLog(self.counters, log)
+        self._seq = itertools.count()
+        self._seq_lock = threading.Lock()
+        self._handlers: dict[MessageType, MessageHandler] = {}
+        self._dedupe = DuplicateFilter()
+        self._reassembler = Reassembler(limits=limits)
+        self._connect_hooks: list[Callable[[], None]] = []
+        self.link = MqttLink(
+            config,
+            client_id=client_id,
+            will=self._will(),
+            on_connect=self._on_connect,
+            counters=self.counters,
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for topic_filter in self._subscriptions():
+            self.link.subscribe(topic_filter, 1, self._receive)
+        self.link.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.link.stop(timeout=timeout)
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        return self.link.wait_connected(timeout)
+
+    def on(self, msg_type: MessageType, handler: MessageHandler) -> None:
+        """Register the handler for one message type (runs on the dispatcher thread)."""
+        self._handlers[msg_type] = handler
+
+    def on_connect(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` after every (re)connect, e.g. to announce the device again."""
+        self._connect_hooks.append(hook)
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def next_seq(self) -> int:
+        with self._seq_lock:
+            return next(self._seq)
+
+    def encode(self, msg: AnyMessage, body: bytes = b"") -> bytes:
+        """One envelope from this sender (exposed so a device can spool it before sending)."""
+        return encode(
+            msg,
+            device_id=self.sender_id,
+            seq=self.next_seq(),
+            boot=self.boot,
+            body=body,
+            limits=self.limits,
+        )
+
+    def publish_encoded(
+        self, device_id: str, msg_type: MessageType, encoded: bytes, direction: Direction | None
+    ) -> PublishHandle:
+        """Publish an already encoded envelope, chunked if the broker needs it."""
+        delivery = DELIVERY[msg_type]
+        topic = topic_for(self.prefix, device_id, msg_type, direction)
+        payloads = split(
+            encoded,
+            self.config.max_message_bytes,
+            inner_type=msg_type,
+            device_id=self.sender_id,
+            boot=self.boot,
+            next_seq=self.next_seq,
+        )
+        if len(payloads) > 1 and delivery.retain:
+            raise ValueError(f"retained {msg_type.value} messages cannot be chunked")
+        self.counters.inc("bytes_out", sum(len(p) for p in payloads))
+        return self.link.publish_many(
+            [Outbound(topic, p, delivery.qos, delivery.retain, delivery.expiry_s) for p in payloads]
+        )
+
+    def _send(
+        self, device_id: str, direction: Direction | None, msg: AnyMessage, body: bytes
+    ) -> PublishHandle:
+        msg_type = MessageType(msg.type)
+        return self.publish_encoded(device_id, msg_type, self.encode(msg, body), direction)
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def _subscriptions(self) -> list[str]:
+        raise NotImplementedError
+
+    def _will(self) -> Outbound | None:
+        """The last will, framed before connecting (needs ``boot`` and ``_seq``)."""
+        return None
+
+    def _on_connect(self, session_present: bool) -> None:
+        for hook in self._connect_hooks:
+            hook()
+
+    def _receive(self, inbound: Inbound) -> None:
+        self.counters.inc("bytes_in", len(inbound.payload))
+        try:
+            envelope, topic = self._validate(inbound)
+            if envelope is None:
+                return
+        except ProtocolError as exc:
+            self._rejections.reject(exc.reason.value, f"{inbound.topic}: {exc.detail}")
+            return
+        handler = self._handlers.get(envelope.type)
+        if handler is None:
+            self.counters.inc(f"unhandled.{envelope.type.value}")
+            return
+        self.counters.inc(f"received.{envelope.type.value}")
+        handler(envelope, topic)
+
+    def _validate(self, inbound: Inbound) -> tuple[Envelope | None, Topic]:
+        topic = parse_topic(self.prefix, inbound.topic)
+        if topic.direction not in self._accepts:
+            raise ProtocolError(Reason.BAD_TOPIC, "not a topic this side receives")
+        envelope = self._check_sender(decode(inbound.payload, self.limits), topic)
+        if envelope.type == MessageType.CHUNK:
+            if envelope.msg.inner_type != topic.type:
+                raise ProtocolError(Reason.WRONG_TYPE, "chunk of another message type")
+            if self._dedupe.seen(envelope.key):
+                self.counters.inc("duplicates")
+                return None, topic
+            whole = self._reassembler.add(envelope)
+            if whole is None:
+                return None, topic
+            envelope = self._check_sender(decode(whole, self.limits), topic)
+        if envelope.type != topic.type:
+            raise ProtocolError(
+                Reason.WRONG_TYPE, f"{envelope.type.value} message on a {topic.type.value} topic"
+            )
+        if DELIVERY[envelope.type].dedupe and self._dedupe.seen(envelope.key):
+            self.counters.inc("duplicates")
+            return None, topic
+        return envelope, topic
+
+    def _check_sender(self, envelope: Envelope, topic: Topic) -> Envelope:
+        """Uplink and status must come from the device the topic names; downlink from anyone
+        the broker's ACL lets publish there (the trainer)."""
+        if topic.direction != Direction.DOWN and envelope.device_id != topic.device_id:
+            raise ProtocolError(
+                Reason.WRONG_DEVICE,
+                f"sent by {envelope.device_id!r} on {topic.device_id!r}'s topic",
+            )
+        return envelope
+
+
+class DeviceEndpoint(Endpoint):
+    """A device: sends up, receives its own down/#, announces online/offline on ``status``."""
+
+    _accepts = frozenset({Direction.DOWN})
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        device_id: str,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        counters: Counters | None = None,
+    ) -> None:
+        self.device_id = validate_device_id(device_id)
+        super().__init__(
+            config,
+            sender_id=device_id,
+            client_id=config.client_id or device_id,
+            limits=limits,
+            counters=counters,
+        )
+
+    def _status(self, state: str) -> Outbound:
+        status = DELIVERY[MessageType.STATUS]
+        return Outbound(
+            topic_for(self.prefix, self.device_id, MessageType.STATUS),
+            self.encode(Status(state=state)),
+            status.qos,
+            status.retain,
+        )
+
+    def _will(self) -> Outbound:
+        # Never de-duplicated (DELIVERY), so the same will can announce every disconnect.
+        return self._status("offline")
+
+    def send(self, msg: AnyMessage, body: bytes = b"") -> PublishHandle:
+        return self._send(self.device_id, Direction.UP, msg, body)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Say 'offline' explicitly: a clean disconnect does not fire the will."""
+        self.link.stop(final=self._status("offline"), timeout=timeout)
+
+    def _subscriptions(self) -> list[str]:
+        return device_subscriptions(self.prefix, self.device_id)
+
+    def _on_connect(self, session_present: bool) -> None:
+        self.link.publish(self._status("online"))
+        super()._on_connect(session_present)
+
+
+class TrainerEndpoint(Endpoint):
+    """The trainer: receives every device's uplink and status, sends down to any device."""
+
+    _accepts = frozenset({Direction.UP, None})
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        *,
+        trainer_id: str = "trainer",
+        limits: Limits = DEFAULT_LIMITS,
+        counters: Counters | None = None,
+    ) -> None:
+        super().__init__(
+            config,
+            sender_id=trainer_id,
+            client_id=config.client_id or trainer_id,
+            limits=limits,
+            counters=counters,
+        )
+
+    def send(self, device_id: str, msg: AnyMessage, body: bytes = b"") -> PublishHandle:
+        return self._send(device_id, Direction.DOWN, msg, body)
+
+    def _subscriptions(self) -> list[str]:
+        return trainer_subscriptions(self.prefix)

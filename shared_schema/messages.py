@@ -1,0 +1,239 @@
+"""Message types of the wire protocol (SPEC §4).
+
+Each message is a strict pydantic model whose fields travel in the envelope's JSON header; the
+large payloads (H.264 segments, model files, update bodies) travel as the envelope's binary body.
+Models are frozen, reject unknown fields, NaN/inf and type coercion, so a message that decodes
+is a message that is valid.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from itertools import pairwise
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+SCHEMA_VERSION = 1
+
+MAX_FRAMES_PER_SEGMENT = 4096
+MAX_COUNTERS = 128
+MAX_CLASSES = 256
+MAX_MQTT_PAYLOAD = 268_435_455  # the MQTT remaining-length limit
+
+
+class MessageType(StrEnum):
+    HELLO = "hello"
+    SEGMENT = "segment"
+    TELEMETRY = "telemetry"
+    RESULTS = "results"
+    ACK = "ack"
+    MODEL = "model"
+    UPDATE = "update"
+    CONTROL = "control"
+    STATUS = "status"
+    CHUNK = "chunk"
+
+
+class UpdateFormat(StrEnum):
+    QDELTA = "qdelta"  # changed quantized weight values, zstd (the default)
+    AMS_FP16 = "ams-fp16"  # float16 selected parameters + gzip'd bit-mask (seed 002 §3.1.2)
+    ZPATCH = "zpatch"  # zstd with the previous model as raw-content dictionary (opaque files)
+
+
+class ModelFormat(StrEnum):
+    TFLITE = "tflite"
+    EDGETPU_TFLITE = "edgetpu-tflite"
+    ONNX = "onnx"
+
+
+class AckReason(StrEnum):
+    BASE_MISMATCH = "base_mismatch"  # update's base is not the device's version
+    MISSING_UPDATE = "missing_update"  # a gap in the version sequence
+    BAD_HASH = "bad_hash"  # the patched model does not hash to result_sha256
+    BAD_SIGNATURE = "bad_signature"
+    BAD_PAYLOAD = "bad_payload"  # body could not be parsed
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    INVALID_MODEL = "invalid_model"  # fails to load or its warm-up output is invalid
+    DECODE_ERROR = "decode_error"  # a segment the trainer could not decode
+    INTERNAL_ERROR = "internal_error"
+
+
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,63}$")]
+Text = Annotated[str, StringConstraints(max_length=1024)]
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Ed25519SigHex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{128}$")]
+Version = Annotated[int, Field(ge=0, le=2**53)]
+Count = Annotated[int, Field(ge=0, le=2**63)]
+NonNeg = Annotated[float, Field(ge=0.0)]
+Pixels = Annotated[int, Field(ge=1, le=16384)]
+Fps = Annotated[float, Field(gt=0.0, le=240.0)]
+
+
+class Message(BaseModel):
+    """Base of every message: strict, frozen, no extra fields, finite floats only."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class Hello(Message):
+    """Device → trainer on every connect: who it is and which model it runs."""
+
+    type: Literal["hello"] = "hello"
+    profile: Name
+    device_class: Name
+    runtime_version: Annotated[str, StringConstraints(max_length=64)]
+    backend: Name
+    backends: tuple[Name, ...] = Field(default=(), max_length=16)
+    input_size: tuple[Pixels, Pixels]  # (height, width) of the model input
+    model_version: Version | None = None
+    model_sha256: Sha256Hex | None = None
+    update_formats: tuple[UpdateFormat, ...] = (UpdateFormat.QDELTA,)
+    max_message_bytes: Annotated[int, Field(ge=4096, le=MAX_MQTT_PAYLOAD)] = MAX_MQTT_PAYLOAD
+
+
+class Segment(Message):
+    """Device → trainer: one H.264 segment (the body) of the frames sampled in one T_update."""
+
+    type: Literal["segment"] = "segment"
+    codec: Literal["h264"] = "h264"
+    width: Pixels
+    height: Pixels
+    timestamps: tuple[NonNeg, ...] = Field(min_length=1, max_length=MAX_FRAMES_PER_SEGMENT)
+    sampling_rate_fps: Fps
+    bitrate_kbps: Annotated[float, Field(gt=0.0, le=1_000_000.0)]
+    model_version: Version | None = None
+
+    @model_validator(mode="after")
+    def _timestamps_in_order(self) -> Segment:
+        ts = self.timestamps
+        if any(b < a for a, b in pairwise(ts)):
+            raise ValueError("timestamps must be non-decreasing")
+        return self
+
+
+class Telemetry(Message):
+    """Device → trainer every N seconds."""
+
+    type: Literal["telemetry"] = "telemetry"
+    uptime_s: NonNeg
+    fps: NonNeg
+    latency_p50_ms: NonNeg
+    latency_p95_ms: NonNeg
+    frames: Count
+    frames_sampled: Count
+    swaps: Count
+    bytes_up: Count
+    bytes_down: Count
+    spool_depth: Count
+    model_version: Version | None = None
+    counters: dict[Name, Count] = Field(default_factory=dict, max_length=MAX_COUNTERS)
+
+
+class Results(Message):
+    """Device → subscribers: a compact summary of recent label maps (class pixel fractions)."""
+
+    type: Literal["results"] = "results"
+    frame_ts: NonNeg
+    frames: Count
+    model_version: Version | None = None
+    class_fractions: tuple[Annotated[float, Field(ge=0.0, le=1.0)], ...] = Field(
+        max_length=MAX_CLASSES
+    )
+
+
+class Ack(Message):
+    """Either direction: the fate of one model, update, control or segment message."""
+
+    type: Literal["ack"] = "ack"
+    ref_type: Literal["model", "update", "control", "segment"]
+    ref_seq: Count
+    ok: bool
+    reason: AckReason | None = None
+    detail: Text = ""
+    model_version: Version | None = None  # the sender's active model after handling it
+    model_sha256: Sha256Hex | None = None
+    resync_from: Version | None = None  # set when the device asks for a resync from this version
+
+    @model_validator(mode="after")
+    def _reason_iff_rejected(self) -> Ack:
+        if self.ok == (self.reason is not None):
+            raise ValueError("a rejection needs a reason and an acceptance must not have one")
+        return self
+
+
+class Model(Message):
+    """Trainer → device: a full model file (the body); its hash is the body's sha256."""
+
+    type: Literal["model"] = "model"
+    version: Version
+    format: ModelFormat = ModelFormat.TFLITE
+    name: Annotated[str, StringConstraints(max_length=128)] = ""
+    signature: Ed25519SigHex | None = None
+
+
+class Update(Message):
+    """Trainer → device: a delta (the body) from base_version to new_version."""
+
+    type: Literal["update"] = "update"
+    base_version: Version
+    new_version: Version
+    result_sha256: Sha256Hex  # sha256 of the full model file the update produces
+    format: UpdateFormat = UpdateFormat.QDELTA
+    signature: Ed25519SigHex | None = None
+
+    @model_validator(mode="after")
+    def _moves_forward(self) -> Update:
+        if self.new_version <= self.base_version:
+            raise ValueError("new_version must be greater than base_version")
+        return self
+
+
+class EncoderKnobs(Message):
+    bitrate_kbps: Annotated[float, Field(ge=10.0, le=1_000_000.0)] = 200.0
+    width: Pixels | None = None  # upload resolution; None keeps the source's
+    height: Pixels | None = None
+    qp: Annotated[int, Field(ge=0, le=51)] | None = None  # constant QP instead of a bitrate
+
+
+class Control(Message):
+    """Trainer → device, retained: the rates and knobs the device must run at now."""
+
+    type: Literal["control"] = "control"
+    sampling_rate_fps: Fps
+    t_update_s: Annotated[float, Field(gt=0.0, le=86_400.0)]
+    encoder: EncoderKnobs = EncoderKnobs()
+    rollback_to: Version | None = None
+
+
+class Status(Message):
+    """Device online/offline (retained; 'offline' is the MQTT last will)."""
+
+    type: Literal["status"] = "status"
+    state: Literal["online", "offline"]
+
+
+class Chunk(Message):
+    """One slice of an encoded envelope too large for the broker (see chunking.py)."""
+
+    type: Literal["chunk"] = "chunk"
+    inner_type: MessageType
+    msg_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{1,40}$")]
+    index: Annotated[int, Field(ge=0)]
+    count: Annotated[int, Field(ge=2, le=65536)]
+    total_len: Annotated[int, Field(ge=1, le=MAX_MQTT_PAYLOAD * 64)]
+    total_sha256: Sha256Hex
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Chunk:
+        if self.index >= self.count:
+            raise ValueError("index must be below count")
+        if self.inner_type == MessageType.CHUNK:
+            raise ValueError("chunks do not nest")
+        return self
+
+
+AnyMessage = Annotated[
+    Hello | Segment | Telemetry | Results | Ack | Model | Update | Control | Status | Chunk,
+    Field(discriminator="type"),
+]

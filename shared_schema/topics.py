@@ -1,0 +1,165 @@
+"""Topic tree and delivery policy (SPEC §4): the only place topic strings are built or parsed.
+
+    <prefix>/<device_id>/up/{hello,segment,telemetry,results,ack}
+    <prefix>/<device_id>/down/{model,update,control,ack}
+    <prefix>/<device_id>/status                                   (retained, last will)
+
+Chunks of a large message travel on the topic of the message they belong to.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from shared_schema.errors import ProtocolError, Reason
+from shared_schema.messages import MessageType
+
+MAX_DEVICE_ID_LEN = 64
+MAX_PREFIX_LEN = 128
+_DEVICE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_PREFIX_LEVEL_RE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class Direction(StrEnum):
+    UP = "up"  # device → trainer
+    DOWN = "down"  # trainer → device
+
+
+# Which direction each message type may travel; None: directly under the device (status).
+ROUTES: dict[MessageType, frozenset[Direction | None]] = {
+    MessageType.HELLO: frozenset({Direction.UP}),
+    MessageType.SEGMENT: frozenset({Direction.UP}),
+    MessageType.TELEMETRY: frozenset({Direction.UP}),
+    MessageType.RESULTS: frozenset({Direction.UP}),
+    MessageType.ACK: frozenset({Direction.UP, Direction.DOWN}),
+    MessageType.MODEL: frozenset({Direction.DOWN}),
+    MessageType.UPDATE: frozenset({Direction.DOWN}),
+    MessageType.CONTROL: frozenset({Direction.DOWN}),
+    MessageType.STATUS: frozenset({None}),
+}
+
+
+@dataclass(frozen=True)
+class Delivery:
+    qos: int
+    retain: bool = False
+    expiry_s: int | None = None  # MQTT 5 message expiry; ignored over 3.1.1
+    dedupe: bool = True  # receivers drop QoS 1 duplicates by (device, boot, seq)
+
+
+# QoS 1 where loss matters (SPEC §4); retained where the latest value is the state.
+# Status is never de-duplicated: the same last-will envelope is published on every disconnect.
+DELIVERY: dict[MessageType, Delivery] = {
+    MessageType.HELLO: Delivery(qos=1),
+    MessageType.SEGMENT: Delivery(qos=1),
+    MessageType.TELEMETRY: Delivery(qos=0, expiry_s=120),
+    MessageType.RESULTS: Delivery(qos=0, expiry_s=30),
+    MessageType.ACK: Delivery(qos=1),
+    MessageType.MODEL: Delivery(qos=1),
+    MessageType.UPDATE: Delivery(qos=1),
+    MessageType.CONTROL: Delivery(qos=1, retain=True),
+    MessageType.STATUS: Delivery(qos=1, retain=True, dedupe=False),
+}
+
+
+@dataclass(frozen=True)
+class Topic:
+    prefix: str
+    device_id: str
+    type: MessageType
+    direction: Direction | None
+
+    def __str__(self) -> str:
+        if self.direction is None:
+            return f"{self.prefix}/{self.device_id}/{self.type.value}"
+        return f"{self.prefix}/{self.device_id}/{self.direction.value}/{self.type.value}"
+
+
+def validate_device_id(device_id: str) -> str:
+    """A device id is one topic level: no wildcards, no '/', no leading '$', bounded length."""
+    if not isinstance(device_id, str) or not _DEVICE_ID_RE.fullmatch(device_id):
+        raise ProtocolError(
+            Reason.BAD_TOPIC,
+            f"invalid device id {device_id!r}: 1-{MAX_DEVICE_ID_LEN} characters of "
+            "letters, digits, '_', '.', '-', starting with a letter or digit",
+        )
+    return device_id
+
+
+def validate_prefix(prefix: str) -> str:
+    levels = prefix.split("/") if isinstance(prefix, str) else []
+    if (
+        not levels
+        or len(prefix) > MAX_PREFIX_LEN
+        or not all(_PREFIX_LEVEL_RE.fullmatch(level) for level in levels)
+    ):
+        raise ProtocolError(
+            Reason.BAD_TOPIC,
+            f"invalid topic prefix {prefix!r}: '/'-separated levels of letters, digits, "
+            f"'_', '.', '-', at most {MAX_PREFIX_LEN} characters",
+        )
+    return prefix
+
+
+def _direction_for(msg_type: MessageType, direction: Direction | None) -> Direction | None:
+    allowed = ROUTES.get(msg_type)
+    if allowed is None:
+        raise ProtocolError(Reason.WRONG_TYPE, f"{msg_type.value} has no topic of its own")
+    if direction is None and len(allowed) == 1:
+        (direction,) = allowed
+    if direction not in allowed:
+        raise ProtocolError(
+            Reason.WRONG_TYPE, f"{msg_type.value} does not travel {direction or 'unrouted'}"
+        )
+    return direction
+
+
+def topic_for(
+    prefix: str, device_id: str, msg_type: MessageType, direction: Direction | None = None
+) -> str:
+    """The topic a message of this type for this device travels on."""
+    return str(
+        Topic(
+            validate_prefix(prefix),
+            validate_device_id(device_id),
+            msg_type,
+            _direction_for(msg_type, direction),
+        )
+    )
+
+
+def parse_topic(prefix: str, topic: str) -> Topic:
+    """Inverse of ``topic_for``; raises ProtocolError(BAD_TOPIC) for anything else."""
+    head = prefix + "/"
+    if not topic.startswith(head):
+        raise ProtocolError(Reason.BAD_TOPIC, f"{topic!r} is not under prefix {prefix!r}")
+    parts = topic[len(head) :].split("/")
+    try:
+        if len(parts) == 2:
+            device_id, name = parts
+            direction = None
+        elif len(parts) == 3:
+            device_id, raw_direction, name = parts
+            direction = Direction(raw_direction)
+        else:
+            raise ValueError("wrong number of levels")
+        msg_type = MessageType(name)
+    except ValueError as exc:
+        raise ProtocolError(Reason.BAD_TOPIC, f"unknown topic {topic!r}") from exc
+    validate_device_id(device_id)
+    if direction not in ROUTES.get(msg_type, frozenset()):
+        raise ProtocolError(Reason.BAD_TOPIC, f"unknown topic {topic!r}")
+    return Topic(prefix, device_id, msg_type, direction)
+
+
+def device_subscriptions(prefix: str, device_id: str) -> list[str]:
+    """What a device subscribes to: everything sent down to it."""
+    return [f"{validate_prefix(prefix)}/{validate_device_id(device_id)}/down/#"]
+
+
+def trainer_subscriptions(prefix: str) -> list[str]:
+    """What the trainer subscribes to: every device's uplink and status."""
+    validate_prefix(prefix)
+    return [f"{prefix}/+/up/#", f"{prefix}/+/status"]

@@ -1,0 +1,87 @@
+import json
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from cloud_trainer.cli import main as trainer_main
+from edge_runtime.cli import main as edge_main
+from shared_schema.endpoint import DeviceEndpoint
+from shared_schema.mqtt import MqttLink, Outbound
+from tests.samples import UPLINK
+
+
+def _subcommands(help_text: str) -> set[str]:
+    lines = help_text.split("positional arguments:")[1].split("options:")[0].splitlines()
+    return {line.split()[0] for line in lines if line.startswith("    ") and line.split()}
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [("edge-runtime", {"check-profile"}), ("cloud-trainer", {"demo", "monitor"})],
+)
+def test_console_scripts_list_their_subcommands(script, expected):
+    exe = subprocess.run(
+        [sys.executable, "-c", "import sysconfig;print(sysconfig.get_path('scripts'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    out = subprocess.run([f"{exe}/{script}", "--help"], capture_output=True, text=True, check=True)
+    assert _subcommands(out.stdout) == expected
+
+
+def test_check_profile_prints_the_resolved_profile(capsys, shared_dir):
+    assert edge_main(["check-profile", "cpu", "--files"]) == 0
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["model"]["initial"].startswith(str(shared_dir))
+
+
+def test_check_profile_reports_missing_files(capsys):
+    assert edge_main(["check-profile", "coral-devboard", "--files"]) == 1
+    assert "missing file: model.initial" in capsys.readouterr().err
+
+
+def test_check_profile_names_the_bad_field(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[device]\nid = "a"\ndevice_class = "cpu"\n')
+    assert edge_main(["check-profile", str(bad)]) == 2
+    assert "name: Field required" in capsys.readouterr().err
+
+
+@pytest.mark.broker
+def test_monitor_prints_decoded_traffic_and_rejections(broker, capsys):
+    result = {}
+    thread = threading.Thread(
+        target=lambda: result.setdefault(
+            "rc",
+            trainer_main(
+                ["monitor", "--port", str(broker.port), "--count", "3", "--timeout", "20"]
+            ),
+        )
+    )
+    thread.start()
+    # The monitor connects in the background: keep publishing until it has seen three.
+    device = DeviceEndpoint(broker.client_config(), "cam-1")
+    device.start()
+    assert device.wait_connected(10)
+    raw = MqttLink(broker.client_config(), client_id="raw")
+    raw.start()
+    assert raw.wait_connected(10)
+    hello, _ = UPLINK[0]
+    deadline = 40
+    while thread.is_alive() and deadline:
+        device.send(hello).wait(5)
+        raw.publish(Outbound("ams/cam-1/up/segment", b"\x00" * 64, qos=1)).wait(5)
+        thread.join(0.5)
+        deadline -= 1
+    raw.stop()
+    device.stop()
+    assert result.get("rc") == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(records) == 3
+    kinds = {r.get("msg", {}).get("type") or r.get("rejected") for r in records}
+    assert kinds <= {"status", "hello", "bad_magic"} and len(kinds) >= 2
+    decoded = [r for r in records if r.get("msg", {}).get("type") == "hello"]
+    assert all(r["device_id"] == "cam-1" and r["msg"]["profile"] == "cpu" for r in decoded)

@@ -1,0 +1,379 @@
+"""The protocol over a real mosquitto broker: delivery, redelivery, last will, restarts, TLS."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from shared_schema.endpoint import DeviceEndpoint, TrainerEndpoint
+from shared_schema.envelope import Limits, encode
+from shared_schema.messages import (
+    Control,
+    Hello,
+    MessageType,
+    Model,
+    Segment,
+    Status,
+    Telemetry,
+)
+from shared_schema.mqtt import MqttLink, Outbound, TlsConfig
+from tests.broker import Mosquitto
+from tests.mqtt_helpers import Inbox, start_peer, wait_until
+from tests.samples import DOWNLINK, UPLINK
+
+pytestmark = pytest.mark.broker
+PROTOCOLS = ["5", "3.1.1"]
+
+
+def _segment(i: int) -> Segment:
+    return Segment(
+        width=64, height=64, timestamps=(float(i),), sampling_rate_fps=1.0, bitrate_kbps=200.0
+    )
+
+
+def _telemetry(i: int) -> Telemetry:
+    return Telemetry(
+        uptime_s=float(i),
+        fps=30.0,
+        latency_p50_ms=1.0,
+        latency_p95_ms=2.0,
+        frames=i,
+        frames_sampled=0,
+        swaps=0,
+        bytes_up=0,
+        bytes_down=0,
+        spool_depth=0,
+    )
+
+
+@pytest.fixture
+def stop_later():
+    endpoints = []
+    yield endpoints.append
+    for endpoint in reversed(endpoints):
+        endpoint.stop(timeout=2.0)
+
+
+def _started(endpoint, stop_later):
+    stop_later(endpoint)
+    endpoint.start()
+    assert endpoint.wait_connected(10), "endpoint did not connect"
+    return endpoint
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_every_message_type_crosses_the_broker(broker, protocol, stop_later):
+    cfg = broker.client_config(protocol=protocol)
+    trainer = TrainerEndpoint(cfg)
+    device = DeviceEndpoint(cfg, "cam-1")
+    to_trainer, to_device = Inbox(trainer), Inbox(device)
+    _started(trainer, stop_later)
+    _started(device, stop_later)
+
+    env, topic = to_trainer.of_type(MessageType.STATUS)
+    assert env.msg == Status(state="online") and topic.device_id == "cam-1"
+
+    for msg, body in UPLINK:
+        assert device.send(msg, body).wait(5)
+        env, topic = to_trainer.get()
+        assert (env.msg, env.body, topic.device_id) == (msg, body, "cam-1")
+        assert topic.type == MessageType(msg.type)
+
+    for msg, body in DOWNLINK:
+        assert trainer.send("cam-1", msg, body).wait(5)
+        env, topic = to_device.get()
+        assert (env.msg, env.body, env.device_id) == (msg, body, "trainer")
+
+    device.stop()
+    env, _ = to_trainer.of_type(MessageType.STATUS)
+    assert env.msg == Status(state="offline")
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_qos1_messages_wait_for_a_disconnected_subscriber(broker, protocol, stop_later):
+    trainer_cfg = broker.client_config(protocol=protocol, client_id="trainer-a")
+    first = TrainerEndpoint(trainer_cfg)
+    first.start()
+    assert first.wait_connected(10)
+    first.stop()
+
+    device = _started(DeviceEndpoint(broker.client_config(protocol=protocol), "cam-1"), stop_later)
+    for i in range(5):
+        assert device.send(_segment(i)).wait(5)
+
+    again = TrainerEndpoint(trainer_cfg)
+    inbox = Inbox(again, [MessageType.SEGMENT])
+    _started(again, stop_later)
+    got = [inbox.get()[0].msg.timestamps[0] for _ in range(5)]
+    assert got == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_unacknowledged_message_is_redelivered_after_a_crash(broker, protocol, stop_later):
+    peer = start_peer("stuck-trainer", str(broker.port), "trainer-b", protocol)
+    try:
+        device = _started(
+            DeviceEndpoint(broker.client_config(protocol=protocol), "cam-1"), stop_later
+        )
+        assert device.send(_segment(42)).wait(5)
+        assert peer.stdout.readline().startswith("got ")  # handled, never acknowledged
+    finally:
+        peer.send_signal(signal.SIGKILL)
+        peer.wait()
+
+    again = TrainerEndpoint(broker.client_config(protocol=protocol, client_id="trainer-b"))
+    inbox = Inbox(again, [MessageType.SEGMENT])
+    _started(again, stop_later)
+    env, _ = inbox.get()
+    assert env.msg.timestamps == (42.0,)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_last_will_announces_a_killed_device(broker, protocol, stop_later):
+    trainer = TrainerEndpoint(broker.client_config(protocol=protocol))
+    inbox = Inbox(trainer, [MessageType.STATUS])
+    _started(trainer, stop_later)
+
+    peer = start_peer("device", str(broker.port), "cam-9", protocol)
+    env, topic = inbox.get()
+    assert (env.msg.state, topic.device_id) == ("online", "cam-9")
+    peer.send_signal(signal.SIGKILL)
+    peer.wait()
+    env, topic = inbox.get()
+    assert (env.msg.state, topic.device_id) == ("offline", "cam-9")
+
+    # Retained: a trainer that starts later learns the device is offline.
+    late = TrainerEndpoint(
+        broker.client_config(protocol=protocol, client_id="late", persistent_session=False)
+    )
+    late_inbox = Inbox(late, [MessageType.STATUS])
+    _started(late, stop_later)
+    env, _ = late_inbox.get()
+    assert env.msg.state == "offline"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_both_sides_recover_from_a_broker_restart(broker, protocol, stop_later):
+    trainer = TrainerEndpoint(broker.client_config(protocol=protocol))
+    device = DeviceEndpoint(broker.client_config(protocol=protocol), "cam-1")
+    to_trainer = Inbox(trainer, [MessageType.SEGMENT])
+    to_device = Inbox(device, [MessageType.CONTROL])
+    _started(trainer, stop_later)
+    _started(device, stop_later)
+    assert device.send(_segment(1)).wait(5)
+    assert to_trainer.get()[0].msg.timestamps == (1.0,)
+
+    broker.stop()
+    wait_until(
+        lambda: not device.link.connected and not trainer.link.connected,
+        what="both clients to notice the broker is gone",
+    )
+    during = device.send(_segment(2))  # queued while the broker is down
+    assert during.accepted
+    broker.start()
+
+    assert device.wait_connected(15) and trainer.wait_connected(15)
+    assert during.wait(10)
+    assert to_trainer.get()[0].msg.timestamps == (2.0,)
+    control = Control(sampling_rate_fps=0.5, t_update_s=10.0)
+    assert trainer.send("cam-1", control).wait(5)
+    assert to_device.get()[0].msg == control
+    assert device.counters.get("mqtt.connects") == 2
+    assert trainer.counters.get("mqtt.connects") == 2
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_slow_consumer_never_blocks_the_network_loop(broker, protocol, stop_later):
+    cfg = broker.client_config(protocol=protocol, inbound_queue_messages=4, keepalive_s=5)
+    trainer = TrainerEndpoint(cfg)
+    handled: list[float] = []
+
+    def slow(env, topic):
+        time.sleep(0.25)
+        handled.append(env.msg.timestamps[0])
+
+    trainer.on(MessageType.SEGMENT, slow)
+    _started(trainer, stop_later)
+    device = _started(DeviceEndpoint(broker.client_config(protocol=protocol), "cam-1"), stop_later)
+    for i in range(12):
+        device.send(_segment(i))
+    wait_until(lambda: len(handled) >= 1, what="the first segment")
+    # The dispatcher is busy for seconds; the network loop still completes a QoS 1 publish.
+    started = time.monotonic()
+    assert trainer.send("cam-1", Control(sampling_rate_fps=1.0, t_update_s=10.0)).wait(1.0)
+    assert time.monotonic() - started < 1.0
+    for i in range(50):
+        device.send(_telemetry(i))  # QoS 0 beyond the queue bound is dropped, and counted
+    wait_until(lambda: len(handled) == 12, timeout=20, what="all segments")
+    assert handled == [float(i) for i in range(12)]
+    assert trainer.counters.get("mqtt.dropped_queue_full") > 0
+    assert trainer.counters.get("mqtt.disconnects") == 0
+
+
+def test_malformed_payloads_are_rejected_and_counted(broker, stop_later):
+    trainer = TrainerEndpoint(
+        broker.client_config(), limits=Limits(body_bytes={MessageType.SEGMENT: 1000})
+    )
+    inbox = Inbox(trainer, [MessageType.SEGMENT, MessageType.HELLO])
+    _started(trainer, stop_later)
+    raw = MqttLink(broker.client_config(), client_id="raw")
+    raw.start()
+    assert raw.wait_connected(10)
+
+    seqs = iter(range(1000))
+
+    def frame(msg, device_id="cam-1", body=b""):
+        return encode(msg, device_id=device_id, seq=next(seqs), boot="0" * 16, body=body)
+
+    good = frame(_segment(7), body=b"h264")
+    attacks = {
+        "bad_magic": ("ams/cam-1/up/segment", b"\x00" * 64),
+        "truncated": ("ams/cam-1/up/segment", good[:-2]),
+        "oversize": ("ams/cam-1/up/segment", frame(_segment(1), body=bytes(5000))),
+        "wrong_device": ("ams/cam-1/up/segment", frame(_segment(1), device_id="cam-2")),
+        "wrong_type": (
+            "ams/cam-1/up/segment",
+            frame(Control(sampling_rate_fps=1.0, t_update_s=1.0)),
+        ),
+        "bad_topic": ("ams/cam-1/up/bogus", good),
+        "bad_header": ("ams/cam-1/up/segment", good[:8] + b"[" + good[9:]),
+    }
+    for topic, payload in attacks.values():
+        assert raw.publish(Outbound(topic, payload, qos=1)).wait(5)
+    assert raw.publish(Outbound("ams/cam-1/up/segment", good, qos=1)).wait(5)
+    env, _ = inbox.get()
+    assert env.msg.timestamps == (7.0,) and env.body == b"h264"
+    for reason in attacks:
+        assert trainer.counters.get(f"rejected.{reason}") == 1, reason
+    # A QoS 1 duplicate of an accepted message is dropped silently.
+    assert raw.publish(Outbound("ams/cam-1/up/segment", good, qos=1)).wait(5)
+    hello = frame(
+        Hello(
+            profile="cpu", device_class="cpu", runtime_version="0", backend="x", input_size=(8, 8)
+        )
+    )
+    assert raw.publish(Outbound("ams/cam-1/up/hello", hello, qos=1)).wait(5)
+    assert inbox.get()[0].type == MessageType.HELLO
+    assert trainer.counters.get("duplicates") == 1
+    assert trainer.link.connected
+    raw.stop()
+
+
+@pytest.fixture
+def capped_broker(tmp_path):
+    server = Mosquitto(tmp_path / "capped", extra_conf="max_packet_size 65536")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_large_model_is_chunked_through_a_capped_broker(capped_broker, protocol, stop_later):
+    cfg = capped_broker.client_config(protocol=protocol, max_message_bytes=60_000)
+    trainer = _started(TrainerEndpoint(cfg), stop_later)
+    device = DeviceEndpoint(cfg, "cam-1")
+    inbox = Inbox(device, [MessageType.MODEL])
+    _started(device, stop_later)
+    body = bytes(range(256)) * 4096  # 1 MiB
+    assert trainer.send("cam-1", Model(version=1), body).wait(20)
+    env, _ = inbox.get(timeout=20)
+    assert env.body == body and env.msg.version == 1
+    assert device.counters.get("received.model") == 1
+
+
+def _tls_material(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "amstream test CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    paths[0].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+@pytest.fixture
+def tls_broker(tmp_path):
+    ca, cert, key = _tls_material(tmp_path)
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "cam-1", "s3cret"], check=True)
+    server = Mosquitto(
+        tmp_path / "tls",
+        listener_conf=f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+        f"allow_anonymous false\npassword_file {passwd}",
+    )
+    server.start()
+    yield server, ca
+    server.stop()
+
+
+def test_tls_with_username_and_password(tls_broker, tmp_path, stop_later):
+    server, ca = tls_broker
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    cfg = server.client_config(tls=TlsConfig(ca_file=ca), username="cam-1", password_file=secret)
+    trainer = TrainerEndpoint(
+        server.client_config(
+            tls=TlsConfig(ca_file=ca), username="cam-1", password="s3cret", client_id="trainer"
+        )
+    )
+    inbox = Inbox(trainer, [MessageType.HELLO])
+    _started(trainer, stop_later)
+    device = _started(DeviceEndpoint(cfg, "cam-1"), stop_later)
+    hello, _ = UPLINK[0]
+    assert device.send(hello).wait(5)
+    assert inbox.get()[0].msg == hello
+
+    intruder = DeviceEndpoint(
+        server.client_config(tls=TlsConfig(ca_file=ca), username="cam-1", password="wrong"), "cam-2"
+    )
+    intruder.start()
+    assert not intruder.wait_connected(2)
+    assert intruder.counters.get("mqtt.connect_refused") >= 1
+    intruder.link.stop()
+
+    with pytest.raises(ValueError, match=r"tls\.ca_file"):
+        DeviceEndpoint(server.client_config(tls=TlsConfig(ca_file=tmp_path / "nope.pem")), "x")

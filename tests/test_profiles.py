@@ -1,0 +1,92 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from firmware_configs import BUNDLED_PROFILES, PROFILE_DIR, Backend, ProfileError, load_profile
+from firmware_configs.schema import parse_profile
+
+
+@pytest.mark.parametrize("name", BUNDLED_PROFILES)
+def test_every_bundled_profile_is_valid(name, shared_dir):
+    profile = load_profile(name)
+    assert profile.name == name
+    assert profile.device.device_class == name
+    assert profile.model.initial.is_absolute()
+    assert profile.buffer.spool_dir.is_absolute()
+    assert profile.sampling.min_fps <= profile.sampling.initial_fps <= profile.sampling.max_fps
+
+
+def test_profiles_cover_every_backend():
+    backends = {load_profile(n).inference.backend for n in BUNDLED_PROFILES}
+    assert backends == set(Backend) - {Backend.GPU}
+
+
+def test_cpu_profile_points_at_the_real_student(shared_dir):
+    profile = load_profile("cpu")
+    assert (
+        profile.model.initial == shared_dir / "models/coral/deeplabv3_mnv2_dm05_pascal_quant.tflite"
+    )
+    assert profile.model.initial.is_file()
+
+
+def _raw(name: str = "cpu") -> dict:
+    return tomllib.loads((PROFILE_DIR / f"{name}.toml").read_text())
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda r: r["mqtt"].__setitem__("port", 70000), "mqtt.port"),
+        (lambda r: r["mqtt"].__setitem__("protocol", "4"), "mqtt.protocol"),
+        (lambda r: r["mqtt"].__setitem__("prefix", "a/+/b"), "mqtt.prefix"),
+        (lambda r: r["mqtt"].__setitem__("hots", "x"), "mqtt.hots"),
+        (lambda r: r["inference"].__setitem__("backend", "tpu9000"), "inference.backend"),
+        (lambda r: r["inference"].__setitem__("threads", 0), "inference.threads"),
+        (lambda r: r["inference"].__setitem__("input_size", [513]), "inference.input_size"),
+        (lambda r: r["sampling"].__setitem__("max_fps", -1), "sampling.max_fps"),
+        (lambda r: r["sampling"].__setitem__("min_fps", 1.5), "sampling"),
+        (lambda r: r["buffer"].__setitem__("bitrate_kbps", "fast"), "buffer.bitrate_kbps"),
+        (lambda r: r["buffer"].pop("spool_dir"), "buffer.spool_dir"),
+        (lambda r: r["device"].__setitem__("id", "cam/1"), "device"),
+        (lambda r: r["model"].__setitem__("format", "onnx"), "model.format"),
+        (lambda r: r["inference"].__setitem__("backend", "edgetpu"), "inference"),
+        (
+            lambda r: r["model"].__setitem__("initial", "${AMS_NO_SUCH_VAR}/m.tflite"),
+            "model.initial",
+        ),
+    ],
+)
+def test_bad_profile_error_names_the_field(mutate, field):
+    raw = _raw()
+    mutate(raw)
+    with pytest.raises(ProfileError) as err:
+        parse_profile(raw, base_dir=PROFILE_DIR, source="cpu.toml")
+    message = str(err.value)
+    assert message.startswith("cpu.toml: ")
+    assert field in message, message
+
+
+def test_relative_paths_resolve_against_the_profile(tmp_path):
+    raw = _raw()
+    raw["model"]["initial"] = "models/student.tflite"
+    profile = parse_profile(raw, base_dir=tmp_path)
+    assert profile.model.initial == tmp_path / "models/student.tflite"
+
+
+def test_unreadable_and_malformed_files(tmp_path):
+    with pytest.raises(ProfileError, match="cannot read"):
+        load_profile(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = \n")
+    with pytest.raises(ProfileError, match="not valid TOML"):
+        load_profile(bad)
+
+
+def test_password_file_and_tls_are_typed(tmp_path: Path):
+    raw = _raw("coral-devboard")
+    profile = parse_profile(raw, base_dir=tmp_path)
+    assert profile.mqtt.tls is not None and profile.mqtt.tls.cert_file is not None
+    raw["mqtt"]["tls"].pop("key_file")
+    with pytest.raises(ProfileError, match=r"mqtt\.tls"):
+        parse_profile(raw, base_dir=tmp_path)
