@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
-from importlib.metadata import version
 
+from edge_runtime.cli import command_parser, run_command
 from shared_schema.mqtt import BrokerConfig
 
 
@@ -25,14 +24,9 @@ def _monitor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cloud-trainer",
-        description="Cloud trainer: teacher labelling, Adaptive Model Streaming, evaluation.",
+    parser, sub = command_parser(
+        "cloud-trainer", "Cloud trainer: teacher labelling, Adaptive Model Streaming, evaluation."
     )
-    parser.add_argument("--version", action="version", version=version("amstream"))
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
     demo = sub.add_parser("demo", help="local demo: embedded broker, trainer, one edge runtime")
     demo.set_defaults(func=_demo)
 
@@ -48,8 +42,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    return args.func(args)
+    return run_command(build_parser(), argv)

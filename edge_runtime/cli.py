@@ -8,6 +8,7 @@ import logging
 import sys
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 from firmware_configs import BUNDLED_PROFILES, ProfileError, load_profile
 
@@ -36,16 +37,27 @@ def _check_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="edge-runtime",
-        description="Edge runtime: per-frame inference, sampling, H.264 uplink over MQTT, "
-        "model hot swap.",
-    )
+def command_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser, Any]:
+    """A parser with the options every command of the project shares, and its subcommands."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--version", action="version", version=version("amstream"))
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    return parser, parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return args.func(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser, sub = command_parser(
+        "edge-runtime",
+        "Edge runtime: per-frame inference, sampling, H.264 uplink over MQTT, model hot swap.",
+    )
     check = sub.add_parser(
         "check-profile",
         help="validate a device profile and print it resolved",
@@ -64,8 +76,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    return args.func(args)
+    return run_command(build_parser(), argv)
