@@ -142,6 +142,10 @@ class _Outcome:
     def wait(self, timeout: float | None) -> bool:
         return self._done.wait(timeout) and self.ok
 
+    @property
+    def settled(self) -> bool:
+        return self._done.is_set()
+
 
 class PublishHandle:
     """The fate of one logical publish (one or more MQTT messages, e.g. chunks)."""
@@ -152,6 +156,11 @@ class PublishHandle:
     @classmethod
     def combine(cls, handles: list[PublishHandle]) -> PublishHandle:
         return cls([o for h in handles for o in h._outcomes])
+
+    @property
+    def settled(self) -> bool:
+        """True once every part has its final answer (delivered, or rejected by the broker)."""
+        return all(o.settled for o in self._outcomes)
 
     @property
     def accepted(self) -> bool:
