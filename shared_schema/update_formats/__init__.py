@@ -1,0 +1,29 @@
+"""Model update formats (SPEC §5), the same code on the trainer and on the device.
+
+``apply_update(format, base, body)`` is the one way a device (or the trainer's mirror) turns its
+current model file plus an update body into the next model file:
+
+- ``qdelta``: the quantized values that changed, per tensor (the default);
+- ``ams-fp16``: the AMS baseline, float16 values of the selected parameters + gzip'd bit-mask;
+- ``zpatch``: zstd with the previous file as a raw-content dictionary, for opaque files.
+
+Every malformed body raises ``UpdateFormatError``; the caller checks the result's sha256.
+"""
+
+from shared_schema.messages import UpdateFormat
+from shared_schema.update_formats import ams_fp16, qdelta, zpatch
+from shared_schema.update_formats.errors import UpdateFormatError
+
+_APPLY = {
+    UpdateFormat.QDELTA: qdelta.apply,
+    UpdateFormat.AMS_FP16: ams_fp16.apply,
+    UpdateFormat.ZPATCH: zpatch.apply,
+}
+
+
+def apply_update(fmt: UpdateFormat, base: bytes, body: bytes) -> bytes:
+    """The model file that ``body`` (in format ``fmt``) makes of ``base``."""
+    return _APPLY[UpdateFormat(fmt)](base, body)
+
+
+__all__ = ["UpdateFormatError", "ams_fp16", "apply_update", "qdelta", "zpatch"]
