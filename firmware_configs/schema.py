@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
+from edge_runtime.backends import Backend, InferenceConfig
 from shared_schema.messages import ModelFormat
 from shared_schema.mqtt import BrokerConfig
 from shared_schema.topics import validate_device_id
@@ -41,17 +42,6 @@ def find_shared_dir() -> Path | None:
     return None
 
 
-class Backend(StrEnum):
-    LITERT = "litert"  # LiteRT on the CPU, XNNPACK
-    EDGETPU = "edgetpu"  # LiteRT + libedgetpu delegate (Coral)
-    GPU = "gpu"  # LiteRT + GPU delegate
-    NNAPI = "nnapi"  # LiteRT + NNAPI delegate (Android)
-    ONNXRUNTIME = "onnxruntime"  # ONNX Runtime (Jetson: TensorRT / CUDA providers)
-
-
-_DELEGATE_BACKENDS = {Backend.EDGETPU, Backend.GPU, Backend.NNAPI}
-
-
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -63,30 +53,6 @@ class DeviceSection(_Section):
     @model_validator(mode="after")
     def _valid_id(self) -> DeviceSection:
         validate_device_id(self.id)
-        return self
-
-
-class DelegateSection(_Section):
-    library: str = Field(min_length=1)  # e.g. libedgetpu.so.1, or a path to the GPU delegate
-    options: dict[str, str] = Field(default_factory=dict)  # e.g. {device = "usb:0"}
-
-
-class InferenceSection(_Section):
-    backend: Backend
-    threads: int = Field(2, ge=1, le=64)
-    xnnpack: bool = True
-    input_size: tuple[Annotated[int, Field(ge=1, le=8192)], Annotated[int, Field(ge=1, le=8192)]]
-    delegate: DelegateSection | None = None
-    onnx_providers: tuple[str, ...] = ()
-
-    @model_validator(mode="after")
-    def _backend_settings(self) -> InferenceSection:
-        if self.backend in _DELEGATE_BACKENDS and self.delegate is None:
-            raise ValueError(f"backend {self.backend.value!r} needs [inference.delegate]")
-        if self.backend not in _DELEGATE_BACKENDS and self.delegate is not None:
-            raise ValueError(f"backend {self.backend.value!r} takes no delegate")
-        if (self.backend == Backend.ONNXRUNTIME) != bool(self.onnx_providers):
-            raise ValueError("onnx_providers is required for, and only for, backend 'onnxruntime'")
         return self
 
 
@@ -131,7 +97,7 @@ class Profile(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     description: str = ""
     device: DeviceSection
-    inference: InferenceSection
+    inference: InferenceConfig  # the table's `backend` picks the back-end's config class
     model: ModelSection
     mqtt: BrokerConfig
     sampling: SamplingSection = SamplingSection()
@@ -170,11 +136,26 @@ def parse_profile(raw: dict[str, Any], *, base_dir: Path, source: str = "profile
         return Profile.model_validate(expanded)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        field = _field_name(err)
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise ProfileError(f"{source}: {field}: {err['msg']}{more}") from exc
     except ValueError as exc:  # path expansion, device id checks outside pydantic
         raise ProfileError(f"{source}: {exc}") from exc
+
+
+def _field_name(error: ErrorDetails) -> str:
+    """The field in error as a profile's author names it.
+
+    The back-end's tag is not part of the path (``inference.threads``, where pydantic says
+    ``inference.litert.threads``), and a bad or missing tag is an error of its own field
+    (``inference.backend``, where pydantic says ``inference``).
+    """
+    loc = [str(part) for part in error["loc"]]
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        loc.append(error["ctx"]["discriminator"].strip("'"))
+    elif loc[:1] == ["inference"] and loc[1:2] and loc[1] in set(Backend):
+        del loc[1]
+    return ".".join(loc) or "(top level)"
 
 
 # Keys whose values are paths, wherever they appear in the profile.

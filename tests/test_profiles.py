@@ -1,8 +1,16 @@
 import tomllib
+import typing
 from pathlib import Path
 
 import pytest
 
+from edge_runtime.backends import (
+    EdgeTpuConfig,
+    InferenceConfig,
+    LiteRtConfig,
+    NnapiConfig,
+    OnnxRuntimeConfig,
+)
 from firmware_configs import BUNDLED_PROFILES, PROFILE_DIR, Backend, ProfileError, load_profile
 from firmware_configs.schema import parse_profile
 
@@ -22,6 +30,30 @@ def test_profiles_cover_every_backend():
     assert backends == set(Backend) - {Backend.GPU}
 
 
+def test_every_backend_has_a_config_class():
+    union, _ = typing.get_args(InferenceConfig)
+    tags = {
+        typing.get_args(c.model_fields["backend"].annotation)[0] for c in typing.get_args(union)
+    }
+    assert tags == set(Backend)
+
+
+def test_each_profile_gets_its_backends_typed_config():
+    expected = {
+        "cpu": LiteRtConfig,
+        "coral-devboard": EdgeTpuConfig,
+        "rpi-coral-usb": EdgeTpuConfig,
+        "jetson-orin": OnnxRuntimeConfig,
+        "android-nnapi": NnapiConfig,
+    }
+    configs = {name: load_profile(name).inference for name in BUNDLED_PROFILES}
+    assert {name: type(config) for name, config in configs.items()} == expected
+    assert all(c.input_size == (513, 513) for c in configs.values())
+    assert (configs["coral-devboard"].device, configs["rpi-coral-usb"].device) == ("pci:0", "usb")
+    assert configs["jetson-orin"].providers[0] == "TensorrtExecutionProvider"
+    assert configs["android-nnapi"].options == {"execution_preference": "sustained_speed"}
+
+
 def test_cpu_profile_points_at_the_real_student(shared_dir):
     profile = load_profile("cpu")
     assert (
@@ -34,6 +66,11 @@ def _raw(name: str = "cpu") -> dict:
     return tomllib.loads((PROFILE_DIR / f"{name}.toml").read_text())
 
 
+def _edgetpu_on_cpu_profile(raw: dict) -> None:
+    raw["inference"]["backend"] = "edgetpu"
+    del raw["inference"]["xnnpack"]
+
+
 @pytest.mark.parametrize(
     ("mutate", "field"),
     [
@@ -42,15 +79,21 @@ def _raw(name: str = "cpu") -> dict:
         (lambda r: r["mqtt"].__setitem__("prefix", "a/+/b"), "mqtt.prefix"),
         (lambda r: r["mqtt"].__setitem__("hots", "x"), "mqtt.hots"),
         (lambda r: r["inference"].__setitem__("backend", "tpu9000"), "inference.backend"),
+        (lambda r: r["inference"].pop("backend"), "inference.backend"),
         (lambda r: r["inference"].__setitem__("threads", 0), "inference.threads"),
         (lambda r: r["inference"].__setitem__("input_size", [513]), "inference.input_size"),
+        (lambda r: r["inference"].__setitem__("input_std", 0), "inference.input_std"),
+        # settings of another back-end
+        (lambda r: r["inference"].__setitem__("device", "usb"), "inference.device"),
+        (lambda r: r["inference"].__setitem__("providers", ["X"]), "inference.providers"),
         (lambda r: r["sampling"].__setitem__("max_fps", -1), "sampling.max_fps"),
         (lambda r: r["sampling"].__setitem__("min_fps", 1.5), "sampling"),
         (lambda r: r["buffer"].__setitem__("bitrate_kbps", "fast"), "buffer.bitrate_kbps"),
         (lambda r: r["buffer"].pop("spool_dir"), "buffer.spool_dir"),
         (lambda r: r["device"].__setitem__("id", "cam/1"), "device"),
         (lambda r: r["model"].__setitem__("format", "onnx"), "model.format"),
-        (lambda r: r["inference"].__setitem__("backend", "edgetpu"), "inference"),
+        (lambda r: r["inference"].__setitem__("backend", "edgetpu"), "inference.xnnpack"),
+        (_edgetpu_on_cpu_profile, "model.format 'edgetpu-tflite'"),
         (
             lambda r: r["model"].__setitem__("initial", "${AMS_NO_SUCH_VAR}/m.tflite"),
             "model.initial",
@@ -65,6 +108,61 @@ def test_bad_profile_error_names_the_field(mutate, field):
     message = str(err.value)
     assert message.startswith("cpu.toml: ")
     assert field in message, message
+
+
+@pytest.mark.parametrize(
+    ("name", "mutate", "message"),
+    [
+        (
+            "jetson-orin",
+            lambda r: r["inference"].__setitem__("providers", []),
+            "inference.providers",
+        ),
+        (
+            "jetson-orin",
+            lambda r: r["inference"].__setitem__("xnnpack", False),
+            "inference.xnnpack",
+        ),
+        (
+            "jetson-orin",
+            lambda r: r["inference"]["provider_options"].__setitem__("CUDAExecutionProvider", 1),
+            "inference.provider_options.CUDAExecutionProvider",
+        ),
+        (
+            "jetson-orin",
+            lambda r: r["inference"].__setitem__("providers", ["CPUExecutionProvider"]),
+            "inference: Value error, provider_options names providers not in providers",
+        ),
+        ("jetson-orin", lambda r: r["model"].__setitem__("format", "tflite"), "model.format"),
+        (
+            "rpi-coral-usb",
+            lambda r: r["inference"].__setitem__("device", "usb0"),
+            "inference.device",
+        ),
+        ("rpi-coral-usb", lambda r: r["inference"].__setitem__("library", ""), "inference.library"),
+        (
+            "android-nnapi",
+            lambda r: r["inference"]["options"].__setitem__("x", 1),
+            "inference.options.x",
+        ),
+    ],
+)
+def test_backend_settings_are_checked(name, mutate, message, tmp_path):
+    raw = _raw(name)
+    mutate(raw)
+    with pytest.raises(ProfileError) as err:
+        parse_profile(raw, base_dir=tmp_path, source=f"{name}.toml")
+    assert str(err.value).startswith(f"{name}.toml: ")
+    assert message in str(err.value), str(err.value)
+
+
+def test_backend_settings_have_defaults(tmp_path):
+    raw = _raw("jetson-orin")
+    for key in ("providers", "provider_options", "threads"):
+        del raw["inference"][key]
+    inference = parse_profile(raw, base_dir=tmp_path).inference
+    assert (inference.providers, inference.threads) == (("CPUExecutionProvider",), 2)
+    assert (inference.input_mean, inference.input_std) == (128.0, 128.0)
 
 
 def test_relative_paths_resolve_against_the_profile(tmp_path):
