@@ -55,6 +55,7 @@ class AckReason(StrEnum):
     BAD_PAYLOAD = "bad_payload"  # body could not be parsed
     UNSUPPORTED_FORMAT = "unsupported_format"
     INVALID_MODEL = "invalid_model"  # fails to load or its warm-up output is invalid
+    UNKNOWN_VERSION = "unknown_version"  # a rollback to a version the device no longer holds
     DECODE_ERROR = "decode_error"  # a segment the trainer could not decode
     INTERNAL_ERROR = "internal_error"
 
@@ -177,6 +178,7 @@ class Update(Message):
 
     type: Literal["update"] = "update"
     base_version: Version
+    base_sha256: Sha256Hex  # the file it applies to: a device checks its base by content
     new_version: Version
     result_sha256: Sha256Hex  # sha256 of the full model file the update produces
     format: UpdateFormat = UpdateFormat.QDELTA

@@ -89,6 +89,7 @@ DOWNLINK: list[tuple[Message, bytes]] = [
     (
         Update(
             base_version=4,
+            base_sha256="c" * 64,
             new_version=5,
             result_sha256=SHA,
             format=UpdateFormat.QDELTA,

@@ -184,7 +184,7 @@ def test_nan_and_infinity_are_rejected():
 
 def test_message_invariants():
     with pytest.raises(ValidationError):
-        Update(base_version=5, new_version=5, result_sha256="0" * 64)
+        Update(base_version=5, base_sha256="0" * 64, new_version=5, result_sha256="0" * 64)
     with pytest.raises(ValidationError):
         Ack(ref_type="update", ref_seq=1, ok=False)
     with pytest.raises(ValidationError):

@@ -192,7 +192,7 @@ def test_signatures_bind_device_versions_and_bodies(tmp_path):
     public = load_public_key(tmp_path / "trainer.pub")
     reloaded = load_private_key(tmp_path / "trainer.pem").public_key()
     assert reloaded.public_bytes_raw() == public.public_bytes_raw()
-    update = Update(base_version=1, new_version=2, result_sha256="a" * 64)
+    update = Update(base_version=1, base_sha256="d" * 64, new_version=2, result_sha256="a" * 64)
     payload = signing_payload("cam-1", update, "b" * 64)
     signature = sign(key, payload)
     assert verify(public, payload, signature)
