@@ -1,0 +1,373 @@
+"""Double-buffered model slots: how a model changes on the device (SPEC §5).
+
+Two slots, A and B, each a model file in ``slot_dir`` and, once loaded, an engine in memory.
+One is active (the frame loop runs it); updates go to the other. ``submit`` queues a ``model``
+or ``update`` message for a worker thread that, off the frame loop:
+
+1. checks the base (content hash, and version once the device has one), the signature when a
+   public key is configured, and that the result hashes to what the message promises;
+2. writes the new file to the standby slot (temp file, fsync, rename);
+3. loads it and runs one warm-up inference on the latest camera frame, refusing a model whose
+   output is invalid (all one class where the running model saw several);
+4. records the standby slot as active in ``slots.json`` (atomic write), hands the new model to
+   the frame loop by one reference assignment, and acknowledges.
+
+A power cut at any point leaves ``slots.json`` naming a slot whose file matches its recorded
+hash, or, failing that, the other slot or the profile's initial model: the device always
+restarts on a verified model. The previous model stays loaded for an instant rollback.
+
+Updates whose base is ahead of the device (a reordered QoS 1 delivery) wait in a small stash
+until their base arrives; every rejection that a resync can fix says so (``resync_from``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge_runtime.backends.base import Engine
+from edge_runtime.durable import atomic_write, remove_partial_writes
+from shared_schema.counters import Counters
+from shared_schema.envelope import Envelope, sha256_hex
+from shared_schema.messages import Ack, AckReason, Control, Model, Update
+from shared_schema.signing import signing_payload, verify
+from shared_schema.update_formats import UpdateFormatError, apply_update
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "slots.json"
+SLOTS = ("A", "B")
+MAX_STASHED = 8
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What the frame loop runs: an engine and the identity of its model, swapped as one."""
+
+    engine: Engine
+    version: int | None
+    sha256: str
+    slot: str
+    data: bytes
+
+
+class Rejected(Exception):
+    def __init__(self, reason: AckReason, detail: str, resync: bool) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.resync = resync
+
+
+class ModelSlots:
+    def __init__(
+        self,
+        slot_dir: Path,
+        *,
+        initial_model: Path,
+        open_engine: Callable[[bytes], Engine],
+        device_id: str,
+        public_key: Ed25519PublicKey | None = None,
+        counters: Counters | None = None,
+    ) -> None:
+        self.slot_dir = Path(slot_dir)
+        self.initial_model = Path(initial_model)
+        self._open_engine = open_engine
+        self.device_id = device_id
+        self._public_key = public_key
+        self.counters = counters or Counters()
+        self.active: LoadedModel | None = None
+        self.previous: LoadedModel | None = None
+        self._stash: dict[int, Envelope] = {}
+        self._retired: list[Engine] = []  # closed by the frame thread, never mid-inference
+        self._retired_lock = threading.Lock()
+        self._queue: queue.Queue[Envelope | threading.Event | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._on_swap: Callable[[LoadedModel], None] = lambda model: None
+        self._send_ack: Callable[[Ack], object] = lambda ack: None
+        self._warmup: Callable[[], tuple[np.ndarray, np.ndarray] | None] = lambda: None
+
+    # -- start-up ----------------------------------------------------------------------------
+
+    def load(self) -> LoadedModel:
+        """The model to start with: the recorded active slot if its file is intact."""
+        self.slot_dir.mkdir(parents=True, exist_ok=True)
+        if remove_partial_writes(self.slot_dir):
+            log.warning("slots: removed a write a power cut interrupted")
+        state = self._read_state()
+        active = state.get("active")
+        for slot in [active, *(s for s in SLOTS if s != active)]:
+            model = self._load_slot(slot, state.get(slot))
+            if model is not None:
+                if slot != active:
+                    self.counters.inc("slots.recovered")
+                    log.error("slots: active slot %s unusable, recovered slot %s", active, slot)
+                    self._write_state(model, state.get(active))
+                self.active = model
+                return model
+        return self._load_initial()
+
+    def _load_initial(self) -> LoadedModel:
+        try:
+            data = self.initial_model.read_bytes()
+        except OSError as exc:
+            raise FileNotFoundError(
+                f"model.initial {self.initial_model}: {exc.strerror or exc}"
+            ) from exc
+        path = self._slot_path("A")
+        atomic_write(path, data)
+        model = LoadedModel(self._open_engine(data), None, sha256_hex(data), "A", data)
+        self._write_state(model, None)
+        self.active = model
+        log.info("slots: started from the initial model %s", self.initial_model.name)
+        return model
+
+    def _load_slot(self, slot: str | None, record: dict | None) -> LoadedModel | None:
+        if slot not in SLOTS or not record:
+            return None
+        try:
+            data = self._slot_path(slot).read_bytes()
+            if sha256_hex(data) != record["sha256"]:
+                raise ValueError("file does not match its recorded sha256")
+            return LoadedModel(
+                self._open_engine(data), record["version"], record["sha256"], slot, data
+            )
+        except (OSError, ValueError, KeyError) as exc:
+            log.error("slots: slot %s is unusable: %s", slot, exc)
+            return None
+
+    # -- the worker ----------------------------------------------------------------------------
+
+    def start(
+        self,
+        *,
+        on_swap: Callable[[LoadedModel], None],
+        send_ack: Callable[[Ack], object],
+        warmup: Callable[[], tuple[np.ndarray, np.ndarray] | None],
+    ) -> None:
+        """Begin applying submitted messages. ``warmup`` gives the latest (input, labels) pair
+        of the frame loop, to check a new model's output against the running one's."""
+        self._on_swap, self._send_ack, self._warmup = on_swap, send_ack, warmup
+        self._worker = threading.Thread(target=self._run, name="model-slots", daemon=True)
+        self._worker.start()
+
+    def submit(self, envelope: Envelope) -> None:
+        """Queue a model, update or control (rollback) message; returns at once."""
+        self._queue.put(envelope)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._queue.put(None)
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until everything submitted so far has been handled (for tests and tools)."""
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if isinstance(item, threading.Event):
+                item.set()
+            else:
+                self._handle(item)
+
+    def _handle(self, envelope: Envelope) -> None:
+        msg = envelope.msg
+        try:
+            if isinstance(msg, Update):
+                self._handle_update(envelope, msg)
+            elif isinstance(msg, Model):
+                self._handle_model(envelope, msg)
+            elif isinstance(msg, Control) and msg.rollback_to is not None:
+                self._rollback(msg.rollback_to)
+            else:
+                return
+            self._ack(envelope, ok=True)
+        except Rejected as rejection:
+            self.counters.inc(f"slots.rejected.{rejection.reason.value}")
+            log.warning("slots: rejected %s: %s", msg.type, rejection.detail)
+            self._ack(envelope, ok=False, rejection=rejection)
+        except Exception as exc:  # e.g. a full disk: keep serving, let the trainer resync
+            self.counters.inc("slots.internal_errors")
+            log.exception("slots: failed to apply %s", msg.type)
+            failure = Rejected(AckReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", True)
+            self._ack(envelope, ok=False, rejection=failure)
+
+    # -- models and updates ----------------------------------------------------------------------
+
+    def _handle_update(self, envelope: Envelope, update: Update) -> None:
+        active = self._active()
+        if self._is_current(update.new_version, update.result_sha256):
+            return  # a QoS 1 duplicate of what already runs: acknowledge again
+        if update.base_sha256 != active.sha256:
+            self._base_mismatch(envelope, update, active)
+        if active.version is not None and update.base_version != active.version:
+            raise Rejected(AckReason.BASE_MISMATCH, "base version differs", resync=True)
+        self._check_signature(update, envelope)
+        try:
+            data = apply_update(update.format, active.data, envelope.body)
+        except UpdateFormatError as exc:
+            raise Rejected(AckReason.BAD_PAYLOAD, str(exc), resync=True) from exc
+        if sha256_hex(data) != update.result_sha256:
+            raise Rejected(
+                AckReason.BAD_HASH, "patched model does not match result_sha256", resync=True
+            )
+        self._install(data, update.new_version)
+        self._apply_stashed()
+
+    def _base_mismatch(self, envelope: Envelope, update: Update, active: LoadedModel) -> NoReturn:
+        # Without a version of its own (the initial model) nothing can be behind the device.
+        ahead = active.version is None or update.base_version > active.version
+        if ahead and len(self._stash) < MAX_STASHED:
+            # Applied as soon as its base arrives; the trainer may resync meanwhile.
+            self._stash[update.base_version] = envelope
+            self.counters.inc("slots.stashed")
+        reason = AckReason.MISSING_UPDATE if ahead else AckReason.BASE_MISMATCH
+        raise Rejected(
+            reason,
+            f"update applies to version {update.base_version}, device runs "
+            f"{active.version} ({active.sha256[:12]})",
+            resync=True,
+        )
+
+    def _apply_stashed(self) -> None:
+        version = self._active().version
+        follow = self._stash.pop(version, None) if version is not None else None
+        if follow is not None:
+            self._handle(follow)
+        # Anything the device has moved past can never apply.
+        for base in [b for b in self._stash if version is not None and b < version]:
+            del self._stash[base]
+
+    def _handle_model(self, envelope: Envelope, model: Model) -> None:
+        if self._is_current(model.version, envelope.header.body_sha256):
+            return
+        self._check_signature(model, envelope)
+        self._install(envelope.body, model.version)
+        self._stash.clear()
+
+    def _is_current(self, version: int, sha256: str) -> bool:
+        active = self._active()
+        return active.version == version and active.sha256 == sha256
+
+    def _check_signature(self, msg: Model | Update, envelope: Envelope) -> None:
+        if self._public_key is None:
+            return
+        payload = signing_payload(self.device_id, msg, envelope.header.body_sha256)
+        if not verify(self._public_key, payload, msg.signature):
+            raise Rejected(AckReason.BAD_SIGNATURE, "signature does not verify", resync=False)
+
+    def _install(self, data: bytes, version: int) -> None:
+        active = self._active()
+        standby = SLOTS[1 - SLOTS.index(active.slot)]
+        atomic_write(self._slot_path(standby), data)
+        try:
+            engine = self._open_engine(data)
+        except Exception as exc:  # any back-end failure to load means: not a usable model
+            raise Rejected(AckReason.INVALID_MODEL, f"cannot load: {exc}", resync=False) from exc
+        self._check_output(engine)
+        model = LoadedModel(engine, version, sha256_hex(data), standby, data)
+        self._write_state(model, self._record(active))
+        self._swap(model)
+        log.info("slots: running version %s (slot %s, %s)", version, standby, model.sha256[:12])
+
+    def _check_output(self, engine: Engine) -> None:
+        sample = self._warmup()
+        if sample is None:
+            return
+        rgb, running_labels = sample
+        try:
+            labels = engine.infer(rgb)
+        except Exception as exc:
+            engine.close()
+            raise Rejected(AckReason.INVALID_MODEL, f"warm-up failed: {exc}", False) from exc
+        collapsed = np.unique(labels).size == 1 and np.unique(running_labels).size > 1
+        if labels.shape != running_labels.shape or collapsed:
+            engine.close()
+            raise Rejected(
+                AckReason.INVALID_MODEL,
+                "warm-up output is invalid (one class, or the wrong shape)",
+                False,
+            )
+
+    def _swap(self, model: LoadedModel) -> None:
+        retired = self.previous
+        self.previous, self.active = self.active, model
+        self._on_swap(model)  # the frame loop picks it up before its next frame
+        self.counters.inc("slots.swaps")
+        if retired is not None and retired.engine is not model.engine:
+            with self._retired_lock:
+                self._retired.append(retired.engine)
+
+    def release_retired(self) -> None:
+        """Close engines that fell out of both slots; call from the frame thread after it
+        switched models, so none of them can be mid-inference."""
+        with self._retired_lock:
+            retired, self._retired = self._retired, []
+        for engine in retired:
+            engine.close()
+
+    def _rollback(self, version: int) -> None:
+        previous = self.previous
+        if previous is None or previous.version != version:
+            raise Rejected(
+                AckReason.UNKNOWN_VERSION,
+                f"no loaded model of version {version} to roll back to",
+                False,
+            )
+        self._write_state(previous, self._record(self._active()))
+        self.previous, self.active = self.active, previous
+        self._on_swap(previous)
+        self.counters.inc("slots.rollbacks")
+
+    # -- acknowledgements and state ----------------------------------------------------------------
+
+    def _ack(self, envelope: Envelope, *, ok: bool, rejection: Rejected | None = None) -> None:
+        active = self._active()
+        self._send_ack(
+            Ack(
+                ref_type=envelope.type.value,
+                ref_seq=envelope.header.seq,
+                ok=ok,
+                reason=None if ok or rejection is None else rejection.reason,
+                detail="" if rejection is None else rejection.detail[:1024],
+                model_version=active.version,
+                model_sha256=active.sha256,
+                resync_from=active.version if rejection is not None and rejection.resync else None,
+            )
+        )
+
+    def _active(self) -> LoadedModel:
+        if self.active is None:
+            raise RuntimeError("load() must run before models are applied")
+        return self.active
+
+    def _slot_path(self, slot: str) -> Path:
+        return self.slot_dir / f"slot_{slot}.model"
+
+    @staticmethod
+    def _record(model: LoadedModel) -> dict:
+        return {"version": model.version, "sha256": model.sha256}
+
+    def _write_state(self, active: LoadedModel, other: dict | None) -> None:
+        other_slot = SLOTS[1 - SLOTS.index(active.slot)]
+        state = {"active": active.slot, active.slot: self._record(active), other_slot: other}
+        atomic_write(self.slot_dir / STATE_FILE, json.dumps(state, indent=1).encode())
+
+    def _read_state(self) -> dict:
+        try:
+            state = json.loads((self.slot_dir / STATE_FILE).read_text())
+            return state if isinstance(state, dict) else {}
+        except (OSError, ValueError):
+            return {}
