@@ -37,6 +37,59 @@ def _check_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from edge_runtime.runtime import EdgeRuntime, install_signal_handlers
+    from edge_runtime.sources import SourceError, open_source
+
+    try:
+        profile = load_profile(args.profile)
+    except ProfileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    overrides = {"id": args.device_id} if args.device_id else {}
+    if overrides:
+        profile = profile.model_copy(update={"device": profile.device.model_copy(update=overrides)})
+    source = profile.source
+    uri = args.source or source.uri
+    if not uri:
+        print("error: no source: give --source or set [source] uri in the profile", file=sys.stderr)
+        return 2
+    size = (source.width, source.height) if source.width and source.height else None
+    try:
+        frames = open_source(
+            uri,
+            realtime=source.realtime and not args.fast,
+            loop=source.loop if args.loop is None else args.loop,
+            size=size,
+            fps=source.fps,
+        )
+    except SourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    runtime = EdgeRuntime.from_profile(profile)
+    install_signal_handlers(runtime)
+    runtime.start()
+    try:
+        with frames:
+            summary = runtime.run(frames, max_frames=args.max_frames)
+    except SourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        runtime.shutdown()
+    print(
+        json.dumps(
+            {
+                "frames": summary.frames,
+                "fps": round(summary.fps, 2),
+                "swaps": summary.swaps,
+                "model_version": summary.model_version,
+            }
+        )
+    )
+    return 0
+
+
 def command_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser, Any]:
     """A parser with the options every command of the project shares, and its subcommands."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
@@ -72,6 +125,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="also require the files the profile names to exist on this machine",
     )
     check.set_defaults(func=_check_profile)
+
+    run = sub.add_parser(
+        "run",
+        help="run the device: inference on every frame, samples up, model updates in",
+        description="Run the edge runtime a profile describes, until the source ends or "
+        "SIGINT/SIGTERM.",
+    )
+    run.add_argument("--profile", required=True, help="profile file or bundled profile name")
+    run.add_argument(
+        "--source",
+        help="video file, rtsp:// or http:// URL, /dev/videoN or "
+        "picamera2: (default: the profile's [source] uri)",
+    )
+    run.add_argument("--device-id", help="override the profile's device id")
+    run.add_argument(
+        "--fast",
+        action="store_true",
+        help="files: as fast as possible instead of at their frame rate",
+    )
+    run.add_argument(
+        "--loop",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="files: start again at the end (default: the profile's)",
+    )
+    run.add_argument("--max-frames", type=int, help="stop after this many frames")
+    run.set_defaults(func=_run)
     return parser
 
 

@@ -88,6 +88,16 @@ class BufferSection(_Section):
     spool_max_segments: int = Field(1000, ge=1)
 
 
+class SourceSection(_Section):
+    # A video file, an rtsp:// / http(s):// / rtmp:// stream, /dev/videoN (V4L2) or picamera2:
+    uri: str | None = None
+    realtime: bool = True  # files: at their own frame rate; False: as fast as possible
+    loop: bool = False  # files: start again at the end
+    width: int | None = Field(None, ge=16, le=8192)  # what to ask a camera for
+    height: int | None = Field(None, ge=16, le=8192)
+    fps: float | None = Field(None, gt=0.0, le=240.0)
+
+
 class TelemetrySection(_Section):
     interval_s: float = Field(10.0, gt=0.0, le=3600.0)
     results_rate_hz: float = Field(0.0, ge=0.0, le=30.0)  # 0: no MQTT results summary
@@ -102,6 +112,7 @@ class Profile(_Section):
     mqtt: BrokerConfig
     sampling: SamplingSection = SamplingSection()
     buffer: BufferSection
+    source: SourceSection = SourceSection()
     telemetry: TelemetrySection = TelemetrySection()
 
     @model_validator(mode="after")
@@ -172,15 +183,33 @@ _PATH_KEYS = {
 }
 
 
+_NOT_FILES = ("/dev/", "picamera2:")
+
+
 def _expand_paths(node: Any, base_dir: Path, where: tuple[str, ...]) -> Any:
     if isinstance(node, dict):
         return {k: _expand_paths(v, base_dir, (*where, k)) for k, v in node.items()}
-    if where and where[-1] in _PATH_KEYS and isinstance(node, str):
-        return str(expand_path(node, base_dir, ".".join(where)))
+    if not where or not isinstance(node, str):
+        return node
+    field = ".".join(where)
+    if where[-1] in _PATH_KEYS:
+        return str(expand_path(node, base_dir, field))
+    if where == ("source", "uri"):
+        # Streams and devices are not files: expand variables, never resolve them.
+        uri = substitute_vars(node, field)
+        is_file = "://" not in uri and not uri.startswith(_NOT_FILES)
+        return str(expand_path(uri, base_dir, field)) if is_file else uri
     return node
 
 
 def expand_path(value: str, base_dir: Path, field: str = "path") -> Path:
+    path = Path(substitute_vars(value, field)).expanduser()
+    return path if path.is_absolute() else (base_dir / path).resolve()
+
+
+def substitute_vars(value: str, field: str) -> str:
+    """``${VAR}`` from the environment; ``${AMS_SHARED_DIR}`` defaults to the shared data."""
+
     def var(match: re.Match[str]) -> str:
         name = match.group(1)
         if name == SHARED_DIR_ENV and not os.environ.get(name):
@@ -194,5 +223,4 @@ def expand_path(value: str, base_dir: Path, field: str = "path") -> Path:
             raise ValueError(f"{field}: environment variable ${{{name}}} is not set")
         return os.environ[name]
 
-    path = Path(_VAR_RE.sub(var, value)).expanduser()
-    return path if path.is_absolute() else (base_dir / path).resolve()
+    return _VAR_RE.sub(var, value)

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -13,13 +14,14 @@ from tests.samples import UPLINK
 
 
 def _subcommands(help_text: str) -> set[str]:
-    lines = help_text.split("positional arguments:")[1].split("options:")[0].splitlines()
-    return {line.split()[0] for line in lines if line.startswith("    ") and line.split()}
+    # argparse lists each subcommand indented by exactly four spaces; wrapped help by more
+    listing = help_text.split("positional arguments:")[1].split("options:")[0]
+    return set(re.findall(r"^ {4}(\S+)", listing, re.MULTILINE))
 
 
 @pytest.mark.parametrize(
     ("script", "expected"),
-    [("edge-runtime", {"check-profile"}), ("cloud-trainer", {"demo", "monitor"})],
+    [("edge-runtime", {"check-profile", "run"}), ("cloud-trainer", {"demo", "monitor"})],
 )
 def test_console_scripts_list_their_subcommands(script, expected):
     exe = subprocess.run(

@@ -1,0 +1,306 @@
+"""The edge runtime: one device, from camera frames to model updates.
+
+A frame goes one way: source → inference on the active model → result sinks, and, when the
+sampler keeps it, → segment buffer (H.264 on a worker thread) → uplink (on-disk spool, MQTT).
+Models come back through one entry point, ``apply_update``, which hands model and update
+messages to the slots' worker; the new model reaches the frame loop as one reference
+assignment, read once at the start of each frame. Control messages set the sampling rate,
+T_update and encoder knobs.
+
+Threads: the frame loop (the caller of ``run``), the MQTT network loop and dispatcher, the
+segment encoder, the uplink sender, the model-slot worker and the telemetry timer. Only the
+frame loop touches the active engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import version as package_version
+
+import numpy as np
+
+from edge_runtime.frames import Frame
+from edge_runtime.model_slots import LoadedModel, ModelSlots
+from edge_runtime.results import ResultSink, SummaryPublisher
+from edge_runtime.sampler import Sampler
+from edge_runtime.segment_buffer import EncodedSegment, SegmentBuffer
+from edge_runtime.spool import Spool
+from edge_runtime.telemetry import FrameStats, TelemetryReporter
+from edge_runtime.uplink import NullUplink, Uplink
+from firmware_configs import Profile
+from shared_schema.counters import Counters
+from shared_schema.endpoint import DeviceEndpoint
+from shared_schema.envelope import Envelope
+from shared_schema.messages import (
+    Ack,
+    Control,
+    Hello,
+    MessageType,
+    ModelFormat,
+    UpdateFormat,
+)
+from shared_schema.signing import load_public_key
+from shared_schema.topics import Topic
+
+log = logging.getLogger(__name__)
+
+# What a device can apply to each kind of model file: value patches need a plain .tflite.
+UPDATE_FORMATS = {
+    ModelFormat.TFLITE: (UpdateFormat.QDELTA, UpdateFormat.AMS_FP16, UpdateFormat.ZPATCH),
+    ModelFormat.EDGETPU_TFLITE: (UpdateFormat.ZPATCH,),
+    ModelFormat.ONNX: (UpdateFormat.ZPATCH,),
+}
+
+
+@dataclass
+class RunSummary:
+    frames: int
+    seconds: float
+    swaps: int
+    model_version: int | None
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+class EdgeRuntime:
+    def __init__(
+        self,
+        profile: Profile,
+        *,
+        slots: ModelSlots,
+        endpoint: DeviceEndpoint | None = None,
+        uplink: Uplink | NullUplink | None = None,
+        sinks: Sequence[ResultSink] = (),
+        counters: Counters | None = None,
+    ) -> None:
+        self.profile = profile
+        self.counters = counters or Counters()
+        self.endpoint = endpoint
+        self.uplink = uplink or NullUplink(self.counters)
+        self._slots = slots
+        self._model: LoadedModel = slots.active or slots.load()
+        self._running_model = self._model
+        self._warm: tuple[np.ndarray, np.ndarray] | None = None
+        self.sinks = list(sinks)
+        sampling = profile.sampling
+        self.sampler = Sampler(
+            sampling.initial_fps, min_fps=sampling.min_fps, max_fps=sampling.max_fps
+        )
+        self.segments = SegmentBuffer.from_config(
+            profile.buffer, self._on_segment, sampling_rate_fps=self.sampler.rate_fps
+        )
+        self.stats = FrameStats()
+        self._telemetry = TelemetryReporter(self.stats)
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
+
+    @classmethod
+    def from_profile(
+        cls, profile: Profile, *, connect: bool = True, sinks: Sequence[ResultSink] = ()
+    ) -> EdgeRuntime:
+        """Everything a profile describes: slots, and unless ``connect`` is off, the MQTT
+        endpoint with its spooled uplink and the optional results summary."""
+        counters = Counters()
+        public_key = profile.model.public_key
+        slots = ModelSlots(
+            profile.model.slot_dir,
+            initial_model=profile.model.initial,
+            open_engine=profile.inference.open,
+            device_id=profile.device.id,
+            public_key=load_public_key(public_key) if public_key else None,
+            counters=counters,
+        )
+        slots.load()
+        if not connect:
+            return cls(profile, slots=slots, sinks=sinks, counters=counters)
+        endpoint = DeviceEndpoint(profile.mqtt, profile.device.id, counters=counters)
+        spool = Spool(
+            profile.buffer.spool_dir,
+            max_bytes=profile.buffer.spool_max_bytes,
+            max_entries=profile.buffer.spool_max_segments,
+            counters=counters,
+        )
+        summary = []
+        if profile.telemetry.results_rate_hz > 0:
+            classes = _label_count(profile) or slots.active.engine.num_classes or 256
+            summary.append(
+                SummaryPublisher(endpoint.send, profile.telemetry.results_rate_hz, classes)
+            )
+        return cls(
+            profile,
+            slots=slots,
+            endpoint=endpoint,
+            uplink=Uplink(endpoint, spool, counters),
+            sinks=[*sinks, *summary],
+            counters=counters,
+        )
+
+    # -- the model -------------------------------------------------------------------------
+
+    @property
+    def model(self) -> LoadedModel:
+        return self._model
+
+    def apply_update(self, envelope: Envelope) -> None:
+        """The one way a model changes: a ``model`` or ``update`` message (or a rollback
+        order) goes to the slots' worker; the frame loop keeps running meanwhile."""
+        self._slots.submit(envelope)
+
+    def _swap(self, model: LoadedModel) -> None:
+        self._model = model  # the single reference assignment the frame loop reads
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._slots.start(on_swap=self._swap, send_ack=self._send, warmup=lambda: self._warm)
+        self.uplink.start()
+        if self.endpoint is not None:
+            self.endpoint.on(MessageType.MODEL, self._on_model_message)
+            self.endpoint.on(MessageType.UPDATE, self._on_model_message)
+            self.endpoint.on(MessageType.CONTROL, self._on_control)
+            self.endpoint.on_connect(self._announce)
+            self.endpoint.start()
+            self._timer = threading.Thread(target=self._report, name="telemetry", daemon=True)
+            self._timer.start()
+
+    def run(self, frames: Iterable[Frame], max_frames: int | None = None) -> RunSummary:
+        """Process frames until the source ends, ``max_frames`` were done or ``stop()``."""
+        started = time.monotonic()
+        for frame in frames:
+            self.process(frame)
+            if self._stop.is_set() or (max_frames is not None and self.stats.frames >= max_frames):
+                break
+        return RunSummary(
+            frames=self.stats.frames,
+            seconds=time.monotonic() - started,
+            swaps=self.stats.swaps,
+            model_version=self._model.version,
+            counters=self.counters.snapshot(),
+        )
+
+    def stop(self) -> None:
+        """Ask the frame loop to finish after the current frame (safe from signal handlers)."""
+        self._stop.set()
+
+    def shutdown(self, drain_s: float = 10.0) -> None:
+        """Deliver what is buffered (the last segment, the spool) and stop every thread."""
+        self._stop.set()
+        self.segments.close()
+        if not self.uplink.drain(drain_s):
+            log.warning("shutdown: %d segments stay spooled for the next start", self.uplink.depth)
+        self.uplink.stop()
+        self._slots.stop()
+        if self.endpoint is not None:
+            if self._timer is not None:
+                self._timer.join(1.0)
+            self.endpoint.stop()
+
+    # -- the frame loop ------------------------------------------------------------------------
+
+    def process(self, frame: Frame) -> np.ndarray:
+        """Run one frame through the active model; returns its label map."""
+        model = self._model  # read once: a swap lands between two frames, never inside one
+        if model is not self._running_model:
+            self._running_model = model
+            self.stats.swapped()
+            self._slots.release_retired()
+        started = time.perf_counter()
+        height, width = model.engine.input_size
+        rgb = frame.rgb(width, height)
+        labels = model.engine.infer(rgb)
+        latency = time.perf_counter() - started
+        self._warm = (rgb, labels)
+        sampled = self.sampler.offer(frame.timestamp)
+        if sampled:
+            self.segments.add(frame)
+        for sink in self.sinks:
+            sink(frame, labels, model.version)
+        self.stats.frame(latency, sampled)
+        return labels
+
+    # -- messages ------------------------------------------------------------------------------
+
+    def _on_segment(self, segment: EncodedSegment) -> None:
+        self.uplink.submit(segment.message(model_version=self._model.version), segment.data)
+
+    def _on_model_message(self, envelope: Envelope, topic: Topic) -> None:
+        self.apply_update(envelope)
+
+    def _on_control(self, envelope: Envelope, topic: Topic) -> None:
+        control = envelope.msg
+        assert isinstance(control, Control)
+        rate = self.sampler.set_rate(control.sampling_rate_fps)
+        self.segments.reconfigure(
+            t_update_s=control.t_update_s, sampling_rate_fps=rate, knobs=control.encoder
+        )
+        log.info(
+            "control: %.2f fps, T_update %.0f s, %s", rate, control.t_update_s, control.encoder
+        )
+        if control.rollback_to is not None:
+            self.apply_update(envelope)  # the slots acknowledge it
+        else:
+            self._send(self._ack_for(envelope))
+
+    def _ack_for(self, envelope: Envelope) -> Ack:
+        return Ack(
+            ref_type="control",
+            ref_seq=envelope.header.seq,
+            ok=True,
+            model_version=self._model.version,
+            model_sha256=self._model.sha256,
+        )
+
+    def _send(self, message: Ack) -> None:
+        if self.endpoint is not None:
+            self.endpoint.send(message)
+
+    def _announce(self) -> None:
+        model, profile = self._model, self.profile
+        self.endpoint.send(  # type: ignore[union-attr]
+            Hello(
+                profile=profile.name,
+                device_class=profile.device.device_class,
+                runtime_version=package_version("amstream"),
+                backend=profile.inference.backend,
+                backends=(profile.inference.backend,),
+                input_size=model.engine.input_size,
+                model_version=model.version,
+                model_sha256=model.sha256,
+                update_formats=UPDATE_FORMATS[profile.model.format],
+                max_message_bytes=profile.mqtt.max_message_bytes,
+            )
+        )
+
+    def _report(self) -> None:
+        interval = self.profile.telemetry.interval_s
+        while not self._stop.wait(interval):
+            counters = self.endpoint.counters  # type: ignore[union-attr]
+            telemetry = self._telemetry.report(
+                bytes_up=counters.get("bytes_out"),
+                bytes_down=counters.get("bytes_in"),
+                spool_depth=self.uplink.depth,
+                model_version=self._model.version,
+                counters=self.counters.snapshot() | self.segments.counters.snapshot(),
+            )
+            self.endpoint.send(telemetry)  # type: ignore[union-attr]
+
+
+def _label_count(profile: Profile) -> int | None:
+    labels = profile.model.labels
+    if labels is None or not labels.is_file():
+        return None
+    return sum(1 for line in labels.read_text().splitlines() if line.strip())
+
+
+def install_signal_handlers(runtime: EdgeRuntime) -> None:
+    """SIGINT / SIGTERM end the frame loop cleanly (the last segment is still delivered)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: runtime.stop())
