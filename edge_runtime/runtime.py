@@ -181,7 +181,7 @@ class EdgeRuntime:
         return RunSummary(
             frames=self.stats.frames,
             seconds=time.monotonic() - started,
-            swaps=self.stats.swaps,
+            swaps=self.counters.get("slots.swaps"),
             model_version=self._model.version,
             counters=self.counters.snapshot(),
         )
@@ -210,7 +210,6 @@ class EdgeRuntime:
         model = self._model  # read once: a swap lands between two frames, never inside one
         if model is not self._running_model:
             self._running_model = model
-            self.stats.swapped()
             self._slots.release_retired()
         started = time.perf_counter()
         height, width = model.engine.input_size
@@ -286,6 +285,7 @@ class EdgeRuntime:
             telemetry = self._telemetry.report(
                 bytes_up=counters.get("bytes_out"),
                 bytes_down=counters.get("bytes_in"),
+                swaps=self.counters.get("slots.swaps"),
                 spool_depth=self.uplink.depth,
                 model_version=self._model.version,
                 counters=self.counters.snapshot() | self.segments.counters.snapshot(),

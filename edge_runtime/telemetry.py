@@ -23,17 +23,12 @@ class FrameStats:
         self.started = clock()
         self.frames = 0
         self.frames_sampled = 0
-        self.swaps = 0
 
     def frame(self, latency_s: float, sampled: bool) -> None:
         with self._lock:
             self.frames += 1
             self.frames_sampled += sampled
             self._latencies.append(latency_s)
-
-    def swapped(self) -> None:
-        with self._lock:
-            self.swaps += 1
 
     def latency_ms(self, *percentiles: float) -> list[float]:
         with self._lock:
@@ -59,6 +54,7 @@ class TelemetryReporter:
         *,
         bytes_up: int,
         bytes_down: int,
+        swaps: int,
         spool_depth: int,
         model_version: int | None,
         counters: dict[str, int],
@@ -74,7 +70,7 @@ class TelemetryReporter:
             latency_p95_ms=p95,
             frames=frames,
             frames_sampled=self._stats.frames_sampled,
-            swaps=self._stats.swaps,
+            swaps=swaps,
             bytes_up=bytes_up,
             bytes_down=bytes_down,
             spool_depth=spool_depth,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import queue
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,37 +18,42 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class Inbox:
-    """Collects every message an endpoint receives, for assertions."""
+    """Collects every message an endpoint receives; lookups take the first match and leave
+    the rest for later lookups."""
 
     def __init__(self, endpoint: Endpoint, types: list[MessageType] | None = None) -> None:
-        self._queue: queue.Queue[tuple[Envelope, Topic]] = queue.Queue()
+        self._items: list[tuple[Envelope, Topic]] = []
+        self._cond = threading.Condition()
         for msg_type in types or list(MessageType):
-            endpoint.on(msg_type, lambda env, topic: self._queue.put((env, topic)))
+            endpoint.on(msg_type, self._put)
+
+    def _put(self, envelope: Envelope, topic: Topic) -> None:
+        with self._cond:
+            self._items.append((envelope, topic))
+            self._cond.notify_all()
 
     def get(
         self, timeout: float = 10.0, where: Callable[[Envelope], bool] | None = None
     ) -> tuple[Envelope, Topic]:
         deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError("no matching message arrived in time")
-            try:
-                item = self._queue.get(timeout=remaining)
-            except queue.Empty as exc:
-                raise AssertionError("no matching message arrived in time") from exc
-            if where is None or where(item[0]):
-                return item
+        with self._cond:
+            while True:
+                for i, item in enumerate(self._items):
+                    if where is None or where(item[0]):
+                        return self._items.pop(i)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError("no matching message arrived in time")
+                self._cond.wait(remaining)
 
     def of_type(self, msg_type: MessageType, timeout: float = 10.0) -> tuple[Envelope, Topic]:
         return self.get(timeout, lambda env: env.type == msg_type)
 
     def drain(self, wait_s: float = 0.5) -> list[Envelope]:
         time.sleep(wait_s)
-        items = []
-        while not self._queue.empty():
-            items.append(self._queue.get_nowait()[0])
-        return items
+        with self._cond:
+            items, self._items = self._items, []
+        return [envelope for envelope, _ in items]
 
 
 def wait_until(

@@ -12,14 +12,13 @@ import pytest
 from edge_runtime.backends.litert import LiteRtConfig
 from edge_runtime.model_slots import STATE_FILE, ModelSlots
 from shared_schema.envelope import decode, encode, sha256_hex
-from shared_schema.messages import AckReason, Control, Model, Update, UpdateFormat
-from shared_schema.signing import save_keypair, sign, signing_payload
+from shared_schema.messages import AckReason, Control, UpdateFormat
+from shared_schema.signing import save_keypair
 from shared_schema.tflite_file import TFLiteFile
-from shared_schema.update_formats import qdelta
+from tests.mirror import BOOT, Mirror
 
 STUDENT = "models/coral/deeplabv3_mnv2_dm05_pascal_quant.tflite"
 CONFIG = LiteRtConfig(backend="litert", input_size=(513, 513), threads=2)
-BOOT = "0" * 16
 
 
 @pytest.fixture(scope="module")
@@ -36,57 +35,6 @@ def warm_frame(shared_dir, student):
         labels = engine.infer(rgb)
     assert np.unique(labels).size > 1
     return rgb, labels
-
-
-class Mirror:
-    """The trainer's side, reduced to what slots see: a chain of versions and their updates."""
-
-    def __init__(self, initial: bytes, key=None) -> None:
-        self.versions = {0: initial}
-        self.key = key
-        self.seq = 100
-
-    def next_version(self, seed: int, fraction: float = 0.01) -> int:
-        latest = max(self.versions)
-        base = TFLiteFile(self.versions[latest])
-        rng = np.random.default_rng(seed)
-        new = {}
-        for tensor in base.trainable[:40]:  # the backbone's early layers: labels stay sane
-            values = base.values(tensor).copy()
-            picked = rng.random(tensor.size) < fraction
-            if tensor.dtype == np.uint8:
-                values[picked] = np.clip(values[picked].astype(int) + 1, 0, 255)
-            new[tensor.index] = values
-        self.versions[latest + 1] = base.patched(new)
-        return latest + 1
-
-    def update(self, frm: int, to: int, **overrides) -> bytes:
-        base, target = self.versions[frm], self.versions[to]
-        new_file = TFLiteFile(target)
-        body = overrides.pop("body", None)
-        if body is None:
-            body = qdelta.encode(
-                TFLiteFile(base), {t.index: new_file.values(t) for t in new_file.trainable}
-            )
-        fields = dict(
-            base_version=frm,
-            base_sha256=sha256_hex(base),
-            new_version=to,
-            result_sha256=sha256_hex(target),
-        )
-        fields.update(overrides)
-        msg = Update(**fields)
-        return self._frame(msg, body)
-
-    def model(self, version: int) -> bytes:
-        return self._frame(Model(version=version), self.versions[version])
-
-    def _frame(self, msg, body: bytes) -> bytes:
-        if self.key is not None:
-            payload = signing_payload("cam-1", msg, sha256_hex(body))
-            msg = msg.model_copy(update={"signature": sign(self.key, payload)})
-        self.seq += 1
-        return encode(msg, device_id="trainer", seq=self.seq, boot=BOOT, body=body)
 
 
 class Device:

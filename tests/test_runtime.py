@@ -1,0 +1,148 @@
+"""The whole device on a real broker, a real video and the real student: segments up,
+control and model updates down, a hot swap without stopping the frame loop."""
+
+from __future__ import annotations
+
+import threading
+import tomllib
+
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+
+from edge_runtime.h264 import decode_segment
+from edge_runtime.runtime import EdgeRuntime
+from edge_runtime.sources import open_source
+from firmware_configs import PROFILE_DIR
+from firmware_configs.schema import parse_profile
+from shared_schema.endpoint import TrainerEndpoint
+from shared_schema.envelope import sha256_hex
+from shared_schema.messages import Control, MessageType
+from tests.mirror import Mirror
+from tests.mqtt_helpers import Inbox, wait_until
+
+
+def device_profile(tmp_path, broker=None, **sections):
+    raw = tomllib.loads((PROFILE_DIR / "cpu.toml").read_text())
+    raw["model"]["slot_dir"] = str(tmp_path / "slots")
+    raw["buffer"]["spool_dir"] = str(tmp_path / "spool")
+    raw["telemetry"] = {"interval_s": 0.5, "results_rate_hz": 2.0}
+    raw["source"] = {"realtime": False, "loop": False}
+    if broker is not None:
+        raw["mqtt"].update(port=broker.port, reconnect_min_s=0.1, reconnect_max_s=1.0)
+    for name, values in sections.items():
+        raw[name].update(values)
+    return parse_profile(raw, base_dir=PROFILE_DIR)
+
+
+@pytest.fixture
+def video(shared_dir):
+    return str(shared_dir / "videos/vtest.avi")
+
+
+def test_labels_equal_a_bare_interpreter(tmp_path, video):
+    profile = device_profile(tmp_path)
+    runtime = EdgeRuntime.from_profile(profile, connect=False)
+    bare = Interpreter(str(profile.model.initial), num_threads=2)
+    bare.allocate_tensors()
+    (inp,), (out,) = bare.get_input_details(), bare.get_output_details()
+    with open_source(video) as frames:
+        for _, frame in zip(range(5), frames, strict=False):
+            labels = runtime.process(frame)
+            bare.set_tensor(inp["index"], frame.rgb(513, 513)[None])
+            bare.invoke()
+            assert np.array_equal(labels, bare.get_tensor(out["index"])[0])
+    runtime.shutdown()
+
+
+@pytest.fixture
+def trainer(broker):
+    endpoint = TrainerEndpoint(broker.client_config())
+    inbox = Inbox(endpoint)
+    endpoint.start()
+    assert endpoint.wait_connected(10)
+    yield endpoint, inbox
+    endpoint.stop(timeout=1.0)
+
+
+def _start(profile):
+    runtime = EdgeRuntime.from_profile(profile)
+    runtime.start()
+    assert runtime.endpoint.wait_connected(10)
+    return runtime
+
+
+@pytest.mark.broker
+def test_device_uplink_hello_telemetry_and_control(tmp_path, broker, trainer, video):
+    endpoint, inbox = trainer
+    runtime = _start(device_profile(tmp_path, broker))
+    hello, _ = inbox.of_type(MessageType.HELLO)
+    assert hello.msg.model_sha256 == runtime.model.sha256 and hello.msg.input_size == (513, 513)
+    with open_source(video) as frames:
+        runtime.run(frames, max_frames=105)  # 10.5 s of video at 1 fps: one full segment
+        segment, _ = inbox.of_type(MessageType.SEGMENT, timeout=30)
+        assert segment.msg.timestamps == tuple(float(t) for t in range(10))
+        pictures = decode_segment(segment.body, expected_frames=10)
+        assert (pictures[0].width, pictures[0].height) == (768, 576)
+
+        control = Control(sampling_rate_fps=0.5, t_update_s=6.0)
+        assert endpoint.send("cpu-0", control).wait(5)
+        ack, _ = inbox.of_type(MessageType.ACK)
+        assert ack.msg.ok and ack.msg.ref_type == "control"
+        wait_until(lambda: runtime.sampler.rate_fps == 0.5, what="the new rate")
+        runtime.run(frames, max_frames=300)
+    runtime.shutdown()
+    rates = []
+    while True:
+        try:
+            env, _ = inbox.of_type(MessageType.SEGMENT, timeout=5)
+        except AssertionError:
+            break
+        rates.append((env.msg.sampling_rate_fps, env.msg.timestamps))
+    assert rates, "segments after the control message"
+    later = [ts for rate, ts in rates if rate == 0.5]
+    assert later and all(np.allclose(np.diff(ts), 2.0) for ts in later if len(ts) > 1)
+    assert all(ts[-1] - ts[0] < 6.0 for ts in later)
+    telemetry, _ = inbox.of_type(MessageType.TELEMETRY)
+    assert telemetry.msg.frames > 0 and telemetry.msg.latency_p95_ms > 0
+    results, _ = inbox.of_type(MessageType.RESULTS)
+    assert abs(sum(results.msg.class_fractions) - 1.0) < 1e-6
+
+
+@pytest.mark.broker
+def test_hot_swap_over_mqtt_keeps_frames_flowing(tmp_path, broker, trainer, video):
+    endpoint, inbox = trainer
+    profile = device_profile(tmp_path, broker)
+    runtime = _start(profile)
+    mirror = Mirror(profile.model.initial.read_bytes(), device_id="cpu-0")
+    for version in (1, 2):
+        mirror.next_version(version)
+    done = threading.Event()
+
+    def send_updates():
+        for frm, to in ((0, 1), (1, 2)):
+            msg, body = mirror.update_message(frm, to)
+            endpoint.send("cpu-0", msg, body).wait(5)
+            inbox.of_type(MessageType.ACK, timeout=30)
+        done.set()
+
+    sender = threading.Thread(target=send_updates)
+    ran = []  # the model version of every frame
+    with open_source(video, loop=True) as frames:
+        for frame in frames:
+            ran.append(runtime.model.version)
+            runtime.process(frame)
+            if len(ran) == 20:
+                sender.start()  # updates arrive while frames flow
+            if done.is_set() and len(ran) > 40 and ran[-20] == 2:
+                break
+    sender.join(5)
+    assert runtime.model.version == 2
+    assert runtime.model.sha256 == sha256_hex(mirror.versions[2])
+    assert runtime.counters.get("slots.swaps") == 2
+    # each version ran frames, in order, and the loop never stopped to swap
+    assert [v for i, v in enumerate(ran) if i == 0 or v != ran[i - 1]] == [None, 1, 2]
+    runtime.shutdown()
+    restarted = EdgeRuntime.from_profile(profile, connect=False)
+    assert restarted.model.version == 2  # the active slot survived the restart
+    restarted.shutdown()
