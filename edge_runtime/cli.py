@@ -90,6 +90,39 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from edge_runtime import bench
+    from edge_runtime.bench_results import write_result
+
+    model = Path(args.model)
+    if args.swap_every:
+        results = bench.swap(
+            model,
+            args.source,
+            swap_every_s=args.swap_every,
+            fps=args.fps,
+            duration_s=args.duration,
+            threads=args.threads,
+        )
+        name = "edge-swap"
+    else:
+        results = bench.throughput(
+            model,
+            args.source,
+            frames=args.frames,
+            rounds=args.rounds,
+            threads=args.threads,
+            sampling_fps=args.sampling_fps,
+            bitrate_kbps=args.bitrate,
+            broker=args.broker,
+        )
+        name = "edge-bench"
+    if not args.no_save:
+        results["saved_to"] = str(write_result(name, results))
+    print(json.dumps(results, indent=2 if not args.json else None))
+    return 0
+
+
 def command_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser, Any]:
     """A parser with the options every command of the project shares, and its subcommands."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
@@ -152,6 +185,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--max-frames", type=int, help="stop after this many frames")
     run.set_defaults(func=_run)
+
+    bench = sub.add_parser(
+        "bench",
+        help="the runtime against a bare LiteRT loop in the same run (JSON)",
+        description="Throughput of the whole runtime against a bare set_tensor/invoke/"
+        "get_tensor loop on the same frames; with --swap-every, frame gaps while updates are "
+        "hot-swapped. Results are also written under benchmarks/results/.",
+    )
+    bench.add_argument("--model", required=True, help=".tflite model")
+    bench.add_argument("--source", required=True, help="video file")
+    bench.add_argument("--frames", type=int, default=300)
+    bench.add_argument("--rounds", type=int, default=3, help="alternating bare/runtime rounds")
+    bench.add_argument("--threads", type=int, default=2)
+    bench.add_argument("--sampling-fps", type=float, default=1.0)
+    bench.add_argument("--bitrate", type=float, default=200.0, help="H.264 target, kbps")
+    bench.add_argument("--broker", help="HOST:PORT of an MQTT broker (default: a null uplink)")
+    bench.add_argument("--swap-every", type=float, help="apply an update every S seconds")
+    bench.add_argument("--fps", type=float, help="pace frames at this rate (swap benchmark)")
+    bench.add_argument("--duration", type=float, default=30.0, help="swap benchmark seconds")
+    bench.add_argument("--json", action="store_true", help="one line of JSON")
+    bench.add_argument("--no-save", action="store_true", help="do not write a result file")
+    bench.set_defaults(func=_bench)
     return parser
 
 

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
+
+_local = threading.local()
+
+
+def _reformatter() -> VideoReformatter:
+    """One per thread: swscale contexts are not thread-safe, and reusing one for every frame of
+    the same geometry skips rebuilding its filter tables (a third of the cost of a 768x576 →
+    513x513 conversion, for identical pixels)."""
+    reformatter = getattr(_local, "reformatter", None)
+    if reformatter is None:
+        reformatter = _local.reformatter = VideoReformatter()
+    return reformatter
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +42,8 @@ class Frame:
         The trainer decodes uploaded frames through the same call, so both sides see the same
         pixels for the same picture.
         """
-        return self.video.to_ndarray(width=width, height=height, format="rgb24")
+        converted = _reformatter().reformat(self.video, width=width, height=height, format="rgb24")
+        return converted.to_ndarray()
 
     @classmethod
     def from_rgb(cls, index: int, timestamp: float, rgb: np.ndarray) -> Frame:

@@ -14,18 +14,22 @@ frame loop touches the active engine.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import signal
+import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version as package_version
 
 import numpy as np
 
 from edge_runtime.frames import Frame
-from edge_runtime.model_slots import LoadedModel, ModelSlots
+from edge_runtime.model_slots import LoadedModel, ModelSlots, Trial, invalid_output
+from edge_runtime.priority import lower_thread_priority
 from edge_runtime.results import ResultSink, SummaryPublisher
 from edge_runtime.sampler import Sampler
 from edge_runtime.segment_buffer import EncodedSegment, SegmentBuffer
@@ -87,7 +91,7 @@ class EdgeRuntime:
         self.uplink = uplink or NullUplink(self.counters)
         self._slots = slots
         self._model: LoadedModel = slots.active or slots.load()
-        self._running_model = self._model
+        self._trial: Trial | None = None  # a new model waiting for its warm-up frame
         self._warm: tuple[np.ndarray, np.ndarray] | None = None
         self.sinks = list(sinks)
         sampling = profile.sampling
@@ -149,6 +153,10 @@ class EdgeRuntime:
     def model(self) -> LoadedModel:
         return self._model
 
+    @property
+    def slots(self) -> ModelSlots:
+        return self._slots
+
     def apply_update(self, envelope: Envelope) -> None:
         """The one way a model changes: a ``model`` or ``update`` message (or a rollback
         order) goes to the slots' worker; the frame loop keeps running meanwhile."""
@@ -157,10 +165,18 @@ class EdgeRuntime:
     def _swap(self, model: LoadedModel) -> None:
         self._model = model  # the single reference assignment the frame loop reads
 
+    def _offer(self, trial: Trial) -> None:
+        self._trial = trial
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._slots.start(on_swap=self._swap, send_ack=self._send, warmup=lambda: self._warm)
+        # Pure-Python work on other threads (parsing an update, MQTT handling) may hold the
+        # GIL for this long before the frame loop gets it back; 5 ms would be a frame's slack.
+        sys.setswitchinterval(0.001)
+        self._slots.start(
+            on_swap=self._swap, send_ack=self._send, warmup=lambda: self._warm, offer=self._offer
+        )
         self.uplink.start()
         if self.endpoint is not None:
             self.endpoint.on(MessageType.MODEL, self._on_model_message)
@@ -172,12 +188,18 @@ class EdgeRuntime:
             self._timer.start()
 
     def run(self, frames: Iterable[Frame], max_frames: int | None = None) -> RunSummary:
-        """Process frames until the source ends, ``max_frames`` were done or ``stop()``."""
+        """Process frames until the source ends, ``max_frames`` were done or ``stop()``.
+
+        The next frame is decoded and scaled to the model's input on a prefetch thread while
+        the current one is inferred, so those costs overlap inference instead of adding to it.
+        """
         started = time.monotonic()
-        for frame in frames:
-            self.process(frame)
-            if self._stop.is_set() or (max_frames is not None and self.stats.frames >= max_frames):
-                break
+        with Prefetcher(frames, lambda: self._model.engine.input_size) as prepared:
+            for frame, rgb in prepared:
+                self.process(frame, rgb)
+                done = max_frames is not None and self.stats.frames >= max_frames
+                if self._stop.is_set() or done:
+                    break
         return RunSummary(
             frames=self.stats.frames,
             seconds=time.monotonic() - started,
@@ -205,16 +227,18 @@ class EdgeRuntime:
 
     # -- the frame loop ------------------------------------------------------------------------
 
-    def process(self, frame: Frame) -> np.ndarray:
-        """Run one frame through the active model; returns its label map."""
+    def process(self, frame: Frame, rgb: np.ndarray | None = None) -> np.ndarray:
+        """Run one frame through the active model; returns its label map. ``rgb`` is the frame
+        already scaled to the model's input, when a prefetcher made it."""
         model = self._model  # read once: a swap lands between two frames, never inside one
-        if model is not self._running_model:
-            self._running_model = model
-            self._slots.release_retired()
+        self._slots.release_retired()
         started = time.perf_counter()
-        height, width = model.engine.input_size
-        rgb = frame.rgb(width, height)
-        labels = model.engine.infer(rgb)
+        trial, self._trial = self._trial, None
+        if trial is not None and trial.claim():
+            model, labels, rgb = self._warm_up(trial, model, frame, rgb)
+        else:
+            rgb = self._input(model, frame, rgb)
+            labels = model.engine.infer(rgb)
         latency = time.perf_counter() - started
         self._warm = (rgb, labels)
         sampled = self.sampler.offer(frame.timestamp)
@@ -224,6 +248,34 @@ class EdgeRuntime:
             sink(frame, labels, model.version)
         self.stats.frame(latency, sampled)
         return labels
+
+    @staticmethod
+    def _input(model: LoadedModel, frame: Frame, rgb: np.ndarray | None) -> np.ndarray:
+        height, width = model.engine.input_size
+        if rgb is None or rgb.shape[:2] != (height, width):
+            rgb = frame.rgb(width, height)
+        return rgb
+
+    def _warm_up(
+        self, trial: Trial, running: LoadedModel, frame: Frame, rgb: np.ndarray | None
+    ) -> tuple[LoadedModel, np.ndarray, np.ndarray]:
+        """This frame on the new model is its warm-up: kept if valid (the swap), otherwise the
+        frame runs again on the model it replaces and the new one is refused."""
+        candidate = trial.model
+        reason = None
+        try:
+            trial_rgb = self._input(candidate, frame, rgb)
+            labels = candidate.engine.infer(trial_rgb)
+            if self._warm is not None:
+                reason = invalid_output(labels, self._warm[1])
+        except Exception as exc:  # a model that cannot run a frame is refused, not fatal
+            reason = f"warm-up failed: {exc}"
+        trial.decide(reason)
+        if reason is None:
+            self._model = candidate
+            return candidate, labels, trial_rgb
+        rgb = self._input(running, frame, rgb)
+        return running, running.engine.infer(rgb), rgb
 
     # -- messages ------------------------------------------------------------------------------
 
@@ -291,6 +343,58 @@ class EdgeRuntime:
                 counters=self.counters.snapshot() | self.segments.counters.snapshot(),
             )
             self.endpoint.send(telemetry)  # type: ignore[union-attr]
+
+
+class Prefetcher:
+    """Reads frames and scales them to the model's input one frame ahead, on its own thread.
+
+    Source errors reach the consumer at the point in the stream where they happened.
+    """
+
+    _END = object()
+
+    def __init__(self, frames: Iterable[Frame], input_size: Callable[[], tuple[int, int]]):
+        self._frames = frames
+        self._input_size = input_size
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, name="prefetch", daemon=True)
+
+    def __enter__(self) -> Iterator[tuple[Frame, np.ndarray]]:
+        self._thread.start()
+        return self._drain()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        while self._thread.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=0.05)
+
+    def _fill(self) -> None:
+        lower_thread_priority()  # runs a frame ahead: it only needs the gaps inference leaves
+        try:
+            for frame in self._frames:
+                height, width = self._input_size()
+                if not self._put((frame, frame.rgb(width, height))):
+                    return
+            self._put(self._END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put(exc)
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _drain(self) -> Iterator[tuple[Frame, np.ndarray]]:
+        while (item := self._queue.get()) is not self._END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
 
 
 def _label_count(profile: Profile) -> int | None:

@@ -38,6 +38,7 @@ from pydantic import ValidationError
 
 from edge_runtime.frames import Frame
 from edge_runtime.h264 import DEFAULT_PRESET, bitrate_for_size, encode_segment, upload_size
+from edge_runtime.priority import lower_thread_priority
 from shared_schema.counters import Counters
 from shared_schema.messages import Control, EncoderKnobs, Segment
 
@@ -242,6 +243,7 @@ class SegmentBuffer:
         )
 
     def _run(self) -> None:
+        lower_thread_priority()  # encoding has a whole T_update of slack; inference has none
         while True:
             with self._cond:
                 while not self._pending and not self._closed:

@@ -199,6 +199,7 @@ class MqttLink:
         self._handlers: list[tuple[str, int, Handler]] = []
         self._handlers_lock = threading.Lock()
         self._connected = threading.Event()  # connected and subscriptions acknowledged
+        self._stopping = False
         self._pending_subscribe: int | None = None
         self._generation = 0
         self._queue: deque[Inbound | None] = deque()
@@ -233,6 +234,7 @@ class MqttLink:
         """Publish ``final`` if connected (e.g. an 'offline' status), then disconnect cleanly."""
         if final is not None and self.connected:
             self.publish(final).wait(timeout)
+        self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
         with self._queue_cv:
@@ -400,7 +402,9 @@ class MqttLink:
             lost = [m for m, o in self._outcomes.items() if o.qos == 0]
             for mid in lost:
                 self._outcomes.pop(mid).settle(False)
-        if self._connected.is_set():
+        if self._stopping:
+            log.info("disconnected from %s:%s", self.config.host, self.config.port)
+        elif self._connected.is_set():
             self.counters.inc("mqtt.disconnects")
             log.warning(
                 "disconnected from %s:%s (%s); reconnecting with backoff",

@@ -84,6 +84,17 @@ class TFLiteFile:
         except Exception as exc:  # flatbuffers raises anything from IndexError to struct.error
             raise TFLiteFormatError(f"malformed TFLite flatbuffer: {exc}") from exc
 
+    def with_data(self, data: bytes) -> TFLiteFile:
+        """The same layout holding other values, without parsing again: what a value update
+        (qdelta, ams-fp16) produces, since it rewrites values in place."""
+        if len(data) != len(self.data) or data[4:8] != b"TFL3":
+            raise TFLiteFormatError("not a file of this layout")
+        clone = object.__new__(TFLiteFile)
+        clone.data = bytes(data)
+        clone._model = schema.Model.GetRootAs(clone.data, 0)
+        clone._trainable = self._trainable
+        return clone
+
     @property
     def trainable(self) -> tuple[ConstTensor, ...]:
         """Weights and biases of conv / fully connected ops, in graph order, each once."""

@@ -18,6 +18,7 @@ from firmware_configs.schema import parse_profile
 from shared_schema.endpoint import TrainerEndpoint
 from shared_schema.envelope import sha256_hex
 from shared_schema.messages import Control, MessageType
+from shared_schema.tflite_file import TFLiteFile
 from tests.mirror import Mirror
 from tests.mqtt_helpers import Inbox, wait_until
 
@@ -146,3 +147,37 @@ def test_hot_swap_over_mqtt_keeps_frames_flowing(tmp_path, broker, trainer, vide
     restarted = EdgeRuntime.from_profile(profile, connect=False)
     assert restarted.model.version == 2  # the active slot survived the restart
     restarted.shutdown()
+
+
+@pytest.mark.broker
+def test_a_collapsed_model_is_refused_on_its_warm_up_frame(tmp_path, broker, trainer, video):
+    """While frames flow, a new model's first frame is its warm-up: a model whose output
+    collapses to one class is refused there, and that frame's result comes from the old one."""
+    endpoint, inbox = trainer
+    profile = device_profile(tmp_path, broker)
+    delivered = []
+    runtime = EdgeRuntime.from_profile(
+        profile, sinks=[lambda frame, labels, version: delivered.append(np.unique(labels).size)]
+    )
+    runtime.start()
+    assert runtime.endpoint.wait_connected(10)
+    mirror = Mirror(profile.model.initial.read_bytes(), device_id="cpu-0")
+    base = TFLiteFile(mirror.versions[0])
+    last_bias = [t for t in base.trainable if t.dtype == np.int32][-1]
+    biased = base.values(last_bias).copy()
+    biased[0] = np.iinfo(np.int32).max // 2  # background wins every pixel
+    mirror.versions[1] = base.patched({last_bias.index: biased})
+    msg, body = mirror.update_message(0, 1)
+    with open_source(video, loop=True) as frames:
+        for count, frame in enumerate(frames):
+            runtime.process(frame)
+            if count == 10:
+                assert endpoint.send("cpu-0", msg, body).wait(5)
+            if runtime.counters.get("slots.rejected.invalid_model") or count > 600:
+                break
+    ack, _ = inbox.of_type(MessageType.ACK, timeout=10)
+    assert not ack.msg.ok and ack.msg.reason == "invalid_model"
+    assert "one class" in ack.msg.detail
+    assert runtime.model.version is None
+    assert min(delivered) > 1  # no frame's result came from the collapsed model
+    runtime.shutdown()

@@ -11,6 +11,7 @@ Every malformed body raises ``UpdateFormatError``; the caller checks the result'
 """
 
 from shared_schema.messages import UpdateFormat
+from shared_schema.tflite_file import TFLiteFile
 from shared_schema.update_formats import ams_fp16, qdelta, zpatch
 from shared_schema.update_formats.errors import UpdateFormatError
 
@@ -21,9 +22,15 @@ _APPLY = {
 }
 
 
-def apply_update(fmt: UpdateFormat, base: bytes, body: bytes) -> bytes:
-    """The model file that ``body`` (in format ``fmt``) makes of ``base``."""
+def apply_update(fmt: UpdateFormat, base: bytes | TFLiteFile, body: bytes) -> bytes:
+    """The model file that ``body`` (in format ``fmt``) makes of ``base`` (its bytes, or the
+    parsed file, which saves parsing it again)."""
     return _APPLY[UpdateFormat(fmt)](base, body)
 
 
-__all__ = ["UpdateFormatError", "ams_fp16", "apply_update", "qdelta", "zpatch"]
+def keeps_layout(fmt: UpdateFormat) -> bool:
+    """Whether results of ``fmt`` have their base's layout (values rewritten in place)."""
+    return UpdateFormat(fmt) in (UpdateFormat.QDELTA, UpdateFormat.AMS_FP16)
+
+
+__all__ = ["UpdateFormatError", "ams_fp16", "apply_update", "keeps_layout", "qdelta", "zpatch"]

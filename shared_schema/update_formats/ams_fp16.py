@@ -41,7 +41,7 @@ def encode(base: TFLiteFile, selected: dict[int, tuple[np.ndarray, np.ndarray]])
     )
 
 
-def apply(base: bytes, body: bytes) -> bytes:
+def apply(base: bytes | TFLiteFile, body: bytes) -> bytes:
     model = _parse_model(base)
     reader = Reader(body)
     reader.expect(MAGIC)

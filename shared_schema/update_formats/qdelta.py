@@ -43,7 +43,7 @@ def encode(base: TFLiteFile, new_values: dict[int, np.ndarray]) -> bytes:
     return zstandard.ZstdCompressor(level=LEVEL).compress(header + all_gaps + b"".join(diffs))
 
 
-def apply(base: bytes, body: bytes) -> bytes:
+def apply(base: bytes | TFLiteFile, body: bytes) -> bytes:
     model = _parse_model(base)
     reader = Reader(decompress(body, max_output=64 + 13 * model.trainable_size))
     reader.expect(MAGIC)
@@ -61,7 +61,9 @@ def apply(base: bytes, body: bytes) -> bytes:
     return model.patched(updates)
 
 
-def _parse_model(base: bytes) -> TFLiteFile:
+def _parse_model(base: bytes | TFLiteFile) -> TFLiteFile:
+    if isinstance(base, TFLiteFile):
+        return base
     try:
         return TFLiteFile(base)
     except TFLiteFormatError as exc:

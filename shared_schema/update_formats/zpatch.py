@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import zstandard
 
+from shared_schema.tflite_file import TFLiteFile
 from shared_schema.update_formats.errors import UpdateFormatError
 
 LEVEL = 19
@@ -29,7 +30,9 @@ def encode(base: bytes, new: bytes) -> bytes:
     return compressor.compress(new)
 
 
-def apply(base: bytes, body: bytes) -> bytes:
+def apply(base: bytes | TFLiteFile, body: bytes) -> bytes:
+    if isinstance(base, TFLiteFile):
+        base = base.data
     dictionary = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
     decompressor = zstandard.ZstdDecompressor(
         dict_data=dictionary, max_window_size=1 << MAX_WINDOW_LOG

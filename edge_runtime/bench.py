@@ -1,0 +1,324 @@
+"""``edge-runtime bench``: the runtime against a bare LiteRT loop, measured in the same run.
+
+Throughput: the same decoded frames go through a bare ``set_tensor / invoke / get_tensor``
+loop (frames resized beforehand, outside the timing) and through the whole runtime (resize,
+inference, sampler, H.264 segment buffer, uplink: a null one, or MQTT to a broker), as fast as
+possible, alternating for several rounds; the ratio is the median of the rounds' ratios, so
+the noise of a shared machine hits both sides alike. Frames run faster than real time, so the
+encoder's share of the CPU is larger here than on a live camera.
+
+Swap (``swap_every``): frames paced at a fixed rate while a real qdelta update (5 % of the
+weights moved by one quantization step: the device's work does not depend on how the values
+were trained) is applied every S seconds through ``apply_update``; a frame that starts more
+than one period late is dropped, as a camera would drop it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import threading
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+
+from edge_runtime.frames import Frame
+from edge_runtime.runtime import EdgeRuntime
+from edge_runtime.sources import open_source
+from firmware_configs import PROFILE_DIR, Profile
+from firmware_configs.schema import parse_profile
+from shared_schema.envelope import decode, encode, sha256_hex
+from shared_schema.messages import Update
+from shared_schema.tflite_file import TFLiteFile
+from shared_schema.update_formats import qdelta
+
+
+def load_frames(source: str, count: int) -> list[Frame]:
+    """The first ``count`` frames of a file, decoded once, kept in memory."""
+    with open_source(source) as frames:
+        decoded = [frame for _, frame in zip(range(count), frames, strict=False)]
+    if not decoded:
+        raise ValueError(f"{source}: no frames")
+    return decoded
+
+
+def bench_profile(
+    model: Path,
+    workdir: Path,
+    *,
+    threads: int,
+    sampling_fps: float,
+    bitrate_kbps: float,
+    t_update_s: float,
+    broker: str | None,
+) -> Profile:
+    raw = tomllib.loads((PROFILE_DIR / "cpu.toml").read_text())
+    raw["device"]["id"] = "bench-0"
+    raw["inference"]["threads"] = threads
+    raw["model"].update(initial=str(model), slot_dir=str(workdir / "slots"))
+    raw["sampling"] = {
+        "min_fps": min(0.1, sampling_fps),
+        "max_fps": max(1.0, sampling_fps),
+        "initial_fps": sampling_fps,
+    }
+    raw["buffer"].update(
+        spool_dir=str(workdir / "spool"), bitrate_kbps=bitrate_kbps, t_update_s=t_update_s
+    )
+    raw["telemetry"] = {"interval_s": 10.0, "results_rate_hz": 0.0}
+    if broker:
+        url = urlsplit(f"mqtt://{broker}")
+        raw["mqtt"].update(host=url.hostname or "127.0.0.1", port=url.port or 1883)
+    return parse_profile(raw, base_dir=PROFILE_DIR)
+
+
+def input_size(model: Path) -> tuple[int, int]:
+    (details,) = Interpreter(str(model)).get_input_details()
+    _, height, width, _ = details["shape"]
+    return int(height), int(width)
+
+
+def bare_fps(model: Path, inputs: list[np.ndarray], threads: int) -> float:
+    interpreter = Interpreter(str(model), num_threads=threads)
+    interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    started = time.perf_counter()
+    for rgb in inputs:
+        interpreter.set_tensor(inp["index"], rgb[None])
+        interpreter.invoke()
+        interpreter.get_tensor(out["index"])
+    return len(inputs) / (time.perf_counter() - started)
+
+
+def runtime_round(profile: Profile, frames: list[Frame], broker: str | None) -> dict:
+    runtime = EdgeRuntime.from_profile(profile, connect=broker is not None)
+    runtime.start()
+    if runtime.endpoint is not None and not runtime.endpoint.wait_connected(10):
+        raise RuntimeError(f"cannot reach the broker at {broker}")
+    summary = runtime.run(frames)
+    runtime.shutdown()
+    p50, p95 = runtime.stats.latency_ms(50, 95)
+    video_s = frames[-1].timestamp - frames[0].timestamp + _period(frames)
+    return {
+        "fps": summary.fps,
+        "latency_p50_ms": p50,
+        "latency_p95_ms": p95,
+        "uplink_kbps": runtime.counters.get("uplink.bytes_sent") * 8 / video_s / 1000,
+        "segments": runtime.counters.get("uplink.segments_accepted"),
+    }
+
+
+def _period(frames: list[Frame]) -> float:
+    return (frames[-1].timestamp - frames[0].timestamp) / max(len(frames) - 1, 1)
+
+
+def throughput(
+    model: Path,
+    source: str,
+    *,
+    frames: int = 300,
+    rounds: int = 3,
+    threads: int = 2,
+    sampling_fps: float = 1.0,
+    bitrate_kbps: float = 200.0,
+    t_update_s: float = 10.0,
+    broker: str | None = None,
+) -> dict:
+    decoded = load_frames(source, frames)
+    height, width = input_size(model)
+    inputs = [frame.rgb(width, height) for frame in decoded]
+    bare, runs = [], []
+    with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
+        for round_index in range(rounds):
+            bare.append(bare_fps(model, inputs, threads))
+            profile = bench_profile(
+                model,
+                Path(tmp) / f"round{round_index}",
+                threads=threads,
+                sampling_fps=sampling_fps,
+                bitrate_kbps=bitrate_kbps,
+                t_update_s=t_update_s,
+                broker=broker,
+            )
+            runs.append(runtime_round(profile, decoded, broker))
+    ratios = [run["fps"] / b for run, b in zip(runs, bare, strict=True)]
+    return {
+        "model": str(model),
+        "source": source,
+        "frames": len(decoded),
+        "rounds": rounds,
+        "threads": threads,
+        "sampling_fps": sampling_fps,
+        "bitrate_kbps": bitrate_kbps,
+        "uplink": f"mqtt://{broker}" if broker else "null",
+        "fps_bare": statistics.median(bare),
+        "fps_runtime": statistics.median(run["fps"] for run in runs),
+        "ratio": statistics.median(ratios),
+        "ratios": ratios,
+        "latency_p50_ms": statistics.median(run["latency_p50_ms"] for run in runs),
+        "latency_p95_ms": statistics.median(run["latency_p95_ms"] for run in runs),
+        "uplink_kbps": statistics.median(run["uplink_kbps"] for run in runs),
+    }
+
+
+def perturbed(model: TFLiteFile, fraction: float, rng: np.random.Generator) -> bytes:
+    """A model file with ``fraction`` of its uint8 weights moved by one quantization step."""
+    new = {}
+    for tensor in model.trainable:
+        if tensor.dtype != np.uint8:
+            continue
+        values = model.values(tensor).copy()
+        picked = rng.random(tensor.size) < fraction
+        values[picked] = np.clip(
+            values[picked].astype(np.int16) + rng.choice([-1, 1], picked.sum()), 0, 255
+        ).astype(np.uint8)
+        new[tensor.index] = values
+    return model.patched(new)
+
+
+def update_chain(initial: bytes, count: int, fraction: float, device_id: str) -> list[bytes]:
+    """``count`` framed qdelta updates, each applying to the result of the one before."""
+    rng = np.random.default_rng(0)
+    payloads, current = [], initial
+    for version in range(count):
+        base = TFLiteFile(current)
+        target = perturbed(base, fraction, rng)
+        body = qdelta.encode(base, {t.index: TFLiteFile(target).values(t) for t in base.trainable})
+        msg = Update(
+            base_version=version,
+            base_sha256=sha256_hex(current),
+            new_version=version + 1,
+            result_sha256=sha256_hex(target),
+        )
+        payloads.append(encode(msg, device_id="trainer", seq=version, boot="0" * 16, body=body))
+        current = target
+    return payloads
+
+
+def swap(
+    model: Path,
+    source: str,
+    *,
+    swap_every_s: float,
+    fps: float | None = None,
+    duration_s: float = 30.0,
+    rounds: int = 2,
+    threads: int = 2,
+    update_fraction: float = 0.05,
+) -> dict:
+    """Paced frames with an update every ``swap_every_s``, against the same paced run without
+    updates (the baseline), alternating for ``rounds``."""
+    decoded = load_frames(source, 300)
+    fps = fps or 1.0 / _period(decoded)
+    count = math.ceil(duration_s / swap_every_s) + 1
+    updates = update_chain(model.read_bytes(), count, update_fraction, "bench-0")
+    runs: dict[str, list[dict]] = {"baseline": [], "swapping": []}
+    with tempfile.TemporaryDirectory(prefix="edge-swap-") as tmp:
+        for round_index in range(rounds):
+            for name, chain in (("baseline", []), ("swapping", updates)):
+                profile = bench_profile(
+                    model,
+                    Path(tmp) / f"{name}{round_index}",
+                    threads=threads,
+                    sampling_fps=1.0,
+                    bitrate_kbps=200.0,
+                    t_update_s=10.0,
+                    broker=None,
+                )
+                runs[name].append(
+                    _paced_round(profile, decoded, fps, duration_s, chain, swap_every_s)
+                )
+    swapping, baseline = runs["swapping"], runs["baseline"]
+    applied = [ms for run in swapping for ms in run["swap_apply_ms"]]
+    return {
+        "model": str(model),
+        "source": source,
+        "fps": fps,
+        "frames": int(duration_s * fps),
+        "rounds": rounds,
+        "swap_every_s": swap_every_s,
+        "swaps": sum(run["swaps"] for run in swapping),
+        "dropped_frames": sum(run["dropped_frames"] for run in swapping),
+        "median_frame_gap_ms": statistics.median(r["median_frame_gap_ms"] for r in swapping),
+        "max_frame_gap_ms": max(r["max_frame_gap_ms"] for r in swapping),
+        "baseline_dropped_frames": sum(run["dropped_frames"] for run in baseline),
+        "baseline_median_frame_gap_ms": statistics.median(
+            r["median_frame_gap_ms"] for r in baseline
+        ),
+        "baseline_max_frame_gap_ms": max(r["max_frame_gap_ms"] for r in baseline),
+        "swap_apply_ms": applied,
+        "swap_apply_ms_median": statistics.median(applied) if applied else None,
+        "update_bytes_median": statistics.median(len(decode(u).body) for u in updates),
+    }
+
+
+def _paced_round(
+    profile: Profile,
+    frames: list[Frame],
+    fps: float,
+    duration_s: float,
+    updates: list[bytes],
+    every_s: float,
+) -> dict:
+    results: list[float] = []
+    runtime = EdgeRuntime.from_profile(
+        profile, connect=False, sinks=[lambda *_: results.append(time.perf_counter())]
+    )
+    runtime.start()
+    camera = PacedCamera(frames, fps, int(duration_s * fps))
+    stop = threading.Event()
+    sender = threading.Thread(
+        target=_send_updates, args=(runtime, updates, every_s, stop), daemon=True
+    )
+    sender.start()
+    runtime.run(camera)
+    stop.set()
+    sender.join(5)
+    applied = [round(s * 1000, 1) for s in runtime.slots.apply_seconds]
+    swaps = runtime.counters.get("slots.swaps")
+    runtime.shutdown()
+    gaps = np.diff(results) * 1000
+    return {
+        "swaps": swaps,
+        "dropped_frames": camera.dropped,
+        "median_frame_gap_ms": float(np.median(gaps)),
+        "max_frame_gap_ms": float(gaps.max()),
+        "swap_apply_ms": applied,
+    }
+
+
+def _send_updates(
+    runtime: EdgeRuntime, updates: list[bytes], every_s: float, stop: threading.Event
+) -> None:
+    for payload in updates:
+        if stop.wait(every_s):
+            return
+        runtime.apply_update(decode(payload))
+
+
+class PacedCamera:
+    """Frames at a fixed rate, like a camera: frame i exists from start + i / fps; one not
+    taken within a period of that is dropped, as a camera with a one-frame buffer drops it."""
+
+    def __init__(self, frames: list[Frame], fps: float, total: int) -> None:
+        self._frames = frames
+        self._period = 1.0 / fps
+        self._total = total
+        self.dropped = 0
+
+    def __iter__(self) -> Iterator[Frame]:
+        begin = time.perf_counter() + 0.5
+        for i in range(self._total):
+            due = begin + i * self._period
+            now = time.perf_counter()
+            if now < due:
+                time.sleep(due - now)
+            elif now > due + self._period:
+                self.dropped += 1
+                continue
+            yield Frame(i, i * self._period, self._frames[i % len(self._frames)].video)

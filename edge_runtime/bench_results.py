@@ -1,0 +1,81 @@
+"""Benchmark results on disk: each run is one JSON file under ``benchmarks/results/`` that says
+what ran (the command), where (the machine), when, and on which commit."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+RESULTS_DIR_ENV = "AMS_BENCH_RESULTS"
+
+
+def results_dir() -> Path:
+    """``$AMS_BENCH_RESULTS``, else ``benchmarks/results`` of the project checkout."""
+    if os.environ.get(RESULTS_DIR_ENV):
+        return Path(os.environ[RESULTS_DIR_ENV])
+    return Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+def machine() -> dict[str, object]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    packages = {}
+    for name in ("ai-edge-litert", "av", "torch", "numpy", "onnxruntime"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "packages": packages,
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parents[1],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def write_result(name: str, results: dict[str, object], directory: Path | None = None) -> Path:
+    """Write one run; returns the file's path."""
+    now = datetime.datetime.now(datetime.UTC)
+    record = {
+        "benchmark": name,
+        "command": " ".join(
+            [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else []
+        ),
+        "date": now.isoformat(timespec="seconds"),
+        "commit": _git_commit(),
+        "machine": machine(),
+        "results": results,
+    }
+    target = directory or results_dir()
+    target.mkdir(parents=True, exist_ok=True)
+    path = target / f"{name}-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
