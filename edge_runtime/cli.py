@@ -102,6 +102,7 @@ def _bench(args: argparse.Namespace) -> int:
             swap_every_s=args.swap_every,
             fps=args.fps,
             duration_s=args.duration,
+            rounds=args.rounds,
             threads=args.threads,
         )
         name = "edge-swap"

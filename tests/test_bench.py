@@ -1,0 +1,71 @@
+"""The edge benchmark command produces its JSON and its result file (small settings: the
+numbers themselves are measured by running it, not asserted here)."""
+
+import json
+
+import pytest
+
+from edge_runtime.cli import main
+
+STUDENT = "models/coral/deeplabv3_mnv2_dm05_pascal_quant.tflite"
+
+
+@pytest.fixture
+def results_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("AMS_BENCH_RESULTS", str(tmp_path))
+    return tmp_path
+
+
+def _run(capsys, *args):
+    assert main(["--log-level", "WARNING", "bench", "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_throughput_bench_compares_with_a_bare_loop(shared_dir, results_dir, capsys):
+    out = _run(
+        capsys,
+        "--model",
+        str(shared_dir / STUDENT),
+        "--source",
+        str(shared_dir / "videos/vtest.avi"),
+        "--frames",
+        "24",
+        "--rounds",
+        "1",
+    )
+    for key in (
+        "fps_runtime",
+        "fps_bare",
+        "ratio",
+        "latency_p50_ms",
+        "latency_p95_ms",
+        "uplink_kbps",
+    ):
+        assert out[key] > 0, key
+    assert out["ratio"] == pytest.approx(out["fps_runtime"] / out["fps_bare"], rel=1e-6)
+    saved = json.loads(next(results_dir.glob("edge-bench-*.json")).read_text())
+    assert saved["results"]["ratio"] == out["ratio"]
+    assert saved["machine"]["cpu_count"] and saved["command"] and saved["date"]
+
+
+def test_swap_bench_applies_real_updates_while_paced(shared_dir, results_dir, capsys):
+    out = _run(
+        capsys,
+        "--model",
+        str(shared_dir / STUDENT),
+        "--source",
+        str(shared_dir / "videos/vtest.avi"),
+        "--swap-every",
+        "1",
+        "--fps",
+        "10",
+        "--duration",
+        "3.5",
+        "--rounds",
+        "1",
+    )
+    assert out["swaps"] >= 2
+    assert len(out["swap_apply_ms"]) == out["swaps"]
+    assert out["median_frame_gap_ms"] == pytest.approx(100, rel=0.2)
+    assert {"dropped_frames", "max_frame_gap_ms", "baseline_max_frame_gap_ms"} <= set(out)
+    assert next(results_dir.glob("edge-swap-*.json"))
