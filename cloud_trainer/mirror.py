@@ -1,0 +1,159 @@
+"""The trainer's mirror of one device's model file, version by version (SPEC §5).
+
+A new version is made only by writing the student's float master weights back at the frozen
+scales (``quantized_weights``) and applying the resulting update body with the very code the
+device runs (``apply_update``), so the mirror and the device hold bit-identical files. The
+mirror keeps the last few versions, to answer a device's resync request with a delta from
+the version it has; older ones get the full model.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cloud_trainer.student import TFLiteStudent, quantized_weights
+from shared_schema.envelope import sha256_hex
+from shared_schema.messages import Model, ModelFormat, Update, UpdateFormat
+from shared_schema.signing import sign, signing_payload
+from shared_schema.tflite_file import TFLiteFile
+from shared_schema.update_formats import ams_fp16, apply_update, keeps_layout, qdelta, zpatch
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A model or update message and its body, ready to send to the device."""
+
+    msg: Model | Update
+    body: bytes
+
+
+class ModelMirror:
+    def __init__(
+        self,
+        initial: bytes,
+        *,
+        device_id: str,
+        version: int = 0,
+        history: int = 8,
+        signing_key: Ed25519PrivateKey | None = None,
+    ) -> None:
+        self.device_id = device_id
+        self._history = history
+        self._key = signing_key
+        self._layout = TFLiteFile(initial)
+        self._versions: OrderedDict[int, bytes] = OrderedDict({version: bytes(initial)})
+
+    @property
+    def version(self) -> int:
+        return next(reversed(self._versions))
+
+    @property
+    def data(self) -> bytes:
+        return self._versions[self.version]
+
+    @property
+    def sha256(self) -> str:
+        return sha256_hex(self.data)
+
+    def versions(self) -> dict[int, bytes]:
+        return dict(self._versions)
+
+    def find(self, sha256: str) -> int | None:
+        """The version of a file the mirror still holds, by its hash."""
+        return next((v for v, data in self._versions.items() if sha256_hex(data) == sha256), None)
+
+    def advance(
+        self,
+        student: TFLiteStudent,
+        fmt: UpdateFormat,
+        mask: list[torch.Tensor] | None = None,
+    ) -> Outgoing:
+        """The next version from the student's master weights, as an update in ``fmt``
+        (``ams-fp16`` sends the values this phase's ``mask`` selected)."""
+        base = self._layout.with_data(self.data)
+        if fmt == UpdateFormat.AMS_FP16:
+            if mask is None:
+                raise ValueError("ams-fp16 needs the phase's parameter mask")
+            body = ams_fp16.encode(base, _selected_values(student, mask))
+        else:
+            body = qdelta.encode(base, quantized_weights(student))
+            if fmt == UpdateFormat.ZPATCH:
+                body = zpatch.encode(self.data, apply_update(UpdateFormat.QDELTA, base, body))
+        return self._commit(fmt, body)
+
+    def update_since(self, version: int, fmt: UpdateFormat) -> Outgoing | None:
+        """A delta from an older version the mirror still holds to the current one, or None."""
+        old = self._versions.get(version)
+        if old is None or version == self.version:
+            return None
+        if fmt == UpdateFormat.ZPATCH:
+            body = zpatch.encode(old, self.data)
+        else:
+            current = self._layout.with_data(self.data)
+            values = {t.index: current.values(t) for t in current.trainable}
+            body = qdelta.encode(self._layout.with_data(old), values)
+            fmt = UpdateFormat.QDELTA
+        msg = Update(
+            base_version=version,
+            base_sha256=sha256_hex(old),
+            new_version=self.version,
+            result_sha256=self.sha256,
+            format=fmt,
+        )
+        return self._signed(msg, body)
+
+    def full_model(self, name: str = "") -> Outgoing:
+        return self._signed(
+            Model(version=self.version, format=ModelFormat.TFLITE, name=name), self.data
+        )
+
+    def _commit(self, fmt: UpdateFormat, body: bytes) -> Outgoing:
+        base_version, base = self.version, self.data
+        layout_base = self._layout.with_data(base) if keeps_layout(fmt) else base
+        result = apply_update(fmt, layout_base, body)
+        msg = Update(
+            base_version=base_version,
+            base_sha256=sha256_hex(base),
+            new_version=base_version + 1,
+            result_sha256=sha256_hex(result),
+            format=fmt,
+        )
+        self._versions[base_version + 1] = result
+        while len(self._versions) > self._history:
+            self._versions.popitem(last=False)
+        return self._signed(msg, body)
+
+    def _signed(self, msg: Model | Update, body: bytes) -> Outgoing:
+        if self._key is not None:
+            payload = signing_payload(self.device_id, msg, sha256_hex(body))
+            msg = msg.model_copy(update={"signature": sign(self._key, payload)})
+        return Outgoing(msg, body)
+
+    def state_dict(self) -> dict[str, object]:
+        return {"versions": dict(self._versions)}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        versions = state["versions"]
+        self._layout = TFLiteFile(next(iter(versions.values())))
+        self._versions = OrderedDict(sorted(versions.items()))
+
+
+def _selected_values(
+    student: TFLiteStudent, mask: list[torch.Tensor]
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per tensor: the flat TFLite-layout positions the mask selects, and their float values."""
+    by_param = {id(p): b for p, b in zip(student.parameters(), mask, strict=True)}
+    selected = {}
+    for const in student.constants():
+        layout = np.argsort(const.spec.permutation)
+        chosen = by_param[id(const.master)].detach().cpu().numpy().transpose(layout).ravel()
+        positions = np.flatnonzero(chosen)
+        if positions.size:
+            values = const.master.detach().cpu().numpy().transpose(layout).ravel()
+            selected[const.spec.tensor_index] = (positions, values[positions].astype(np.float64))
+    return selected

@@ -1,0 +1,57 @@
+"""The trainer's time-stamped sample buffer (seed 002 Algorithm 1, B): (frame, teacher labels)
+pairs from the last T_horizon seconds of a device's video, at the training resolution, from
+which each training step draws a mini-batch uniformly at random."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Sample:
+    timestamp: float  # the frame's time on the device's clock
+    rgb: np.ndarray  # (H, W, 3) uint8 at the training resolution
+    labels: np.ndarray  # (H, W) uint8 teacher labels at the training resolution
+
+
+class SampleBuffer:
+    def __init__(self, horizon_s: float) -> None:
+        if horizon_s <= 0:
+            raise ValueError("horizon_s must be positive")
+        self.horizon_s = horizon_s
+        self._samples: list[Sample] = []  # in timestamp order (segments may arrive out of it)
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    @property
+    def latest_timestamp(self) -> float | None:
+        return self._samples[-1].timestamp if self._samples else None
+
+    def add(self, sample: Sample) -> None:
+        """Keep ``sample``; forget what is older than the horizon before the newest sample."""
+        bisect.insort(self._samples, sample, key=lambda s: s.timestamp)
+        cutoff = self._samples[-1].timestamp - self.horizon_s
+        first_kept = bisect.bisect_left(self._samples, cutoff, key=lambda s: s.timestamp)
+        del self._samples[:first_kept]
+
+    def samples(self) -> list[Sample]:
+        return list(self._samples)
+
+    def batch(self, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A mini-batch drawn uniformly (with replacement when the buffer is smaller)."""
+        if not self._samples:
+            raise ValueError("the buffer is empty")
+        picks = rng.choice(len(self._samples), size=size, replace=size > len(self._samples))
+        chosen = [self._samples[i] for i in picks]
+        return np.stack([s.rgb for s in chosen]), np.stack([s.labels for s in chosen])
+
+
+def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of a label map (sample centres, like the image scaler)."""
+    rows = ((np.arange(height) + 0.5) * labels.shape[0] / height).astype(np.int64)
+    cols = ((np.arange(width) + 0.5) * labels.shape[1] / width).astype(np.int64)
+    return labels[rows[:, None], cols[None, :]]

@@ -1,0 +1,129 @@
+"""Teachers: the large models whose labels the students learn (SPEC §6), as plug-ins.
+
+A teacher turns RGB frames at its input size into label maps. Built in: any TFLite model
+through LiteRT (the default), an ONNX model through ONNX Runtime (both through the edge
+runtime's own back-ends, so pre-processing is the same code), and a torch module (e.g. an
+imported TFLite teacher on a GPU). All are chosen by a typed config.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge_runtime.backends.base import Engine
+
+if TYPE_CHECKING:
+    from cloud_trainer.student import TFLiteStudent
+
+
+class Teacher(ABC):
+    @property
+    @abstractmethod
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) the teacher's frames must have."""
+
+    @abstractmethod
+    def label(self, rgb: np.ndarray) -> np.ndarray:
+        """(N, H, W) int64 labels for an (N, H, W, 3) uint8 RGB batch at ``input_size``."""
+
+
+class _EngineTeacher(Teacher):
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self._engine.input_size
+
+    def label(self, rgb: np.ndarray) -> np.ndarray:
+        return np.stack([self._engine.infer(frame) for frame in rgb]).astype(np.int64)
+
+
+class _TorchTeacher(Teacher):
+    def __init__(
+        self, module: TFLiteStudent, input_size: tuple[int, int], device: str, batch: int
+    ) -> None:
+        import torch
+
+        self._torch = torch
+        self._module = module.to(device).eval()
+        self._device = device
+        self._batch = batch
+        self._size = input_size
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self._size
+
+    def label(self, rgb: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(rgb), self._batch):
+                chunk = torch.from_numpy(np.ascontiguousarray(rgb[start : start + self._batch]))
+                out.append(self._module.labels(chunk.to(self._device)).cpu().numpy())
+        return np.concatenate(out).astype(np.int64)
+
+
+class TeacherConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["litert", "onnxruntime", "torch"] = "litert"
+    model: Path  # .tflite (litert, torch: imported with fake quantization), .onnx
+    threads: Annotated[int, Field(ge=1, le=256)] = 2
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    device: str = "cpu"  # torch only: "cuda" on a GPU machine
+    batch: Annotated[int, Field(ge=1, le=256)] = 8
+
+
+def load_teacher(config: TeacherConfig) -> Teacher:
+    data = config.model.read_bytes()
+    if config.kind == "torch":
+        from cloud_trainer.student import import_tflite
+
+        module = import_tflite(data)
+        input_size = _tflite_input_size(config.model)
+        return _TorchTeacher(module, input_size, config.device, config.batch)
+    size = _input_size(config)
+    if config.kind == "onnxruntime":
+        from edge_runtime.backends.onnxruntime import OnnxRuntimeConfig
+
+        backend = OnnxRuntimeConfig(
+            backend="onnxruntime",
+            input_size=size,
+            threads=config.threads,
+            providers=config.providers,
+        )
+    else:
+        from edge_runtime.backends.litert import LiteRtConfig
+
+        backend = LiteRtConfig(backend="litert", input_size=size, threads=config.threads)
+    return _EngineTeacher(backend.open(data))
+
+
+def _input_size(config: TeacherConfig) -> tuple[int, int]:
+    if config.kind == "onnxruntime":
+        import onnxruntime
+
+        shape = (
+            onnxruntime.InferenceSession(str(config.model), providers=list(config.providers))
+            .get_inputs()[0]
+            .shape
+        )
+        # NHWC or NCHW: the two spatial dimensions are the ones that are not 1 or 3
+        spatial = [int(d) for d in shape[1:] if isinstance(d, int) and d not in (1, 3)]
+        return spatial[0], spatial[1]
+    return _tflite_input_size(config.model)
+
+
+def _tflite_input_size(model: Path) -> tuple[int, int]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    (details,) = Interpreter(str(model)).get_input_details()
+    _, height, width, _ = details["shape"]
+    return int(height), int(width)

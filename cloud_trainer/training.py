@@ -1,0 +1,95 @@
+"""One AMS training phase (seed 002 Algorithm 1, lines 10-15, with Algorithm 2's masked Adam).
+
+K steps, each on a mini-batch drawn uniformly from the last T_horizon seconds of labelled
+samples; per-pixel cross-entropy against the teacher's labels, restricted to the stream's
+classes (pixels the teacher gives any other class are ignored); the student runs with fake
+quantization at its frozen scales, so what it learns survives the write-back to the device.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloud_trainer.coordinate_descent import CoordinateAdam, Selection
+from cloud_trainer.sample_buffer import SampleBuffer
+
+_Side = Annotated[int, Field(ge=33, le=2049)]
+
+
+class TrainingConfig(BaseModel):
+    """SPEC §6 defaults; batch size and resolution are CPU-friendly (the paper's GPUs used
+    larger batches; training at 321x321 is the emulation's documented CPU setting)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gamma: float = Field(0.05, gt=0.0, le=1.0)  # fraction of parameters each phase updates
+    iterations: int = Field(20, ge=1, le=10_000)  # K
+    lr: float = Field(1e-3, gt=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    batch_size: int = Field(4, ge=1, le=512)
+    resolution: tuple[_Side, _Side] = (321, 321)  # (height, width) frames are trained at
+    horizon_s: float = Field(240.0, gt=0.0)  # T_horizon
+    selection: Selection = Selection.GRADIENT
+    device: str = "cpu"  # "cuda" where a GPU is available
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    seconds: float
+    first_loss: float
+    last_loss: float
+    samples: int  # in the buffer when the phase ran
+
+
+def new_optimizer(student: torch.nn.Module, config: TrainingConfig) -> CoordinateAdam:
+    return CoordinateAdam(
+        list(student.parameters()),
+        gamma=config.gamma,
+        lr=config.lr,
+        betas=config.betas,
+        selection=config.selection,
+        seed=config.seed,
+    )
+
+
+def class_weights(classes: tuple[int, ...], num_classes: int, device: str) -> torch.Tensor:
+    """1 for the stream's classes, 0 for the others: their pixels drop out of the loss."""
+    weights = torch.zeros(num_classes, device=device)
+    weights[list(classes)] = 1.0
+    return weights
+
+
+def train_phase(
+    student: torch.nn.Module,
+    optimizer: CoordinateAdam,
+    buffer: SampleBuffer,
+    classes: tuple[int, ...],
+    config: TrainingConfig,
+    rng: np.random.Generator,
+) -> PhaseResult:
+    started = time.perf_counter()
+    student.train()
+    optimizer.begin_phase()
+    weights: torch.Tensor | None = None
+    losses = []
+    for _ in range(config.iterations):
+        rgb, labels = buffer.batch(config.batch_size, rng)
+        logits = student(torch.from_numpy(rgb).to(config.device))
+        if weights is None:
+            weights = class_weights(classes, logits.shape[1], config.device)
+        target = torch.from_numpy(labels.astype(np.int64)).to(config.device)
+        loss = F.cross_entropy(logits, target, weight=weights)
+        student.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    student.eval()
+    return PhaseResult(time.perf_counter() - started, losses[0], losses[-1], len(buffer))
