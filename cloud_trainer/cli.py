@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from edge_runtime.cli import command_parser, run_command
 from shared_schema.mqtt import BrokerConfig
@@ -10,6 +11,35 @@ from shared_schema.mqtt import BrokerConfig
 
 def _demo(args: argparse.Namespace) -> int:
     print("demo: not yet available (needs the edge runtime, model update and trainer issues)")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from cloud_trainer.config import ConfigError, load_config
+    from cloud_trainer.daemon import TrainerDaemon
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.device:
+        config = config.model_copy(
+            update={
+                "training": config.training.model_copy(update={"device": args.device}),
+                "teacher": config.teacher.model_copy(update={"device": args.device}),
+            }
+        )
+    daemon = TrainerDaemon(config)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    daemon.start()
+    stop.wait()
+    daemon.stop()
     return 0
 
 
@@ -29,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo = sub.add_parser("demo", help="local demo: embedded broker, trainer, one edge runtime")
     demo.set_defaults(func=_demo)
+
+    serve = sub.add_parser("serve", help="the trainer daemon: AMS for every device on the broker")
+    serve.add_argument("--config", help="trainer.toml (default: the bundled default_trainer.toml)")
+    serve.add_argument("--device", help="torch device for training and a torch teacher: cpu, cuda")
+    serve.set_defaults(func=_serve)
 
     mon = sub.add_parser("monitor", help="print every protocol message under a prefix as JSON")
     mon.add_argument("--host", default="127.0.0.1")

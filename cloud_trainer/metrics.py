@@ -6,8 +6,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
-# A class belongs to the stream's subset when it covers more than this share of teacher pixels.
+# A class belongs to the stream's subset (what mIoU is scored over) above this share of teacher
+# pixels; it counts as seen by the teacher (what the training loss covers) above the second.
 SUBSET_MIN_FRACTION = 0.005
+SEEN_MIN_FRACTION = 0.0001
 
 
 def miou(prediction: np.ndarray, target: np.ndarray, classes: Iterable[int]) -> float:
@@ -23,8 +25,13 @@ def miou(prediction: np.ndarray, target: np.ndarray, classes: Iterable[int]) -> 
 
 
 class ClassSubset:
-    """The classes the teacher actually sees in a stream: background plus every class above
-    ``min_fraction`` of all teacher pixels so far."""
+    """The classes of a stream, from the teacher's labels so far (background always counts).
+
+    ``classes``: above ``min_fraction`` of all teacher pixels (SPEC §7), what agreement is
+    scored over. ``seen``: anything the teacher labels beyond stray pixels, what training
+    covers: a class below the scoring threshold still must not be trained away (a stream whose
+    people cover 0.4 % of the picture would otherwise teach the student to see none).
+    """
 
     def __init__(self, num_classes: int, min_fraction: float = SUBSET_MIN_FRACTION) -> None:
         self.num_classes = num_classes
@@ -38,8 +45,15 @@ class ClassSubset:
 
     @property
     def classes(self) -> tuple[int, ...]:
+        return self._above(self.min_fraction)
+
+    @property
+    def seen(self) -> tuple[int, ...]:
+        return self._above(SEEN_MIN_FRACTION)
+
+    def _above(self, fraction: float) -> tuple[int, ...]:
         total = self.counts.sum()
         if total == 0:
             return (0,)
         share = self.counts / total
-        return tuple(sorted({0} | {int(c) for c in np.flatnonzero(share > self.min_fraction)}))
+        return tuple(sorted({0} | {int(c) for c in np.flatnonzero(share > fraction)}))

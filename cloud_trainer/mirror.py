@@ -5,20 +5,26 @@ scales (``quantized_weights``) and applying the resulting update body with the v
 device runs (``apply_update``), so the mirror and the device hold bit-identical files. The
 mirror keeps the last few versions, to answer a device's resync request with a delta from
 the version it has; older ones get the full model.
+
+With a ``directory``, every version is written to disk (atomically) before its update can be
+sent, and a new mirror over the same directory resumes from it: after a crash of the trainer
+the mirror still holds every version a device can be running.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_trainer.student import TFLiteStudent, quantized_weights
+from edge_runtime.durable import atomic_write, remove_partial_writes
 from shared_schema.envelope import sha256_hex
-from shared_schema.messages import Model, ModelFormat, Update, UpdateFormat
+from shared_schema.messages import AnyMessage, Model, ModelFormat, Update, UpdateFormat
 from shared_schema.signing import sign, signing_payload
 from shared_schema.tflite_file import TFLiteFile
 from shared_schema.update_formats import ams_fp16, apply_update, keeps_layout, qdelta, zpatch
@@ -26,10 +32,10 @@ from shared_schema.update_formats import ams_fp16, apply_update, keeps_layout, q
 
 @dataclass(frozen=True)
 class Outgoing:
-    """A model or update message and its body, ready to send to the device."""
+    """A message for the device and its body, ready to send."""
 
-    msg: Model | Update
-    body: bytes
+    msg: AnyMessage
+    body: bytes = b""
 
 
 class ModelMirror:
@@ -41,12 +47,17 @@ class ModelMirror:
         version: int = 0,
         history: int = 8,
         signing_key: Ed25519PrivateKey | None = None,
+        directory: Path | None = None,
     ) -> None:
         self.device_id = device_id
         self._history = history
         self._key = signing_key
-        self._layout = TFLiteFile(initial)
-        self._versions: OrderedDict[int, bytes] = OrderedDict({version: bytes(initial)})
+        self._directory = directory
+        saved = self._read_saved()
+        self._versions: OrderedDict[int, bytes] = saved or OrderedDict({version: bytes(initial)})
+        self._layout = TFLiteFile(next(iter(self._versions.values())))
+        if not saved:
+            self._persist(version)
 
     @property
     def version(self) -> int:
@@ -124,8 +135,11 @@ class ModelMirror:
             format=fmt,
         )
         self._versions[base_version + 1] = result
+        self._persist(base_version + 1)
         while len(self._versions) > self._history:
-            self._versions.popitem(last=False)
+            old, _ = self._versions.popitem(last=False)
+            if self._directory is not None:
+                self._path(old).unlink(missing_ok=True)
         return self._signed(msg, body)
 
     def _signed(self, msg: Model | Update, body: bytes) -> Outgoing:
@@ -134,13 +148,22 @@ class ModelMirror:
             msg = msg.model_copy(update={"signature": sign(self._key, payload)})
         return Outgoing(msg, body)
 
-    def state_dict(self) -> dict[str, object]:
-        return {"versions": dict(self._versions)}
+    def _path(self, version: int) -> Path:
+        assert self._directory is not None
+        return self._directory / f"v{version:08d}.tflite"
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
-        versions = state["versions"]
-        self._layout = TFLiteFile(next(iter(versions.values())))
-        self._versions = OrderedDict(sorted(versions.items()))
+    def _persist(self, version: int) -> None:
+        if self._directory is not None:
+            self._directory.mkdir(parents=True, exist_ok=True)
+            atomic_write(self._path(version), self._versions[version])
+
+    def _read_saved(self) -> OrderedDict[int, bytes] | None:
+        if self._directory is None or not self._directory.is_dir():
+            return None
+        remove_partial_writes(self._directory)
+        found = sorted(self._directory.glob("v*.tflite"))
+        versions = OrderedDict((int(p.stem[1:]), p.read_bytes()) for p in found)
+        return versions or None
 
 
 def _selected_values(

@@ -143,7 +143,7 @@ def load_profile(path_or_name: str | Path) -> Profile:
 
 def parse_profile(raw: dict[str, Any], *, base_dir: Path, source: str = "profile") -> Profile:
     try:
-        expanded = _expand_paths(raw, base_dir, ())
+        expanded = expand_paths(raw, base_dir, _PATH_KEYS)
         return Profile.model_validate(expanded)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
@@ -186,13 +186,16 @@ _PATH_KEYS = {
 _NOT_FILES = ("/dev/", "picamera2:")
 
 
-def _expand_paths(node: Any, base_dir: Path, where: tuple[str, ...]) -> Any:
+def expand_paths(
+    node: Any, base_dir: Path, path_keys: frozenset[str] | set[str], where: tuple[str, ...] = ()
+) -> Any:
+    """``node`` with every string under a key in ``path_keys`` expanded (see expand_path)."""
     if isinstance(node, dict):
-        return {k: _expand_paths(v, base_dir, (*where, k)) for k, v in node.items()}
+        return {k: expand_paths(v, base_dir, path_keys, (*where, k)) for k, v in node.items()}
     if not where or not isinstance(node, str):
         return node
     field = ".".join(where)
-    if where[-1] in _PATH_KEYS:
+    if where[-1] in path_keys:
         return str(expand_path(node, base_dir, field))
     if where == ("source", "uri"):
         # Streams and devices are not files: expand variables, never resolve them.

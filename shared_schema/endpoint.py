@@ -193,9 +193,10 @@ class Endpoint:
         return envelope, topic
 
     def _check_sender(self, envelope: Envelope, topic: Topic) -> Envelope:
-        """Uplink and status must come from the device the topic names; downlink from anyone
-        the broker's ACL lets publish there (the trainer)."""
-        if topic.direction != Direction.DOWN and envelope.device_id != topic.device_id:
+        """Uplink and status must come from the device the topic names; downlink and metrics
+        from anyone the broker's ACL lets publish there (the trainer)."""
+        own = topic.direction == Direction.UP or topic.type == MessageType.STATUS
+        if own and envelope.device_id != topic.device_id:
             raise ProtocolError(
                 Reason.WRONG_DEVICE,
                 f"sent by {envelope.device_id!r} on {topic.device_id!r}'s topic",
@@ -275,7 +276,8 @@ class TrainerEndpoint(Endpoint):
         )
 
     def send(self, device_id: str, msg: AnyMessage, body: bytes = b"") -> PublishHandle:
-        return self._send(device_id, Direction.DOWN, msg, body)
+        direction = None if msg.type == MessageType.METRICS else Direction.DOWN
+        return self._send(device_id, direction, msg, body)
 
     def _subscriptions(self) -> list[str]:
         return trainer_subscriptions(self.prefix)

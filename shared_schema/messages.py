@@ -32,6 +32,7 @@ class MessageType(StrEnum):
     UPDATE = "update"
     CONTROL = "control"
     STATUS = "status"
+    METRICS = "metrics"
     CHUNK = "chunk"
 
 
@@ -215,6 +216,32 @@ class Status(Message):
     state: Literal["online", "offline"]
 
 
+class Metrics(Message):
+    """Trainer → observers, retained: one session's figures (SPEC §6, issue 5 item 8)."""
+
+    type: Literal["metrics"] = "metrics"
+    mirror_version: Version
+    device_version: Version | None = None
+    sampling_rate_fps: Fps
+    t_update_s: Annotated[float, Field(gt=0.0)]
+    training_seconds_last: NonNeg | None = None
+    training_seconds_mean: NonNeg | None = None
+    buffer_samples: Count
+    classes: tuple[Annotated[int, Field(ge=0, lt=MAX_CLASSES)], ...] = Field(max_length=MAX_CLASSES)
+    segments: Count
+    segments_rejected: Count
+    segments_dropped: Count
+    frames: Count
+    bytes_up: Count
+    bytes_down: Count
+    phases: Count
+    updates_sent: Count
+    updates_acked: Count
+    updates_rejected: Count
+    resyncs: Count
+    full_models: Count
+
+
 class Chunk(Message):
     """One slice of an encoded envelope too large for the broker (see chunking.py)."""
 
@@ -236,6 +263,16 @@ class Chunk(Message):
 
 
 AnyMessage = Annotated[
-    Hello | Segment | Telemetry | Results | Ack | Model | Update | Control | Status | Chunk,
+    Hello
+    | Segment
+    | Telemetry
+    | Results
+    | Ack
+    | Model
+    | Update
+    | Control
+    | Status
+    | Metrics
+    | Chunk,
     Field(discriminator="type"),
 ]

@@ -3,6 +3,7 @@
     <prefix>/<device_id>/up/{hello,segment,telemetry,results,ack}
     <prefix>/<device_id>/down/{model,update,control,ack}
     <prefix>/<device_id>/status                                   (retained, last will)
+    <prefix>/<device_id>/metrics                  (retained, the trainer's session figures)
 
 Chunks of a large message travel on the topic of the message they belong to.
 """
@@ -38,6 +39,7 @@ ROUTES: dict[MessageType, frozenset[Direction | None]] = {
     MessageType.UPDATE: frozenset({Direction.DOWN}),
     MessageType.CONTROL: frozenset({Direction.DOWN}),
     MessageType.STATUS: frozenset({None}),
+    MessageType.METRICS: frozenset({None}),
 }
 
 
@@ -61,6 +63,7 @@ DELIVERY: dict[MessageType, Delivery] = {
     MessageType.UPDATE: Delivery(qos=1),
     MessageType.CONTROL: Delivery(qos=1, retain=True),
     MessageType.STATUS: Delivery(qos=1, retain=True, dedupe=False),
+    MessageType.METRICS: Delivery(qos=0, retain=True, dedupe=False),
 }
 
 

@@ -11,6 +11,7 @@ from shared_schema.messages import (
     EncoderKnobs,
     Hello,
     Message,
+    Metrics,
     Model,
     ModelFormat,
     Results,
@@ -110,4 +111,32 @@ DOWNLINK: list[tuple[Message, bytes]] = [
 
 STATUS: list[tuple[Message, bytes]] = [(Status(state="online"), b"")]
 
-ALL: list[tuple[Message, bytes]] = UPLINK + DOWNLINK + STATUS
+METRICS: list[tuple[Message, bytes]] = [
+    (
+        Metrics(
+            mirror_version=7,
+            device_version=6,
+            sampling_rate_fps=0.4,
+            t_update_s=12.0,
+            training_seconds_last=18.5,
+            training_seconds_mean=19.2,
+            buffer_samples=96,
+            classes=(0, 15),
+            segments=30,
+            segments_rejected=1,
+            segments_dropped=0,
+            frames=290,
+            bytes_up=7_000_000,
+            bytes_down=800_000,
+            phases=29,
+            updates_sent=29,
+            updates_acked=28,
+            updates_rejected=1,
+            resyncs=1,
+            full_models=0,
+        ),
+        b"",
+    )
+]
+
+ALL: list[tuple[Message, bytes]] = UPLINK + DOWNLINK + STATUS + METRICS

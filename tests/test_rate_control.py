@@ -25,6 +25,7 @@ def test_class_subset_keeps_background_and_classes_above_half_a_percent():
     labels[20:24] = 3  # 0.4 %: below the threshold
     subset.observe(labels)
     assert subset.classes == (0, 15)
+    assert subset.seen == (0, 3, 15)  # below the scoring threshold, still trained on
     assert ClassSubset(21).classes == (0,)
 
 

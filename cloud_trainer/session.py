@@ -1,0 +1,410 @@
+"""One device's session (SPEC §6, seed 002 Algorithm 1): its student, optimizer state, sample
+buffer, class subset, sampling and training rates, and the mirror of its model.
+
+The MQTT side only hands messages in (``deliver``, cheap and thread-safe); everything else
+happens in ``step``, which the scheduler calls on its worker thread, one bounded piece of work
+at a time: first the device's hellos and acks, then either labelling one uploaded segment
+(teacher inference, ASR/ATR on the way) or one training phase followed by an update.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import zstandard
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cloud_trainer.asr import AdaptiveSamplingRate, phi_score
+from cloud_trainer.atr import AdaptiveTrainingRate
+from cloud_trainer.config import TrainerConfig
+from cloud_trainer.metrics import ClassSubset
+from cloud_trainer.mirror import ModelMirror, Outgoing
+from cloud_trainer.sample_buffer import Sample, SampleBuffer, resize_labels
+from cloud_trainer.student import import_tflite
+from cloud_trainer.teacher import Teacher
+from cloud_trainer.training import PhaseResult, new_optimizer, train_phase
+from edge_runtime.durable import atomic_write
+from edge_runtime.h264 import SegmentDecodeError, decode_frames
+from shared_schema.envelope import Envelope
+from shared_schema.messages import (
+    Ack,
+    AckReason,
+    Control,
+    Hello,
+    MessageType,
+    Segment,
+    UpdateFormat,
+)
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "session.pt"
+# Rejections a fresh delta or the full model can cure; the others (a bad signature, a model
+# that does not run) would fail again.
+_RESYNCABLE = {
+    AckReason.BASE_MISMATCH,
+    AckReason.MISSING_UPDATE,
+    AckReason.BAD_HASH,
+    AckReason.BAD_PAYLOAD,
+    AckReason.UNSUPPORTED_FORMAT,
+    AckReason.INTERNAL_ERROR,
+}
+
+
+@dataclass
+class DeviceView:
+    """What the trainer knows of the device: from its hello and its acks."""
+
+    version: int | None = None
+    sha256: str | None = None
+    update_formats: tuple[str, ...] = (UpdateFormat.QDELTA.value,)
+    profile: str = ""
+    known: bool = False  # a hello (or a checkpoint) told us what it runs
+
+
+@dataclass
+class SessionStats:
+    segments: int = 0
+    segments_rejected: int = 0
+    segments_dropped: int = 0  # waited too long behind others
+    frames: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    phases: int = 0
+    updates_sent: int = 0
+    updates_acked: int = 0
+    updates_rejected: int = 0
+    resyncs: int = 0
+    full_models: int = 0
+    training_seconds: list[float] = field(default_factory=list)  # per phase, the last 100
+
+
+@dataclass(frozen=True)
+class _Archived:
+    """What the checkpoint keeps of a labelled segment: its bytes and the teacher's labels."""
+
+    segment: Segment
+    h264: bytes
+    labels: bytes  # zstd of the (N, H, W) uint8 labels at the training resolution
+
+
+class Session:
+    def __init__(
+        self,
+        device_id: str,
+        config: TrainerConfig,
+        teacher: Teacher,
+        initial_model: bytes,
+        *,
+        directory: Path,
+        signing_key: Ed25519PrivateKey | None = None,
+    ) -> None:
+        self.device_id = device_id
+        self.config = config
+        self.directory = directory
+        self._teacher = teacher
+        training = config.training
+        self.student = import_tflite(initial_model).to(training.device)
+        self.optimizer = new_optimizer(self.student, training)
+        self.buffer = SampleBuffer(training.horizon_s)
+        self.subset = ClassSubset(config.student.num_classes)
+        self.asr = AdaptiveSamplingRate(config.asr)
+        self.atr = AdaptiveTrainingRate(config.atr)
+        self.mirror = ModelMirror(
+            initial_model,
+            device_id=device_id,
+            history=config.updates.history,
+            signing_key=signing_key,
+            directory=directory / "mirror",
+        )
+        self.device = DeviceView()
+        self.stats = SessionStats()
+        self._rng = np.random.default_rng(training.seed)
+        self._lock = threading.Lock()  # guards the two queues, filled by the MQTT thread
+        self._events: deque[Envelope] = deque()
+        self._segments: deque[Envelope] = deque()
+        self._archive: deque[_Archived] = deque()
+        self._previous_labels: np.ndarray | None = None
+        self._next_rate_update: float | None = None
+        self._phase_due = False
+        self._last_resync: tuple[str | None, int] | None = None
+
+    # -- the MQTT side -------------------------------------------------------------------------
+
+    def deliver(self, envelope: Envelope) -> None:
+        """Take a message from the device; never blocks on training."""
+        with self._lock:
+            if envelope.type == MessageType.SEGMENT:
+                self._segments.append(envelope)
+                if len(self._segments) > self.config.max_pending_segments:
+                    self._segments.popleft()
+                    self.stats.segments_dropped += 1
+            else:
+                self._events.append(envelope)
+
+    @property
+    def has_work(self) -> bool:
+        with self._lock:
+            return bool(self._events or self._segments) or self._phase_due
+
+    # -- the worker side -----------------------------------------------------------------------
+
+    def step(self) -> list[Outgoing]:
+        """One bounded piece of work; returns the messages to send to the device."""
+        out: list[Outgoing] = []
+        with self._lock:
+            events, self._events = list(self._events), deque()
+            segment = self._segments.popleft() if self._segments else None
+        for envelope in events:
+            out += self._handle_event(envelope)
+        if segment is not None:
+            out += self._label(segment)
+        elif self._phase_due:
+            out += self._train()
+        return out
+
+    def control(self) -> Control:
+        return Control(sampling_rate_fps=self.asr.rate_fps, t_update_s=self.atr.t_update_s)
+
+    def _handle_event(self, envelope: Envelope) -> list[Outgoing]:
+        msg = envelope.msg
+        if isinstance(msg, Hello):
+            return self._hello(msg)
+        if isinstance(msg, Ack) and msg.ref_type in ("update", "model"):
+            return self._ack(msg)
+        return []
+
+    def _hello(self, hello: Hello) -> list[Outgoing]:
+        self.device = DeviceView(
+            version=hello.model_version,
+            sha256=hello.model_sha256,
+            update_formats=tuple(f.value for f in hello.update_formats),
+            profile=hello.profile,
+            known=True,
+        )
+        log.info("%s: hello (%s, model %s)", self.device_id, hello.profile, hello.model_version)
+        return [*self._catch_up(hello.model_sha256), Outgoing(self.control())]
+
+    def _ack(self, ack: Ack) -> list[Outgoing]:
+        self.device.version, self.device.sha256 = ack.model_version, ack.model_sha256
+        if ack.ok:
+            self.stats.updates_acked += 1
+            return []
+        self.stats.updates_rejected += 1
+        log.warning("%s: device refused an update: %s %s", self.device_id, ack.reason, ack.detail)
+        if ack.reason not in _RESYNCABLE:
+            return []
+        return self._catch_up(ack.model_sha256)
+
+    def _catch_up(self, device_sha: str | None) -> list[Outgoing]:
+        """Whatever brings the device from the file it runs to the mirror's latest: nothing,
+        a delta from a version the mirror still holds, or the full model."""
+        if device_sha == self.mirror.sha256:
+            self.device.version = self.mirror.version
+            return []
+        target = (device_sha, self.mirror.version)
+        if target == self._last_resync:
+            return []  # already answered; the device will report back after applying it
+        self._last_resync = target
+        held = self.mirror.find(device_sha) if device_sha else None
+        fmt = self._delta_format()
+        delta = self.mirror.update_since(held, fmt) if held is not None and fmt else None
+        self.stats.resyncs += 1
+        if delta is None:
+            self.stats.full_models += 1
+            return self._count_down([self.mirror.full_model(self.config.student.model.stem)])
+        return self._count_down([delta])
+
+    def _delta_format(self) -> UpdateFormat | None:
+        """A format that can carry several versions' changes and that the device applies."""
+        for fmt in (UpdateFormat.QDELTA, UpdateFormat.ZPATCH):
+            if fmt.value in self.device.update_formats:
+                return fmt
+        return None
+
+    def _label(self, envelope: Envelope) -> list[Outgoing]:
+        segment = envelope.msg
+        assert isinstance(segment, Segment)
+        try:
+            frames = decode_frames(envelope.body, segment.timestamps)
+        except SegmentDecodeError as exc:
+            self.stats.segments_rejected += 1
+            log.warning("%s: undecodable segment %d: %s", self.device_id, envelope.header.seq, exc)
+            reject = Ack(
+                ref_type="segment",
+                ref_seq=envelope.header.seq,
+                ok=False,
+                reason=AckReason.DECODE_ERROR,
+                detail=str(exc)[:1024],
+            )
+            return [Outgoing(reject)]
+        height, width = self._teacher.input_size
+        teacher_labels = self._teacher.label(np.stack([f.rgb(width, height) for f in frames]))
+        train_h, train_w = self.config.training.resolution
+        labels = np.stack([resize_labels(lab, train_h, train_w) for lab in teacher_labels])
+        self._add_samples(
+            segment.timestamps, [f.rgb(train_w, train_h) for f in frames], labels.astype(np.uint8)
+        )
+        self._archive_segment(segment, envelope.body, labels.astype(np.uint8))
+        self.stats.segments += 1
+        self.stats.frames += len(frames)
+        self.stats.bytes_up += len(envelope.body)
+        self._phase_due = True
+        return self._rate_control(segment.timestamps[-1])
+
+    def _add_samples(
+        self, timestamps: tuple[float, ...], frames: list[np.ndarray], labels: np.ndarray
+    ) -> None:
+        for timestamp, rgb, label in zip(timestamps, frames, labels, strict=True):
+            self.subset.observe(label)
+            if self._previous_labels is not None:
+                self.asr.observe(phi_score(self._previous_labels, label, self.subset.classes))
+            self._previous_labels = label
+            self.buffer.add(Sample(timestamp, rgb, label))
+
+    def _rate_control(self, device_time: float) -> list[Outgoing]:
+        """ASR then ATR every δt of the device's video time; a control message on a change."""
+        if self._next_rate_update is None:
+            self._next_rate_update = device_time + self.config.asr.interval_s
+        before = self.control()
+        while device_time >= self._next_rate_update:
+            self.atr.update(self.asr.update())
+            self._next_rate_update += self.config.asr.interval_s
+        after = self.control()
+        return [] if after == before else [Outgoing(after)]
+
+    def _train(self) -> list[Outgoing]:
+        self._phase_due = False
+        if len(self.buffer) == 0:
+            return []
+        result: PhaseResult = train_phase(
+            self.student,
+            self.optimizer,
+            self.buffer,
+            self.subset.seen,
+            self.config.training,
+            self._rng,
+        )
+        self.stats.phases += 1
+        self.stats.training_seconds = [*self.stats.training_seconds[-99:], result.seconds]
+        log.info(
+            "%s: phase %d in %.1f s, loss %.3f -> %.3f",
+            self.device_id,
+            self.stats.phases,
+            result.seconds,
+            result.first_loss,
+            result.last_loss,
+        )
+        fmt = self._update_format()
+        if fmt is None:
+            return []
+        update = self.mirror.advance(self.student, fmt, mask=self.optimizer.mask)
+        self.stats.updates_sent += 1
+        return self._count_down([update])
+
+    def _update_format(self) -> UpdateFormat | None:
+        configured = self.config.updates.format
+        if configured.value in self.device.update_formats:
+            return configured
+        return self._delta_format()
+
+    def _count_down(self, messages: list[Outgoing]) -> list[Outgoing]:
+        self.stats.bytes_down += sum(len(m.body) for m in messages)
+        return messages
+
+    # -- metrics and checkpoints ---------------------------------------------------------------
+
+    def metrics(self) -> dict[str, object]:
+        phases = self.stats.training_seconds
+        return {
+            "device_id": self.device_id,
+            "mirror_version": self.mirror.version,
+            "device_version": self.device.version,
+            "sampling_rate_fps": self.asr.rate_fps,
+            "t_update_s": self.atr.t_update_s,
+            "training_seconds_last": phases[-1] if phases else None,
+            "training_seconds_mean": float(np.mean(phases)) if phases else None,
+            "buffer_samples": len(self.buffer),
+            "classes": self.subset.classes,
+            **{k: v for k, v in asdict(self.stats).items() if k != "training_seconds"},
+        }
+
+    def _archive_segment(self, segment: Segment, h264: bytes, labels: np.ndarray) -> None:
+        packed = zstandard.ZstdCompressor(level=3).compress(labels.tobytes())
+        self._archive.append(_Archived(segment, h264, packed))
+        horizon_start = segment.timestamps[-1] - self.config.training.horizon_s
+        while self._archive and self._archive[0].segment.timestamps[-1] < horizon_start:
+            self._archive.popleft()
+
+    def save(self) -> Path:
+        """Write the checkpoint (atomically); the mirror's versions are already on disk."""
+        state = {
+            "student": {k: v.detach().cpu() for k, v in self.student.state_dict().items()},
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "asr": self.asr.state_dict(),
+            "atr": self.atr.state_dict(),
+            "subset": self.subset.counts.copy(),
+            "device": asdict(self.device),
+            "stats": asdict(self.stats),
+            "archive": [(a.segment.model_dump_json(), a.h264, a.labels) for a in self._archive],
+            "previous_labels": self._previous_labels,
+            "next_rate_update": self._next_rate_update,
+            "rng": self._rng.bit_generator.state,
+            "saved_at": time.time(),
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        path = self.directory / CHECKPOINT
+        self.directory.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, buffer.getvalue())
+        return path
+
+    def restore(self) -> bool:
+        """Resume from the checkpoint, if there is one; returns whether there was."""
+        path = self.directory / CHECKPOINT
+        if not path.is_file():
+            return False
+        state = torch.load(path, map_location=self.config.training.device, weights_only=False)
+        self.student.load_state_dict(state["student"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.asr.load_state_dict(state["asr"])
+        self.atr.load_state_dict(state["atr"])
+        self.subset.counts = state["subset"]
+        device = dict(state["device"])
+        device["update_formats"] = tuple(device["update_formats"])
+        self.device = DeviceView(**device)
+        self.stats = SessionStats(**state["stats"])
+        self._previous_labels = state["previous_labels"]
+        self._next_rate_update = state["next_rate_update"]
+        self._rng.bit_generator.state = state["rng"]
+        for segment_json, h264, packed in state["archive"]:
+            self._restore_segment(Segment.model_validate_json(segment_json), h264, packed)
+        return True
+
+    def _restore_segment(self, segment: Segment, h264: bytes, packed: bytes) -> None:
+        train_h, train_w = self.config.training.resolution
+        raw = zstandard.ZstdDecompressor().decompress(packed)
+        labels = np.frombuffer(raw, np.uint8).reshape(-1, train_h, train_w)
+        frames = decode_frames(h264, segment.timestamps)
+        for frame, label in zip(frames, labels, strict=True):
+            self.buffer.add(Sample(frame.timestamp, frame.rgb(train_w, train_h), label))
+        self._archive.append(_Archived(segment, h264, packed))
+
+
+def _to_cpu(state: dict[str, object]) -> dict[str, object]:
+    def move(value: object) -> object:
+        if isinstance(value, torch.Tensor):
+            return value.detach().cpu()
+        if isinstance(value, list):
+            return [move(v) for v in value]
+        return value
+
+    return {k: move(v) for k, v in state.items()}

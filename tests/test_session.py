@@ -1,0 +1,217 @@
+"""A trainer session on real segments (encoded by the device's own code) and the real models."""
+
+from __future__ import annotations
+
+import tomllib
+
+import numpy as np
+import pytest
+import torch
+
+from cloud_trainer.config import DEFAULT_CONFIG, TrainerConfig
+from cloud_trainer.session import Session
+from cloud_trainer.teacher import load_teacher
+from edge_runtime.h264 import encode_segment
+from edge_runtime.sources import open_source
+from firmware_configs.schema import expand_paths
+from shared_schema.envelope import decode, encode, sha256_hex
+from shared_schema.messages import (
+    Ack,
+    AckReason,
+    Control,
+    EncoderKnobs,
+    Hello,
+    Model,
+    Segment,
+    Update,
+    UpdateFormat,
+)
+from shared_schema.update_formats import apply_update
+
+BOOT = "1" * 16
+
+
+def trainer_config(tmp_path, **training) -> TrainerConfig:
+    raw = tomllib.loads(DEFAULT_CONFIG.read_text())
+    raw["training"].update(resolution=[129, 129], iterations=2, batch_size=1, **training)
+    raw["checkpoint"]["directory"] = str(tmp_path / "ckpt")
+    raw["asr"]["interval_s"] = 2.0
+    return TrainerConfig.model_validate(
+        expand_paths(raw, DEFAULT_CONFIG.parent, frozenset({"model", "directory"}))
+    )
+
+
+@pytest.fixture(scope="module")
+def segments(shared_dir):
+    """Four 1 fps segments of vtest.avi, 3 frames each, as the device would upload them."""
+    with open_source(str(shared_dir / "videos/vtest.avi")) as source:
+        frames = [f for i, f in zip(range(120), source, strict=False) if i % 10 == 0]
+    out = []
+    for start in range(0, 12, 3):
+        chunk = frames[start : start + 3]
+        h264 = encode_segment(chunk, EncoderKnobs(bitrate_kbps=200), fps=1.0)
+        msg = Segment(
+            width=768,
+            height=576,
+            timestamps=tuple(f.timestamp for f in chunk),
+            sampling_rate_fps=1.0,
+            bitrate_kbps=200.0,
+        )
+        out.append((msg, h264))
+    return out
+
+
+_seq = iter(range(10**6))
+
+
+def envelope(msg, body=b"", device="cam-1"):
+    return decode(encode(msg, device_id=device, seq=next(_seq), boot=BOOT, body=body))
+
+
+def hello(sha, formats=(UpdateFormat.QDELTA,)):
+    return envelope(
+        Hello(
+            profile="cpu",
+            device_class="cpu",
+            runtime_version="0",
+            backend="litert",
+            input_size=(513, 513),
+            model_sha256=sha,
+            update_formats=formats,
+        )
+    )
+
+
+@pytest.fixture
+def session(tmp_path):
+    config = trainer_config(tmp_path)
+    return Session(
+        "cam-1",
+        config,
+        load_teacher(config.teacher),
+        config.student.model.read_bytes(),
+        directory=tmp_path / "ckpt" / "cam-1",
+    )
+
+
+def _run(session, *envelopes):
+    for env in envelopes:
+        session.deliver(env)
+    out = []
+    while session.has_work:
+        out += session.step()
+    return out
+
+
+def test_hello_from_a_device_running_the_student_sends_only_control(session):
+    out = _run(session, hello(session.mirror.sha256))
+    assert [type(o.msg) for o in out] == [Control]
+    assert session.device.version == 0
+
+
+def test_unknown_model_gets_the_full_student(session):
+    out = _run(session, hello("9" * 64))
+    assert isinstance(out[0].msg, Model) and out[0].body == session.mirror.data
+    assert session.stats.full_models == 1
+
+
+def test_segments_are_labelled_then_trained_on_then_sent_as_updates(session, segments):
+    _run(session, hello(session.mirror.sha256))
+    device_file = session.mirror.data
+    for msg, h264 in segments[:2]:
+        out = _run(session, envelope(msg, h264))
+        updates = [o for o in out if isinstance(o.msg, Update)]
+        assert len(updates) == 1
+        device_file = apply_update(updates[0].msg.format, device_file, updates[0].body)
+        assert sha256_hex(device_file) == updates[0].msg.result_sha256
+    assert session.stats.segments == 2 and session.stats.phases == 2
+    assert len(session.buffer) == 6 and 15 in session.subset.seen
+    assert session.mirror.version == 2 and device_file == session.mirror.data
+
+
+def test_rate_control_runs_every_interval_of_video_time(session, segments):
+    _run(session, hello(session.mirror.sha256))
+    observed, updates = [], []
+    observe, update = session.asr.observe, session.asr.update
+    session.asr.observe = lambda phi: (observed.append(phi), observe(phi))
+    session.asr.update = lambda: updates.append(update()) or updates[-1]
+    before = session.control()
+    for msg, h264 in segments:
+        for out in _run(session, envelope(msg, h264)):
+            if isinstance(out.msg, Control):
+                assert out.msg != before and out.msg == session.control()
+                before = out.msg
+    # 12 samples: 11 consecutive pairs scored; the first update is due δt = 2 s after the
+    # first segment (its last frame at 2 s), then every 2 s of video: at 4, 6, 8 and 10 s
+    assert len(observed) == 11 and all(0.0 <= phi <= 1.0 for phi in observed)
+    assert len(updates) == 4
+
+
+def test_an_undecodable_segment_is_acknowledged_as_rejected(session, segments):
+    msg, h264 = segments[0]
+    out = _run(session, envelope(msg, h264[: len(h264) // 3]))
+    (ack,) = [o.msg for o in out]
+    assert isinstance(ack, Ack) and not ack.ok and ack.reason == AckReason.DECODE_ERROR
+    assert session.stats.segments_rejected == 1 and len(session.buffer) == 0
+
+
+def test_acks_drive_resyncs(session, segments):
+    _run(session, hello(session.mirror.sha256))
+    for msg, h264 in segments[:3]:
+        _run(session, envelope(msg, h264))
+    v1 = session.mirror.versions()[1]
+    refused = Ack(
+        ref_type="update",
+        ref_seq=1,
+        ok=False,
+        reason=AckReason.BASE_MISMATCH,
+        model_version=1,
+        model_sha256=sha256_hex(v1),
+        resync_from=1,
+    )
+    (resync,) = _run(session, envelope(refused))
+    assert resync.msg.base_version == 1 and resync.msg.new_version == 3
+    assert apply_update(resync.msg.format, v1, resync.body) == session.mirror.data
+    assert _run(session, envelope(refused)) == []  # the same request is answered once
+    signature = refused.model_copy(update={"reason": AckReason.BAD_SIGNATURE})
+    assert _run(session, envelope(signature)) == []
+    accepted = Ack(
+        ref_type="update", ref_seq=3, ok=True, model_version=3, model_sha256=session.mirror.sha256
+    )
+    _run(session, envelope(accepted))
+    assert session.device.version == 3 and session.stats.updates_acked == 1
+
+
+def test_a_device_that_only_takes_binary_patches_gets_zpatch(session, segments):
+    _run(session, hello(session.mirror.sha256, formats=(UpdateFormat.ZPATCH,)))
+    msg, h264 = segments[0]
+    (update,) = [o for o in _run(session, envelope(msg, h264)) if isinstance(o.msg, Update)]
+    assert update.msg.format == UpdateFormat.ZPATCH
+
+
+def test_checkpoint_round_trip(session, segments, tmp_path):
+    _run(session, hello(session.mirror.sha256))
+    for msg, h264 in segments[:2]:
+        _run(session, envelope(msg, h264))
+    session.save()
+    config = session.config
+    resumed = Session(
+        "cam-1",
+        config,
+        load_teacher(config.teacher),
+        config.student.model.read_bytes(),
+        directory=session.directory,
+    )
+    assert resumed.restore()
+    assert resumed.mirror.version == session.mirror.version
+    assert resumed.mirror.data == session.mirror.data
+    for a, b in zip(resumed.student.parameters(), session.student.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert resumed.optimizer.step_count == session.optimizer.step_count
+    assert len(resumed.buffer) == len(session.buffer) == 6
+    assert np.array_equal(resumed.buffer.samples()[0].labels, session.buffer.samples()[0].labels)
+    assert resumed.device == session.device and resumed.stats == session.stats
+    # it trains on where it left off: the next update applies to the last file sent
+    msg, h264 = segments[2]
+    (update,) = [o for o in _run(resumed, envelope(msg, h264)) if isinstance(o.msg, Update)]
+    assert update.msg.base_sha256 == sha256_hex(session.mirror.data)
