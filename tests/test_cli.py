@@ -21,7 +21,10 @@ def _subcommands(help_text: str) -> set[str]:
 
 @pytest.mark.parametrize(
     ("script", "expected"),
-    [("edge-runtime", {"check-profile", "run", "bench"}), ("cloud-trainer", {"demo", "monitor"})],
+    [
+        ("edge-runtime", {"check-profile", "run", "bench"}),
+        ("cloud-trainer", {"demo", "monitor", "serve"}),
+    ],
 )
 def test_console_scripts_list_their_subcommands(script, expected):
     exe = subprocess.run(

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import tomllib
-
 import numpy as np
 import pytest
 import torch
 
-from cloud_trainer.config import DEFAULT_CONFIG, TrainerConfig
 from cloud_trainer.session import Session
 from cloud_trainer.teacher import load_teacher
 from edge_runtime.h264 import encode_segment
 from edge_runtime.sources import open_source
-from firmware_configs.schema import expand_paths
 from shared_schema.envelope import decode, encode, sha256_hex
 from shared_schema.messages import (
     Ack,
@@ -27,18 +23,9 @@ from shared_schema.messages import (
     UpdateFormat,
 )
 from shared_schema.update_formats import apply_update
+from tests.trainer_helpers import trainer_config
 
 BOOT = "1" * 16
-
-
-def trainer_config(tmp_path, **training) -> TrainerConfig:
-    raw = tomllib.loads(DEFAULT_CONFIG.read_text())
-    raw["training"].update(resolution=[129, 129], iterations=2, batch_size=1, **training)
-    raw["checkpoint"]["directory"] = str(tmp_path / "ckpt")
-    raw["asr"]["interval_s"] = 2.0
-    return TrainerConfig.model_validate(
-        expand_paths(raw, DEFAULT_CONFIG.parent, frozenset({"model", "directory"}))
-    )
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,173 @@
+"""The trainer daemon with real devices on a real broker: two devices on two real videos each
+hot-swap verified updates and end on their mirror's file; a trainer killed with SIGKILL
+resumes every device without resending full models."""
+
+from __future__ import annotations
+
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from cloud_trainer.daemon import TrainerDaemon
+from edge_runtime.runtime import EdgeRuntime
+from edge_runtime.sources import open_source
+from shared_schema.envelope import decode, sha256_hex
+from shared_schema.messages import Metrics
+from shared_schema.mqtt import MqttLink
+from tests.mqtt_helpers import wait_until
+from tests.test_runtime import device_profile
+from tests.trainer_helpers import trainer_config, trainer_raw, write_toml
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+class Device:
+    """An edge runtime playing a video in real time on its own thread."""
+
+    def __init__(self, tmp_path, broker, device_id: str, video: str) -> None:
+        profile = device_profile(
+            tmp_path / device_id,
+            broker,
+            device={"id": device_id},
+            buffer={"t_update_s": 2.0},
+            telemetry={"interval_s": 5.0, "results_rate_hz": 0.0},
+        )
+        self.runtime = EdgeRuntime.from_profile(profile)
+        self.runtime.start()
+        assert self.runtime.endpoint.wait_connected(10)
+        self._video = video
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._play, daemon=True)
+        self._thread.start()
+
+    def _play(self) -> None:
+        with open_source(self._video, realtime=True, loop=True) as frames:
+            for frame in frames:
+                self.runtime.process(frame)
+                if self._stop.is_set():
+                    return
+
+    @property
+    def swaps(self) -> int:
+        return self.runtime.counters.get("slots.swaps")
+
+    def pause(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def close(self) -> None:
+        self.pause()
+        self.runtime.shutdown(drain_s=2)
+
+
+def _settled(devices, mirror_sha) -> bool:
+    return all(d.runtime.model.sha256 == mirror_sha(d) for d in devices)
+
+
+def test_two_devices_each_hot_swap_verified_updates(tmp_path, broker, shared_dir):
+    daemon = TrainerDaemon(trainer_config(tmp_path, broker))
+    daemon.start()
+    assert daemon.endpoint.wait_connected(10)
+    videos = {"cam-a": "vtest.avi", "cam-b": "one-by-one-person-detection.mp4"}
+    devices = [
+        Device(tmp_path, broker, d, str(shared_dir / "videos" / v)) for d, v in videos.items()
+    ]
+    try:
+        wait_until(
+            lambda: all(d.swaps >= 2 for d in devices),
+            timeout=240,
+            what="two hot swaps on each device",
+        )
+        for device in devices:
+            device.pause()  # no more segments: the trainer finishes what it has
+        assert daemon.wait_idle(120)
+        mirror = {d: s.mirror for d, s in daemon.sessions.items()}
+        wait_until(
+            lambda: _settled(devices, lambda d: mirror[d.runtime.profile.device.id].sha256),
+            timeout=60,
+            what="devices on the mirror's file",
+        )
+        for device in devices:
+            session = daemon.sessions[device.runtime.profile.device.id]
+            assert device.runtime.model.version == session.mirror.version >= 2
+            assert session.stats.full_models == 0 and session.stats.segments >= 2
+            assert device.runtime.counters.get("slots.rejected.bad_hash") == 0
+    finally:
+        for device in devices:
+            device.close()
+        daemon.stop()
+
+
+def _retained_metrics(broker, device_id: str) -> Metrics:
+    """The trainer's latest figures for a device, from its retained metrics topic."""
+    received: queue.Queue[Metrics] = queue.Queue()
+    link = MqttLink(broker.client_config(persistent_session=False), client_id="watcher")
+    link.subscribe(f"ams/{device_id}/metrics", 1, lambda m: received.put(decode(m.payload).msg))
+    link.start()
+    try:
+        return received.get(timeout=10)
+    finally:
+        link.stop()
+
+
+def _serve(config_path):
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cloud_trainer",
+            "--log-level",
+            "WARNING",
+            "serve",
+            "--config",
+            str(config_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_killed_trainer_resumes_without_resending_full_models(tmp_path, broker, shared_dir):
+    config_path = write_toml(trainer_raw(tmp_path, broker), tmp_path / "trainer.toml")
+    trainer = _serve(config_path)
+    device = Device(tmp_path, broker, "cam-k", str(shared_dir / "videos/vtest.avi"))
+    mirror_dir = tmp_path / "ckpt" / "cam-k" / "mirror"
+
+    def latest_mirror_sha() -> str:
+        return sha256_hex(sorted(mirror_dir.glob("v*.tflite"))[-1].read_bytes())
+
+    try:
+        wait_until(lambda: device.swaps >= 2, timeout=180, what="two updates before the kill")
+        time.sleep(2.5)  # at least one periodic checkpoint of the session
+        trainer.send_signal(signal.SIGKILL)
+        trainer.wait()
+        swaps_at_kill = device.swaps
+        trainer = _serve(config_path)
+        wait_until(
+            lambda: device.swaps >= swaps_at_kill + 2,
+            timeout=180,
+            what="updates from the restarted trainer",
+        )
+        device.pause()
+        wait_until(
+            lambda: device.runtime.model.sha256 == latest_mirror_sha(),
+            timeout=90,
+            what="the device on the restarted trainer's latest version",
+        )
+        figures = _retained_metrics(broker, "cam-k")
+        assert figures.full_models == 0  # the restarted session knew the device's file
+        assert device.runtime.endpoint.counters.get("received.model") == 0
+        assert device.runtime.counters.get("slots.rejected.bad_hash") == 0
+    finally:
+        device.close()
+        trainer.send_signal(signal.SIGTERM)
+        try:
+            trainer.wait(30)
+        except subprocess.TimeoutExpired:
+            trainer.kill()
