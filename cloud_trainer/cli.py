@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from edge_runtime.cli import command_parser, run_command
@@ -10,7 +11,23 @@ from shared_schema.mqtt import BrokerConfig
 
 
 def _demo(args: argparse.Namespace) -> int:
-    print("demo: not yet available (needs the edge runtime, model update and trainer issues)")
+    from pathlib import Path
+
+    from cloud_trainer.demo import print_summary, run_demo
+    from firmware_configs import find_shared_dir
+
+    video = Path(args.video) if args.video else None
+    if video is None:
+        shared = find_shared_dir()
+        if shared is None:
+            print(
+                "error: no video given and no shared data directory found "
+                "(set AMS_SHARED_DIR or pass --video)",
+                file=sys.stderr,
+            )
+            return 2
+        video = shared / "videos" / "vtest.avi"
+    print_summary(run_demo(video, duration_s=args.duration))
     return 0
 
 
@@ -43,6 +60,52 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_tflite(args: argparse.Namespace) -> int:
+    from cloud_trainer.student import UnsupportedOpsError, import_tflite
+
+    try:
+        if args.check:
+            from cloud_trainer.student.agreement import check_agreement
+
+            report = check_agreement(args.model, args.check, frames=args.frames)
+        else:
+            student = import_tflite(args.model)
+            report = {"model": str(args.model), "parameters": student.parameter_count}
+    except UnsupportedOpsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
+        print(f"error: {args.model}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=None if args.json else 2))
+    return 0
+
+
+def _bench_updates(args: argparse.Namespace) -> int:
+    from cloud_trainer.bench_updates import bench_updates
+    from cloud_trainer.config import load_config
+    from cloud_trainer.training import TrainingConfig
+    from edge_runtime.bench_results import write_result
+
+    config = load_config(args.config)
+    training = TrainingConfig(
+        iterations=args.iterations,
+        batch_size=args.batch,
+        resolution=(args.size, args.size),
+        device=args.device,
+    )
+    results = bench_updates(
+        args.video,
+        student_model=config.student.model,
+        teacher_model=config.teacher.model,
+        updates=args.updates,
+        training=training,
+    )
+    results["saved_to"] = str(write_result("bench-updates", results))
+    print(json.dumps(results, indent=None if args.json else 2))
+    return 0
+
+
 def _monitor(args: argparse.Namespace) -> int:
     from cloud_trainer.monitor import monitor
 
@@ -58,12 +121,40 @@ def build_parser() -> argparse.ArgumentParser:
         "cloud-trainer", "Cloud trainer: teacher labelling, Adaptive Model Streaming, evaluation."
     )
     demo = sub.add_parser("demo", help="local demo: embedded broker, trainer, one edge runtime")
+    demo.add_argument("--video", help="video to play (default: the shared vtest.avi)")
+    demo.add_argument("--duration", type=float, default=120.0, help="seconds to run")
     demo.set_defaults(func=_demo)
 
     serve = sub.add_parser("serve", help="the trainer daemon: AMS for every device on the broker")
     serve.add_argument("--config", help="trainer.toml (default: the bundled default_trainer.toml)")
     serve.add_argument("--device", help="torch device for training and a torch teacher: cpu, cuda")
     serve.set_defaults(func=_serve)
+
+    imp = sub.add_parser(
+        "import-tflite", help="import a quantized .tflite as a trainable torch student"
+    )
+    imp.add_argument("model", help=".tflite file")
+    imp.add_argument(
+        "--check",
+        metavar="VIDEO",
+        help="compare fake-quant labels with LiteRT's on frames of this video",
+    )
+    imp.add_argument("--frames", type=int, default=20, help="frames to compare (--check)")
+    imp.add_argument("--json", action="store_true", help="one line of JSON")
+    imp.set_defaults(func=_import_tflite)
+
+    bu = sub.add_parser(
+        "bench-updates", help="bytes per update in every format, from real training phases"
+    )
+    bu.add_argument("--video", required=True)
+    bu.add_argument("--updates", type=int, default=3)
+    bu.add_argument("--iterations", type=int, default=20, help="K")
+    bu.add_argument("--batch", type=int, default=4)
+    bu.add_argument("--size", type=int, default=321, help="training resolution (square)")
+    bu.add_argument("--device", default="cpu")
+    bu.add_argument("--config", help="trainer.toml naming the student and teacher")
+    bu.add_argument("--json", action="store_true", help="one line of JSON")
+    bu.set_defaults(func=_bench_updates)
 
     mon = sub.add_parser("monitor", help="print every protocol message under a prefix as JSON")
     mon.add_argument("--host", default="127.0.0.1")

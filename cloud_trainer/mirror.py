@@ -86,16 +86,24 @@ class ModelMirror:
     ) -> Outgoing:
         """The next version from the student's master weights, as an update in ``fmt``
         (``ams-fp16`` sends the values this phase's ``mask`` selected)."""
+        return self._commit(fmt, self.body_for(student, fmt, mask))
+
+    def body_for(
+        self,
+        student: TFLiteStudent,
+        fmt: UpdateFormat,
+        mask: list[torch.Tensor] | None = None,
+    ) -> bytes:
+        """The update body ``advance`` would send, without making a new version."""
         base = self._layout.with_data(self.data)
         if fmt == UpdateFormat.AMS_FP16:
             if mask is None:
                 raise ValueError("ams-fp16 needs the phase's parameter mask")
-            body = ams_fp16.encode(base, _selected_values(student, mask))
-        else:
-            body = qdelta.encode(base, quantized_weights(student))
-            if fmt == UpdateFormat.ZPATCH:
-                body = zpatch.encode(self.data, apply_update(UpdateFormat.QDELTA, base, body))
-        return self._commit(fmt, body)
+            return ams_fp16.encode(base, _selected_values(student, mask))
+        body = qdelta.encode(base, quantized_weights(student))
+        if fmt == UpdateFormat.ZPATCH:
+            body = zpatch.encode(self.data, apply_update(UpdateFormat.QDELTA, base, body))
+        return body
 
     def update_since(self, version: int, fmt: UpdateFormat) -> Outgoing | None:
         """A delta from an older version the mirror still holds to the current one, or None."""
