@@ -106,6 +106,38 @@ def _bench_updates(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cloud_trainer.bench_serve import bench_serve
+    from cloud_trainer.config import load_config
+    from edge_runtime.bench_results import write_result
+
+    config = load_config(args.config)
+    config = config.model_copy(
+        update={
+            "training": config.training.model_copy(
+                update={
+                    "iterations": args.iterations,
+                    "batch_size": args.batch,
+                    "resolution": (args.size, args.size),
+                    "device": args.device,
+                }
+            )
+        }
+    )
+    results = bench_serve(
+        Path(args.video),
+        devices=args.devices,
+        duration_s=args.duration,
+        config=config,
+        sweep=not args.no_sweep,
+    )
+    results["saved_to"] = str(write_result("bench-serve", results))
+    print(json.dumps(results, indent=None if args.json else 2))
+    return 0 if results["message_loss"] == 0 else 1
+
+
 def _monitor(args: argparse.Namespace) -> int:
     from cloud_trainer.monitor import monitor
 
@@ -155,6 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
     bu.add_argument("--config", help="trainer.toml naming the student and teacher")
     bu.add_argument("--json", action="store_true", help="one line of JSON")
     bu.set_defaults(func=_bench_updates)
+
+    bs = sub.add_parser(
+        "bench-serve", help="one trainer, N emulated devices on a local broker (JSON)"
+    )
+    bs.add_argument("--devices", type=int, required=True)
+    bs.add_argument("--video", required=True)
+    bs.add_argument("--duration", type=float, default=60.0, help="seconds the devices play")
+    bs.add_argument("--iterations", type=int, default=20, help="K")
+    bs.add_argument("--batch", type=int, default=4)
+    bs.add_argument("--size", type=int, default=321, help="training resolution (square)")
+    bs.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    bs.add_argument("--no-sweep", action="store_true", help="skip the 1-device round")
+    bs.add_argument("--config", help="trainer.toml (student, teacher)")
+    bs.add_argument("--json", action="store_true", help="one line of JSON")
+    bs.set_defaults(func=_bench_serve)
 
     mon = sub.add_parser("monitor", help="print every protocol message under a prefix as JSON")
     mon.add_argument("--host", default="127.0.0.1")

@@ -13,7 +13,6 @@ import json
 import tempfile
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -21,14 +20,13 @@ import numpy as np
 
 from cloud_trainer.config import TrainerConfig, load_config
 from cloud_trainer.daemon import TrainerDaemon
+from cloud_trainer.emulation import local_profile
 from cloud_trainer.local_broker import LocalBroker
 from cloud_trainer.metrics import ClassSubset, miou
 from cloud_trainer.teacher import Teacher, load_teacher
 from edge_runtime.frames import Frame
 from edge_runtime.runtime import EdgeRuntime, install_signal_handlers
 from edge_runtime.sources import open_source
-from firmware_configs import PROFILE_DIR, Profile
-from firmware_configs.schema import parse_profile
 
 DEMO_TRAINING = {"resolution": (257, 257), "iterations": 8, "batch_size": 2}
 
@@ -42,16 +40,6 @@ def demo_trainer_config(broker: LocalBroker, workdir: Path) -> TrainerConfig:
             "checkpoint": config.checkpoint.model_copy(update={"directory": workdir / "trainer"}),
         }
     )
-
-
-def demo_profile(broker: LocalBroker, workdir: Path, video: Path) -> Profile:
-    raw = tomllib.loads((PROFILE_DIR / "cpu.toml").read_text())
-    raw["mqtt"].update(port=broker.port, reconnect_min_s=0.1, reconnect_max_s=1.0)
-    raw["model"]["slot_dir"] = str(workdir / "device" / "slots")
-    raw["buffer"]["spool_dir"] = str(workdir / "device" / "spool")
-    raw["source"] = {"uri": str(video), "realtime": True, "loop": True}
-    raw["telemetry"]["results_rate_hz"] = 0.0
-    return parse_profile(raw, base_dir=PROFILE_DIR)
 
 
 class AgreementProbe:
@@ -98,7 +86,10 @@ def run_demo(
         daemon = TrainerDaemon(config)
         daemon.start()
         probe = AgreementProbe(load_teacher(config.teacher), every_s=2.0)
-        runtime = EdgeRuntime.from_profile(demo_profile(broker, workdir, video), sinks=[probe])
+        profile = local_profile(
+            broker.port, workdir / "device", video=video, telemetry={"results_rate_hz": 0.0}
+        )
+        runtime = EdgeRuntime.from_profile(profile, sinks=[probe])
         install_signal_handlers(runtime)
         runtime.start()
         reporter = _Reporter(runtime, daemon, probe, report_every_s, emit)

@@ -129,6 +129,7 @@ class Endpoint:
         if len(payloads) > 1 and delivery.retain:
             raise ValueError(f"retained {msg_type.value} messages cannot be chunked")
         self.counters.inc("bytes_out", sum(len(p) for p in payloads))
+        self.counters.inc(f"sent.{msg_type.value}")
         return self.link.publish_many(
             [Outbound(topic, p, delivery.qos, delivery.retain, delivery.expiry_s) for p in payloads]
         )

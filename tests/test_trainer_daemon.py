@@ -8,61 +8,32 @@ import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from cloud_trainer.daemon import TrainerDaemon
-from edge_runtime.runtime import EdgeRuntime
-from edge_runtime.sources import open_source
+from cloud_trainer.emulation import EmulatedDevice, local_profile
 from shared_schema.envelope import decode, sha256_hex
 from shared_schema.messages import Metrics
 from shared_schema.mqtt import MqttLink
 from tests.mqtt_helpers import wait_until
-from tests.test_runtime import device_profile
 from tests.trainer_helpers import trainer_config, trainer_raw, write_toml
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
-class Device:
-    """An edge runtime playing a video in real time on its own thread."""
-
-    def __init__(self, tmp_path, broker, device_id: str, video: str) -> None:
-        profile = device_profile(
-            tmp_path / device_id,
-            broker,
-            device={"id": device_id},
-            buffer={"t_update_s": 2.0},
-            telemetry={"interval_s": 5.0, "results_rate_hz": 0.0},
-        )
-        self.runtime = EdgeRuntime.from_profile(profile)
-        self.runtime.start()
-        assert self.runtime.endpoint.wait_connected(10)
-        self._video = video
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._play, daemon=True)
-        self._thread.start()
-
-    def _play(self) -> None:
-        with open_source(self._video, realtime=True, loop=True) as frames:
-            for frame in frames:
-                self.runtime.process(frame)
-                if self._stop.is_set():
-                    return
-
-    @property
-    def swaps(self) -> int:
-        return self.runtime.counters.get("slots.swaps")
-
-    def pause(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def close(self) -> None:
-        self.pause()
-        self.runtime.shutdown(drain_s=2)
+def start_device(tmp_path, broker, device_id: str, video: str) -> EmulatedDevice:
+    profile = local_profile(
+        broker.port,
+        tmp_path / device_id,
+        device_id=device_id,
+        buffer={"t_update_s": 2.0},
+        telemetry={"interval_s": 5.0, "results_rate_hz": 0.0},
+    )
+    device = EmulatedDevice(profile, video)
+    assert device.runtime.endpoint.wait_connected(10)
+    return device
 
 
 def _settled(devices, mirror_sha) -> bool:
@@ -75,7 +46,7 @@ def test_two_devices_each_hot_swap_verified_updates(tmp_path, broker, shared_dir
     assert daemon.endpoint.wait_connected(10)
     videos = {"cam-a": "vtest.avi", "cam-b": "one-by-one-person-detection.mp4"}
     devices = [
-        Device(tmp_path, broker, d, str(shared_dir / "videos" / v)) for d, v in videos.items()
+        start_device(tmp_path, broker, d, str(shared_dir / "videos" / v)) for d, v in videos.items()
     ]
     try:
         wait_until(
@@ -136,7 +107,7 @@ def _serve(config_path):
 def test_a_killed_trainer_resumes_without_resending_full_models(tmp_path, broker, shared_dir):
     config_path = write_toml(trainer_raw(tmp_path, broker), tmp_path / "trainer.toml")
     trainer = _serve(config_path)
-    device = Device(tmp_path, broker, "cam-k", str(shared_dir / "videos/vtest.avi"))
+    device = start_device(tmp_path, broker, "cam-k", str(shared_dir / "videos/vtest.avi"))
     mirror_dir = tmp_path / "ckpt" / "cam-k" / "mirror"
 
     def latest_mirror_sha() -> str:

@@ -1,0 +1,153 @@
+"""``cloud-trainer bench-serve``: one trainer serving N devices, each a real edge runtime
+playing a video in real time, over a real broker on loopback, for a fixed time.
+
+Reported per N: every device's training seconds per phase and updates delivered (verified
+and hot-swapped), and the QoS 1 messages lost (published by one side and never received by
+the other, in both directions: must be 0). With ``sweep``, the same run with 1 device first,
+so the growth of training time per device with N is measured in the same run.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from cloud_trainer.config import TrainerConfig, load_config
+from cloud_trainer.daemon import TrainerDaemon
+from cloud_trainer.emulation import EmulatedDevice, local_profile
+from cloud_trainer.local_broker import LocalBroker
+
+
+def serve_round(
+    config: TrainerConfig, video: Path, devices: int, duration_s: float, settle_s: float
+) -> dict[str, object]:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp,
+        LocalBroker(Path(tmp) / "broker") as broker,
+    ):
+        workdir = Path(tmp)
+        config = config.model_copy(
+            update={
+                "mqtt": broker.client_config(),
+                "checkpoint": config.checkpoint.model_copy(update={"directory": workdir / "ckpt"}),
+            }
+        )
+        daemon = TrainerDaemon(config)
+        daemon.start()
+        fleet = [
+            EmulatedDevice(
+                local_profile(
+                    broker.port,
+                    workdir / f"dev{i}",
+                    device_id=f"bench-{i}",
+                    telemetry={"results_rate_hz": 0.0},
+                ),
+                video,
+            )
+            for i in range(devices)
+        ]
+        try:
+            time.sleep(duration_s)
+            for device in fleet:
+                device.pause()
+            daemon.wait_idle(settle_s)
+            _wait_settled(daemon, fleet, settle_s)
+            return _measure(daemon, fleet, devices, duration_s)
+        finally:
+            for device in fleet:
+                device.close()
+            daemon.stop()
+
+
+def _wait_settled(daemon: TrainerDaemon, fleet: list[EmulatedDevice], timeout: float) -> None:
+    """Until every device runs its mirror's latest file (the last update has landed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sessions = daemon.sessions
+        if all(
+            d.device_id in sessions
+            and d.runtime.model.sha256 == sessions[d.device_id].mirror.sha256
+            for d in fleet
+        ):
+            return
+        time.sleep(0.1)
+
+
+def _measure(
+    daemon: TrainerDaemon, fleet: list[EmulatedDevice], devices: int, duration_s: float
+) -> dict[str, object]:
+    trainer = daemon.endpoint.counters
+    up_sent = sum(d.runtime.endpoint.counters.get("sent.segment") for d in fleet)
+    down_sent = trainer.get("sent.update") + trainer.get("sent.model")
+    down_received = sum(
+        d.runtime.endpoint.counters.get("received.update")
+        + d.runtime.endpoint.counters.get("received.model")
+        for d in fleet
+    )
+    phases = {
+        d.device_id: daemon.sessions[d.device_id].stats.training_seconds
+        for d in fleet
+        if d.device_id in daemon.sessions
+    }
+    return {
+        "devices": devices,
+        "duration_s": duration_s,
+        "training_seconds_per_phase": {
+            device: statistics.mean(seconds) if seconds else None
+            for device, seconds in phases.items()
+        },
+        "phases": {device: len(seconds) for device, seconds in phases.items()},
+        "updates_delivered": [d.swaps for d in fleet],
+        "in_sync": [
+            d.runtime.model.sha256 == daemon.sessions[d.device_id].mirror.sha256
+            for d in fleet
+            if d.device_id in daemon.sessions
+        ],
+        "message_loss": (up_sent - trainer.get("received.segment")) + (down_sent - down_received),
+        "messages": {
+            "segments_sent": up_sent,
+            "segments_received": trainer.get("received.segment"),
+            "updates_sent": down_sent,
+            "updates_received": down_received,
+        },
+    }
+
+
+def bench_serve(
+    video: Path,
+    *,
+    devices: int,
+    duration_s: float = 60.0,
+    config: TrainerConfig | None = None,
+    sweep: bool = True,
+    settle_s: float = 120.0,
+) -> dict[str, object]:
+    config = config or load_config()
+    counts = [1, devices] if sweep and devices > 1 else [devices]
+    rounds = [serve_round(config, video, n, duration_s, settle_s) for n in counts]
+    last = rounds[-1]
+
+    def mean_phase(run: dict[str, object]) -> float | None:
+        values = [v for v in run["training_seconds_per_phase"].values() if v is not None]
+        return statistics.mean(values) if values else None
+
+    growth = {str(run["devices"]): mean_phase(run) for run in rounds}
+    return {
+        "video": str(video),
+        "devices": devices,
+        "duration_s": duration_s,
+        "training": {
+            "resolution": list(config.training.resolution),
+            "iterations": config.training.iterations,
+            "batch_size": config.training.batch_size,
+            "device": config.training.device,
+        },
+        "training_seconds_per_phase": last["training_seconds_per_phase"],
+        "updates_delivered": last["updates_delivered"],
+        "in_sync": last["in_sync"],
+        "message_loss": sum(run["message_loss"] for run in rounds),
+        "training_seconds_per_phase_by_devices": growth,
+        "rounds": rounds,
+    }

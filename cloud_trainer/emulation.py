@@ -1,0 +1,76 @@
+"""Devices on this machine: the real edge runtime, a local profile, a video played in real time.
+
+Used by the demo, the serving benchmark and the tests: each emulated device is the real
+``EdgeRuntime`` with the ``cpu`` profile pointed at a local broker and a work directory.
+"""
+
+from __future__ import annotations
+
+import threading
+import tomllib
+from pathlib import Path
+
+from edge_runtime.runtime import EdgeRuntime
+from edge_runtime.sources import open_source
+from firmware_configs import PROFILE_DIR, Profile
+from firmware_configs.schema import parse_profile
+
+
+def local_profile(
+    port: int,
+    workdir: Path,
+    *,
+    device_id: str = "cpu-0",
+    video: Path | None = None,
+    **sections: dict[str, object],
+) -> Profile:
+    """The ``cpu`` profile for a device on a broker at 127.0.0.1:``port``, with its slots and
+    spool in ``workdir``; ``sections`` override profile tables (e.g. ``buffer={...}``)."""
+    raw = tomllib.loads((PROFILE_DIR / "cpu.toml").read_text())
+    raw["device"]["id"] = device_id
+    raw["mqtt"].update(port=port, reconnect_min_s=0.1, reconnect_max_s=1.0)
+    raw["model"]["slot_dir"] = str(workdir / "slots")
+    raw["buffer"]["spool_dir"] = str(workdir / "spool")
+    raw["source"] = {"realtime": True, "loop": True, "uri": str(video) if video else None}
+    raw["source"] = {k: v for k, v in raw["source"].items() if v is not None}
+    for name, values in sections.items():
+        raw[name].update(values)
+    return parse_profile(raw, base_dir=PROFILE_DIR)
+
+
+class EmulatedDevice:
+    """An edge runtime playing a video in real time, looping, on its own thread."""
+
+    def __init__(self, profile: Profile, video: Path) -> None:
+        self.runtime = EdgeRuntime.from_profile(profile)
+        self.runtime.start()
+        self._video = video
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._play, name=profile.device.id, daemon=True)
+        self._thread.start()
+
+    @property
+    def device_id(self) -> str:
+        return self.runtime.profile.device.id
+
+    @property
+    def swaps(self) -> int:
+        return self.runtime.counters.get("slots.swaps")
+
+    def _play(self) -> None:
+        with open_source(str(self._video), realtime=True, loop=True) as frames:
+            for frame in frames:
+                self.runtime.process(frame)
+                if self._stop.is_set():
+                    return
+
+    def pause(self) -> None:
+        """Stop playing; the samples so far go up as a last segment, and the device stays
+        connected and takes updates."""
+        self._stop.set()
+        self._thread.join(10)
+        self.runtime.segments.flush()
+
+    def close(self) -> None:
+        self.pause()
+        self.runtime.shutdown(drain_s=2)
