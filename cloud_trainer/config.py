@@ -7,7 +7,6 @@ Paths may use ``${VAR}`` (``${AMS_SHARED_DIR}`` defaults to the shared data dire
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -16,7 +15,7 @@ from cloud_trainer.asr import AsrConfig
 from cloud_trainer.atr import AtrConfig
 from cloud_trainer.teacher import TeacherConfig
 from cloud_trainer.training import TrainingConfig
-from firmware_configs.schema import expand_paths
+from firmware_configs.schema import expand_paths, read_toml
 from shared_schema.messages import UpdateFormat
 from shared_schema.mqtt import BrokerConfig
 
@@ -70,12 +69,7 @@ class ConfigError(ValueError):
 
 def load_config(path: Path | None = None) -> TrainerConfig:
     path = Path(path or DEFAULT_CONFIG)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    raw = read_toml(path, ConfigError)
     try:
         return TrainerConfig.model_validate(expand_paths(raw, path.resolve().parent, _PATH_KEYS))
     except ValidationError as exc:

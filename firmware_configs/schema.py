@@ -132,13 +132,18 @@ def load_profile(path_or_name: str | Path) -> Profile:
     path = Path(path_or_name)
     if not path.suffix and not path.exists():
         path = PROFILE_DIR / f"{path_or_name}.toml"
-    try:
-        raw = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ProfileError(f"{path}: cannot read profile: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(f"{path}: not valid TOML: {exc}") from exc
+    raw = read_toml(path, ProfileError)
     return parse_profile(raw, base_dir=path.resolve().parent, source=str(path))
+
+
+def read_toml(path: Path, error: type[ValueError]) -> dict[str, Any]:
+    """A TOML file's tables; an unreadable or malformed file raises ``error`` naming it."""
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: not valid TOML: {exc}") from exc
 
 
 def parse_profile(raw: dict[str, Any], *, base_dir: Path, source: str = "profile") -> Profile:
