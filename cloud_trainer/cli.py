@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from cloud_trainer.export.command import add_export_parser
 from edge_runtime.cli import command_parser, run_command
 from shared_schema.mqtt import BrokerConfig
 
@@ -202,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--config", help="trainer.toml (student, teacher)")
     bs.add_argument("--json", action="store_true", help="one line of JSON")
     bs.set_defaults(func=_bench_serve)
+
+    add_export_parser(sub)
 
     mon = sub.add_parser("monitor", help="print every protocol message under a prefix as JSON")
     mon.add_argument("--host", default="127.0.0.1")

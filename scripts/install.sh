@@ -14,21 +14,13 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mosquitto
 fi
 
-python=""
-for candidate in "${PYTHON:-}" python3.11 python3; do
-  if [ -n "$candidate" ] && command -v "$candidate" >/dev/null 2>&1 &&
-     "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
-    python="$candidate"; break
-  fi
-done
-if [ -z "$python" ]; then
-  echo "error: Python 3.11 is required (set PYTHON=/path/to/python3.11)" >&2
-  exit 1
-fi
+python="$(bash scripts/find_python.sh)"
 
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check \
   -c constraints/cpu.txt -e ".[edge,trainer,export,dev]"
+# onnx2tf pins its own tensorflow/numpy/onnx: it lives in .export-venv, driven by subprocess.
+bash scripts/export_env.sh
 echo "installed: $(.venv/bin/python --version), $(.venv/bin/edge-runtime --version) ($(command -v mosquitto || echo /usr/sbin/mosquitto))"

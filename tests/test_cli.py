@@ -23,7 +23,10 @@ def _subcommands(help_text: str) -> set[str]:
     ("script", "expected"),
     [
         ("edge-runtime", {"check-profile", "run", "bench"}),
-        ("cloud-trainer", {"demo", "monitor", "serve"}),
+        (
+            "cloud-trainer",
+            {"demo", "monitor", "serve", "import-tflite", "bench-updates", "bench-serve", "export"},
+        ),
     ],
 )
 def test_console_scripts_list_their_subcommands(script, expected):

@@ -1,4 +1,5 @@
-"""Trainable students: quantized TFLite models imported as torch modules.
+"""Trainable students: quantized TFLite models imported as torch modules, and the project's own
+torch-defined student (`cloud_trainer.student.torch_student`: DeepLabV3 on MobileNetV2).
 
 `cloud_trainer.student.agreement.check_agreement` compares an import against LiteRT on video
 frames; it stays out of this namespace so that importing the student does not load PyAV.

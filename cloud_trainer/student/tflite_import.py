@@ -14,7 +14,8 @@ decoded video frames) and returns NCHW logits (the layout torch losses expect).
 Fake-quant arithmetic follows LiteRT's default CPU path, where the XNNPACK delegate runs the uint8
 ops: convolutions accumulate exact integers and requantize with a float32 multiplier rounded half
 to even, ADD uses XNNPACK's 21-bit fixed-point multipliers and uint8 QUANTIZE its 8-bit one, and
-average pooling and bilinear resizing round half up on the integer grid like TFLite's kernels.
+average pooling and bilinear resizing round half up on the integer grid like TFLite's kernels,
+and MEAN rounds its exact sum once.
 With the pinned LiteRT this reproduces every intermediate tensor of the Coral DeepLab models bit
 for bit; LiteRT's reference kernels (no XNNPACK) round a few ties differently.
 """
@@ -465,6 +466,35 @@ class _Quantize(_Op):
         return self.out.requantize(_ste(v, torch.floor(v + 0.5)))
 
 
+class _Mean(_Op):
+    def __init__(self, node: _Node, axes: tuple[int, ...], inp: _ActQuant, out: _ActQuant) -> None:
+        super().__init__(node, node.inputs[:1])
+        self.axes = axes
+        self.keep_dims = bool(node.options.keepDims)
+        self.inp = inp
+        self.out = out
+
+    def forward(self, args: list[Tensor], env: _Env) -> Tensor:
+        (x,) = args
+        if not env.fake_quant:
+            return x.mean(self.axes, keepdim=self.keep_dims)
+        # An exact integer sum, rescaled and rounded once: LiteRT's int8 MEAN over the spatial
+        # axes (an image-pooling branch) to the bit.
+        count = math.prod(x.shape[a] for a in self.axes)
+        total = self.inp.to_int(x).sum(self.axes, keepdim=self.keep_dims)
+        return self.out.requantize(total * (self.inp.scale / (self.out.scale * count)))
+
+
+class _Pad(_Op):
+    def __init__(self, node: _Node, pad: tuple[int, ...]) -> None:
+        super().__init__(node, node.inputs[:1])
+        self.pad = pad  # F.pad order: last torch axis first
+
+    def forward(self, args: list[Tensor], env: _Env) -> Tensor:
+        # TFLite pads quantized tensors with their zero point: real 0, on the grid in fake-quant.
+        return F.pad(args[0], self.pad)
+
+
 class _ArgMax(_Op):
     def __init__(self, node: _Node, axis: int) -> None:
         super().__init__(node, node.inputs[:1])
@@ -663,6 +693,23 @@ def _build_arg_max(graph: _Graph, node: _Node) -> _Op:
     return _ArgMax(node, graph.channel_axis(node, int(axis)))
 
 
+def _build_mean(graph: _Graph, node: _Node) -> _Op:
+    axes = tuple(sorted(graph.channel_axis(node, int(a)) for a in graph.int_values(node.inputs[1])))
+    inp = graph.act_quant(node.inputs[0])
+    return _Mean(node, axes, inp, graph.act_quant(node.outputs[0]))
+
+
+def _build_pad(graph: _Graph, node: _Node) -> _Op:
+    before_after = graph.int_values(node.inputs[1]).reshape(-1, 2)  # per TFLite axis
+    rank = len(before_after)
+    if graph.act_quant(node.inputs[0]) != graph.act_quant(node.outputs[0]):
+        raise UnsupportedOpsError(["PAD with different input and output quantization"])
+    torch_axes = [graph.channel_axis(node, axis) for axis in range(rank)]
+    by_torch_axis = dict(zip(torch_axes, before_after.tolist(), strict=True))
+    pad = [int(v) for axis in reversed(range(rank)) for v in by_torch_axis[axis]]
+    return _Pad(node, tuple(pad))
+
+
 _BUILDERS: dict[str, Callable[[_Graph, _Node], _Op]] = {
     "CONV_2D": _build_conv_2d,
     "DEPTHWISE_CONV_2D": _build_depthwise_conv_2d,
@@ -672,6 +719,8 @@ _BUILDERS: dict[str, Callable[[_Graph, _Node], _Op]] = {
     "CONCATENATION": _build_concatenation,
     "QUANTIZE": _build_quantize,
     "ARG_MAX": _build_arg_max,
+    "MEAN": _build_mean,
+    "PAD": _build_pad,
 }
 
 
