@@ -16,7 +16,7 @@ import numpy as np
 
 from cloud_trainer.metrics import ClassSubset
 from cloud_trainer.mirror import ModelMirror
-from cloud_trainer.sample_buffer import Sample, SampleBuffer, resize_labels
+from cloud_trainer.sample_buffer import SampleBuffer, labelled_samples
 from cloud_trainer.student import TFLiteStudent, import_tflite
 from cloud_trainer.teacher import TeacherConfig, load_teacher
 from cloud_trainer.training import TrainingConfig, new_optimizer, train_phase
@@ -76,14 +76,12 @@ def bench_updates(
     sizes: dict[str, list[int]] = {fmt.value: [] for fmt in UpdateFormat}
     phases, qdelta_agree, ams_agree = [], [], []
     height, width = teacher.input_size
-    train_h, train_w = training.resolution
     for n in range(updates):
         window = [f for f in frames if n * t_update_s <= f.timestamp < (n + 1) * t_update_s]
         labels = teacher.label(np.stack([f.rgb(width, height) for f in window]))
-        for frame, label in zip(window, labels, strict=True):
-            subset.observe(label)
-            small = resize_labels(label, train_h, train_w).astype(np.uint8)
-            buffer.add(Sample(frame.timestamp, frame.rgb(train_w, train_h), small))
+        for sample in labelled_samples(window, labels, training.frame_size):
+            subset.observe(sample.labels)
+            buffer.add(sample)
         result = train_phase(student, optimizer, buffer, subset.seen, training, rng)
         phases.append(result.seconds)
         bodies = {f: mirror.body_for(student, f, optimizer.mask) for f in UpdateFormat}

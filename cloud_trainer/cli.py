@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from cloud_trainer.evaluation.command import add_evaluate_parser
 from cloud_trainer.export.command import add_export_parser
 from edge_runtime.cli import command_parser, run_command
 from shared_schema.mqtt import BrokerConfig
@@ -183,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     bu.add_argument("--updates", type=int, default=3)
     bu.add_argument("--iterations", type=int, default=20, help="K")
     bu.add_argument("--batch", type=int, default=4)
-    bu.add_argument("--size", type=int, default=321, help="training resolution (square)")
+    bu.add_argument("--size", type=int, default=321, help="side of the random crops trained on")
     bu.add_argument("--device", default="cpu")
     bu.add_argument("--config", help="trainer.toml naming the student and teacher")
     bu.add_argument("--json", action="store_true", help="one line of JSON")
@@ -197,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--duration", type=float, default=60.0, help="seconds the devices play")
     bs.add_argument("--iterations", type=int, default=20, help="K")
     bs.add_argument("--batch", type=int, default=4)
-    bs.add_argument("--size", type=int, default=321, help="training resolution (square)")
+    bs.add_argument("--size", type=int, default=321, help="side of the random crops trained on")
     bs.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     bs.add_argument("--no-sweep", action="store_true", help="skip the 1-device round")
     bs.add_argument("--config", help="trainer.toml (student, teacher)")
@@ -205,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.set_defaults(func=_bench_serve)
 
     add_export_parser(sub)
+    add_evaluate_parser(sub)
 
     mon = sub.add_parser("monitor", help="print every protocol message under a prefix as JSON")
     mon.add_argument("--host", default="127.0.0.1")

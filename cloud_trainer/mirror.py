@@ -126,6 +126,16 @@ class ModelMirror:
         )
         return self._signed(msg, body)
 
+    def roll_back(self, version: int) -> bool:
+        """Forget every version after ``version`` (a device refused them), if it is held."""
+        if version not in self._versions:
+            return False
+        while self.version != version:
+            dropped, _ = self._versions.popitem()
+            if self._directory is not None:
+                self._path(dropped).unlink(missing_ok=True)
+        return True
+
     def full_model(self, name: str = "") -> Outgoing:
         return self._signed(
             Model(version=self.version, format=ModelFormat.TFLITE, name=name), self.data

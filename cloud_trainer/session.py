@@ -27,7 +27,7 @@ from cloud_trainer.atr import AdaptiveTrainingRate
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.metrics import ClassSubset
 from cloud_trainer.mirror import ModelMirror, Outgoing
-from cloud_trainer.sample_buffer import Sample, SampleBuffer, resize_labels
+from cloud_trainer.sample_buffer import Sample, SampleBuffer, labelled_samples
 from cloud_trainer.student import import_tflite
 from cloud_trainer.teacher import Teacher
 from cloud_trainer.training import PhaseResult, new_optimizer, train_phase
@@ -84,6 +84,7 @@ class SessionStats:
     updates_rejected: int = 0
     resyncs: int = 0
     full_models: int = 0
+    rollbacks: int = 0  # training went back to the device's file after it refused a model
     training_seconds: list[float] = field(default_factory=list)  # per phase, the last 100
 
 
@@ -93,7 +94,7 @@ class _Archived:
 
     segment: Segment
     h264: bytes
-    labels: bytes  # zstd of the (N, H, W) uint8 labels at the training resolution
+    labels: bytes  # zstd of the (N, H, W) uint8 labels at the training frame size
 
 
 class Session:
@@ -200,9 +201,23 @@ class Session:
             return []
         self.stats.updates_rejected += 1
         log.warning("%s: device refused an update: %s %s", self.device_id, ack.reason, ack.detail)
+        if ack.reason == AckReason.INVALID_MODEL:
+            self._roll_back(ack.model_sha256)
         if ack.reason not in _RESYNCABLE:
             return []
         return self._catch_up(ack.model_sha256)
+
+    def _roll_back(self, device_sha: str | None) -> None:
+        """The device judged the trained model broken: training goes back to the file it
+        runs, with fresh optimizer state, so later updates build on a model it accepted."""
+        held = self.mirror.find(device_sha) if device_sha else None
+        if held is None or not self.mirror.roll_back(held):
+            return  # the device runs a file the mirror no longer holds: keep training on
+        restored = import_tflite(self.mirror.data).to(self.config.training.device)
+        self.student.load_state_dict(restored.state_dict())
+        self.optimizer = new_optimizer(self.student, self.config.training)
+        self.stats.rollbacks += 1
+        log.warning("%s: training rolled back to version %d", self.device_id, held)
 
     def _catch_up(self, device_sha: str | None) -> list[Outgoing]:
         """Whatever brings the device from the file it runs to the mirror's latest: nothing,
@@ -248,27 +263,23 @@ class Session:
             return [Outgoing(reject)]
         height, width = self._teacher.input_size
         teacher_labels = self._teacher.label(np.stack([f.rgb(width, height) for f in frames]))
-        train_h, train_w = self.config.training.resolution
-        labels = np.stack([resize_labels(lab, train_h, train_w) for lab in teacher_labels])
-        self._add_samples(
-            segment.timestamps, [f.rgb(train_w, train_h) for f in frames], labels.astype(np.uint8)
-        )
-        self._archive_segment(segment, envelope.body, labels.astype(np.uint8))
+        samples = labelled_samples(frames, teacher_labels, self.config.training.frame_size)
+        self._add_samples(samples)
+        self._archive_segment(segment, envelope.body, np.stack([s.labels for s in samples]))
         self.stats.segments += 1
         self.stats.frames += len(frames)
         self.stats.bytes_up += len(envelope.body)
         self._phase_due = True
         return self._rate_control(segment.timestamps[-1])
 
-    def _add_samples(
-        self, timestamps: tuple[float, ...], frames: list[np.ndarray], labels: np.ndarray
-    ) -> None:
-        for timestamp, rgb, label in zip(timestamps, frames, labels, strict=True):
-            self.subset.observe(label)
+    def _add_samples(self, samples: list[Sample]) -> None:
+        for sample in samples:
+            self.subset.observe(sample.labels)
             if self._previous_labels is not None:
-                self.asr.observe(phi_score(self._previous_labels, label, self.subset.classes))
-            self._previous_labels = label
-            self.buffer.add(Sample(timestamp, rgb, label))
+                phi = phi_score(self._previous_labels, sample.labels, self.subset.classes)
+                self.asr.observe(phi)
+            self._previous_labels = sample.labels
+            self.buffer.add(sample)
 
     def _rate_control(self, device_time: float) -> list[Outgoing]:
         """ASR then ATR every δt of the device's video time; a control message on a change."""
@@ -390,12 +401,11 @@ class Session:
         return True
 
     def _restore_segment(self, segment: Segment, h264: bytes, packed: bytes) -> None:
-        train_h, train_w = self.config.training.resolution
+        size = self.config.training.frame_size
         raw = zstandard.ZstdDecompressor().decompress(packed)
-        labels = np.frombuffer(raw, np.uint8).reshape(-1, train_h, train_w)
-        frames = decode_frames(h264, segment.timestamps)
-        for frame, label in zip(frames, labels, strict=True):
-            self.buffer.add(Sample(frame.timestamp, frame.rgb(train_w, train_h), label))
+        labels = np.frombuffer(raw, np.uint8).reshape(-1, *size)
+        for sample in labelled_samples(decode_frames(h264, segment.timestamps), labels, size):
+            self.buffer.add(sample)
         self._archive.append(_Archived(segment, h264, packed))
 
 

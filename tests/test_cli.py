@@ -25,7 +25,16 @@ def _subcommands(help_text: str) -> set[str]:
         ("edge-runtime", {"check-profile", "run", "bench"}),
         (
             "cloud-trainer",
-            {"demo", "monitor", "serve", "import-tflite", "bench-updates", "bench-serve", "export"},
+            {
+                "demo",
+                "monitor",
+                "serve",
+                "import-tflite",
+                "bench-updates",
+                "bench-serve",
+                "export",
+                "evaluate",
+            },
         ),
     ],
 )

@@ -169,6 +169,33 @@ def test_acks_drive_resyncs(session, segments):
     assert session.device.version == 3 and session.stats.updates_acked == 1
 
 
+def test_a_model_the_device_finds_broken_rolls_training_back(session, segments, tmp_path):
+    _run(session, hello(session.mirror.sha256))
+    for msg, h264 in segments[:3]:
+        _run(session, envelope(msg, h264))
+    v1 = session.mirror.versions()[1]
+    refused = Ack(
+        ref_type="update",
+        ref_seq=2,
+        ok=False,
+        reason=AckReason.INVALID_MODEL,
+        detail="warm-up output is all one class",
+        model_version=1,
+        model_sha256=sha256_hex(v1),
+    )
+    assert _run(session, envelope(refused)) == []  # the device already runs the kept version
+    assert session.mirror.version == 1 and session.mirror.sha256 == sha256_hex(v1)
+    assert session.stats.rollbacks == 1
+    assert sorted(p.name for p in (tmp_path / "ckpt" / "cam-1" / "mirror").glob("v*")) == [
+        "v00000000.tflite",
+        "v00000001.tflite",
+    ]
+    # training resumes from the file the device runs: its next update is based on version 1
+    (update,) = [o for o in _run(session, envelope(*segments[3])) if isinstance(o.msg, Update)]
+    assert update.msg.base_version == 1 and update.msg.base_sha256 == sha256_hex(v1)
+    assert sha256_hex(apply_update(update.msg.format, v1, update.body)) == session.mirror.sha256
+
+
 def test_a_device_that_only_takes_binary_patches_gets_zpatch(session, segments):
     _run(session, hello(session.mirror.sha256, formats=(UpdateFormat.ZPATCH,)))
     msg, h264 = segments[0]

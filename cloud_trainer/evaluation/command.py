@@ -1,0 +1,121 @@
+"""``cloud-trainer evaluate``: the five schemes of seed 002 §4.1 over one stream (SPEC §7)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cloud_trainer.evaluation.names import PRESETS, SchemeName
+from firmware_configs.schema import find_shared_dir
+
+if TYPE_CHECKING:
+    from cloud_trainer.evaluation.config import EvalConfig
+
+_STUDENT = "models/coral/deeplabv3_mnv2_dm05_pascal_quant.tflite"
+_TEACHER = "models/coral/deeplabv3_mnv2_pascal_quant.tflite"
+
+
+def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="trace-driven evaluation of AMS against the baselines on real videos",
+        description=(
+            "Replay the videos back to back under a virtual clock through the real sampler, "
+            "H.264 segments, teacher, training phases, update bodies and patched TFLite "
+            "student; score every evaluated frame against the teacher; write results.json, "
+            "results.md and plots to --out. Schemes run separately merge into one report."
+        ),
+    )
+    parser.add_argument("--video", action="append", required=True, type=Path,
+                        help="a video; repeat to concatenate several into one stream")  # fmt: skip
+    parser.add_argument("--schemes", default=",".join(SchemeName),
+                        help="comma-separated, from: " + ", ".join(SchemeName)
+                        + "; an empty list only rebuilds the report from saved runs")  # fmt: skip
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument("--preset", choices=PRESETS, default="quick")
+    parser.add_argument("--eval-stride", type=int, help="score every k-th frame")
+    parser.add_argument("--clip", type=float, help="seconds kept from the start of each video")
+    parser.add_argument("--charge-compute", type=float, metavar="F",
+                        help="add measured trainer compute × F before replies leave")  # fmt: skip
+    parser.add_argument("--uplink-mbps", type=float)
+    parser.add_argument("--downlink-mbps", type=float)
+    parser.add_argument("--jit-threshold", type=float, help="Just-In-Time's accuracy threshold")
+    parser.add_argument(
+        "--ablation",
+        choices=["selection"],
+        help="also sweep AMS's γ and selection strategy (seed 002 Table 3)",
+    )
+    parser.add_argument("--threads", type=int, help="LiteRT threads (teacher, device)")
+    parser.add_argument("--cache-dir", type=Path, help="label cache (default: ~/.cache/amstream)")
+    parser.add_argument("--student", type=Path, help=f"default: <shared>/{_STUDENT}")
+    parser.add_argument("--teacher", type=Path, help=f"default: <shared>/{_TEACHER}")
+    parser.set_defaults(func=evaluate)
+    return parser
+
+
+def build_config(args: argparse.Namespace) -> EvalConfig:
+    from cloud_trainer.evaluation.config import EvalConfig, preset
+
+    shared = find_shared_dir()
+    student, teacher = args.student, args.teacher
+    if student is None or teacher is None:
+        if shared is None:
+            raise SystemExit("error: shared data not found: pass --student and --teacher")
+        student = student or shared / _STUDENT
+        teacher = teacher or shared / _TEACHER
+    config = preset(args.preset, student, teacher)
+    stream = {k: v for k, v in (("eval_stride", args.eval_stride), ("clip_s", args.clip))
+              if v is not None}  # fmt: skip
+    link = {k: v for k, v in (("charge_compute", args.charge_compute),
+                              ("uplink_mbps", args.uplink_mbps),
+                              ("downlink_mbps", args.downlink_mbps)) if v is not None}  # fmt: skip
+    update: dict[str, object] = {
+        "stream": config.stream.model_copy(update=stream),
+        "link": config.link.model_copy(update=link),
+    }
+    if args.jit_threshold is not None:
+        update["jit"] = config.jit.model_copy(update={"threshold": args.jit_threshold})
+    if args.threads is not None:
+        update["threads"] = args.threads
+    # model_copy does not validate: round-trip so a bad override is refused here, by name
+    return EvalConfig.model_validate(config.model_copy(update=update).model_dump())
+
+
+def parse_schemes(text: str) -> list[SchemeName]:
+    try:
+        return [SchemeName(s.strip()) for s in text.split(",") if s.strip()]
+    except ValueError as exc:
+        raise SystemExit(f"error: --schemes: {exc}; choose from {', '.join(SchemeName)}") from exc
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from cloud_trainer.evaluation.report import write_report
+    from cloud_trainer.evaluation.runner import RUNS, Evaluation
+    from cloud_trainer.evaluation.schemes import SCHEMES
+
+    config = build_config(args)
+    schemes = parse_schemes(args.schemes)
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # a line per training phase would tear the progress bars apart
+        logging.getLogger("cloud_trainer.session").setLevel(logging.WARNING)
+    cache = args.cache_dir or Path(
+        os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "amstream", "labels"
+    )
+    evaluation = Evaluation(config, args.video, args.out, cache)
+    with evaluation.progress:
+        info = evaluation.stream_info()
+        for name in schemes:
+            evaluation.run(name.value, SCHEMES[name], args.out / RUNS)
+        if args.ablation:
+            evaluation.ablation()
+    results = write_report(args.out, config, info)
+    for name, summary in results["schemes"].items():
+        print(
+            f"{name:>16}: mIoU {100 * summary['miou']:6.2f} %  up {summary['uplink_kbps']:8.1f}"
+            f" Kbps  down {summary['downlink_kbps']:8.1f} Kbps  updates {summary['updates']}"
+        )
+    print(f"results in {args.out}")
+    return 0

@@ -1,0 +1,355 @@
+"""The evaluation's outputs: ``results.json``, ``results.md`` (seed 002 Table 1's layout, with
+the paper's Outdoor Scenes numbers beside ours, Table 2's per-video layout, Table 3's when the
+ablation ran) and three plots: mIoU over time with update instants, bandwidth over time, and
+the per-frame CDF of the mIoU gain over No Customization (seed 002 Fig. 5).
+
+Everything is rebuilt from the saved runs that score the same frames, so a scheme run on its
+own later joins the report.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a display
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from cloud_trainer.evaluation.config import EvalConfig
+from cloud_trainer.evaluation.names import SchemeName
+from cloud_trainer.evaluation.record import SchemeRun
+from cloud_trainer.evaluation.runner import (
+    ABLATION,
+    ABLATION_GAMMAS,
+    ABLATION_STRATEGIES,
+    FULL_MODEL,
+    RUNS,
+    StreamInfo,
+    ablation_name,
+    command_line,
+)
+from edge_runtime.bench_results import machine
+
+TITLES = {
+    SchemeName.NO_CUSTOM: "No Customization",
+    SchemeName.ONE_TIME: "One-Time",
+    SchemeName.REMOTE_TRACKING: "Remote+Tracking",
+    SchemeName.JIT: "Just-In-Time",
+    SchemeName.AMS: "AMS",
+}
+# Seed 002 Table 1, Outdoor Scenes: mIoU (%), uplink and downlink (Kbps).
+PAPER = {
+    SchemeName.NO_CUSTOM: (63.68, 0, 0),
+    SchemeName.ONE_TIME: (69.73, 63.1, 91.4),
+    SchemeName.REMOTE_TRACKING: (69.05, 1949, 54.6),
+    SchemeName.JIT: (73.14, 2735, 3109),
+    SchemeName.AMS: (74.26, 189, 205),
+}
+# Seed 002 Table 3: mIoU difference from full-model training (points), and AMS's downlink.
+PAPER_TABLE3 = {
+    "last": (-5.98, -6.58, -8.98, -10.99),
+    "first": (-2.63, -5.54, -8.37, -15.45),
+    "random": (-0.21, -0.70, -2.90, -5.29),
+    "gradient": (0.13, -0.13, -0.73, -2.87),
+}
+PAPER_TABLE3_BW = (715, 384, 205, 46)
+FILES = ("results.json", "results.md", "miou_over_time.png", "bandwidth.png", "miou_gain_cdf.png")
+
+
+def load_runs(directory: Path, info: StreamInfo, names: list[str]) -> dict[str, SchemeRun]:
+    """The saved runs among ``names`` that scored this stream's frames."""
+    runs = {}
+    for name in names:
+        if (directory / f"{name}.json").is_file():
+            run = SchemeRun.load(directory, name)
+            if run.signature == info.signature:
+                runs[name] = run
+    return runs
+
+
+def write_report(out: Path, config: EvalConfig, info: StreamInfo) -> dict[str, object]:
+    runs = load_runs(out / RUNS, info, [s.value for s in SchemeName])
+    ablation_names = [FULL_MODEL] + [
+        ablation_name(s, g) for s in ABLATION_STRATEGIES for g in ABLATION_GAMMAS
+    ]
+    ablation = load_runs(out / ABLATION, info, ablation_names)
+    summaries = {name: run.summary(info.classes, info.videos) for name, run in runs.items()}
+    baseline = runs.get(SchemeName.NO_CUSTOM)
+    if baseline is not None:
+        base = baseline.per_frame_miou(info.classes)
+        for name, run in runs.items():
+            gain = run.per_frame_miou(info.classes) - base
+            summaries[name]["frames_better_than_no_custom"] = float(np.mean(gain > 0))
+    results = {
+        "schemes": summaries,
+        "config": _config(config, info, runs),
+        "ablation": {n: r.summary(info.classes, info.videos) for n, r in ablation.items()},
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(_markdown(results, info))
+    if runs:
+        _plot_miou(out / "miou_over_time.png", runs, info)
+        _plot_bandwidth(out / "bandwidth.png", runs)
+        _plot_gain_cdf(out / "miou_gain_cdf.png", runs, info)
+    return results
+
+
+def _config(config: EvalConfig, info: StreamInfo, runs: dict[str, SchemeRun]) -> dict[str, object]:
+    return {
+        **config.model_dump(mode="json"),
+        "stream": {
+            "videos": info.videos,
+            "duration_s": info.duration_s,
+            "classes": list(info.classes),
+            **info.signature,
+        },
+        "formats": {
+            "model_updates": "qdelta (real update bodies, applied with apply_update)",
+            "ams_fp16_kbps": "the same updates in seed 002's fp16 + gzip'd mask encoding",
+            "segments": f"H.264 at {config.ams.segment_kbps:g} kbps (encode_segment)",
+            "full_quality_samples": f"JPEG q{config.tracking.jpeg_quality} at source size",
+            "label_maps": "zstd (level 3) of the 513x513 uint8 teacher labels",
+        },
+        "charge_compute": config.link.charge_compute,
+        "command": command_line(),
+        "runs": {n: {"command": r.command, "finished": r.finished} for n, r in runs.items()},
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+    }
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def _markdown(results: dict, info: StreamInfo) -> str:
+    schemes: dict[str, dict] = results["schemes"]
+    config = results["config"]
+    names = [s for s in SchemeName if s.value in schemes]
+    head = "| Dataset | Metric | " + " | ".join(TITLES[s] for s in names) + " |"
+    rule = "|---|---|" + "---|" * len(names)
+    stream = " + ".join(info.videos)
+    lines = [
+        "# Evaluation (seed 002 §4)",
+        "",
+        f"Stream: {stream}, {info.duration_s:.1f} s; scored every "
+        f"{config['stream']['eval_stride']} frame(s) over classes {list(info.classes)}. "
+        f"Preset `{config['preset']}`; compute charged × {config['charge_compute']:g}; "
+        f"links {config['link']['uplink_mbps']:g}/{config['link']['downlink_mbps']:g} Mbps.",
+        "",
+        "Runs (each scheme's command line):",
+        "",
+        *[f"- {name}: `{r['command']}` ({r['finished']})" for name, r in config["runs"].items()],
+        "",
+        "## Table 1 layout: mIoU (%), uplink/downlink (Kbps)",
+        "",
+        head,
+        rule,
+        "| this stream | mIoU (%) | " + " | ".join(_pct(schemes[s]["miou"]) for s in names) + " |",
+        "| this stream | Up/Down BW (Kbps) | "
+        + " | ".join(
+            f"{schemes[s]['uplink_kbps']:.1f}/{schemes[s]['downlink_kbps']:.1f}" for s in names
+        )
+        + " |",
+        "| Outdoor Scenes (paper) | mIoU (%) | "
+        + " | ".join(f"{PAPER[s][0]:.2f}" for s in names)
+        + " |",
+        "| Outdoor Scenes (paper) | Up/Down BW (Kbps) | "
+        + " | ".join(f"{PAPER[s][1]:g}/{PAPER[s][2]:g}" for s in names)
+        + " |",
+        "",
+        "## Table 2 layout: mIoU (%) per video",
+        "",
+        "| Video | " + " | ".join(TITLES[s] for s in names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for video in info.videos:
+        cells = [_pct(schemes[s]["per_video"][video]) if video in schemes[s]["per_video"] else ""
+                 for s in names]  # fmt: skip
+        lines.append(f"| {video} | " + " | ".join(cells) + " |")
+    lines += ["", "## Per scheme", "", _details(schemes, names), *_targets(schemes)]
+    if results["ablation"]:
+        lines += _table3(results["ablation"])
+    lines += _settings(config)
+    lines += ["", "Plots: `miou_over_time.png`, `bandwidth.png`, `miou_gain_cdf.png`.", ""]
+    return "\n".join(lines)
+
+
+def _settings(config: dict) -> list[str]:
+    """What each scheme ran with, in one line each (all of it is in results.json)."""
+    ams, one, track, jit = config["ams"], config["one_time"], config["tracking"], config["jit"]
+    train = ams["training"]
+    res = "x".join(str(n) for n in train["resolution"])
+    return [
+        "",
+        "## Settings",
+        "",
+        f"- AMS: γ {train['gamma']:g}, {train['selection']} selection, K {train['iterations']},"
+        f" batch {train['batch_size']} at {res}, lr {train['lr']:g}, T_horizon"
+        f" {train['horizon_s']:g} s, T_update {ams['atr']['tau_min_s']:g} s (ATR"
+        f" {'on' if ams['atr']['enabled'] else 'off'}), ASR {ams['asr']['min_fps']:g}-"
+        f"{ams['asr']['max_fps']:g} fps every {ams['asr']['interval_s']:g} s, segments"
+        f" H.264 {ams['segment_kbps']:g} kbps; updates as qdelta bodies.",
+        f"- One-Time: every parameter, {one['iterations']} Adam steps (lr {one['lr']:g}) on the"
+        f" 1 fps samples of the first {one['window_s']:g} s, sent once as one qdelta body.",
+        f"- Remote+Tracking: {track['sample_fps']:g} fps samples as JPEG q{track['jpeg_quality']};"
+        f" labels back as zstd uint8 maps; Farneback at 513x513 (winsize {track['winsize']},"
+        f" {track['levels']} levels, {track['iterations']} iterations, poly_n {track['poly_n']},"
+        f" poly_sigma {track['poly_sigma']:g}), nearest-neighbour warps.",
+        f"- Just-In-Time: threshold {jit['threshold']:g} training mIoU, at most"
+        f" {jit['max_updates']} steps per key frame, key frame stride {jit['min_stride_s']:.3f}-"
+        f"{jit['max_stride_s']:.3f} s, γ {jit['gamma']:g} gradient-guided, Adam lr"
+        f" {jit['lr']:g} (JITNet used momentum SGD), key frames as JPEG q{jit['jpeg_quality']},"
+        " updates as qdelta bodies.",
+        f"- Device: the student TFLite through LiteRT ({config['threads']} threads), patched"
+        " with apply_update from each update's arrival: end of its interval (or its key"
+        " frame's arrival) + charged compute + transfer on the downlink.",
+    ]
+
+
+def _details(schemes: dict[str, dict], names: list[SchemeName]) -> str:
+    keys = (
+        ("updates", "{:d}"),
+        ("bytes_per_update", "{:.0f}"),
+        ("ams_fp16_kbps", "{:.1f}"),
+        ("full_fp16_kbps", "{:.1f}"),
+        ("frames_better_than_no_custom", "{:.1%}"),
+        ("trainer_seconds", "{:.1f}"),
+        ("wall_seconds", "{:.1f}"),
+        ("frames_scored", "{:d}"),
+    )
+    rows = ["| | " + " | ".join(TITLES[s] for s in names) + " |", "|---|" + "---|" * len(names)]
+    for key, fmt in keys:
+        cells = [fmt.format(schemes[s][key]) if key in schemes[s] else "" for s in names]
+        rows.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _targets(schemes: dict[str, dict]) -> list[str]:
+    """Issue #6's targets for AMS, each met or missed."""
+    ams, base, jit = (schemes.get(s) for s in ("ams", "no_custom", "jit"))
+    if ams is None:
+        return []
+    checks = [
+        ("uplink ≤ 250 Kbps", ams["uplink_kbps"] <= 250, f"{ams['uplink_kbps']:.1f}"),
+        ("downlink ≤ 225 Kbps", ams["downlink_kbps"] <= 225, f"{ams['downlink_kbps']:.1f}"),
+    ]
+    if base is not None:
+        gain = 100 * (ams["miou"] - base["miou"])
+        checks.insert(0, ("mIoU ≥ No Customization + 8 points", gain >= 8, f"{gain:+.2f}"))
+    if jit is not None:
+        gap = 100 * (ams["miou"] - jit["miou"])
+        ratio = jit["downlink_kbps"] / max(ams["downlink_kbps"], 1e-9)
+        checks += [
+            ("mIoU within 1 point of Just-In-Time (or above)", gap >= -1, f"{gap:+.2f}"),
+            ("downlink ≤ 1/10 of Just-In-Time's", ratio >= 10, f"JIT/AMS = {ratio:.1f}×"),
+        ]
+    lines = ["", "## Targets (AMS)", "", "| target | ours | met |", "|---|---|---|"]
+    lines += [f"| {what} | {value} | {'yes' if ok else 'NO'} |" for what, ok, value in checks]
+    return lines
+
+
+def _table3(ablation: dict[str, dict]) -> list[str]:
+    full = ablation.get(FULL_MODEL)
+    heads = " | ".join(f"{round(100 * g)}%" for g in ABLATION_GAMMAS)
+    lines = [
+        "",
+        "## Table 3 layout: mIoU difference from full-model training (points); paper in ()",
+        "",
+        f"| Strategy | {heads} |",
+        "|---|" + "---|" * len(ABLATION_GAMMAS),
+    ]
+    for selection in reversed(ABLATION_STRATEGIES):
+        cells = []
+        for gamma, paper in zip(ABLATION_GAMMAS, PAPER_TABLE3[selection.value], strict=True):
+            run = ablation.get(ablation_name(selection, gamma))
+            ours = f"{100 * (run['miou'] - full['miou']):+.2f}" if run and full else "–"
+            cells.append(f"{ours} ({paper:+.2f})")
+        lines.append(f"| {selection.value} | " + " | ".join(cells) + " |")
+    bw = []
+    for gamma, paper in zip(ABLATION_GAMMAS, PAPER_TABLE3_BW, strict=True):
+        run = ablation.get(ablation_name(ABLATION_STRATEGIES[0], gamma))
+        bw.append(f"{run['downlink_kbps']:.1f} ({paper})" if run else f"– ({paper})")
+    lines.append("| BW (Kbps), gradient | " + " | ".join(bw) + " |")
+    if full:
+        lines.append(f"\nFull model: {100 * full['miou']:.2f} % mIoU at "
+                     f"{full['downlink_kbps']:.1f} Kbps (paper: 3302 Kbps).")  # fmt: skip
+    return lines
+
+
+def _color(name: str) -> str:
+    """One colour per scheme in every plot."""
+    return f"C{list(SchemeName).index(SchemeName(name))}"
+
+
+def _video_starts(run: SchemeRun) -> list[float]:
+    video = np.asarray(run.frame_video)
+    t = np.asarray(run.frame_t)
+    return [float(t[np.argmax(video == v)]) for v in np.unique(video)[1:]]
+
+
+def _plot_miou(path: Path, runs: dict[str, SchemeRun], info: StreamInfo) -> None:
+    fig, ax = plt.subplots(figsize=(11, 5))
+    for i, (name, run) in enumerate(runs.items()):
+        t, scores = np.asarray(run.frame_t), run.per_frame_miou(info.classes)
+        window = max(1, round(len(t) / max(t[-1] - t[0], 1e-9) * 5))  # ~5 s
+        kernel = np.ones(window)  # a centred mean, over fewer frames at the two ends
+        smooth = np.convolve(scores, kernel, "same") / np.convolve(np.ones(len(t)), kernel, "same")
+        ax.plot(t, 100 * smooth, lw=1.2, color=_color(name), label=TITLES[SchemeName(name)])
+        arrived = [u for u in run.updates if u <= t[-1]]
+        ax.plot(arrived, np.full(len(arrived), -3 - 3 * i), "|", ms=7, color=_color(name))
+    for start in _video_starts(next(iter(runs.values()))):
+        ax.axvline(start, color="grey", ls="--", lw=0.8)
+    ax.set(xlabel="virtual time (s)", ylabel="mIoU (%), ~5 s mean", ylim=(-3 - 3 * len(runs), 100))
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_title("mIoU over time; ticks below: updates taking effect; dashed: next video")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_bandwidth(path: Path, runs: dict[str, SchemeRun]) -> None:
+    fig, axes = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
+    duration = next(iter(runs.values())).duration_s
+    bin_s = max(5.0, round(duration / 40))  # wide enough to average segments out
+    edges = np.append(np.arange(0.0, duration, bin_s), duration)
+    for name, run in runs.items():
+        for ax, events in zip(axes, (run.uplink, run.downlink), strict=True):
+            if not events:
+                continue
+            times, sizes = zip(*events, strict=True)
+            nbytes, _ = np.histogram(times, bins=edges, weights=sizes)
+            kbps = nbytes * 8 / np.diff(edges) / 1000
+            ax.stairs(kbps, edges, color=_color(name), label=TITLES[SchemeName(name)])
+    for ax, what in zip(axes, ("uplink", "downlink"), strict=True):
+        ax.set(ylabel=f"{what} (Kbps)", yscale="log")
+        ax.legend(fontsize=8, loc="upper right")
+    axes[1].set_xlabel(f"virtual time (s), {bin_s:g} s bins")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_gain_cdf(path: Path, runs: dict[str, SchemeRun], info: StreamInfo) -> None:
+    fig, ax = plt.subplots(figsize=(7, 5))
+    baseline = runs.get(SchemeName.NO_CUSTOM)
+    if baseline is not None:
+        base = baseline.per_frame_miou(info.classes)
+        for name, run in runs.items():
+            if name == SchemeName.NO_CUSTOM:
+                continue
+            gain = np.sort(100 * (run.per_frame_miou(info.classes) - base))
+            cdf = np.arange(1, len(gain) + 1) / len(gain)
+            ax.plot(gain, cdf, color=_color(name), label=TITLES[SchemeName(name)])
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.legend(fontsize=8)
+    ax.set(xlabel="mIoU gain over No Customization (points), per frame", ylabel="CDF")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

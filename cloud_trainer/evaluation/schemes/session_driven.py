@@ -1,0 +1,159 @@
+"""AMS and One-Time: the live trainer's own ``Session`` behind the device's own uplink.
+
+The device samples with the runtime's ``Sampler`` at the rate the trainer last set, buffers the
+samples of one T_update interval and encodes them with ``encode_segment`` (H.264 at 200 kbps),
+exactly as its segment buffer does; at the end of the interval the segment travels as a real
+protocol envelope into ``Session.deliver``, and ``Session.step`` labels it with the teacher,
+runs ASR/ATR, trains one phase and makes the update with its model mirror, as in the daemon.
+Controls (sampling rate, T_update) take effect from the next interval; an update reaches the
+device at the end of the interval plus its transfer time (plus charged compute).
+
+One-Time is the same machinery with one interval of ``window_s`` at 1 fps, one phase that
+trains every parameter (γ = 1) for its iterations, and no further sampling.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from cloud_trainer.asr import AsrConfig
+from cloud_trainer.atr import AtrConfig
+from cloud_trainer.config import CheckpointConfig, StudentConfig, TrainerConfig
+from cloud_trainer.evaluation.config import NUM_CLASSES
+from cloud_trainer.evaluation.schemes.base import DEVICE_ID, Context, ModelScheme
+from cloud_trainer.evaluation.stream import StreamFrame
+from cloud_trainer.mirror import ModelMirror
+from cloud_trainer.session import Session
+from cloud_trainer.teacher import TeacherConfig
+from cloud_trainer.training import TrainingConfig
+from edge_runtime.frames import Frame
+from edge_runtime.h264 import encode_segment, upload_size
+from edge_runtime.sampler import Sampler
+from shared_schema.envelope import decode, encode
+from shared_schema.messages import Control, EncoderKnobs, Segment, Update, UpdateFormat
+
+_BOOT = "e0a1" * 4
+
+
+class SessionScheme(ModelScheme):
+    def __init__(
+        self,
+        ctx: Context,
+        training: TrainingConfig,
+        asr: AsrConfig,
+        atr: AtrConfig,
+        *,
+        segment_kbps: float,
+        window_s: float | None = None,
+    ) -> None:
+        super().__init__(ctx)
+        config = TrainerConfig(
+            student=StudentConfig(model=ctx.config.student_model, num_classes=NUM_CLASSES),
+            teacher=TeacherConfig(model=ctx.config.teacher_model, threads=ctx.config.threads),
+            training=training,
+            asr=asr,
+            atr=atr,
+            checkpoint=CheckpointConfig(directory=ctx.workdir),
+        )
+        self.session = Session(
+            DEVICE_ID, config, ctx.teacher, ctx.initial_model, directory=ctx.workdir / DEVICE_ID
+        )
+        self.sampler = Sampler(asr.initial_fps, min_fps=asr.min_fps, max_fps=asr.max_fps)
+        self.t_update_s = atr.tau_min_s if window_s is None else window_s
+        self.window_s = window_s
+        self.knobs = EncoderKnobs(bitrate_kbps=segment_kbps)
+        self._samples: list[Frame] = []
+        self._interval_end: float | None = None
+        self._sampling_until = float("inf")
+        self._seq = itertools.count()
+        ctx.run.extra["ams_fp16_bytes"] = 0
+        ctx.run.extra["sampling_fps"] = [(0.0, self.sampler.rate_fps)]
+        ctx.run.extra["t_update_s"] = [(0.0, self.t_update_s)]
+
+    def observe(self, frame: StreamFrame) -> None:
+        if self._interval_end is None:
+            self._interval_end = frame.t + self.t_update_s
+            if self.window_s is not None:
+                self._sampling_until = frame.t + self.window_s
+        while frame.t >= self._interval_end:
+            self._end_interval(self._interval_end)
+            self._interval_end += self.t_update_s
+        if frame.t < self._sampling_until and self.sampler.offer(frame.t):
+            self._samples.append(frame.on_clock())
+
+    def _end_interval(self, end_s: float) -> None:
+        if not self._samples:
+            return
+        frames, self._samples = self._samples, []
+        rate = self.sampler.rate_fps
+        h264 = encode_segment(frames, self.knobs, fps=rate)
+        width, height = upload_size(frames[0].width, frames[0].height)
+        segment = Segment(
+            width=width,
+            height=height,
+            timestamps=tuple(f.timestamp for f in frames),
+            sampling_rate_fps=rate,
+            bitrate_kbps=self.knobs.bitrate_kbps,
+        )
+        self.ctx.run.uplink.append((end_s, len(h264)))
+        wire = encode(segment, device_id=DEVICE_ID, seq=next(self._seq), boot=_BOOT, body=h264)
+        self.session.deliver(decode(wire))
+        with self.ctx.compute() as spent:
+            replies = []
+            while self.session.has_work:
+                replies += self.session.step()
+        fp16 = [self._ams_fp16_size(r.msg) for r in replies if isinstance(r.msg, Update)]
+        self.ctx.run.extra["ams_fp16_bytes"] += sum(fp16)
+        for reply in replies:
+            if isinstance(reply.msg, Control):
+                self._control(end_s, reply.msg)
+            elif isinstance(reply.msg, Update):
+                self.send_update(end_s, spent[0], reply)
+
+    def _control(self, at_s: float, control: Control) -> None:
+        """The device applies the trainer's rates from the next interval on."""
+        rate = self.sampler.set_rate(control.sampling_rate_fps)
+        self.t_update_s = control.t_update_s
+        self.ctx.run.extra["sampling_fps"].append((at_s, rate))
+        self.ctx.run.extra["t_update_s"].append((at_s, self.t_update_s))
+
+    def _ams_fp16_size(self, update: Update) -> int:
+        """The same update in seed 002's own encoding (fp16 values + gzip'd mask), for the
+        report: the mirror's base version re-encoded with this phase's mask."""
+        base = self.session.mirror.versions()[update.base_version]
+        mirror = ModelMirror(base, device_id=DEVICE_ID)
+        mask = self.session.optimizer.mask
+        return len(mirror.body_for(self.session.student, UpdateFormat.AMS_FP16, mask))
+
+
+def ams(ctx: Context, training: TrainingConfig | None = None) -> SessionScheme:
+    """AMS as configured; ``training`` replaces its training settings (the ablation)."""
+    settings = ctx.config.ams
+    return SessionScheme(
+        ctx,
+        training or settings.training,
+        settings.asr,
+        settings.atr,
+        segment_kbps=settings.segment_kbps,
+    )
+
+
+def one_time(ctx: Context) -> SessionScheme:
+    """Seed 002 §4.1: fine-tune the entire model on the first 60 s, send it once."""
+    settings, ams_settings = ctx.config.one_time, ctx.config.ams
+    training = ams_settings.training.model_copy(
+        update={"gamma": 1.0, "iterations": settings.iterations, "lr": settings.lr}
+    )
+    return SessionScheme(
+        ctx,
+        training,
+        AsrConfig(enabled=False),  # 1 fps throughout
+        AtrConfig(enabled=False),
+        segment_kbps=ams_settings.segment_kbps,
+        window_s=settings.window_s,
+    )
+
+
+def no_custom(ctx: Context) -> ModelScheme:
+    """The pretrained student, never updated."""
+    return ModelScheme(ctx)

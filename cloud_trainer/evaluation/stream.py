@@ -1,0 +1,103 @@
+"""Several videos replayed back to back as one stream, on one virtual clock.
+
+A video's frames keep their own spacing (10, 12.5 or 30 fps, any size); the next video starts
+one frame interval after the previous one's last frame, so virtual time runs on across the
+joins, which is where the scene changes are. Frames are decoded by the runtime's own sources
+(``strict``: a truncated file is an error, not a shorter evaluation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import av
+import numpy as np
+
+from cloud_trainer.evaluation.config import MODEL_SIZE
+from edge_runtime.frames import Frame
+from edge_runtime.sources import open_source
+
+
+@dataclass
+class StreamFrame:
+    index: int  # position in the whole stream
+    video: int  # which of the stream's videos
+    t: float  # virtual time, seconds from the stream's first frame
+    frame: Frame  # the source's frame (its own index and timestamp)
+    evaluated: bool  # scored (every eval_stride-th frame of the stream)
+
+    @cached_property
+    def rgb(self) -> np.ndarray:
+        """The frame as the device's model sees it (scaled to the model's input)."""
+        height, width = MODEL_SIZE
+        return self.frame.rgb(width, height)
+
+    def on_clock(self) -> Frame:
+        """The picture stamped with virtual time, as the device's segment buffer gets it."""
+        return Frame(self.index, self.t, self.frame.video)
+
+
+@dataclass(frozen=True)
+class VideoPart:
+    path: Path
+    duration_s: float  # as the container declares it, cut to the clip
+
+
+@dataclass
+class ReplayStream:
+    videos: Sequence[Path]
+    clip_s: float | None = None
+    eval_stride: int = 1
+    parts: list[VideoPart] = field(init=False)
+    end_s: float = field(init=False, default=0.0)  # one frame past the last, once replayed
+
+    def __post_init__(self) -> None:
+        self.videos = [Path(v) for v in self.videos]
+        self.parts = []
+        for path in self.videos:
+            duration = _declared_duration(path)
+            if self.clip_s is not None:
+                duration = min(duration, self.clip_s)
+            self.parts.append(VideoPart(path, duration))
+
+    @property
+    def duration_s(self) -> float:
+        """Declared length, for progress bars; the replay's own times are the frames'."""
+        return sum(p.duration_s for p in self.parts)
+
+    @property
+    def names(self) -> list[str]:
+        return [p.path.name for p in self.parts]
+
+    def signature(self) -> dict[str, object]:
+        """What makes two runs score the same frames (runs merge only when it matches)."""
+        return {"videos": self.names, "clip_s": self.clip_s, "eval_stride": self.eval_stride}
+
+    def __iter__(self) -> Iterator[StreamFrame]:
+        index, offset = 0, 0.0
+        for number, path in enumerate(self.videos):
+            with open_source(str(path), strict=self.clip_s is None) as source:
+                interval = 1.0 / (source.fps or 30.0)
+                last = None
+                for frame in source:
+                    if self.clip_s is not None and frame.timestamp >= self.clip_s:
+                        break
+                    last = frame.timestamp
+                    scored = index % self.eval_stride == 0
+                    yield StreamFrame(index, number, offset + frame.timestamp, frame, scored)
+                    index += 1
+            if last is None:
+                raise ValueError(f"{path}: no frame to replay")
+            offset += last + interval
+        self.end_s = offset
+
+
+def _declared_duration(path: Path) -> float:
+    with av.open(str(path)) as container:
+        if container.duration:
+            return container.duration / av.time_base
+        stream = container.streams.video[0]
+        return float(stream.frames / (stream.average_rate or 30))

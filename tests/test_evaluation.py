@@ -1,0 +1,208 @@
+"""cloud-trainer evaluate: the virtual clock, scoring, tracking, JIT's rule, the replay, the
+device's patching, and the quick preset end to end on a short clip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cloud_trainer.evaluation.clock import Link, Trainer
+from cloud_trainer.evaluation.config import JitSettings, TrackingSettings
+from cloud_trainer.evaluation.schemes.jit import next_stride, train_until
+from cloud_trainer.evaluation.schemes.remote_tracking import track
+from cloud_trainer.evaluation.scoring import iou_counts, miou_from_counts
+from cloud_trainer.metrics import miou
+
+
+def test_update_arrives_after_interval_end_plus_transfer():
+    link = Link(mbps=1.0)
+    # 125 kB at 1 Mbps: one second on the wire after the T_update interval ended at 10 s
+    assert link.send(10.0, 125_000) == pytest.approx(11.0)
+    # the next update is ready at 10.5 s but waits for the link
+    assert link.send(10.5, 12_500) == pytest.approx(11.1)
+    assert link.send(20.0, 0) == pytest.approx(20.0)
+
+
+def test_charged_compute_delays_and_queues_the_trainer():
+    assert Trainer(charge=0.0).finish(10.0, compute_s=20.0) == 10.0  # the paper's emulation
+    trainer = Trainer(charge=0.5)
+    assert trainer.finish(10.0, compute_s=20.0) == pytest.approx(20.0)
+    assert trainer.finish(12.0, compute_s=4.0) == pytest.approx(22.0)  # busy until 20 s
+
+
+@pytest.mark.parametrize("classes", [(0,), (0, 1, 2), (0, 5, 7, 20), (3, 4)])
+def test_miou_from_counts_matches_metrics_miou(classes):
+    rng = np.random.default_rng(0)
+    prediction = rng.choice([0, 1, 2, 7], size=(40, 50))
+    target = rng.choice([0, 1, 5, 7], size=(40, 50))
+    counts = iou_counts(prediction, target, 21)
+    assert miou_from_counts(counts, classes) == pytest.approx(miou(prediction, target, classes))
+    batch = miou_from_counts(np.stack([counts, counts]), classes)
+    assert batch == pytest.approx([miou(prediction, target, classes)] * 2)
+
+
+def test_farneback_tracks_a_shifted_label_map():
+    rng = np.random.default_rng(1)
+    texture = (rng.random((64, 64)) * 255).astype(np.uint8)
+    previous = np.kron(texture, np.ones((8, 8), np.uint8))[:513, :513]  # 8 px blobs
+    previous = np.pad(previous, ((0, 513 - previous.shape[0]), (0, 513 - previous.shape[1])))
+    labels = np.zeros((513, 513), np.uint8)
+    labels[150:350, 100:300] = 15
+    dy, dx = 6, 9
+    current = np.roll(previous, (dy, dx), axis=(0, 1))
+    expected = np.roll(labels, (dy, dx), axis=(0, 1))
+    tracked = track(labels, previous, current, TrackingSettings())
+    assert miou(tracked, expected, (15,)) > 0.95
+    assert miou(labels, expected, (15,)) < 0.9  # not tracking would be visibly worse
+
+
+def test_jit_trains_until_the_threshold_or_the_step_limit():
+    accuracies = iter([0.5, 0.6, 0.8, 0.9])
+    steps = []
+    taken, reached = train_until(0.75, 8, lambda: next(accuracies), lambda: steps.append(1))
+    assert (taken, reached, len(steps)) == (2, 0.8, 2)
+
+    taken, reached = train_until(0.75, 3, lambda: 0.1, lambda: None)
+    assert (taken, reached) == (3, 0.1)
+    assert train_until(0.75, 8, lambda: 0.9, pytest.fail) == (0, 0.9)  # no training, no update
+
+
+def test_jit_stride_grows_when_met_and_shrinks_when_not():
+    s = JitSettings()
+    assert next_stride(s.min_stride_s, True, s) == pytest.approx(2 * s.min_stride_s)
+    assert next_stride(s.max_stride_s, True, s) == s.max_stride_s
+    assert next_stride(4 * s.min_stride_s, False, s) == pytest.approx(2 * s.min_stride_s)
+    assert next_stride(s.min_stride_s, False, s) == s.min_stride_s  # one update per 266 ms
+
+
+def test_concatenated_stream_runs_on_one_clock(shared_dir):
+    from cloud_trainer.evaluation.stream import ReplayStream
+
+    videos = [shared_dir / "videos/vtest.avi", shared_dir / "videos/bottle-detection.mp4"]
+    stream = ReplayStream(videos, clip_s=1.0, eval_stride=4)
+    frames = list(stream)
+    t = np.array([f.t for f in frames])
+    assert np.all(np.diff(t) > 0)
+    first_bottle = next(f for f in frames if f.video == 1)
+    assert first_bottle.t == pytest.approx(1.0)  # 10 vtest frames at 10 fps, then the next video
+    assert sum(f.video == 1 for f in frames) == 30  # 30 fps
+    assert [f.index for f in frames if f.evaluated] == list(range(0, len(frames), 4))
+    assert stream.end_s == pytest.approx(2.0, abs=0.01)  # bottle runs at 29.97 fps
+    assert frames[-1].rgb.shape == (513, 513, 3)
+
+
+def test_device_applies_an_update_from_its_arrival_time(shared_dir, tmp_path):
+    import torch
+
+    from cloud_trainer.evaluation.cache import LabelCache
+    from cloud_trainer.evaluation.device import DeviceModel
+    from cloud_trainer.mirror import ModelMirror
+    from cloud_trainer.student import import_tflite
+    from shared_schema.messages import UpdateFormat
+
+    initial = (shared_dir / "models/coral/deeplabv3_mnv2_dm05_pascal_quant.tflite").read_bytes()
+    pretrained = LabelCache(tmp_path, initial, lambda rgb: np.zeros(rgb.shape[:3], np.uint8))
+    device = DeviceModel(initial, pretrained, threads=1)
+    student = import_tflite(initial)
+    with torch.no_grad():
+        last = list(student.parameters())[-1]  # the classifier's bias: moves the labels
+        last[1:] -= 100.0
+    update = ModelMirror(initial, device_id="d").advance(student, UpdateFormat.QDELTA)
+    device.schedule(5.0, update.msg, update.body)
+    picture = np.full((513, 513, 3), 128, np.uint8)
+    device.advance_to(4.9)
+    assert device.data == initial and device.labels(picture).max() == 0  # the cached labels
+    assert pretrained.hits == 0 and pretrained.misses == 1
+    device.advance_to(5.0)
+    assert device.data != initial and device.applied == [5.0]
+    assert np.all(device.labels(picture) == 0)  # everything but background pushed down
+    device.close()
+
+
+@pytest.mark.slow
+def test_quick_preset_end_to_end(shared_dir, tmp_path):
+    from cloud_trainer.evaluation.command import add_evaluate_parser
+    from edge_runtime.cli import command_parser, run_command
+
+    parser, sub = command_parser("cloud-trainer", "test")
+    add_evaluate_parser(sub)
+    out = tmp_path / "out"
+    argv = [
+        "--log-level=WARNING",
+        "evaluate",
+        "--video",
+        str(shared_dir / "videos/vtest.avi"),
+        "--preset",
+        "quick",
+        "--clip",
+        "20",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
+    assert run_command(parser, argv) == 0
+    for name in ("results.md", "miou_over_time.png", "bandwidth.png", "miou_gain_cdf.png"):
+        assert (out / name).stat().st_size > 0, name
+    results = json.loads((out / "results.json").read_text())
+    schemes = results["schemes"]
+    assert list(schemes) == ["no_custom", "one_time", "remote_tracking", "jit", "ams"]
+    for summary in schemes.values():
+        for key in ("miou", "per_video", "uplink_kbps", "downlink_kbps", "updates",
+                    "bytes_per_update", "trainer_seconds"):  # fmt: skip
+            assert key in summary
+        assert 0.0 <= summary["miou"] <= 1.0
+        assert list(summary["per_video"]) == ["vtest.avi"]
+    assert schemes["no_custom"]["uplink_kbps"] == schemes["no_custom"]["downlink_kbps"] == 0
+    assert schemes["ams"]["updates"] >= 1 and schemes["ams"]["uplink_kbps"] > 0
+    assert schemes["ams"]["miou"] > schemes["no_custom"]["miou"]
+    assert results["config"]["preset"] == "quick"
+    assert results["config"]["charge_compute"] == 0.0
+    assert "| this stream | mIoU (%) |" in (out / "results.md").read_text()
+
+
+def _fake_run(name, signature, quality, updates=()):
+    from cloud_trainer.evaluation.record import SchemeRun
+
+    run = SchemeRun(name, signature, duration_s=20.0)
+    for i in range(20):
+        target = np.zeros((8, 8), np.int64)
+        target[:4] = 15
+        prediction = target.copy()
+        prediction[: 4 - quality] = 0  # fewer person rows found: lower IoU
+        run.add_frame(float(i), i // 10, iou_counts(prediction, target, 21))
+    run.uplink = [(5.0, 1000)]
+    run.downlink = [(t, 500) for t in updates]
+    run.updates = list(updates)
+    return run
+
+
+def test_report_merges_saved_runs_and_lays_out_tables(tmp_path):
+    from cloud_trainer.evaluation.config import preset
+    from cloud_trainer.evaluation.report import FILES, write_report
+    from cloud_trainer.evaluation.runner import ABLATION, RUNS, StreamInfo
+
+    signature = {"videos": ["a.mp4", "b.mp4"], "clip_s": None, "eval_stride": 1}
+    info = StreamInfo(signature, (0, 15), 20.0, ["a.mp4", "b.mp4"])
+    _fake_run("no_custom", signature, 1).save(tmp_path / RUNS)
+    _fake_run("ams", signature, 3, updates=(10.5, 15.0)).save(tmp_path / RUNS)  # a later run
+    _fake_run("jit", {**signature, "eval_stride": 2}, 4).save(tmp_path / RUNS)  # other frames
+    _fake_run("full", signature, 3).save(tmp_path / ABLATION)
+    _fake_run("gradient_5", signature, 2, updates=(10.0,)).save(tmp_path / ABLATION)
+    config = preset("quick", tmp_path / "student.tflite", tmp_path / "teacher.tflite")
+
+    results = write_report(tmp_path, config, info)
+    assert all((tmp_path / name).is_file() for name in FILES)
+    assert list(results["schemes"]) == ["no_custom", "ams"]  # jit scored other frames
+    ams = results["schemes"]["ams"]
+    assert ams["miou"] > results["schemes"]["no_custom"]["miou"]
+    assert ams["updates"] == 2 and ams["bytes_per_update"] == 500
+    assert ams["downlink_kbps"] == pytest.approx(1000 * 8 / 20 / 1000)
+    assert set(ams["per_video"]) == {"a.mp4", "b.mp4"}
+    assert ams["frames_better_than_no_custom"] == 1.0
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| Outdoor Scenes (paper) | mIoU (%) | 63.68 | 74.26 |" in markdown
+    assert "| gradient | – (+0.13) | – (-0.13) |" in markdown  # Table 3, 20 % and 10 % not run
+    assert json.loads((tmp_path / "results.json").read_text())["ablation"]["gradient_5"]
