@@ -142,20 +142,25 @@ def test_an_undecodable_segment_is_acknowledged_as_rejected(session, segments):
     assert session.stats.segments_rejected == 1 and len(session.buffer) == 0
 
 
-def test_acks_drive_resyncs(session, segments):
+def _three_updates_then_refused(session, segments, reason: AckReason) -> tuple[bytes, Ack]:
+    """Three phases (versions 1-3) sent; the device, still on version 1, refuses one."""
     _run(session, hello(session.mirror.sha256))
     for msg, h264 in segments[:3]:
         _run(session, envelope(msg, h264))
     v1 = session.mirror.versions()[1]
     refused = Ack(
         ref_type="update",
-        ref_seq=1,
+        ref_seq=2,
         ok=False,
-        reason=AckReason.BASE_MISMATCH,
+        reason=reason,
         model_version=1,
         model_sha256=sha256_hex(v1),
-        resync_from=1,
     )
+    return v1, refused
+
+
+def test_acks_drive_resyncs(session, segments):
+    v1, refused = _three_updates_then_refused(session, segments, AckReason.BASE_MISMATCH)
     (resync,) = _run(session, envelope(refused))
     assert resync.msg.base_version == 1 and resync.msg.new_version == 3
     assert apply_update(resync.msg.format, v1, resync.body) == session.mirror.data
@@ -170,19 +175,7 @@ def test_acks_drive_resyncs(session, segments):
 
 
 def test_a_model_the_device_finds_broken_rolls_training_back(session, segments, tmp_path):
-    _run(session, hello(session.mirror.sha256))
-    for msg, h264 in segments[:3]:
-        _run(session, envelope(msg, h264))
-    v1 = session.mirror.versions()[1]
-    refused = Ack(
-        ref_type="update",
-        ref_seq=2,
-        ok=False,
-        reason=AckReason.INVALID_MODEL,
-        detail="warm-up output is all one class",
-        model_version=1,
-        model_sha256=sha256_hex(v1),
-    )
+    v1, refused = _three_updates_then_refused(session, segments, AckReason.INVALID_MODEL)
     assert _run(session, envelope(refused)) == []  # the device already runs the kept version
     assert session.mirror.version == 1 and session.mirror.sha256 == sha256_hex(v1)
     assert session.stats.rollbacks == 1
