@@ -2,9 +2,10 @@
 
 A local mosquitto, the trainer daemon and one edge runtime (the ``cpu`` profile) playing the
 video in real time. Every few seconds a line shows what the device runs and how far its labels
-agree with the teacher's (mIoU over the stream's classes, on the frame just processed) as
-updates arrive. Training uses lighter settings than the default (a smaller resolution and K),
-so that one CPU keeps up with one device; they are printed at the start.
+agree with the teacher's (mIoU over the stream's classes, on the frame just processed), beside
+the pretrained student's on the same frame, as updates arrive. Training uses lighter settings
+than the default (smaller crops and K), so that one CPU keeps up with one device; they are
+printed at the start.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from cloud_trainer.emulation import local_profile
 from cloud_trainer.local_broker import LocalBroker
 from cloud_trainer.metrics import ClassSubset, miou
 from cloud_trainer.teacher import Teacher, load_teacher
+from edge_runtime.backends.base import Engine
+from edge_runtime.backends.litert import LiteRtConfig
 from edge_runtime.frames import Frame
 from edge_runtime.runtime import EdgeRuntime, install_signal_handlers
 from edge_runtime.sources import open_source
@@ -44,25 +47,33 @@ def demo_trainer_config(broker: LocalBroker, workdir: Path) -> TrainerConfig:
 
 class AgreementProbe:
     """Every ``every_s`` seconds of video, the device's labels on the current frame scored
-    against the teacher's (a second teacher instance: engines are not shared across threads)."""
+    against the teacher's, beside the pretrained student's on the same frame: frames differ
+    far more than models do, so only the difference on one frame says what the updates did.
+    (A second teacher instance and engine: engines are not shared across threads.)"""
 
-    def __init__(self, teacher: Teacher, every_s: float) -> None:
+    def __init__(self, teacher: Teacher, pretrained: Engine, every_s: float) -> None:
         self._teacher = teacher
+        self._pretrained = pretrained
         self._every_s = every_s
         self._next = 0.0
         self.subset = ClassSubset(21)
-        self.latest: float | None = None
-        self.history: list[tuple[float, int | None, float]] = []
+        self.latest: tuple[float, float] | None = None  # (device, pretrained) mIoU
+        self.history: list[tuple[float, int | None, float, float]] = []
 
     def __call__(self, frame: Frame, labels: np.ndarray, version: int | None) -> None:
         if frame.timestamp < self._next:
             return
         self._next = frame.timestamp + self._every_s
         height, width = self._teacher.input_size
-        teacher = self._teacher.label(frame.rgb(width, height)[None])[0]
+        rgb = frame.rgb(width, height)
+        teacher = self._teacher.label(rgb[None])[0]
         self.subset.observe(teacher)
-        self.latest = miou(labels, teacher, self.subset.classes)
-        self.history.append((frame.timestamp, version, self.latest))
+        pretrained = self._pretrained.infer(rgb)
+        self.latest = (
+            miou(labels, teacher, self.subset.classes),
+            miou(pretrained, teacher, self.subset.classes),
+        )
+        self.history.append((frame.timestamp, version, *self.latest))
 
 
 def run_demo(
@@ -85,7 +96,8 @@ def run_demo(
         )
         daemon = TrainerDaemon(config)
         daemon.start()
-        probe = AgreementProbe(load_teacher(config.teacher), every_s=2.0)
+        pretrained = LiteRtConfig(input_size=(513, 513)).open(config.student.model.read_bytes())
+        probe = AgreementProbe(load_teacher(config.teacher), pretrained, every_s=2.0)
         profile = local_profile(
             broker.port, workdir / "device", video=video, telemetry={"results_rate_hz": 0.0}
         )
@@ -135,7 +147,8 @@ class _Reporter(threading.Thread):
         while not self._done.wait(self._every_s):
             runtime = self._runtime
             session = next(iter(self._daemon.sessions.values()), None)
-            agreement = "n/a" if self._probe.latest is None else f"{self._probe.latest:.3f}"
+            latest = self._probe.latest
+            agreement = "n/a" if latest is None else f"{latest[0]:.3f} (pretrained {latest[1]:.3f})"
             phases = session.stats.phases if session else 0
             self._emit(
                 f"device: {runtime.stats.frames} frames, {runtime.stats.latency_ms(50)[0]:.0f} ms "
@@ -149,18 +162,23 @@ def _summary(
     frames: int, fps: float, runtime: EdgeRuntime, daemon: TrainerDaemon, probe: AgreementProbe
 ) -> dict[str, object]:
     session = next(iter(daemon.sessions.values()), None)
-    history = probe.history
-    first = [m for _, v, m in history if v is None]
-    last = [m for _, v, m in history[-5:] if v is not None]
+    updated = [(device, pretrained) for _, v, device, pretrained in probe.history if v]
     return {
         "frames": frames,
         "fps": round(fps, 2),
         "swaps": runtime.counters.get("slots.swaps"),
         "model_version": runtime.model.version,
         "trainer": session.metrics() if session else None,
-        "agreement_before_updates": round(float(np.mean(first)), 3) if first else None,
-        "agreement_recent": round(float(np.mean(last)), 3) if last else None,
+        "probed_frames": len(probe.history),
+        # over the probed frames since the first update: the device's model and the pretrained
+        # student, each scored against the teacher on the same frames
+        "agreement_updated": _mean([d for d, _ in updated]),
+        "agreement_pretrained": _mean([p for _, p in updated]),
     }
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 3) if values else None
 
 
 def print_summary(summary: dict[str, object], emit: Callable[[str], None] = print) -> None:
