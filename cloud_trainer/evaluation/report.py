@@ -184,14 +184,15 @@ def _settings(config: dict) -> list[str]:
     """What each scheme ran with, in one line each (all of it is in results.json)."""
     ams, one, track, jit = config["ams"], config["one_time"], config["tracking"], config["jit"]
     train = ams["training"]
-    res = "x".join(str(n) for n in train["resolution"])
+    crop = "x".join(str(n) for n in train["resolution"])
+    kept = "x".join(str(n) for n in train["frame_size"])
     return [
         "",
         "## Settings",
         "",
         f"- AMS: γ {train['gamma']:g}, {train['selection']} selection, K {train['iterations']},"
-        f" batch {train['batch_size']} at {res}, lr {train['lr']:g}, T_horizon"
-        f" {train['horizon_s']:g} s, T_update {ams['atr']['tau_min_s']:g} s (ATR"
+        f" batch {train['batch_size']} of {crop} crops of {kept} samples, lr {train['lr']:g},"
+        f" T_horizon {train['horizon_s']:g} s, T_update {ams['atr']['tau_min_s']:g} s (ATR"
         f" {'on' if ams['atr']['enabled'] else 'off'}), ASR {ams['asr']['min_fps']:g}-"
         f"{ams['asr']['max_fps']:g} fps every {ams['asr']['interval_s']:g} s, segments"
         f" H.264 {ams['segment_kbps']:g} kbps; updates as qdelta bodies.",
