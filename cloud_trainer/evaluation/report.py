@@ -315,6 +315,12 @@ def _plot_miou(path: Path, runs: dict[str, SchemeRun], info: StreamInfo) -> None
     plt.close(fig)
 
 
+def _legend(ax: plt.Axes, **kwargs: object) -> None:
+    """A legend where something was drawn (No Customization alone sends nothing)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, **kwargs)
+
+
 def _plot_bandwidth(path: Path, runs: dict[str, SchemeRun]) -> None:
     fig, axes = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
     duration = next(iter(runs.values())).duration_s
@@ -330,7 +336,7 @@ def _plot_bandwidth(path: Path, runs: dict[str, SchemeRun]) -> None:
             ax.stairs(kbps, edges, color=_color(name), label=TITLES[SchemeName(name)])
     for ax, what in zip(axes, ("uplink", "downlink"), strict=True):
         ax.set(ylabel=f"{what} (Kbps)", yscale="log")
-        ax.legend(fontsize=8, loc="upper right")
+        _legend(ax, loc="upper right")
     axes[1].set_xlabel(f"virtual time (s), {bin_s:g} s bins")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -349,7 +355,7 @@ def _plot_gain_cdf(path: Path, runs: dict[str, SchemeRun], info: StreamInfo) -> 
             cdf = np.arange(1, len(gain) + 1) / len(gain)
             ax.plot(gain, cdf, color=_color(name), label=TITLES[SchemeName(name)])
         ax.axvline(0, color="grey", lw=0.8)
-        ax.legend(fontsize=8)
+        _legend(ax)
     ax.set(xlabel="mIoU gain over No Customization (points), per frame", ylabel="CDF")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
