@@ -15,11 +15,11 @@ from shared_schema.mqtt import BrokerConfig
 def _demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cloud_trainer.demo import print_summary, run_demo
+    from cloud_trainer.demo import run_demo
     from firmware_configs import find_shared_dir
 
-    video = Path(args.video) if args.video else None
-    if video is None:
+    videos = [Path(v) for v in args.video or []]
+    if not videos:
         shared = find_shared_dir()
         if shared is None:
             print(
@@ -28,8 +28,14 @@ def _demo(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        video = shared / "videos" / "vtest.avi"
-    print_summary(run_demo(video, duration_s=args.duration))
+        videos = [shared / "videos" / "vtest.avi", *sorted((shared / "videos").glob("*.mp4"))]
+    missing = [str(v) for v in videos if not v.is_file()]
+    if missing:
+        print(f"error: no such video: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    run_demo(videos, out, devices=args.devices, duration_s=args.duration, broker=args.broker)
+    print(f"demo report: {out.resolve() / 'report.md'}")
     return 0
 
 
@@ -154,9 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser, sub = command_parser(
         "cloud-trainer", "Cloud trainer: teacher labelling, Adaptive Model Streaming, evaluation."
     )
-    demo = sub.add_parser("demo", help="local demo: embedded broker, trainer, one edge runtime")
-    demo.add_argument("--video", help="video to play (default: the shared vtest.avi)")
+    demo = sub.add_parser("demo", help="local demo: broker, trainer, edge runtimes, live view")
+    demo.add_argument("--video", action="append",
+                      help="a video to play; repeat for several (default: the shared videos; "
+                      "device i plays video i modulo their number)")  # fmt: skip
+    demo.add_argument("--devices", type=int, default=1, help="edge runtimes, one process each")
     demo.add_argument("--duration", type=float, default=120.0, help="seconds to run")
+    demo.add_argument("--out", default="demo-report", help="directory for the report")
+    demo.add_argument("--broker", metavar="HOST:PORT",
+                      help="use this broker instead of starting a local mosquitto")  # fmt: skip
     demo.set_defaults(func=_demo)
 
     serve = sub.add_parser("serve", help="the trainer daemon: AMS for every device on the broker")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from cloud_trainer.bench_updates import bench_updates
 from cloud_trainer.cli import main
-from cloud_trainer.demo import run_demo
 from cloud_trainer.training import TrainingConfig
 
 STUDENT = "models/coral/deeplabv3_mnv2_dm05_pascal_quant.tflite"
@@ -17,19 +21,58 @@ TEACHER = "models/coral/deeplabv3_mnv2_pascal_quant.tflite"
 
 @pytest.mark.slow
 @pytest.mark.broker
-def test_demo_runs_the_whole_loop_on_a_real_video(shared_dir):
-    lines = []
-    summary = run_demo(
-        shared_dir / "videos/vtest.avi", duration_s=40, report_every_s=5, emit=lines.append
+def test_demo_runs_two_devices_and_writes_a_report(shared_dir, tmp_path, capsys):
+    videos = [shared_dir / "videos" / v for v in ("vtest.avi", "one-by-one-person-detection.mp4")]
+    out = tmp_path / "report"
+    argv = ["demo", "--devices", "2", "--duration", "75", "--out", str(out)]
+    assert main([*argv, *(a for v in videos for a in ("--video", str(v)))]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("demo: broker on 127.0.0.1:")
+    assert f"demo report: {out / 'report.md'}" in printed
+    assert "demo-1: " in printed and "updates" in printed  # the live view's lines (no tty)
+    report = json.loads((out / "report.json").read_text())
+    devices = {d["device_id"]: d for d in report["devices"]}
+    assert [devices[d]["video"] for d in ("demo-0", "demo-1")] == [v.name for v in videos]
+    for device in devices.values():
+        assert device["frames"] > 200 and device["updates_applied"] >= 1, device
+        assert device["probes"] >= 10 and 0.0 < device["miou"] <= 1.0, device
+        assert device["uplink_kbps"] > 0 and device["downlink_kbps"] > 0, device
+        assert report["trainer"][device["device_id"]]["full_models"] == 0
+    assert (out / "miou_over_time.png").stat().st_size > 0
+    assert "| demo-1 | one-by-one-person-detection.mp4 |" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_demo_stops_cleanly_on_ctrl_c(shared_dir, tmp_path):
+    out = tmp_path / "report"
+    command = "import sys; from cloud_trainer.cli import main; sys.exit(main())"
+    video = str(shared_dir / "videos" / "vtest.avi")
+    demo = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            command,
+            "demo",
+            "--duration",
+            "300",
+            "--out",
+            str(out),
+            "--video",
+            video,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
     )
-    assert summary["frames"] > 200  # real time at 10 fps, for 40 s
-    assert summary["swaps"] >= 1 and summary["model_version"] >= 1
-    assert summary["trainer"]["phases"] >= 1 and summary["trainer"]["full_models"] == 0
-    assert summary["probed_frames"] >= 10  # a frame every 2 s of video
-    for key in ("agreement_updated", "agreement_pretrained"):
-        assert 0.0 < summary[key] <= 1.0, key
-    assert lines[0].startswith("demo: broker on 127.0.0.1:")
-    assert any("agreement with the teacher" in line for line in lines[1:])
+    time.sleep(30)
+    os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C sends: to every process of the group
+    output, _ = demo.communicate(timeout=60)
+    assert demo.returncode == 0, output
+    assert "demo: stopping (Ctrl-C)" in output and "Traceback" not in output
+    report = json.loads((out / "report.json").read_text())
+    assert report["devices"][0]["frames"] > 50
 
 
 def test_import_tflite_reports_agreement_and_refuses_edgetpu_files(shared_dir, capsys):
