@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -115,11 +116,16 @@ def _run_devices(specs: list[DeviceSpec], console: Console, emit: Callable[[str]
     procs = [context.Process(target=run_device, args=(s,), name=s.device_id) for s in specs]
     for proc in procs:
         proc.start()
+    # Ctrl-C and SIGTERM stop the demo even where a launcher left SIGINT ignored (a shell's
+    # background job): the devices stop on it, so the demo must too
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         _watch(specs, procs, console, emit)
     except KeyboardInterrupt:
         emit("demo: stopping (Ctrl-C)")
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         deadline = time.monotonic() + _STOP_S
         for proc in procs:
             if proc.is_alive():
@@ -127,6 +133,10 @@ def _run_devices(specs: list[DeviceSpec], console: Console, emit: Callable[[str]
             proc.join(max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
                 proc.kill()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _watch(

@@ -70,6 +70,9 @@ listener {self.port} {self.host}
             [self.binary, "-c", str(self.conf_path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            # not in the terminal's process group: Ctrl-C stops its clients, which then
+            # disconnect cleanly; the broker stops last, when its owner stops it
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -70,7 +70,8 @@ def test_demo_stops_cleanly_on_ctrl_c(shared_dir, tmp_path):
     os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C sends: to every process of the group
     output, _ = demo.communicate(timeout=60)
     assert demo.returncode == 0, output
-    assert "demo: stopping (Ctrl-C)" in output and "Traceback" not in output
+    assert "demo: stopping (Ctrl-C)" in output, output
+    assert "Traceback" not in output, output
     report = json.loads((out / "report.json").read_text())
     assert report["devices"][0]["frames"] > 50
 
