@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from cloud_trainer.evaluation.command import add_evaluate_parser
 from cloud_trainer.export.command import add_export_parser
@@ -13,8 +14,6 @@ from shared_schema.mqtt import BrokerConfig
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from cloud_trainer.demo import run_demo
     from firmware_configs import find_shared_dir
 
@@ -29,14 +28,29 @@ def _demo(args: argparse.Namespace) -> int:
             )
             return 2
         videos = [shared / "videos" / "vtest.avi", *sorted((shared / "videos").glob("*.mp4"))]
-    missing = [str(v) for v in videos if not v.is_file()]
-    if missing:
-        print(f"error: no such video: {', '.join(missing)}", file=sys.stderr)
+    problem = _demo_arguments(args, videos)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     out = Path(args.out)
     run_demo(videos, out, devices=args.devices, duration_s=args.duration, broker=args.broker)
     print(f"demo report: {out.resolve() / 'report.md'}")
     return 0
+
+
+def _demo_arguments(args: argparse.Namespace, videos: list[Path]) -> str | None:
+    """What is wrong with the demo's arguments, before anything starts."""
+    missing = [str(v) for v in videos if not v.is_file()]
+    if missing:
+        return f"no such video: {', '.join(missing)}"
+    if not 1 <= args.devices <= 64:
+        return f"--devices {args.devices}: between 1 and 64"
+    if args.duration <= 0:
+        return f"--duration {args.duration}: must be positive"
+    host, _, port = (args.broker or "127.0.0.1:1883").rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"--broker {args.broker}: expected HOST:PORT"
+    return None
 
 
 def _serve(args: argparse.Namespace) -> int:

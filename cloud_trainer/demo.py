@@ -26,7 +26,7 @@ from rich.table import Table
 from cloud_trainer.config import TrainerConfig, load_config
 from cloud_trainer.daemon import TrainerDaemon
 from cloud_trainer.demo_device import DeviceSpec, run_device
-from cloud_trainer.demo_report import read_status, running_miou, write_report
+from cloud_trainer.demo_report import percent, read_status, running_miou, write_report
 from cloud_trainer.local_broker import LocalBroker
 
 DEMO_TRAINING = {"resolution": (257, 257), "iterations": 8, "batch_size": 2}
@@ -50,7 +50,7 @@ def demo_trainer_config(host: str, port: int, workdir: Path) -> TrainerConfig:
 def _broker(address: str | None, workdir: Path) -> Iterator[tuple[str, int]]:
     if address is not None:
         host, _, port = address.rpartition(":")
-        yield host or "127.0.0.1", int(port)
+        yield host, int(port)
         return
     with LocalBroker(workdir / "broker") as broker:
         yield broker.host, broker.port
@@ -158,37 +158,35 @@ def _watch(
             emit(_line(status))
 
 
+_COLUMNS = ("device", "video", "fps", "sampling", "model", "updates", "up / down Kbps",
+            "mIoU, last 20 s", "pretrained, same frames")  # fmt: skip
+
+
+def _cells(status: dict) -> list[str]:
+    """One device's figures, formatted once for the live table and the log line alike."""
+    device, pretrained = running_miou(status)
+    return [
+        str(status["device_id"]),
+        str(status["video"]),
+        f"{status['fps']:.1f}",
+        f"{status['sampling_fps']:.2f} fps",
+        f"v{status['model_version']}",
+        str(status["updates_applied"]),
+        f"{status['uplink_kbps']:.0f} / {status['downlink_kbps']:.1f}",
+        percent(device, " %"),
+        percent(pretrained, " %"),
+    ]
+
+
 def _table(paths: list[Path]) -> Table:
     table = Table(title="amstream demo: devices (mIoU against the teacher)")
-    for column in ("device", "video", "fps", "sampling", "model", "updates", "up / down Kbps",
-                   "mIoU, last 20 s", "pretrained, same frames"):  # fmt: skip
+    for column in _COLUMNS:
         table.add_column(column, justify="left" if column in ("device", "video") else "right")
     for status in filter(None, map(read_status, paths)):
-        device, pretrained = running_miou(status)
-        table.add_row(
-            str(status["device_id"]),
-            str(status["video"]),
-            f"{status['fps']:.1f}",
-            f"{status['sampling_fps']:.2f} fps",
-            f"v{status['model_version']}",
-            str(status["updates_applied"]),
-            f"{status['uplink_kbps']:.0f} / {status['downlink_kbps']:.1f}",
-            _percent(device),
-            _percent(pretrained),
-        )
+        table.add_row(*_cells(status))
     return table
 
 
 def _line(status: dict) -> str:
-    device, pretrained = running_miou(status)
-    return (
-        f"{status['device_id']}: {status['frames']} frames, {status['fps']:.1f} fps, sampling "
-        f"{status['sampling_fps']:.2f} fps, model v{status['model_version']}, "
-        f"{status['updates_applied']} updates, {status['uplink_kbps']:.0f}/"
-        f"{status['downlink_kbps']:.1f} Kbps up/down | mIoU {_percent(device)} "
-        f"(pretrained {_percent(pretrained)})"
-    )
-
-
-def _percent(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f} %"
+    device, *cells = _cells(status)
+    return f"{device}: " + " | ".join(f"{c} {v}" for c, v in zip(_COLUMNS[1:], cells, strict=True))

@@ -74,8 +74,9 @@ def write_report(
     return report
 
 
-def _percent(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f}"
+def percent(value: float | None, unit: str = "") -> str:
+    """A fraction as percent with one decimal, or a dash when there is none."""
+    return "–" if value is None else f"{100 * value:.1f}{unit}"
 
 
 def _markdown(report: dict) -> str:
@@ -95,9 +96,9 @@ def _markdown(report: dict) -> str:
     for d in report["devices"]:
         lines.append(
             f"| {d['device_id']} | {d['video']} | {d['fps']} | {d['updates_applied']} "
-            f"| {_percent(d['miou'])} | {_percent(d['miou_pretrained'])} "
-            f"| {_percent(d['miou_since_first_update'])} "
-            f"| {_percent(d['miou_pretrained_since_first_update'])} "
+            f"| {percent(d['miou'])} | {percent(d['miou_pretrained'])} "
+            f"| {percent(d['miou_since_first_update'])} "
+            f"| {percent(d['miou_pretrained_since_first_update'])} "
             f"| {d['uplink_kbps']} / {d['downlink_kbps']} |"
         )
     lines += ["", "Plot: `miou_over_time.png`.", ""]

@@ -42,6 +42,21 @@ def test_demo_runs_two_devices_and_writes_a_report(shared_dir, tmp_path, capsys)
     assert "| demo-1 | one-by-one-person-detection.mp4 |" in (out / "report.md").read_text()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--devices", "0"], "--devices 0: between 1 and 64"),
+        (["--duration", "-5"], "--duration -5.0: must be positive"),
+        (["--broker", "localhost"], "--broker localhost: expected HOST:PORT"),
+        (["--broker", "localhost:70000"], "--broker localhost:70000: expected HOST:PORT"),
+        (["--video", "/no/such.mp4"], "no such video: /no/such.mp4"),
+    ],
+)
+def test_demo_refuses_bad_arguments_before_starting_anything(shared_dir, capsys, args, message):
+    assert main(["demo", *args]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
 @pytest.mark.slow
 @pytest.mark.broker
 def test_demo_stops_cleanly_on_ctrl_c(shared_dir, tmp_path):
