@@ -11,11 +11,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cloud_trainer.asr import AsrConfig
-from cloud_trainer.atr import AtrConfig
+from cloud_trainer.ams.asr import AsrConfig
+from cloud_trainer.ams.atr import AtrConfig
+from cloud_trainer.ams.training import TrainingConfig
 from cloud_trainer.teacher import TeacherConfig
-from cloud_trainer.training import TrainingConfig
-from firmware_configs.schema import expand_paths, read_toml
+from shared_schema.config_files import expand_paths, read_toml
 from shared_schema.messages import UpdateFormat
 from shared_schema.mqtt import BrokerConfig
 

@@ -22,15 +22,15 @@ import torch
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_trainer.asr import AdaptiveSamplingRate, phi_score
-from cloud_trainer.atr import AdaptiveTrainingRate
+from cloud_trainer.ams.asr import AdaptiveSamplingRate, phi_score
+from cloud_trainer.ams.atr import AdaptiveTrainingRate
+from cloud_trainer.ams.training import PhaseResult, new_optimizer, train_phase
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.metrics import ClassSubset
 from cloud_trainer.mirror import ModelMirror, Outgoing
 from cloud_trainer.sample_buffer import Sample, SampleBuffer, labelled_samples
 from cloud_trainer.student import import_tflite
 from cloud_trainer.teacher import Teacher
-from cloud_trainer.training import PhaseResult, new_optimizer, train_phase
 from edge_runtime.durable import atomic_write
 from edge_runtime.h264 import SegmentDecodeError, decode_frames
 from shared_schema.envelope import Envelope

@@ -29,10 +29,10 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from edge_runtime.frames import Frame
+from edge_runtime.profile import Profile, parse_profile
 from edge_runtime.runtime import EdgeRuntime
 from edge_runtime.sources import open_source
-from firmware_configs import PROFILE_DIR, Profile
-from firmware_configs.schema import parse_profile
+from firmware_configs import PROFILE_DIR
 from shared_schema.envelope import decode, encode, sha256_hex
 from shared_schema.messages import Update
 from shared_schema.tflite_file import TFLiteFile

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
-from firmware_configs import BUNDLED_PROFILES, ProfileError, load_profile
+from edge_runtime.profile import ProfileError, load_profile
+from firmware_configs import BUNDLED_PROFILES
+from shared_schema.bench_results import add_results_dir_option, write_result
+from shared_schema.cli import command_parser, fail, run_command
 
 
 def _check_profile(args: argparse.Namespace) -> int:
     try:
         profile = load_profile(args.profile)
     except ProfileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     print(json.dumps(profile.model_dump(mode="json"), indent=2))
     if args.files:
         named = [
@@ -44,16 +43,14 @@ def _run(args: argparse.Namespace) -> int:
     try:
         profile = load_profile(args.profile)
     except ProfileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     overrides = {"id": args.device_id} if args.device_id else {}
     if overrides:
         profile = profile.model_copy(update={"device": profile.device.model_copy(update=overrides)})
     source = profile.source
     uri = args.source or source.uri
     if not uri:
-        print("error: no source: give --source or set [source] uri in the profile", file=sys.stderr)
-        return 2
+        return fail("no source: give --source or set [source] uri in the profile")
     size = (source.width, source.height) if source.width and source.height else None
     try:
         frames = open_source(
@@ -64,8 +61,7 @@ def _run(args: argparse.Namespace) -> int:
             fps=source.fps,
         )
     except SourceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(exc, 1)
     runtime = EdgeRuntime.from_profile(profile)
     install_signal_handlers(runtime)
     runtime.start()
@@ -73,8 +69,7 @@ def _run(args: argparse.Namespace) -> int:
         with frames:
             summary = runtime.run(frames, max_frames=args.max_frames)
     except SourceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(exc, 1)
     finally:
         runtime.shutdown()
     print(
@@ -92,52 +87,24 @@ def _run(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from edge_runtime import bench
-    from edge_runtime.bench_results import write_result
 
-    model = Path(args.model)
+    common = {"rounds": args.rounds, "threads": args.threads}
     if args.swap_every:
-        results = bench.swap(
-            model,
-            args.source,
-            swap_every_s=args.swap_every,
-            fps=args.fps,
-            duration_s=args.duration,
-            rounds=args.rounds,
-            threads=args.threads,
-        )
         name = "edge-swap"
+        results = bench.swap(
+            Path(args.model), args.source, swap_every_s=args.swap_every, fps=args.fps,
+            duration_s=args.duration, **common,
+        )  # fmt: skip
     else:
-        results = bench.throughput(
-            model,
-            args.source,
-            frames=args.frames,
-            rounds=args.rounds,
-            threads=args.threads,
-            sampling_fps=args.sampling_fps,
-            bitrate_kbps=args.bitrate,
-            broker=args.broker,
-        )
         name = "edge-bench"
+        results = bench.throughput(
+            Path(args.model), args.source, frames=args.frames, sampling_fps=args.sampling_fps,
+            bitrate_kbps=args.bitrate, broker=args.broker, **common,
+        )  # fmt: skip
     if not args.no_save:
-        results["saved_to"] = str(write_result(name, results))
+        results["saved_to"] = str(write_result(name, results, args.results_dir))
     print(json.dumps(results, indent=2 if not args.json else None))
     return 0
-
-
-def command_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser, Any]:
-    """A parser with the options every command of the project shares, and its subcommands."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--version", action="version", version=version("amstream"))
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
-    return parser, parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-
-def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    return args.func(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--duration", type=float, default=30.0, help="swap benchmark seconds")
     bench.add_argument("--json", action="store_true", help="one line of JSON")
     bench.add_argument("--no-save", action="store_true", help="do not write a result file")
+    add_results_dir_option(bench)
     bench.set_defaults(func=_bench)
     return parser
 

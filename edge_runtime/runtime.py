@@ -30,13 +30,13 @@ import numpy as np
 from edge_runtime.frames import Frame
 from edge_runtime.model_slots import LoadedModel, ModelSlots, Trial, invalid_output
 from edge_runtime.priority import lower_thread_priority
+from edge_runtime.profile import Profile
 from edge_runtime.results import ResultSink, SummaryPublisher
 from edge_runtime.sampler import Sampler
 from edge_runtime.segment_buffer import EncodedSegment, SegmentBuffer
 from edge_runtime.spool import Spool
 from edge_runtime.telemetry import FrameStats, TelemetryReporter
 from edge_runtime.uplink import NullUplink, Uplink
-from firmware_configs import Profile
 from shared_schema.counters import Counters
 from shared_schema.endpoint import DeviceEndpoint
 from shared_schema.envelope import Envelope

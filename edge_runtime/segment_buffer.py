@@ -43,7 +43,7 @@ from shared_schema.counters import Counters
 from shared_schema.messages import Control, EncoderKnobs, Segment
 
 if TYPE_CHECKING:
-    from firmware_configs.schema import BufferSection
+    from edge_runtime.profile import BufferSection
 
 log = logging.getLogger(__name__)
 

@@ -1,22 +1,11 @@
-"""Device profiles: one TOML file per device class, validated by ``schema.Profile``."""
+"""Device profiles: one TOML file per device class, validated by ``edge_runtime.profile``.
 
-from firmware_configs.schema import (
-    PROFILE_DIR,
-    Backend,
-    Profile,
-    ProfileError,
-    find_shared_dir,
-    load_profile,
-)
+This package holds data only and imports nothing of the project.
+"""
 
+from pathlib import Path
+
+PROFILE_DIR = Path(__file__).resolve().parent
 BUNDLED_PROFILES = ("coral-devboard", "rpi-coral-usb", "jetson-orin", "android-nnapi", "cpu")
 
-__all__ = [
-    "BUNDLED_PROFILES",
-    "PROFILE_DIR",
-    "Backend",
-    "Profile",
-    "ProfileError",
-    "find_shared_dir",
-    "load_profile",
-]
+__all__ = ["BUNDLED_PROFILES", "PROFILE_DIR"]

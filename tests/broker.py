@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from cloud_trainer.local_broker import LocalBroker as Mosquitto
-from cloud_trainer.local_broker import free_port
+from cloud_trainer.tools.local_broker import LocalBroker as Mosquitto
+from cloud_trainer.tools.local_broker import free_port
 
 __all__ = ["Mosquitto", "env_flag", "free_port"]
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware_configs import find_shared_dir
+from shared_schema.config_files import find_shared_dir
 from tests.broker import Mosquitto, env_flag
 
 

@@ -285,7 +285,7 @@ def test_unavailable_onnx_providers_are_named_with_the_available_ones():
 
 def test_backends_load_their_runtime_only_when_a_model_is_opened():
     probe = (
-        "import sys, edge_runtime.backends, firmware_configs; "
+        "import sys, edge_runtime.backends, edge_runtime.profile; "
         "print(sorted(m for m in sys.modules"
         " if m.split('.')[0] in {'onnxruntime', 'ai_edge_litert', 'tflite_runtime', 'pycoral'}))"
     )

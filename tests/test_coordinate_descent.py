@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cloud_trainer.coordinate_descent import CoordinateAdam, Selection
+from cloud_trainer.ams.coordinate_descent import CoordinateAdam, Selection
 
 LR, B1, B2, EPS = 1e-3, 0.9, 0.999, 1e-8
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cloud_trainer.demo_report import device_summary, read_status, running_miou, write_report
+from cloud_trainer.tools.demo_report import device_summary, read_status, running_miou, write_report
 
 
 def _status(device_id: str = "demo-0", updates: list[float] | None = None) -> dict:

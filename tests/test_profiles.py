@@ -5,14 +5,15 @@ from pathlib import Path
 import pytest
 
 from edge_runtime.backends import (
+    Backend,
     EdgeTpuConfig,
     InferenceConfig,
     LiteRtConfig,
     NnapiConfig,
     OnnxRuntimeConfig,
 )
-from firmware_configs import BUNDLED_PROFILES, PROFILE_DIR, Backend, ProfileError, load_profile
-from firmware_configs.schema import parse_profile
+from edge_runtime.profile import ProfileError, load_profile, parse_profile
+from firmware_configs import BUNDLED_PROFILES, PROFILE_DIR
 
 
 @pytest.mark.parametrize("name", BUNDLED_PROFILES)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from cloud_trainer.asr import AdaptiveSamplingRate, AsrConfig, phi_score
-from cloud_trainer.atr import AdaptiveTrainingRate, AtrConfig
+from cloud_trainer.ams.asr import AdaptiveSamplingRate, AsrConfig, phi_score
+from cloud_trainer.ams.atr import AdaptiveTrainingRate, AtrConfig
 from cloud_trainer.metrics import ClassSubset, miou
 
 

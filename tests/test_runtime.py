@@ -11,10 +11,10 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 from edge_runtime.h264 import decode_segment
+from edge_runtime.profile import parse_profile
 from edge_runtime.runtime import EdgeRuntime
 from edge_runtime.sources import open_source
 from firmware_configs import PROFILE_DIR
-from firmware_configs.schema import parse_profile
 from shared_schema.endpoint import TrainerEndpoint
 from shared_schema.envelope import sha256_hex
 from shared_schema.messages import Control, MessageType

@@ -23,9 +23,9 @@ from edge_runtime.h264 import (
     encode_segment,
     upload_size,
 )
+from edge_runtime.profile import BufferSection
 from edge_runtime.segment_buffer import BufferSettings, EncodedSegment, SegmentBuffer
 from edge_runtime.sources import open_source
-from firmware_configs.schema import BufferSection
 from shared_schema.messages import Control, EncoderKnobs, Segment
 
 WAIT_S = 10.0  # generous bound on a worker's delivery; normally milliseconds

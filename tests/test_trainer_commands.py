@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from cloud_trainer.bench_updates import bench_updates
+from cloud_trainer.ams.training import TrainingConfig
 from cloud_trainer.cli import main
-from cloud_trainer.training import TrainingConfig
+from cloud_trainer.tools.bench_updates import bench_updates
 
 STUDENT = "models/coral/deeplabv3_mnv2_dm05_pascal_quant.tflite"
 TEACHER = "models/coral/deeplabv3_mnv2_pascal_quant.tflite"
@@ -131,7 +131,7 @@ def test_bench_updates_compares_the_three_formats(shared_dir):
 @pytest.mark.slow
 @pytest.mark.broker
 def test_bench_serve_loses_no_message(shared_dir, tmp_path):
-    from cloud_trainer.bench_serve import bench_serve
+    from cloud_trainer.tools.bench_serve import bench_serve
     from tests.trainer_helpers import trainer_config
 
     results = bench_serve(

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from cloud_trainer.daemon import TrainerDaemon
-from cloud_trainer.emulation import EmulatedDevice, local_profile
+from cloud_trainer.tools.emulation import EmulatedDevice, local_profile
 from shared_schema.envelope import decode, sha256_hex
 from shared_schema.messages import Metrics
 from shared_schema.mqtt import MqttLink

@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 
 from cloud_trainer.config import DEFAULT_CONFIG, TrainerConfig
-from firmware_configs.schema import expand_paths
+from shared_schema.config_files import expand_paths
 
 PATH_KEYS = frozenset({"model", "directory", "signing_key"})
 

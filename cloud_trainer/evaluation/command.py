@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cloud_trainer.evaluation.names import PRESETS, SchemeName
-from firmware_configs.schema import find_shared_dir
+from shared_schema.config_files import find_shared_dir
 
 if TYPE_CHECKING:
     from cloud_trainer.evaluation.config import EvalConfig

@@ -8,10 +8,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud_trainer.asr import AsrConfig
-from cloud_trainer.atr import AtrConfig
+from cloud_trainer.ams.asr import AsrConfig
+from cloud_trainer.ams.atr import AtrConfig
+from cloud_trainer.ams.training import TrainingConfig
 from cloud_trainer.evaluation.names import PRESETS
-from cloud_trainer.training import TrainingConfig
 
 MODEL_SIZE = (513, 513)  # (height, width) of both Coral models: frames are scaled to it
 NUM_CLASSES = 21  # PASCAL VOC

@@ -33,7 +33,7 @@ from cloud_trainer.evaluation.runner import (
     ablation_name,
     command_line,
 )
-from edge_runtime.bench_results import machine
+from shared_schema.bench_results import machine
 
 TITLES = {
     SchemeName.NO_CUSTOM: "No Customization",

@@ -27,7 +27,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from cloud_trainer.coordinate_descent import Selection
+from cloud_trainer.ams.coordinate_descent import Selection
 from cloud_trainer.evaluation.cache import CachedTeacher, LabelCache
 from cloud_trainer.evaluation.config import MODEL_SIZE, NUM_CLASSES, EvalConfig
 from cloud_trainer.evaluation.record import SchemeRun

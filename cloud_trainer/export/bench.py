@@ -3,7 +3,7 @@ exported to every format; pixel agreement, file size and time per format.
 
     python -m cloud_trainer.export.bench [--video V] [--width 0.35] [--size 257] [--steps 120]
 
-Writes benchmarks/results/export-<time>.json (`edge_runtime.bench_results`) and prints it.
+Writes benchmarks/results/export-<time>.json (`shared_schema.bench_results`) and prints it.
 The student trains at the export size on teacher labels first: an untrained one labels every
 pixel background, and agreement on that says nothing about the export.
 """
@@ -30,8 +30,8 @@ from cloud_trainer.student.torch_student import (
     predict_labels,
 )
 from cloud_trainer.teacher import TeacherConfig, load_teacher
-from edge_runtime.bench_results import write_result
-from firmware_configs import find_shared_dir
+from shared_schema.bench_results import write_result
+from shared_schema.config_files import find_shared_dir
 
 TEACHER = "models/coral/deeplabv3_mnv2_pascal_quant.tflite"
 VIDEO = "videos/vtest.avi"

@@ -17,14 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cloud_trainer.coordinate_descent import CoordinateAdam, Selection
+from cloud_trainer.ams.coordinate_descent import CoordinateAdam, Selection
+from cloud_trainer.ams.training import class_weights
 from cloud_trainer.evaluation.config import MODEL_SIZE, NUM_CLASSES, JitSettings
 from cloud_trainer.evaluation.schemes.base import DEVICE_ID, Context, ModelScheme, upload_jpeg
 from cloud_trainer.evaluation.stream import StreamFrame
 from cloud_trainer.metrics import ClassSubset, miou
 from cloud_trainer.mirror import ModelMirror
 from cloud_trainer.student import import_tflite
-from cloud_trainer.training import class_weights
 from shared_schema.messages import UpdateFormat
 
 

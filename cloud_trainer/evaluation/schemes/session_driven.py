@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import itertools
 
-from cloud_trainer.asr import AsrConfig
-from cloud_trainer.atr import AtrConfig
+from cloud_trainer.ams.asr import AsrConfig
+from cloud_trainer.ams.atr import AtrConfig
+from cloud_trainer.ams.training import TrainingConfig
 from cloud_trainer.config import CheckpointConfig, StudentConfig, TrainerConfig
 from cloud_trainer.evaluation.config import NUM_CLASSES
 from cloud_trainer.evaluation.schemes.base import DEVICE_ID, Context, ModelScheme
@@ -25,7 +26,6 @@ from cloud_trainer.evaluation.stream import StreamFrame
 from cloud_trainer.mirror import ModelMirror
 from cloud_trainer.session import Session
 from cloud_trainer.teacher import TeacherConfig
-from cloud_trainer.training import TrainingConfig
 from edge_runtime.frames import Frame
 from edge_runtime.h264 import encode_segment, upload_size
 from edge_runtime.sampler import Sampler

@@ -25,9 +25,9 @@ from rich.table import Table
 
 from cloud_trainer.config import TrainerConfig, load_config
 from cloud_trainer.daemon import TrainerDaemon
-from cloud_trainer.demo_device import DeviceSpec, run_device
-from cloud_trainer.demo_report import percent, read_status, running_miou, write_report
-from cloud_trainer.local_broker import LocalBroker
+from cloud_trainer.tools.demo_device import DeviceSpec, run_device
+from cloud_trainer.tools.demo_report import percent, read_status, running_miou, write_report
+from cloud_trainer.tools.local_broker import LocalBroker
 
 DEMO_TRAINING = {"resolution": (257, 257), "iterations": 8, "batch_size": 2}
 _STOP_S = 20.0  # a device process's time to deliver its last segment and exit

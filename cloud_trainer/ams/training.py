@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud_trainer.coordinate_descent import CoordinateAdam, Selection
+from cloud_trainer.ams.coordinate_descent import CoordinateAdam, Selection
 from cloud_trainer.sample_buffer import SampleBuffer
 
 _Side = Annotated[int, Field(ge=33, le=2049)]

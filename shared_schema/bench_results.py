@@ -1,8 +1,14 @@
 """Benchmark results on disk: each run is one JSON file under ``benchmarks/results/`` that says
-what ran (the command), where (the machine), when, and on which commit."""
+what ran (the command), where (the machine), when, and on which commit.
+
+Both sides' benchmarks write through ``write_result``. The directory is the current directory's
+``benchmarks/results/`` (in a checkout, run from its root), ``$AMS_BENCH_RESULTS`` or
+``--results-dir``: never inside the installed package.
+"""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -16,10 +22,18 @@ RESULTS_DIR_ENV = "AMS_BENCH_RESULTS"
 
 
 def results_dir() -> Path:
-    """``$AMS_BENCH_RESULTS``, else ``benchmarks/results`` of the project checkout."""
+    """``$AMS_BENCH_RESULTS``, else ``benchmarks/results`` under the current directory."""
     if os.environ.get(RESULTS_DIR_ENV):
         return Path(os.environ[RESULTS_DIR_ENV])
-    return Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    return Path.cwd() / "benchmarks" / "results"
+
+
+def add_results_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        help=f"where the result file goes (default: ${RESULTS_DIR_ENV}, else ./benchmarks/results)",
+    )
 
 
 def machine() -> dict[str, object]:
@@ -31,12 +45,8 @@ def machine() -> dict[str, object]:
                 break
     except OSError:
         pass
-    packages = {}
-    for name in ("ai-edge-litert", "av", "torch", "numpy", "onnxruntime"):
-        try:
-            packages[name] = version(name)
-        except PackageNotFoundError:
-            continue
+    names = ("ai-edge-litert", "av", "torch", "numpy", "onnxruntime")
+    packages = {name: v for name in names if (v := _version(name)) is not None}
     return {
         "platform": platform.platform(),
         "cpu": cpu,
@@ -46,7 +56,15 @@ def machine() -> dict[str, object]:
     }
 
 
+def _version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 def _git_commit() -> str | None:
+    """The commit of the code that ran: its checkout's, or None for an installed wheel."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -71,6 +89,7 @@ def write_result(name: str, results: dict[str, object], directory: Path | None =
         ),
         "date": now.isoformat(timespec="seconds"),
         "commit": _git_commit(),
+        "version": _version("amstream"),
         "machine": machine(),
         "results": results,
     }

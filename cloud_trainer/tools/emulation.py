@@ -10,10 +10,10 @@ import threading
 import tomllib
 from pathlib import Path
 
+from edge_runtime.profile import Profile, parse_profile
 from edge_runtime.runtime import EdgeRuntime
 from edge_runtime.sources import open_source
-from firmware_configs import PROFILE_DIR, Profile
-from firmware_configs.schema import parse_profile
+from firmware_configs import PROFILE_DIR
 
 
 def local_profile(

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud_trainer.emulation import local_profile
 from cloud_trainer.metrics import ClassSubset, miou
 from cloud_trainer.teacher import Teacher, TeacherConfig, load_teacher
+from cloud_trainer.tools.emulation import local_profile
 from edge_runtime.backends.base import Engine
 from edge_runtime.backends.litert import LiteRtConfig
 from edge_runtime.durable import atomic_write

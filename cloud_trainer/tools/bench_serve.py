@@ -16,8 +16,8 @@ from pathlib import Path
 
 from cloud_trainer.config import TrainerConfig, load_config
 from cloud_trainer.daemon import TrainerDaemon
-from cloud_trainer.emulation import EmulatedDevice, local_profile
-from cloud_trainer.local_broker import LocalBroker
+from cloud_trainer.tools.emulation import EmulatedDevice, local_profile
+from cloud_trainer.tools.local_broker import LocalBroker
 
 
 def serve_round(

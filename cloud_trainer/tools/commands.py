@@ -1,0 +1,157 @@
+"""The trainer's tool commands: ``demo``, ``bench-updates``, ``bench-serve``, ``monitor``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from shared_schema.bench_results import add_results_dir_option, write_result
+from shared_schema.cli import fail
+from shared_schema.config_files import find_shared_dir
+from shared_schema.mqtt import BrokerConfig
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from cloud_trainer.tools.demo import run_demo
+
+    videos = [Path(v) for v in args.video or []]
+    if not videos:
+        shared = find_shared_dir()
+        if shared is None:
+            return fail(
+                "no video given and no shared data directory found "
+                "(set AMS_SHARED_DIR or pass --video)"
+            )
+        videos = [shared / "videos" / "vtest.avi", *sorted((shared / "videos").glob("*.mp4"))]
+    problem = _demo_arguments(args, videos)
+    if problem:
+        return fail(problem)
+    out = Path(args.out)
+    run_demo(videos, out, devices=args.devices, duration_s=args.duration, broker=args.broker)
+    print(f"demo report: {out.resolve() / 'report.md'}")
+    return 0
+
+
+def _demo_arguments(args: argparse.Namespace, videos: list[Path]) -> str | None:
+    """What is wrong with the demo's arguments, before anything starts."""
+    missing = [str(v) for v in videos if not v.is_file()]
+    if missing:
+        return f"no such video: {', '.join(missing)}"
+    if not 1 <= args.devices <= 64:
+        return f"--devices {args.devices}: between 1 and 64"
+    if args.duration <= 0:
+        return f"--duration {args.duration}: must be positive"
+    host, _, port = (args.broker or "127.0.0.1:1883").rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"--broker {args.broker}: expected HOST:PORT"
+    return None
+
+
+def _bench_updates(args: argparse.Namespace) -> int:
+    from cloud_trainer.ams.training import TrainingConfig
+    from cloud_trainer.config import load_config
+    from cloud_trainer.tools.bench_updates import bench_updates
+
+    config = load_config(args.config)
+    training = TrainingConfig(**_training_settings(args))
+    results = bench_updates(
+        args.video,
+        student_model=config.student.model,
+        teacher_model=config.teacher.model,
+        updates=args.updates,
+        training=training,
+    )
+    results["saved_to"] = str(write_result("bench-updates", results, args.results_dir))
+    print(json.dumps(results, indent=None if args.json else 2))
+    return 0
+
+
+def _bench_serve(args: argparse.Namespace) -> int:
+    from cloud_trainer.config import load_config
+    from cloud_trainer.tools.bench_serve import bench_serve
+
+    config = load_config(args.config)
+    training = config.training.model_copy(update=_training_settings(args))
+    config = config.model_copy(update={"training": training})
+    results = bench_serve(
+        Path(args.video),
+        devices=args.devices,
+        duration_s=args.duration,
+        config=config,
+        sweep=not args.no_sweep,
+    )
+    results["saved_to"] = str(write_result("bench-serve", results, args.results_dir))
+    print(json.dumps(results, indent=None if args.json else 2))
+    return 0 if results["message_loss"] == 0 else 1
+
+
+def _training_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "iterations": args.iterations,
+        "batch_size": args.batch,
+        "resolution": (args.size, args.size),
+        "device": args.device,
+    }
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from cloud_trainer.tools.monitor import monitor
+
+    config = BrokerConfig(
+        host=args.host, port=args.port, protocol=args.protocol, prefix=args.prefix
+    )
+    monitor(config, lambda line: print(line, flush=True), count=args.count, timeout_s=args.timeout)
+    return 0
+
+
+def add_tool_parsers(sub: Any) -> None:
+    demo = sub.add_parser("demo", help="local demo: broker, trainer, edge runtimes, live view")
+    demo.add_argument("--video", action="append",
+                      help="a video to play; repeat for several (default: the shared videos; "
+                      "device i plays video i modulo their number)")  # fmt: skip
+    demo.add_argument("--devices", type=int, default=1, help="edge runtimes, one process each")
+    demo.add_argument("--duration", type=float, default=120.0, help="seconds to run")
+    demo.add_argument("--out", default="demo-report", help="directory for the report")
+    demo.add_argument("--broker", metavar="HOST:PORT",
+                      help="use this broker instead of starting a local mosquitto")  # fmt: skip
+    demo.set_defaults(func=_demo)
+
+    bu = sub.add_parser(
+        "bench-updates", help="bytes per update in every format, from real training phases"
+    )
+    bu.add_argument("--video", required=True)
+    bu.add_argument("--updates", type=int, default=3)
+    _add_training_options(bu)
+    bu.set_defaults(func=_bench_updates)
+
+    bs = sub.add_parser(
+        "bench-serve", help="one trainer, N emulated devices on a local broker (JSON)"
+    )
+    bs.add_argument("--devices", type=int, required=True)
+    bs.add_argument("--video", required=True)
+    bs.add_argument("--duration", type=float, default=60.0, help="seconds the devices play")
+    bs.add_argument("--no-sweep", action="store_true", help="skip the 1-device round")
+    _add_training_options(bs)
+    bs.set_defaults(func=_bench_serve)
+
+    mon = sub.add_parser("monitor", help="print every protocol message under a prefix as JSON")
+    mon.add_argument("--host", default="127.0.0.1")
+    mon.add_argument("--port", type=int, default=1883)
+    mon.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
+    mon.add_argument("--prefix", default="ams")
+    mon.add_argument("--count", type=int, help="exit after this many messages")
+    mon.add_argument("--timeout", type=float, help="exit after this many seconds")
+    mon.set_defaults(func=_monitor)
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    """The training settings and output options both trainer benchmarks take."""
+    parser.add_argument("--iterations", type=int, default=20, help="K")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--size", type=int, default=321, help="side of the random crops trained on")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    parser.add_argument("--config", help="trainer.toml naming the student and teacher")
+    parser.add_argument("--json", action="store_true", help="one line of JSON")
+    add_results_dir_option(parser)

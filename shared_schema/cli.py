@@ -1,0 +1,34 @@
+"""What every command line of the project shares: ``--version``, ``--log-level``, subcommands,
+and the one-line error a person sees."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib.metadata import version
+from typing import Any
+
+USAGE_ERROR = 2  # the exit status of a command given something it cannot use
+
+
+def command_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser, Any]:
+    """A parser with the options every command of the project shares, and its subcommands."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--version", action="version", version=version("amstream"))
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    return parser, parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return args.func(args)
+
+
+def fail(message: object, status: int = USAGE_ERROR) -> int:
+    """Print ``error: message`` on one line of stderr; returns ``status`` for the caller."""
+    print(f"error: {message}", file=sys.stderr)
+    return status

@@ -1,0 +1,83 @@
+"""TOML files a person writes (device profiles, the trainer config): reading them, and the
+path rules both follow.
+
+Paths may use ``${VAR}`` (environment variables; ``AMS_SHARED_DIR`` defaults to the shared data
+directory beside the project) and ``~``; relative paths resolve against the file's directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+SHARED_DIR_ENV = "AMS_SHARED_DIR"
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NOT_FILES = ("/dev/", "picamera2:")
+
+
+def find_shared_dir() -> Path | None:
+    """The shared data directory: ``$AMS_SHARED_DIR``, else ``../shared`` beside the project."""
+    if os.environ.get(SHARED_DIR_ENV):
+        return Path(os.environ[SHARED_DIR_ENV]).expanduser().resolve()
+    for root in (PROJECT_DIR, Path.cwd()):
+        candidate = root.parent / "shared"
+        if (candidate / "SPEC.md").is_file():
+            return candidate.resolve()
+    return None
+
+
+def read_toml(path: Path, error: type[ValueError]) -> dict[str, Any]:
+    """A TOML file's tables; an unreadable or malformed file raises ``error`` naming it."""
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: not valid TOML: {exc}") from exc
+
+
+def expand_paths(
+    node: Any, base_dir: Path, path_keys: frozenset[str] | set[str], where: tuple[str, ...] = ()
+) -> Any:
+    """``node`` with every string under a key in ``path_keys`` expanded (see expand_path)."""
+    if isinstance(node, dict):
+        return {k: expand_paths(v, base_dir, path_keys, (*where, k)) for k, v in node.items()}
+    if not where or not isinstance(node, str):
+        return node
+    field = ".".join(where)
+    if where[-1] in path_keys:
+        return str(expand_path(node, base_dir, field))
+    if where == ("source", "uri"):
+        # Streams and devices are not files: expand variables, never resolve them.
+        uri = substitute_vars(node, field)
+        is_file = "://" not in uri and not uri.startswith(_NOT_FILES)
+        return str(expand_path(uri, base_dir, field)) if is_file else uri
+    return node
+
+
+def expand_path(value: str, base_dir: Path, field: str = "path") -> Path:
+    path = Path(substitute_vars(value, field)).expanduser()
+    return path if path.is_absolute() else (base_dir / path).resolve()
+
+
+def substitute_vars(value: str, field: str) -> str:
+    """``${VAR}`` from the environment; ``${AMS_SHARED_DIR}`` defaults to the shared data."""
+
+    def var(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name == SHARED_DIR_ENV and not os.environ.get(name):
+            shared = find_shared_dir()
+            if shared is None:
+                raise ValueError(
+                    f"{field}: ${{{name}}} is unset and no shared data directory was found"
+                )
+            return str(shared)
+        if name not in os.environ:
+            raise ValueError(f"{field}: environment variable ${{{name}}} is not set")
+        return os.environ[name]
+
+    return _VAR_RE.sub(var, value)
