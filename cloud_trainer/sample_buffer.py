@@ -32,10 +32,6 @@ class SampleBuffer:
     def __len__(self) -> int:
         return len(self._samples)
 
-    @property
-    def latest_timestamp(self) -> float | None:
-        return self._samples[-1].timestamp if self._samples else None
-
     def add(self, sample: Sample) -> None:
         """Keep ``sample``; forget what is older than the horizon before the newest sample."""
         bisect.insort(self._samples, sample, key=lambda s: s.timestamp)

@@ -235,8 +235,8 @@ class Session:
         self.stats.resyncs += 1
         if delta is None:
             self.stats.full_models += 1
-            return self._count_down([self.mirror.full_model(self.config.student.model.stem)])
-        return self._count_down([delta])
+            return self._counted_downlink([self.mirror.full_model(self.config.student.model.stem)])
+        return self._counted_downlink([delta])
 
     def _delta_format(self) -> UpdateFormat | None:
         """A format that can carry several versions' changes and that the device applies."""
@@ -319,7 +319,7 @@ class Session:
             return []
         update = self.mirror.advance(self.student, fmt, mask=self.optimizer.mask)
         self.stats.updates_sent += 1
-        return self._count_down([update])
+        return self._counted_downlink([update])
 
     def _update_format(self) -> UpdateFormat | None:
         configured = self.config.updates.format
@@ -327,7 +327,8 @@ class Session:
             return configured
         return self._delta_format()
 
-    def _count_down(self, messages: list[Outgoing]) -> list[Outgoing]:
+    def _counted_downlink(self, messages: list[Outgoing]) -> list[Outgoing]:
+        """``messages``, their bytes added to the session's downlink total."""
         self.stats.bytes_down += sum(len(m.body) for m in messages)
         return messages
 

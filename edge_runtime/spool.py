@@ -56,11 +56,6 @@ class Spool:
         with self._lock:
             return len(self._entries)
 
-    @property
-    def total_bytes(self) -> int:
-        with self._lock:
-            return sum(e.size for e in self._entries)
-
     def put(self, msg_type: MessageType, payload: bytes) -> SpoolEntry:
         """Persist one encoded envelope; returns once it is durable on disk."""
         with self._lock:

@@ -28,7 +28,7 @@ from edge_runtime.runtime import EdgeRuntime, install_signal_handlers
 from edge_runtime.sources import open_source
 
 MODEL_SIZE = (513, 513)  # both Coral models' input (height, width)
-_BOOT = object()  # before the first frame: the model the device booted with is no update
+_NOT_YET = object()  # no frame labelled yet: the model the device boots with is no update
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class AgreementProbe:
         self._teacher, self._pretrained, self._every_s = teacher, pretrained, every_s
         self._started = time.monotonic()
         self._next = 0.0
-        self._version: object = _BOOT  # the version of the model labelling frames
+        self._version: object = _NOT_YET  # the version of the model labelling frames
         self.subset = ClassSubset(21)
         self.history: list[tuple[float, int | None, float, float]] = []  # t, version, both
         self.updates: list[float] = []  # when a new model first labelled a frame
@@ -62,7 +62,7 @@ class AgreementProbe:
     def __call__(self, frame: Frame, labels: np.ndarray, version: int | None) -> None:
         now = time.monotonic() - self._started
         if version != self._version:
-            if self._version is not _BOOT:
+            if self._version is not _NOT_YET:
                 self.updates.append(now)
             self._version = version
         if now < self._next:
@@ -122,13 +122,13 @@ def run_device(spec: DeviceSpec) -> None:
     writer.start()
     try:
         with open_source(spec.video, realtime=True, loop=True) as frames:
-            runtime.run(_for(frames, spec.duration_s))
+            runtime.run(_for_seconds(frames, spec.duration_s))
     finally:
         runtime.shutdown(drain_s=5)
         writer.finish()
 
 
-def _for(frames: Iterable[Frame], seconds: float) -> Iterator[Frame]:
+def _for_seconds(frames: Iterable[Frame], seconds: float) -> Iterator[Frame]:
     """The frames of the next ``seconds`` of wall time."""
     deadline = time.monotonic() + seconds
     for frame in frames:

@@ -32,7 +32,7 @@ from edge_runtime.sampler import Sampler
 from shared_schema.envelope import decode, encode
 from shared_schema.messages import Control, EncoderKnobs, Segment, Update, UpdateFormat
 
-_BOOT = "e0a1" * 4
+_BOOT_ID = "e0a1" * 4
 
 
 class SessionScheme(ModelScheme):
@@ -96,7 +96,7 @@ class SessionScheme(ModelScheme):
             bitrate_kbps=self.knobs.bitrate_kbps,
         )
         self.ctx.run.uplink.append((end_s, len(h264)))
-        wire = encode(segment, device_id=DEVICE_ID, seq=next(self._seq), boot=_BOOT, body=h264)
+        wire = encode(segment, device_id=DEVICE_ID, seq=next(self._seq), boot=_BOOT_ID, body=h264)
         self.session.deliver(decode(wire))
         with self.ctx.compute() as spent:
             replies = []
