@@ -49,7 +49,6 @@ class Endpoint:
         config: BrokerConfig,
         *,
         sender_id: str,
-        client_id: str,
         limits: Limits = DEFAULT_LIMITS,
         counters: Counters | None = None,
     ) -> None:
@@ -68,7 +67,7 @@ class Endpoint:
         self._connect_hooks: list[Callable[[], None]] = []
         self.link = MqttLink(
             config,
-            client_id=client_id,
+            client_id=config.client_id or sender_id,
             will=self._will(),
             on_connect=self._on_connect,
             counters=self.counters,
@@ -219,13 +218,7 @@ class DeviceEndpoint(Endpoint):
         counters: Counters | None = None,
     ) -> None:
         self.device_id = validate_device_id(device_id)
-        super().__init__(
-            config,
-            sender_id=device_id,
-            client_id=config.client_id or device_id,
-            limits=limits,
-            counters=counters,
-        )
+        super().__init__(config, sender_id=device_id, limits=limits, counters=counters)
 
     def _status(self, state: str) -> Outbound:
         status = DELIVERY[MessageType.STATUS]
@@ -268,13 +261,7 @@ class TrainerEndpoint(Endpoint):
         limits: Limits = DEFAULT_LIMITS,
         counters: Counters | None = None,
     ) -> None:
-        super().__init__(
-            config,
-            sender_id=trainer_id,
-            client_id=config.client_id or trainer_id,
-            limits=limits,
-            counters=counters,
-        )
+        super().__init__(config, sender_id=trainer_id, limits=limits, counters=counters)
 
     def send(self, device_id: str, msg: AnyMessage, body: bytes = b"") -> PublishHandle:
         direction = None if msg.type == MessageType.METRICS else Direction.DOWN
