@@ -15,13 +15,10 @@ def _serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from cloud_trainer.config import ConfigError, load_config
+    from cloud_trainer.config import load_config
     from cloud_trainer.daemon import TrainerDaemon
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        return fail(exc)
+    config = load_config(args.config)
     if args.device:
         config = config.model_copy(
             update={

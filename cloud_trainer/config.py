@@ -15,7 +15,7 @@ from cloud_trainer.ams.asr import AsrConfig
 from cloud_trainer.ams.atr import AtrConfig
 from cloud_trainer.ams.training import TrainingConfig
 from cloud_trainer.teacher import TeacherConfig
-from shared_schema.config_files import expand_paths, read_toml
+from shared_schema.config_files import ConfigFileError, expand_paths, read_toml
 from shared_schema.messages import UpdateFormat
 from shared_schema.mqtt import BrokerConfig
 
@@ -63,7 +63,7 @@ class TrainerConfig(_Section):
     max_pending_segments: int = Field(8, ge=1)  # per session, before the oldest is dropped
 
 
-class ConfigError(ValueError):
+class ConfigError(ConfigFileError):
     """A config that cannot be used; the message names the file and the field."""
 
 

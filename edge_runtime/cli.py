@@ -7,17 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from edge_runtime.profile import ProfileError, load_profile
+from edge_runtime.profile import load_profile
 from firmware_configs import BUNDLED_PROFILES
 from shared_schema.bench_results import add_results_dir_option, write_result
 from shared_schema.cli import command_parser, fail, run_command
 
 
 def _check_profile(args: argparse.Namespace) -> int:
-    try:
-        profile = load_profile(args.profile)
-    except ProfileError as exc:
-        return fail(exc)
+    profile = load_profile(args.profile)
     print(json.dumps(profile.model_dump(mode="json"), indent=2))
     if args.files:
         named = [
@@ -40,10 +37,7 @@ def _run(args: argparse.Namespace) -> int:
     from edge_runtime.runtime import EdgeRuntime, install_signal_handlers
     from edge_runtime.sources import SourceError, open_source
 
-    try:
-        profile = load_profile(args.profile)
-    except ProfileError as exc:
-        return fail(exc)
+    profile = load_profile(args.profile)
     overrides = {"id": args.device_id} if args.device_id else {}
     if overrides:
         profile = profile.model_copy(update={"device": profile.device.model_copy(update=overrides)})

@@ -16,13 +16,13 @@ from pydantic_core import ErrorDetails
 
 from edge_runtime.backends import Backend, InferenceConfig
 from firmware_configs import PROFILE_DIR
-from shared_schema.config_files import expand_paths, read_toml
+from shared_schema.config_files import ConfigFileError, expand_paths, read_toml
 from shared_schema.messages import ModelFormat
 from shared_schema.mqtt import BrokerConfig
 from shared_schema.topics import validate_device_id
 
 
-class ProfileError(ValueError):
+class ProfileError(ConfigFileError):
     """A profile that cannot be used; the message names the file and the offending field."""
 
 

@@ -9,6 +9,8 @@ import sys
 from importlib.metadata import version
 from typing import Any
 
+from shared_schema.config_files import ConfigFileError
+
 USAGE_ERROR = 2  # the exit status of a command given something it cannot use
 
 
@@ -21,11 +23,15 @@ def command_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser
 
 
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse ``argv`` and run its subcommand; a config file it cannot use is one line."""
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ConfigFileError as exc:
+        return fail(exc)
 
 
 def fail(message: object, status: int = USAGE_ERROR) -> int:

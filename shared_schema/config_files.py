@@ -19,6 +19,10 @@ _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NOT_FILES = ("/dev/", "picamera2:")
 
 
+class ConfigFileError(ValueError):
+    """A file a person wrote that cannot be used; the message names the file and the field."""
+
+
 def find_shared_dir() -> Path | None:
     """The shared data directory: ``$AMS_SHARED_DIR``, else ``../shared`` beside the project."""
     if os.environ.get(SHARED_DIR_ENV):

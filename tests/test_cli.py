@@ -102,3 +102,18 @@ def test_monitor_prints_decoded_traffic_and_rejections(broker, capsys):
     assert kinds <= {"status", "hello", "bad_magic"} and len(kinds) >= 2
     decoded = [r for r in records if r.get("msg", {}).get("type") == "hello"]
     assert all(r["device_id"] == "cam-1" and r["msg"]["profile"] == "cpu" for r in decoded)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "--config", "{missing}"],
+        ["bench-updates", "--video", "v.avi", "--config", "{missing}"],
+        ["bench-serve", "--devices", "1", "--video", "v.avi", "--config", "{missing}"],
+    ],
+)
+def test_an_unreadable_trainer_config_is_one_line_naming_it(argv, tmp_path, capsys):
+    missing = tmp_path / "trainer.toml"
+    assert trainer_main([a.format(missing=missing) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {missing}: cannot read: No such file or directory"
