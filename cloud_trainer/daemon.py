@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from cloud_trainer.config import TrainerConfig
-from cloud_trainer.mirror import Outgoing
+from cloud_trainer.outgoing import Outgoing
 from cloud_trainer.scheduler import RoundRobin
 from cloud_trainer.session import CHECKPOINT, Session
 from cloud_trainer.teacher import load_teacher

@@ -14,28 +14,20 @@ the mirror still holds every version a device can be running.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cloud_trainer.outgoing import Outgoing
 from cloud_trainer.student import TFLiteStudent, quantized_weights
 from edge_runtime.durable import atomic_write, remove_partial_writes
 from shared_schema.envelope import sha256_hex
-from shared_schema.messages import AnyMessage, Model, ModelFormat, Update, UpdateFormat
+from shared_schema.messages import Model, ModelFormat, Update, UpdateFormat
 from shared_schema.signing import sign, signing_payload
 from shared_schema.tflite_file import TFLiteFile
-from shared_schema.update_formats import ams_fp16, apply_update, keeps_layout, qdelta, zpatch
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """A message for the device and its body, ready to send."""
-
-    msg: AnyMessage
-    body: bytes = b""
+from shared_schema.update_formats import ams_fp16, apply_update, qdelta, zpatch
 
 
 class ModelMirror:
@@ -143,8 +135,8 @@ class ModelMirror:
 
     def _commit(self, fmt: UpdateFormat, body: bytes) -> Outgoing:
         base_version, base = self.version, self.data
-        layout_base = self._layout.with_data(base) if keeps_layout(fmt) else base
-        result = apply_update(fmt, layout_base, body)
+        # Every version has the first one's layout: body_for writes values into it.
+        result = apply_update(fmt, self._layout.with_data(base), body)
         msg = Update(
             base_version=base_version,
             base_sha256=sha256_hex(base),

@@ -27,7 +27,8 @@ from cloud_trainer.ams.atr import AdaptiveTrainingRate
 from cloud_trainer.ams.training import PhaseResult, new_optimizer, train_phase
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.metrics import ClassSubset
-from cloud_trainer.mirror import ModelMirror, Outgoing
+from cloud_trainer.mirror import ModelMirror
+from cloud_trainer.outgoing import Outgoing
 from cloud_trainer.sample_buffer import Sample, SampleBuffer, labelled_samples
 from cloud_trainer.student import import_tflite
 from cloud_trainer.teacher import Teacher

@@ -9,8 +9,8 @@ encoder's share of the CPU is larger here than on a live camera.
 
 Swap (``swap_every``): frames paced at a fixed rate while a real qdelta update (5 % of the
 weights moved by one quantization step: the device's work does not depend on how the values
-were trained) is applied every S seconds through ``apply_update``; a frame that starts more
-than one period late is dropped, as a camera would drop it.
+were trained) is applied every S seconds through ``submit_model_message``; a frame that starts
+more than one period late is dropped, as a camera would drop it.
 """
 
 from __future__ import annotations
@@ -48,6 +48,18 @@ def load_frames(source: str, count: int) -> list[Frame]:
     return decoded
 
 
+def cpu_profile(workdir: Path, *, device_id: str, **tables: dict[str, object]) -> Profile:
+    """The ``cpu`` profile for a device on this machine, with its slots and spool in
+    ``workdir``; ``tables`` set keys of profile tables (e.g. ``buffer={"t_update_s": 2.0}``)."""
+    raw = tomllib.loads((PROFILE_DIR / "cpu.toml").read_text())
+    raw["device"]["id"] = device_id
+    raw["model"]["slot_dir"] = str(workdir / "slots")
+    raw["buffer"]["spool_dir"] = str(workdir / "spool")
+    for name, values in tables.items():
+        raw[name].update(values)
+    return parse_profile(raw, base_dir=PROFILE_DIR)
+
+
 def bench_profile(
     model: Path,
     workdir: Path,
@@ -58,23 +70,21 @@ def bench_profile(
     t_update_s: float,
     broker: str | None,
 ) -> Profile:
-    raw = tomllib.loads((PROFILE_DIR / "cpu.toml").read_text())
-    raw["device"]["id"] = "bench-0"
-    raw["inference"]["threads"] = threads
-    raw["model"].update(initial=str(model), slot_dir=str(workdir / "slots"))
-    raw["sampling"] = {
-        "min_fps": min(0.1, sampling_fps),
-        "max_fps": max(1.0, sampling_fps),
-        "initial_fps": sampling_fps,
-    }
-    raw["buffer"].update(
-        spool_dir=str(workdir / "spool"), bitrate_kbps=bitrate_kbps, t_update_s=t_update_s
+    url = urlsplit(f"mqtt://{broker}") if broker else None
+    return cpu_profile(
+        workdir,
+        device_id="bench-0",
+        inference={"threads": threads},
+        model={"initial": str(model)},
+        sampling={
+            "min_fps": min(0.1, sampling_fps),
+            "max_fps": max(1.0, sampling_fps),
+            "initial_fps": sampling_fps,
+        },
+        buffer={"bitrate_kbps": bitrate_kbps, "t_update_s": t_update_s},
+        telemetry={"interval_s": 10.0, "results_rate_hz": 0.0},
+        mqtt={} if url is None else {"host": url.hostname or "127.0.0.1", "port": url.port or 1883},
     )
-    raw["telemetry"] = {"interval_s": 10.0, "results_rate_hz": 0.0}
-    if broker:
-        url = urlsplit(f"mqtt://{broker}")
-        raw["mqtt"].update(host=url.hostname or "127.0.0.1", port=url.port or 1883)
-    return parse_profile(raw, base_dir=PROFILE_DIR)
 
 
 def input_size(model: Path) -> tuple[int, int]:
@@ -298,7 +308,7 @@ def _send_updates(
     for payload in updates:
         if stop.wait(every_s):
             return
-        runtime.apply_update(decode(payload))
+        runtime.submit_model_message(decode(payload))
 
 
 class PacedCamera:

@@ -5,16 +5,16 @@ One is active (the frame loop runs it); updates go to the other. ``submit`` queu
 or ``update`` message for a worker thread that, off the frame loop:
 
 1. checks the base (content hash, and version once the device has one), the signature when a
-   public key is configured, and that the result hashes to what the message promises;
+   public key is configured, and that the result hashes to what the message promises
+   (``verify_and_apply``);
 2. writes the new file to the standby slot (temp file, fsync, rename);
 3. loads it (on a builder thread of normal priority: the engine's own threads will run every
-   frame) and has it run one warm-up inference, refusing a model whose output is invalid
-   (all one class where the running model saw several). The warm-up is the frame loop's next
-   frame, offered the new model as a *trial*: no extra inference competes with the running
-   one, and a refused model's output never leaves (the frame is run again on the old model).
-   When no frames flow, the worker runs the warm-up itself on the latest frame;
+   frame) and has it warmed up, refusing a model whose output is invalid;
 4. records the standby slot as active in ``slots.json`` (atomic write), hands the new model to
-   the frame loop by one reference assignment, and acknowledges.
+   the frame loop and acknowledges.
+
+The warm-up and the hand-over are the handshake with the frame loop, told step by step in
+swap.py.
 
 A power cut at any point leaves ``slots.json`` naming a slot whose file matches its recorded
 hash, or, failing that, the other slot or the profile's initial model: the device always
@@ -34,89 +34,27 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_runtime.backends.base import Engine
 from edge_runtime.durable import atomic_write, remove_partial_writes
 from edge_runtime.priority import lower_thread_priority
+from edge_runtime.swap import Handover, LoadedModel
 from shared_schema.counters import Counters
 from shared_schema.envelope import Envelope, sha256_hex
 from shared_schema.messages import Ack, AckReason, Control, Model, Update
 from shared_schema.signing import signing_payload, verify
-from shared_schema.tflite_file import TFLiteFile, TFLiteFormatError
-from shared_schema.update_formats import UpdateFormatError, apply_update, keeps_layout
+from shared_schema.tflite_file import TFLiteFile
+from shared_schema.update_formats import ResultHashMismatch, UpdateFormatError, verify_and_apply
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "slots.json"
 SLOTS = ("A", "B")
 MAX_STASHED = 8
-TRIAL_TIMEOUT_S = 2.0  # how long a new model waits for a frame before the worker warms it up
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """What the frame loop runs: an engine and the identity of its model, swapped as one."""
-
-    engine: Engine
-    version: int | None
-    sha256: str
-    slot: str
-    data: bytes
-    layout: TFLiteFile | None = None  # parsed once, reused by the value updates that follow
-
-
-def invalid_output(labels: np.ndarray, running_labels: np.ndarray) -> str | None:
-    """Why a new model's warm-up output is unusable next to the running model's, or None."""
-    if labels.shape != running_labels.shape:
-        return (
-            f"warm-up output has shape {labels.shape}, the running model's {running_labels.shape}"
-        )
-    if np.unique(labels).size == 1 and np.unique(running_labels).size > 1:
-        return "warm-up output is all one class where the running model's is not"
-    return None
-
-
-class Trial:
-    """A new model offered to the frame loop, whose next frame on it is the warm-up.
-
-    The frame loop ``claim``s it and ``decide``s; the worker ``withdraw``s it when no frame
-    came in time. Exactly one of claim and withdraw succeeds.
-    """
-
-    def __init__(self, model: LoadedModel) -> None:
-        self.model = model
-        self.accepted = False
-        self.reason = ""
-        self._taken: str | None = None
-        self._lock = threading.Lock()
-        self._decided = threading.Event()
-
-    def claim(self) -> bool:
-        return self._take("claimed")
-
-    def withdraw(self) -> bool:
-        return self._take("withdrawn")
-
-    def _take(self, by: str) -> bool:
-        with self._lock:
-            if self._taken is not None:
-                return False
-            self._taken = by
-            return True
-
-    def decide(self, reason: str | None) -> None:
-        self.accepted = reason is None
-        self.reason = reason or ""
-        self._decided.set()
-
-    def wait(self, timeout: float | None) -> bool:
-        return self._decided.wait(timeout)
 
 
 class _Builder:
@@ -177,14 +115,10 @@ class ModelSlots:
         # Seconds from taking a message to the swap (patch, verify, write, load, warm-up).
         self.apply_seconds: deque[float] = deque(maxlen=256)
         self._handling_since = 0.0
-        self._retired: list[Engine] = []  # closed by the frame thread, never mid-inference
-        self._retired_lock = threading.Lock()
         self._queue: queue.Queue[Envelope | threading.Event | None] = queue.Queue()
         self._worker: threading.Thread | None = None
-        self._on_swap: Callable[[LoadedModel], None] = lambda model: None
+        self._handover: Handover  # set by start(), before the worker that uses it exists
         self._send_ack: Callable[[Ack], object] = lambda ack: None
-        self._warmup: Callable[[], tuple[np.ndarray, np.ndarray] | None] = lambda: None
-        self._offer: Callable[[Trial], None] | None = None
         self._builder: _Builder | None = None
 
     # -- start-up ----------------------------------------------------------------------------
@@ -238,19 +172,10 @@ class ModelSlots:
 
     # -- the worker ----------------------------------------------------------------------------
 
-    def start(
-        self,
-        *,
-        on_swap: Callable[[LoadedModel], None],
-        send_ack: Callable[[Ack], object],
-        warmup: Callable[[], tuple[np.ndarray, np.ndarray] | None],
-        offer: Callable[[Trial], None] | None = None,
-    ) -> None:
-        """Begin applying submitted messages (call from a thread of normal priority).
-        ``warmup`` gives the latest (input, labels) pair of the frame loop; ``offer`` hands a
-        new model to the frame loop as a trial (without it, the worker warms models up)."""
-        self._on_swap, self._send_ack, self._warmup = on_swap, send_ack, warmup
-        self._offer = offer
+    def start(self, handover: Handover, *, send_ack: Callable[[Ack], object]) -> None:
+        """Begin applying submitted messages (call from a thread of normal priority); new
+        models reach the frame loop through ``handover`` (swap.py)."""
+        self._handover, self._send_ack = handover, send_ack
         self._builder = _Builder(self._open_engine)
         self._worker = threading.Thread(target=self._run, name="model-slots", daemon=True)
         self._worker.start()
@@ -314,19 +239,13 @@ class ModelSlots:
         if active.version is not None and update.base_version != active.version:
             raise Rejected(AckReason.BASE_MISMATCH, "base version differs", resync=True)
         self._check_signature(update, envelope)
-        base: bytes | TFLiteFile = active.layout or active.data
         try:
-            if keeps_layout(update.format) and active.layout is None:
-                base = TFLiteFile(active.data)
-            data = apply_update(update.format, base, envelope.body)
-        except (UpdateFormatError, TFLiteFormatError) as exc:
+            result = verify_and_apply(update, active.layout or active.data, envelope.body)
+        except ResultHashMismatch as exc:
+            raise Rejected(AckReason.BAD_HASH, str(exc), resync=True) from exc
+        except UpdateFormatError as exc:
             raise Rejected(AckReason.BAD_PAYLOAD, str(exc), resync=True) from exc
-        if sha256_hex(data) != update.result_sha256:
-            raise Rejected(
-                AckReason.BAD_HASH, "patched model does not match result_sha256", resync=True
-            )
-        keep = isinstance(base, TFLiteFile) and keeps_layout(update.format)
-        self._install(data, update.new_version, base.with_data(data) if keep else None)
+        self._install(result.data, update.new_version, result.layout)
         self._apply_stashed()
 
     def _base_mismatch(self, envelope: Envelope, update: Update, active: LoadedModel) -> NoReturn:
@@ -380,58 +299,21 @@ class ModelSlots:
         except Exception as exc:  # any back-end failure to load means: not a usable model
             raise Rejected(AckReason.INVALID_MODEL, f"cannot load: {exc}", resync=False) from exc
         model = LoadedModel(engine, version, sha256_hex(data), standby, data, layout)
-        if not self._tried_on_a_frame(model):
-            self._check_output(engine)
+        refused = self._handover.try_out(model)
+        if refused is not None:
+            engine.close()  # no frame runs it: a trial's frame decides only once it is done
+            raise Rejected(AckReason.INVALID_MODEL, refused, resync=False)
         self._write_state(model, self._record(active))
         self._swap(model)
         log.info("slots: running version %s (slot %s, %s)", version, standby, model.sha256[:12])
 
-    def _tried_on_a_frame(self, model: LoadedModel) -> bool:
-        """Offer the model to the frame loop; False if no frame took it in time."""
-        if self._offer is None:
-            return False
-        trial = Trial(model)
-        self._offer(trial)
-        if not trial.wait(TRIAL_TIMEOUT_S) and trial.withdraw():
-            return False
-        trial.wait(None)  # claimed: the frame loop is deciding right now
-        if not trial.accepted:
-            model.engine.close()
-            raise Rejected(AckReason.INVALID_MODEL, trial.reason, resync=False)
-        return True
-
-    def _check_output(self, engine: Engine) -> None:
-        sample = self._warmup()
-        if sample is None:
-            return
-        rgb, running_labels = sample
-        try:
-            reason = invalid_output(engine.infer(rgb), running_labels)
-        except Exception as exc:
-            reason = f"warm-up failed: {exc}"
-        if reason is not None:
-            engine.close()
-            raise Rejected(AckReason.INVALID_MODEL, reason, resync=False)
-
     def _swap(self, model: LoadedModel) -> None:
         retired = self.previous
         self.previous, self.active = self.active, model
-        self._on_swap(model)  # the frame loop picks it up before its next frame
+        retire = retired is not None and retired.engine is not model.engine
+        self._handover.hand_over(model, retired=retired.engine if retire else None)
         self.counters.inc("slots.swaps")
         self.apply_seconds.append(time.perf_counter() - self._handling_since)
-        if retired is not None and retired.engine is not model.engine:
-            with self._retired_lock:
-                self._retired.append(retired.engine)
-
-    def release_retired(self) -> None:
-        """Close engines that fell out of both slots; call from the frame thread (between
-        frames, so none of them can be mid-inference). Cheap when there is nothing to do."""
-        if not self._retired:
-            return
-        with self._retired_lock:
-            retired, self._retired = self._retired, []
-        for engine in retired:
-            engine.close()
 
     def _rollback(self, version: int) -> None:
         previous = self.previous
@@ -443,7 +325,7 @@ class ModelSlots:
             )
         self._write_state(previous, self._record(self._active()))
         self.previous, self.active = self.active, previous
-        self._on_swap(previous)
+        self._handover.hand_over(previous)
         self.counters.inc("slots.rollbacks")
 
     # -- acknowledgements and state ----------------------------------------------------------------

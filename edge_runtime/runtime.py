@@ -2,10 +2,10 @@
 
 A frame goes one way: source → inference on the active model → result sinks, and, when the
 sampler keeps it, → segment buffer (H.264 on a worker thread) → uplink (on-disk spool, MQTT).
-Models come back through one entry point, ``apply_update``, which hands model and update
-messages to the slots' worker; the new model reaches the frame loop as one reference
-assignment, read once at the start of each frame. Control messages set the sampling rate,
-T_update and encoder knobs.
+Models come back through one entry point, ``submit_model_message``, which hands model and
+update messages (and rollback orders) to the slots' worker; the new model reaches the frame
+loop through the handshake of swap.py, between two frames. Control messages set the sampling
+rate, T_update and encoder knobs.
 
 Threads: the frame loop (the caller of ``run``), the MQTT network loop and dispatcher, the
 segment encoder, the uplink sender, the model-slot worker and the telemetry timer. Only the
@@ -28,13 +28,14 @@ from importlib.metadata import version as package_version
 import numpy as np
 
 from edge_runtime.frames import Frame
-from edge_runtime.model_slots import LoadedModel, ModelSlots, Trial, invalid_output
+from edge_runtime.model_slots import ModelSlots
 from edge_runtime.priority import lower_thread_priority
 from edge_runtime.profile import Profile
 from edge_runtime.results import ResultSink, SummaryPublisher
 from edge_runtime.sampler import Sampler
 from edge_runtime.segment_buffer import EncodedSegment, SegmentBuffer
 from edge_runtime.spool import Spool
+from edge_runtime.swap import Handover, LoadedModel
 from edge_runtime.telemetry import FrameStats, TelemetryReporter
 from edge_runtime.uplink import NullUplink, Uplink
 from shared_schema.counters import Counters
@@ -90,9 +91,7 @@ class EdgeRuntime:
         self.endpoint = endpoint
         self.uplink = uplink or NullUplink(self.counters)
         self._slots = slots
-        self._model: LoadedModel = slots.active or slots.load()
-        self._trial: Trial | None = None  # a new model waiting for its warm-up frame
-        self._warm: tuple[np.ndarray, np.ndarray] | None = None
+        self._handover = Handover(slots.active or slots.load())
         self.sinks = list(sinks)
         sampling = profile.sampling
         self.sampler = Sampler(
@@ -151,22 +150,17 @@ class EdgeRuntime:
 
     @property
     def model(self) -> LoadedModel:
-        return self._model
+        """The model the next frame runs, and what the device reports."""
+        return self._handover.upcoming
 
     @property
     def slots(self) -> ModelSlots:
         return self._slots
 
-    def apply_update(self, envelope: Envelope) -> None:
+    def submit_model_message(self, envelope: Envelope) -> None:
         """The one way a model changes: a ``model`` or ``update`` message (or a rollback
         order) goes to the slots' worker; the frame loop keeps running meanwhile."""
         self._slots.submit(envelope)
-
-    def _swap(self, model: LoadedModel) -> None:
-        self._model = model  # the single reference assignment the frame loop reads
-
-    def _offer(self, trial: Trial) -> None:
-        self._trial = trial
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -174,9 +168,7 @@ class EdgeRuntime:
         # Pure-Python work on other threads (parsing an update, MQTT handling) may hold the
         # GIL for this long before the frame loop gets it back; 5 ms would be a frame's slack.
         sys.setswitchinterval(0.001)
-        self._slots.start(
-            on_swap=self._swap, send_ack=self._send, warmup=lambda: self._warm, offer=self._offer
-        )
+        self._slots.start(self._handover, send_ack=self._send)
         self.uplink.start()
         if self.endpoint is not None:
             self.endpoint.on(MessageType.MODEL, self._on_model_message)
@@ -194,7 +186,7 @@ class EdgeRuntime:
         the current one is inferred, so those costs overlap inference instead of adding to it.
         """
         started = time.monotonic()
-        with Prefetcher(frames, lambda: self._model.engine.input_size) as prepared:
+        with Prefetcher(frames, lambda: self.model.engine.input_size) as prepared:
             for frame, rgb in prepared:
                 self.process(frame, rgb)
                 done = max_frames is not None and self.stats.frames >= max_frames
@@ -204,7 +196,7 @@ class EdgeRuntime:
             frames=self.stats.frames,
             seconds=time.monotonic() - started,
             swaps=self.counters.get("slots.swaps"),
-            model_version=self._model.version,
+            model_version=self.model.version,
             counters=self.counters.snapshot(),
         )
 
@@ -230,17 +222,10 @@ class EdgeRuntime:
     def process(self, frame: Frame, rgb: np.ndarray | None = None) -> np.ndarray:
         """Run one frame through the active model; returns its label map. ``rgb`` is the frame
         already scaled to the model's input, when a prefetcher made it."""
-        model = self._model  # read once: a swap lands between two frames, never inside one
-        self._slots.release_retired()
+        self._handover.between_frames()  # a new model lands here, never inside a frame
         started = time.perf_counter()
-        trial, self._trial = self._trial, None
-        if trial is not None and trial.claim():
-            model, labels, rgb = self._warm_up(trial, model, frame, rgb)
-        else:
-            rgb = self._input(model, frame, rgb)
-            labels = model.engine.infer(rgb)
+        model, labels = self._handover.infer(lambda model: self._input(model, frame, rgb))
         latency = time.perf_counter() - started
-        self._warm = (rgb, labels)
         sampled = self.sampler.offer(frame.timestamp)
         if sampled:
             self.segments.add(frame)
@@ -256,34 +241,13 @@ class EdgeRuntime:
             rgb = frame.rgb(width, height)
         return rgb
 
-    def _warm_up(
-        self, trial: Trial, running: LoadedModel, frame: Frame, rgb: np.ndarray | None
-    ) -> tuple[LoadedModel, np.ndarray, np.ndarray]:
-        """This frame on the new model is its warm-up: kept if valid (the swap), otherwise the
-        frame runs again on the model it replaces and the new one is refused."""
-        candidate = trial.model
-        reason = None
-        try:
-            trial_rgb = self._input(candidate, frame, rgb)
-            labels = candidate.engine.infer(trial_rgb)
-            if self._warm is not None:
-                reason = invalid_output(labels, self._warm[1])
-        except Exception as exc:  # a model that cannot run a frame is refused, not fatal
-            reason = f"warm-up failed: {exc}"
-        trial.decide(reason)
-        if reason is None:
-            self._model = candidate
-            return candidate, labels, trial_rgb
-        rgb = self._input(running, frame, rgb)
-        return running, running.engine.infer(rgb), rgb
-
     # -- messages ------------------------------------------------------------------------------
 
     def _on_segment(self, segment: EncodedSegment) -> None:
-        self.uplink.submit(segment.message(model_version=self._model.version), segment.data)
+        self.uplink.submit(segment.message(model_version=self.model.version), segment.data)
 
     def _on_model_message(self, envelope: Envelope, topic: Topic) -> None:
-        self.apply_update(envelope)
+        self.submit_model_message(envelope)
 
     def _on_control(self, envelope: Envelope, topic: Topic) -> None:
         control = envelope.msg
@@ -296,17 +260,18 @@ class EdgeRuntime:
             "control: %.2f fps, T_update %.0f s, %s", rate, control.t_update_s, control.encoder
         )
         if control.rollback_to is not None:
-            self.apply_update(envelope)  # the slots acknowledge it
+            self.submit_model_message(envelope)  # the slots acknowledge it
         else:
             self._send(self._ack_for(envelope))
 
     def _ack_for(self, envelope: Envelope) -> Ack:
+        model = self.model  # read once: the version and the hash of one model
         return Ack(
             ref_type="control",
             ref_seq=envelope.header.seq,
             ok=True,
-            model_version=self._model.version,
-            model_sha256=self._model.sha256,
+            model_version=model.version,
+            model_sha256=model.sha256,
         )
 
     def _send(self, message: Ack) -> None:
@@ -314,7 +279,7 @@ class EdgeRuntime:
             self.endpoint.send(message)
 
     def _announce(self) -> None:
-        model, profile = self._model, self.profile
+        model, profile = self.model, self.profile
         self.endpoint.send(  # type: ignore[union-attr]
             Hello(
                 profile=profile.name,
@@ -339,7 +304,7 @@ class EdgeRuntime:
                 bytes_down=counters.get("bytes_in"),
                 swaps=self.counters.get("slots.swaps"),
                 spool_depth=self.uplink.depth,
-                model_version=self._model.version,
+                model_version=self.model.version,
                 counters=self.counters.snapshot() | self.segments.counters.snapshot(),
             )
             self.endpoint.send(telemetry)  # type: ignore[union-attr]

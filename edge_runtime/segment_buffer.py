@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -40,7 +40,7 @@ from edge_runtime.frames import Frame
 from edge_runtime.h264 import DEFAULT_PRESET, bitrate_for_size, encode_segment, upload_size
 from edge_runtime.priority import lower_thread_priority
 from shared_schema.counters import Counters
-from shared_schema.messages import Control, EncoderKnobs, Segment
+from shared_schema.messages import EncoderKnobs, Segment
 
 if TYPE_CHECKING:
     from edge_runtime.profile import BufferSection
@@ -69,6 +69,22 @@ class EncodedSegment:
     knobs: EncoderKnobs  # as encoded: a lowered bitrate after an oversize retry
     encode_s: float
 
+    @classmethod
+    def of(
+        cls,
+        data: bytes,
+        frames: Sequence[Frame],
+        knobs: EncoderKnobs,
+        sampling_rate_fps: float,
+        encode_s: float = 0.0,
+    ) -> EncodedSegment:
+        """``frames`` as ``encode_segment`` encoded them into ``data`` with ``knobs``: at the
+        size ``upload_size`` gives for the first frame."""
+        first = frames[0]
+        width, height = upload_size(first.width, first.height, knobs.width, knobs.height)
+        timestamps = tuple(frame.timestamp for frame in frames)
+        return cls(data, timestamps, width, height, sampling_rate_fps, knobs, encode_s)
+
     def message(self, model_version: int | None = None) -> Segment:
         """The ``Segment`` message that carries these bytes as its body."""
         return Segment(
@@ -83,11 +99,9 @@ class EncodedSegment:
 
 @dataclass(slots=True)
 class _Batch:
-    """The frames of one segment, with the settings and size in force when it started."""
+    """The frames of one segment, with the settings in force when it started."""
 
     settings: BufferSettings
-    width: int
-    height: int
     frames: list[Frame]
 
     def takes(self, frame: Frame) -> bool:
@@ -171,7 +185,7 @@ class SegmentBuffer:
                 return
             if self._open is not None and not self._open.takes(frame):
                 self._close_open()
-            batch = self._open = self._open or self._begin(frame)
+            batch = self._open = self._open or _Batch(self._settings, [])
             batch.frames.append(frame)
             if len(batch.frames) >= self._max_frames:
                 self.counters.inc("segments_full")
@@ -193,14 +207,6 @@ class SegmentBuffer:
                 knobs if knobs is not None else current.knobs,
             )
 
-    def apply_control(self, control: Control) -> None:
-        """Take the rates and knobs of a control message (from the next segment on)."""
-        self.reconfigure(
-            t_update_s=control.t_update_s,
-            sampling_rate_fps=control.sampling_rate_fps,
-            knobs=control.encoder,
-        )
-
     def flush(self) -> None:
         """Close the segment being filled now; the worker encodes and delivers it."""
         with self._cond:
@@ -213,13 +219,6 @@ class SegmentBuffer:
             self._closed = True
             self._cond.notify_all()
         self._worker.join(timeout)
-
-    def _begin(self, frame: Frame) -> _Batch:
-        settings = self._settings
-        width, height = upload_size(
-            frame.width, frame.height, settings.knobs.width, settings.knobs.height
-        )
-        return _Batch(settings, width, height, [])
 
     def _close_open(self) -> None:
         """With the lock held: the segment being filled, if any, goes to the worker."""
@@ -270,14 +269,8 @@ class SegmentBuffer:
         self.counters.inc("segments_encoded")
         self.counters.inc("frames_encoded", len(batch.frames))
         self.counters.inc("bytes_encoded", len(data))
-        segment = EncodedSegment(
-            data,
-            tuple(frame.timestamp for frame in batch.frames),
-            batch.width,
-            batch.height,
-            batch.settings.sampling_rate_fps,
-            knobs,
-            elapsed,
+        segment = EncodedSegment.of(
+            data, batch.frames, knobs, batch.settings.sampling_rate_fps, elapsed
         )
         try:
             self._on_segment(segment)

@@ -43,6 +43,7 @@ from cloud_trainer.student.torch_student import (
 from edge_runtime.backends import LiteRtConfig, open_engine
 from edge_runtime.cli import command_parser, run_command
 from edge_runtime.model_slots import ModelSlots
+from edge_runtime.swap import Handover
 from shared_schema.envelope import decode, encode, sha256_hex
 from shared_schema.messages import Model, ModelFormat, Update, UpdateFormat
 from shared_schema.tflite_file import TFLiteFile
@@ -209,11 +210,9 @@ class _Device:
         )
         self.running = self.slots.load()
         self.acks = []
-        self.slots.start(
-            on_swap=lambda model: setattr(self, "running", model),
-            send_ack=self.acks.append,
-            warmup=lambda: warm,
-        )
+        self.handover = Handover(self.running, trial_timeout_s=0)  # no frame loop: warm up at once
+        self.handover.record_frame(*warm)
+        self.slots.start(self.handover, send_ack=self.acks.append)
         self.seq = 0
 
     def send(self, msg: Model | Update, body: bytes) -> None:
@@ -223,6 +222,7 @@ class _Device:
         )
         assert self.slots.wait_idle(60)
         assert self.acks[-1].ok, self.acks[-1]
+        self.running = self.handover.between_frames()
 
 
 @pytest.mark.slow

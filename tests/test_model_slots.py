@@ -11,6 +11,7 @@ import pytest
 
 from edge_runtime.backends.litert import LiteRtConfig
 from edge_runtime.model_slots import STATE_FILE, ModelSlots
+from edge_runtime.swap import Handover
 from shared_schema.envelope import decode, encode, sha256_hex
 from shared_schema.messages import AckReason, Control, UpdateFormat
 from shared_schema.signing import save_keypair
@@ -48,19 +49,20 @@ class Device:
         )
         self.running = self.slots.load()
         self.acks = []
-        self.swaps = 0
+        # No frame loop here: the worker warms models up at once, on the frame given here.
+        self.handover = Handover(self.running, trial_timeout_s=0)
+        self.handover.record_frame(*warm_frame)
+        self.slots.start(self.handover, send_ack=self.acks.append)
 
-        def on_swap(model):
-            self.running = model
-            self.swaps += 1
-
-        self.slots.start(on_swap=on_swap, send_ack=self.acks.append, warmup=lambda: warm_frame)
+    @property
+    def swaps(self) -> int:
+        return self.slots.counters.get("slots.swaps")
 
     def submit(self, *payloads: bytes) -> None:
         for payload in payloads:
             self.slots.submit(decode(payload))
         assert self.slots.wait_idle(60)
-        self.slots.release_retired()
+        self.running = self.handover.between_frames()  # as the frame loop's next frame would
 
     def stop(self):
         self.slots.stop()

@@ -228,7 +228,12 @@ def test_reconfigure_applies_from_the_next_segment(small: list[Frame]):
     frames = _stamped(small, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
     buffer.add(frames[0])
     control = Control(sampling_rate_fps=0.5, t_update_s=4.0, encoder=EncoderKnobs(width=96, qp=30))
-    buffer.apply_control(control)  # mid-segment: the open segment keeps its settings
+    # mid-segment: the open segment keeps its settings
+    buffer.reconfigure(
+        t_update_s=control.t_update_s,
+        sampling_rate_fps=control.sampling_rate_fps,
+        knobs=control.encoder,
+    )
     for frame in frames[1:]:
         buffer.add(frame)
     buffer.close()

@@ -22,7 +22,15 @@ from shared_schema.signing import (
     verify,
 )
 from shared_schema.tflite_file import TFLiteFile, TFLiteFormatError
-from shared_schema.update_formats import UpdateFormatError, ams_fp16, apply_update, qdelta, zpatch
+from shared_schema.update_formats import (
+    ResultHashMismatch,
+    UpdateFormatError,
+    ams_fp16,
+    apply_update,
+    qdelta,
+    verify_and_apply,
+    zpatch,
+)
 
 STUDENT = "models/coral/deeplabv3_mnv2_dm05_pascal_quant.tflite"
 
@@ -176,6 +184,62 @@ def test_non_tflite_base_is_refused():
         apply_update(UpdateFormat.QDELTA, b"not a model at all", b"")
     with pytest.raises(TFLiteFormatError):
         TFLiteFile(b"\x00\x00\x00\x00TFL3" + bytes(10))
+
+
+def _update(base: bytes, result: bytes, fmt: UpdateFormat) -> Update:
+    return Update(
+        base_version=0,
+        base_sha256=hashlib.sha256(base).hexdigest(),
+        new_version=1,
+        result_sha256=hashlib.sha256(result).hexdigest(),
+        format=fmt,
+    )
+
+
+@pytest.mark.parametrize("parsed", [False, True])
+def test_verify_and_apply_gives_the_promised_file_and_its_layout(base, parsed):
+    model = TFLiteFile(base)
+    target = model.patched(_perturbed(model, 0.01, 11))
+    body = qdelta.encode(model, _perturbed(model, 0.01, 11))
+    applied = verify_and_apply(
+        _update(base, target, UpdateFormat.QDELTA), model if parsed else base, body
+    )
+    assert applied.data == target
+    assert applied.layout is not None and applied.layout.data == target
+    # the layout is the next update's base: the same values as a fresh parse
+    tensor = model.trainable[-1]
+    assert np.array_equal(applied.layout.values(tensor), TFLiteFile(target).values(tensor))
+
+
+def test_verify_and_apply_of_an_opaque_format_keeps_no_layout(base):
+    model = TFLiteFile(base)
+    target = model.patched(_perturbed(model, 0.01, 12))
+    body = zpatch.encode(base, target)
+    applied = verify_and_apply(_update(base, target, UpdateFormat.ZPATCH), model, body)
+    assert applied.data == target and applied.layout is None
+
+
+def test_verify_and_apply_refuses_a_file_other_than_the_promised_one(base):
+    model = TFLiteFile(base)
+    body = qdelta.encode(model, _perturbed(model, 0.01, 13))
+    promised = model.patched(_perturbed(model, 0.01, 14))
+    with pytest.raises(ResultHashMismatch, match="result_sha256"):
+        verify_and_apply(_update(base, promised, UpdateFormat.QDELTA), base, body)
+    # a qdelta body read as zpatch decompresses, but to the wrong file
+    wrong_format = _update(base, model.patched(_perturbed(model, 0.01, 13)), UpdateFormat.ZPATCH)
+    with pytest.raises(ResultHashMismatch):
+        verify_and_apply(wrong_format, base, body)
+
+
+@pytest.mark.parametrize("fmt", list(UpdateFormat))
+def test_verify_and_apply_refuses_a_corrupt_body_or_base(base, fmt):
+    update = _update(base, base, fmt)
+    with pytest.raises(UpdateFormatError) as refused:
+        verify_and_apply(update, base, b"\x00" * 64)
+    assert not isinstance(refused.value, ResultHashMismatch)
+    if fmt != UpdateFormat.ZPATCH:  # zpatch applies to any bytes
+        with pytest.raises(UpdateFormatError, match="base model"):
+            verify_and_apply(update, b"not a model at all", b"")
 
 
 @settings(max_examples=60, deadline=None)

@@ -1,6 +1,6 @@
 """The device's model as the device holds it: a TFLite file, patched by each update body with
-``apply_update`` at the virtual time the body arrives, checked against the update's result hash
-and run through LiteRT, exactly what the edge runtime does between two frames."""
+``verify_and_apply`` at the virtual time the body arrives (checked against the update's result
+hash) and run through LiteRT, exactly what the edge runtime does between two frames."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from edge_runtime.backends.base import Engine
 from edge_runtime.backends.litert import LiteRtConfig
 from shared_schema.envelope import sha256_hex
 from shared_schema.messages import Update
-from shared_schema.update_formats import apply_update
+from shared_schema.update_formats import ResultHashMismatch, verify_and_apply
 
 
 class UpdateMismatch(RuntimeError):
@@ -43,9 +43,12 @@ class DeviceModel:
             arrival, _, update, body = heapq.heappop(self._pending)
             if update.base_sha256 != self._sha:
                 raise UpdateMismatch(f"update {update.new_version} is not for the file held")
-            patched = apply_update(update.format, self.data, body)
-            if sha256_hex(patched) != update.result_sha256:
-                raise UpdateMismatch(f"update {update.new_version} patched a different file")
+            try:
+                patched = verify_and_apply(update, self.data, body).data
+            except ResultHashMismatch as exc:
+                raise UpdateMismatch(
+                    f"update {update.new_version} patched a different file"
+                ) from exc
             self.data, self._sha = patched, update.result_sha256
             if self._engine is not None:
                 self._engine.close()

@@ -7,13 +7,12 @@ Used by the demo, the serving benchmark and the tests: each emulated device is t
 from __future__ import annotations
 
 import threading
-import tomllib
 from pathlib import Path
 
-from edge_runtime.profile import Profile, parse_profile
+from edge_runtime.bench import cpu_profile
+from edge_runtime.profile import Profile
 from edge_runtime.runtime import EdgeRuntime
 from edge_runtime.sources import open_source
-from firmware_configs import PROFILE_DIR
 
 
 def local_profile(
@@ -26,16 +25,12 @@ def local_profile(
 ) -> Profile:
     """The ``cpu`` profile for a device on a broker at 127.0.0.1:``port``, with its slots and
     spool in ``workdir``; ``sections`` override profile tables (e.g. ``buffer={...}``)."""
-    raw = tomllib.loads((PROFILE_DIR / "cpu.toml").read_text())
-    raw["device"]["id"] = device_id
-    raw["mqtt"].update(port=port, reconnect_min_s=0.1, reconnect_max_s=1.0)
-    raw["model"]["slot_dir"] = str(workdir / "slots")
-    raw["buffer"]["spool_dir"] = str(workdir / "spool")
-    raw["source"] = {"realtime": True, "loop": True, "uri": str(video) if video else None}
-    raw["source"] = {k: v for k, v in raw["source"].items() if v is not None}
+    mqtt = {"port": port, "reconnect_min_s": 0.1, "reconnect_max_s": 1.0}
+    source = {"realtime": True, "loop": True, "uri": str(video) if video else None}
+    tables = {"mqtt": mqtt, "source": source}
     for name, values in sections.items():
-        raw[name].update(values)
-    return parse_profile(raw, base_dir=PROFILE_DIR)
+        tables[name] = {**tables.get(name, {}), **values}
+    return cpu_profile(workdir, device_id=device_id, **tables)
 
 
 class EmulatedDevice:

@@ -7,13 +7,18 @@ current model file plus an update body into the next model file:
 - ``ams-fp16``: the AMS baseline, float16 values of the selected parameters + gzip'd bit-mask;
 - ``zpatch``: zstd with the previous file as a raw-content dictionary, for opaque files.
 
-Every malformed body raises ``UpdateFormatError``; the caller checks the result's sha256.
+Every malformed body raises ``UpdateFormatError``. A receiver applies an ``Update`` message with
+``verify_and_apply``, which also checks the result against the hash the message promises.
 """
 
-from shared_schema.messages import UpdateFormat
+from dataclasses import dataclass
+
+from shared_schema.envelope import sha256_hex
+from shared_schema.messages import Update, UpdateFormat
 from shared_schema.tflite_file import TFLiteFile
 from shared_schema.update_formats import ams_fp16, qdelta, zpatch
-from shared_schema.update_formats.errors import UpdateFormatError
+from shared_schema.update_formats.errors import ResultHashMismatch, UpdateFormatError
+from shared_schema.update_formats.framing import parse_model
 
 _APPLY = {
     UpdateFormat.QDELTA: qdelta.apply,
@@ -22,10 +27,29 @@ _APPLY = {
 }
 
 
+@dataclass(frozen=True)
+class Applied:
+    """The file an update made, and, where its format keeps the base's layout, that file
+    parsed without parsing it again (the next value update starts from it)."""
+
+    data: bytes
+    layout: TFLiteFile | None = None
+
+
 def apply_update(fmt: UpdateFormat, base: bytes | TFLiteFile, body: bytes) -> bytes:
     """The model file that ``body`` (in format ``fmt``) makes of ``base`` (its bytes, or the
     parsed file, which saves parsing it again)."""
     return _APPLY[UpdateFormat(fmt)](base, body)
+
+
+def verify_and_apply(update: Update, base: bytes | TFLiteFile, body: bytes) -> Applied:
+    """The file that ``body`` makes of ``base``, which must be the one ``update`` promises
+    (``ResultHashMismatch`` otherwise; ``UpdateFormatError`` for a body that does not apply)."""
+    model = parse_model(base) if keeps_layout(update.format) else None
+    data = apply_update(update.format, base if model is None else model, body)
+    if sha256_hex(data) != update.result_sha256:
+        raise ResultHashMismatch("patched model does not match result_sha256")
+    return Applied(data, None if model is None else model.with_data(data))
 
 
 def keeps_layout(fmt: UpdateFormat) -> bool:
@@ -33,4 +57,14 @@ def keeps_layout(fmt: UpdateFormat) -> bool:
     return UpdateFormat(fmt) in (UpdateFormat.QDELTA, UpdateFormat.AMS_FP16)
 
 
-__all__ = ["UpdateFormatError", "ams_fp16", "apply_update", "keeps_layout", "qdelta", "zpatch"]
+__all__ = [
+    "Applied",
+    "ResultHashMismatch",
+    "UpdateFormatError",
+    "ams_fp16",
+    "apply_update",
+    "keeps_layout",
+    "qdelta",
+    "verify_and_apply",
+    "zpatch",
+]

@@ -15,8 +15,7 @@ import numpy as np
 
 from shared_schema.tflite_file import TFLiteFile
 from shared_schema.update_formats.errors import UpdateFormatError
-from shared_schema.update_formats.framing import Reader
-from shared_schema.update_formats.qdelta import _parse_model
+from shared_schema.update_formats.framing import Reader, parse_model
 
 MAGIC = b"AF1"
 
@@ -42,7 +41,7 @@ def encode(base: TFLiteFile, selected: dict[int, tuple[np.ndarray, np.ndarray]])
 
 
 def apply(base: bytes | TFLiteFile, body: bytes) -> bytes:
-    model = _parse_model(base)
+    model = parse_model(base)
     reader = Reader(body)
     reader.expect(MAGIC)
     (packed_len,) = reader.array("<u4", 1)

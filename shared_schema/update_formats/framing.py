@@ -1,10 +1,11 @@
-"""Byte-level helpers shared by the update formats."""
+"""Byte-level helpers shared by the update formats, and the base model they apply to."""
 
 from __future__ import annotations
 
 import numpy as np
 import zstandard
 
+from shared_schema.tflite_file import TFLiteFile, TFLiteFormatError
 from shared_schema.update_formats.errors import UpdateFormatError
 
 
@@ -53,3 +54,14 @@ def decompress(body: bytes, max_output: int) -> bytes:
         return zstandard.ZstdDecompressor().decompress(body, max_output_size=max_output)
     except zstandard.ZstdError as exc:
         raise UpdateFormatError(f"update body is not valid zstd: {exc}") from exc
+
+
+def parse_model(base: bytes | TFLiteFile) -> TFLiteFile:
+    """The base of a value update, parsed unless it already is; a base that is no TFLite file
+    is the update's error."""
+    if isinstance(base, TFLiteFile):
+        return base
+    try:
+        return TFLiteFile(base)
+    except TFLiteFormatError as exc:
+        raise UpdateFormatError(f"base model: {exc}") from exc

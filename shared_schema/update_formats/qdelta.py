@@ -13,9 +13,15 @@ from __future__ import annotations
 import numpy as np
 import zstandard
 
-from shared_schema.tflite_file import TFLiteFile, TFLiteFormatError
+from shared_schema.tflite_file import TFLiteFile
 from shared_schema.update_formats.errors import UpdateFormatError
-from shared_schema.update_formats.framing import Reader, decompress, planes, unplanes
+from shared_schema.update_formats.framing import (
+    Reader,
+    decompress,
+    parse_model,
+    planes,
+    unplanes,
+)
 
 MAGIC = b"QD1"
 LEVEL = 19
@@ -44,7 +50,7 @@ def encode(base: TFLiteFile, new_values: dict[int, np.ndarray]) -> bytes:
 
 
 def apply(base: bytes | TFLiteFile, body: bytes) -> bytes:
-    model = _parse_model(base)
+    model = parse_model(base)
     reader = Reader(decompress(body, max_output=64 + 13 * model.trainable_size))
     reader.expect(MAGIC)
     (count,) = reader.array("<u4", 1)
@@ -59,15 +65,6 @@ def apply(base: bytes | TFLiteFile, body: bytes) -> bytes:
         updates[int(index)] = values
     reader.done()
     return model.patched(updates)
-
-
-def _parse_model(base: bytes | TFLiteFile) -> TFLiteFile:
-    if isinstance(base, TFLiteFile):
-        return base
-    try:
-        return TFLiteFile(base)
-    except TFLiteFormatError as exc:
-        raise UpdateFormatError(f"base model: {exc}") from exc
 
 
 def _positions(model: TFLiteFile, table: np.ndarray, reader: Reader) -> list[np.ndarray]:

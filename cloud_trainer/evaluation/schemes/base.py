@@ -20,7 +20,7 @@ from cloud_trainer.evaluation.config import EvalConfig
 from cloud_trainer.evaluation.device import DeviceModel
 from cloud_trainer.evaluation.record import SchemeRun
 from cloud_trainer.evaluation.stream import StreamFrame
-from cloud_trainer.mirror import Outgoing
+from cloud_trainer.outgoing import Outgoing
 from edge_runtime.frames import Frame
 from shared_schema.messages import Update
 

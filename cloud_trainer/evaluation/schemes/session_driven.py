@@ -27,10 +27,11 @@ from cloud_trainer.mirror import ModelMirror
 from cloud_trainer.session import Session
 from cloud_trainer.teacher import TeacherConfig
 from edge_runtime.frames import Frame
-from edge_runtime.h264 import encode_segment, upload_size
+from edge_runtime.h264 import encode_segment
 from edge_runtime.sampler import Sampler
+from edge_runtime.segment_buffer import EncodedSegment
 from shared_schema.envelope import decode, encode
-from shared_schema.messages import Control, EncoderKnobs, Segment, Update, UpdateFormat
+from shared_schema.messages import Control, EncoderKnobs, Update, UpdateFormat
 
 _BOOT_ID = "e0a1" * 4
 
@@ -87,14 +88,7 @@ class SessionScheme(ModelScheme):
         frames, self._samples = self._samples, []
         rate = self.sampler.rate_fps
         h264 = encode_segment(frames, self.knobs, fps=rate)
-        width, height = upload_size(frames[0].width, frames[0].height)
-        segment = Segment(
-            width=width,
-            height=height,
-            timestamps=tuple(f.timestamp for f in frames),
-            sampling_rate_fps=rate,
-            bitrate_kbps=self.knobs.bitrate_kbps,
-        )
+        segment = EncodedSegment.of(h264, frames, self.knobs, rate).message()
         self.ctx.run.uplink.append((end_s, len(h264)))
         wire = encode(segment, device_id=DEVICE_ID, seq=next(self._seq), boot=_BOOT_ID, body=h264)
         self.session.deliver(decode(wire))
