@@ -303,7 +303,11 @@ class ModelSlots:
         if refused is not None:
             engine.close()  # no frame runs it: a trial's frame decides only once it is done
             raise Rejected(AckReason.INVALID_MODEL, refused, resync=False)
-        self._write_state(model, self._record(active))
+        try:
+            self._write_state(model, self._record(active))
+        except BaseException:
+            self._handover.hand_over(active, retired=engine)  # run what slots.json names
+            raise
         self._swap(model)
         log.info("slots: running version %s (slot %s, %s)", version, standby, model.sha256[:12])
 

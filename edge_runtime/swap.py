@@ -12,17 +12,20 @@ the frame loop never waits for the worker:
    that frame on the new model, its warm-up (``warm_up``), which refuses a model that cannot
    run a frame or whose output is unusable next to the running model's (``invalid_output``).
    The verdict wakes the worker up. A refused model's output never leaves: the frame runs
-   again on the running model. An accepted one's is that frame's result, so a good model's
-   warm-up costs the frame loop nothing, and no inference ever competes with the frame loop's.
+   again on the running model. An accepted one runs from that frame on (its output is the
+   frame's result), so a good model's warm-up costs the frame loop nothing, no inference ever
+   competes with the frame loop's, and the version the frames report only moves forward.
 3. Withdraw: when no frame claims the trial within ``TRIAL_TIMEOUT_S`` (no frames flow), the
    worker withdraws it and runs ``warm_up`` itself, on the frame loop's latest frame. Exactly
    one of claim and withdraw succeeds, so a model is warmed up once.
-4. Record: the worker records an accepted model as active in ``slots.json``.
-5. Hand over: only then does the worker hand it over (``Handover.hand_over``), and the frame
-   loop takes it at the start of its next frame (``Handover.between_frames``), the one place
-   where the running model changes. The frame loop thus runs only models that ``slots.json``
-   names, but for a trial's one warm-up frame; until it takes the new model it runs the
-   previous one. A rollback is steps 4 and 5 alone.
+4. Record: the worker records an accepted model as active in ``slots.json``. Should that
+   fail, it hands the model ``slots.json`` still names back to the frame loop (step 5), so
+   what runs is what a restart would run.
+5. Hand over: the worker hands the recorded model over (``Handover.hand_over``), and the frame
+   loop takes it at the start of its next frame (``Handover.between_frames``); for a model its
+   own warm-up frame accepted, that only confirms what already runs. The running model changes
+   in one place, ``Handover._run``, on the frame loop's thread. A rollback is steps 4 and 5
+   alone.
 6. Retire: the engine of the model that falls out of both slots comes with the hand-over; the
    frame loop closes it between frames, once it runs the new model, so no engine is closed
    mid-inference.
@@ -171,7 +174,7 @@ class Handover:
         two frames); returns the model to run. Cheap when there is nothing to do."""
         with self._lock:
             if self._next is not None:
-                self._running, self._next = self._next, None
+                self._run(self._next)
             retired, self._retired = self._retired, []
         for engine in retired:
             engine.close()
@@ -202,11 +205,21 @@ class Handover:
             trial, self._trial = self._trial, None
         if trial is None or not trial.claim():
             return None
-        # Engines all take the profile's input size: this is the running model's input too.
-        rgb = prepare(trial.model)
-        labels, reason = warm_up(trial.model.engine, rgb, self._latest_labels())
-        trial.decide(reason)
-        return None if labels is None or reason is not None else (trial.model, rgb, labels)
+        labels, reason = None, "warm-up failed: the frame could not be scaled to its input"
+        try:  # whatever happens, the worker waiting for the verdict gets one
+            rgb = prepare(trial.model)
+            labels, reason = warm_up(trial.model.engine, rgb, self._latest_labels())
+        finally:
+            trial.decide(reason)
+        if labels is None or reason is not None:
+            return None
+        with self._lock:
+            self._run(trial.model)
+        return trial.model, rgb, labels
+
+    def _run(self, model: LoadedModel) -> None:
+        """The one assignment of the running model (frame loop only, ``_lock`` held)."""
+        self._running, self._next = model, None
 
     def _latest_labels(self) -> np.ndarray | None:
         latest = self._latest

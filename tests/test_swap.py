@@ -3,6 +3,7 @@ threads, a trial decided on a frame, and the running model changed only between 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -83,22 +84,54 @@ def _offer(handover: Handover, model: LoadedModel) -> tuple[threading.Thread, li
     return worker, verdict
 
 
-def test_an_accepted_trial_serves_its_warm_up_frame_and_runs_once_handed_over():
+def test_an_accepted_trial_runs_from_its_warm_up_frame_on():
     running, new = _model(SEVERAL), _model(SEVERAL[::-1], version=1)
     handover = Handover(running)
     handover.record_frame(RGB, SEVERAL)
     worker, verdict = _offer(handover, new)
     ran = _frames_until(handover, lambda: bool(verdict))
     worker.join(5)
-    assert verdict == [None] and new.engine.calls == 1
-    assert [model.version for model in ran if model is not running] == [1]  # its warm-up frame
-    # not recorded in slots.json yet: the next frames still run the previous model
-    assert handover.running is running and handover.upcoming is running
-    handover.hand_over(new, retired=running.engine)
-    assert handover.upcoming is new and handover.running is running
-    assert not running.engine.closed  # it may be mid-inference until the next frame starts
-    assert handover.between_frames() is new
-    assert running.engine.closed
+    ran += _frames_until(handover, lambda: len(ran) >= 5)
+    first = ran.index(new)  # its warm-up frame, whose labels were that frame's result
+    assert verdict == [None] and all(model is running for model in ran[:first])
+    # every frame after the warm-up stays on it: the version they report never goes back
+    assert all(model is new for model in ran[first:]) and new.engine.calls == len(ran) - first
+    assert handover.running is new and handover.upcoming is new
+    handover.hand_over(new, retired=running.engine)  # recorded in slots.json: confirms it
+    assert not running.engine.closed  # closed only between two frames
+    assert handover.between_frames() is new and running.engine.closed
+
+
+def test_a_model_that_cannot_be_recorded_is_handed_back():
+    running, new = _model(SEVERAL), _model(SEVERAL[::-1], version=1)
+    handover = Handover(running)
+    handover.record_frame(RGB, SEVERAL)
+    worker, verdict = _offer(handover, new)
+    _frames_until(handover, lambda: bool(verdict))
+    worker.join(5)
+    assert handover.running is new
+    handover.hand_over(running, retired=new.engine)  # what the worker does if slots.json fails
+    assert handover.upcoming is running
+    assert handover.between_frames() is running and new.engine.closed
+
+
+def test_a_frame_that_cannot_be_prepared_still_gives_the_worker_a_verdict():
+    running, new = _model(SEVERAL), _model(SEVERAL[::-1], version=1)
+    handover = Handover(running)
+    handover.record_frame(RGB, SEVERAL)
+    worker, verdict = _offer(handover, new)
+
+    def broken(model: LoadedModel) -> np.ndarray:
+        raise ValueError("frame too small")
+
+    deadline = time.monotonic() + 10
+    while worker.is_alive() and time.monotonic() < deadline:
+        handover.between_frames()
+        with contextlib.suppress(ValueError):
+            handover.infer(broken)
+        worker.join(0.01)
+    assert verdict and "could not be scaled" in verdict[0]
+    assert handover.running is running
 
 
 def test_a_refused_trial_never_serves_a_frame():
