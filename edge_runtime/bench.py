@@ -20,7 +20,6 @@ import statistics
 import tempfile
 import threading
 import time
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -29,10 +28,9 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from edge_runtime.frames import Frame
-from edge_runtime.profile import Profile, parse_profile
+from edge_runtime.profile import Profile, bundled_profile
 from edge_runtime.runtime import EdgeRuntime
 from edge_runtime.sources import open_source
-from firmware_configs import PROFILE_DIR
 from shared_schema.envelope import decode, encode, sha256_hex
 from shared_schema.messages import Update
 from shared_schema.tflite_file import TFLiteFile
@@ -48,18 +46,6 @@ def load_frames(source: str, count: int) -> list[Frame]:
     return decoded
 
 
-def cpu_profile(workdir: Path, *, device_id: str, **tables: dict[str, object]) -> Profile:
-    """The ``cpu`` profile for a device on this machine, with its slots and spool in
-    ``workdir``; ``tables`` set keys of profile tables (e.g. ``buffer={"t_update_s": 2.0}``)."""
-    raw = tomllib.loads((PROFILE_DIR / "cpu.toml").read_text())
-    raw["device"]["id"] = device_id
-    raw["model"]["slot_dir"] = str(workdir / "slots")
-    raw["buffer"]["spool_dir"] = str(workdir / "spool")
-    for name, values in tables.items():
-        raw[name].update(values)
-    return parse_profile(raw, base_dir=PROFILE_DIR)
-
-
 def bench_profile(
     model: Path,
     workdir: Path,
@@ -71,7 +57,8 @@ def bench_profile(
     broker: str | None,
 ) -> Profile:
     url = urlsplit(f"mqtt://{broker}") if broker else None
-    return cpu_profile(
+    return bundled_profile(
+        "cpu",
         workdir,
         device_id="bench-0",
         inference={"threads": threads},

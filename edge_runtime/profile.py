@@ -120,6 +120,20 @@ def load_profile(path_or_name: str | Path) -> Profile:
     return parse_profile(raw, base_dir=path.resolve().parent, source=str(path))
 
 
+def bundled_profile(
+    name: str, workdir: Path, *, device_id: str, **tables: dict[str, object]
+) -> Profile:
+    """A bundled profile for a device on this machine (tools, benchmarks, tests), its slots and
+    spool in ``workdir``; ``tables`` set keys of its tables (``buffer={"t_update_s": 2.0}``)."""
+    raw = read_toml(PROFILE_DIR / f"{name}.toml", ProfileError)
+    raw["device"]["id"] = device_id
+    raw["model"]["slot_dir"] = str(workdir / "slots")
+    raw["buffer"]["spool_dir"] = str(workdir / "spool")
+    for table, values in tables.items():
+        raw.setdefault(table, {}).update(values)
+    return parse_profile(raw, base_dir=PROFILE_DIR)
+
+
 def parse_profile(raw: dict[str, Any], *, base_dir: Path, source: str = "profile") -> Profile:
     try:
         expanded = expand_paths(raw, base_dir, _PATH_KEYS)

@@ -189,3 +189,16 @@ def test_password_file_and_tls_are_typed(tmp_path: Path):
     raw["mqtt"]["tls"].pop("key_file")
     with pytest.raises(ProfileError, match=r"mqtt\.tls"):
         parse_profile(raw, base_dir=tmp_path)
+
+
+def test_a_bundled_profile_for_this_machine_keeps_its_state_in_the_workdir(tmp_path):
+    from edge_runtime.profile import bundled_profile
+
+    profile = bundled_profile(
+        "cpu", tmp_path, device_id="cam-7", buffer={"t_update_s": 2.0}, mqtt={"port": 1999}
+    )
+    assert profile.device.id == "cam-7" and profile.mqtt.port == 1999
+    assert profile.model.slot_dir == tmp_path / "slots"
+    assert profile.buffer.spool_dir == tmp_path / "spool" and profile.buffer.t_update_s == 2.0
+    with pytest.raises(ProfileError, match="buffer.t_update_s"):
+        bundled_profile("cpu", tmp_path, device_id="cam-7", buffer={"t_update_s": -1})

@@ -9,8 +9,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from edge_runtime.bench import cpu_profile
-from edge_runtime.profile import Profile
+from edge_runtime.profile import Profile, bundled_profile
 from edge_runtime.runtime import EdgeRuntime
 from edge_runtime.sources import open_source
 
@@ -30,7 +29,7 @@ def local_profile(
     tables = {"mqtt": mqtt, "source": source}
     for name, values in sections.items():
         tables[name] = {**tables.get(name, {}), **values}
-    return cpu_profile(workdir, device_id=device_id, **tables)
+    return bundled_profile("cpu", workdir, device_id=device_id, **tables)
 
 
 class EmulatedDevice:
