@@ -27,7 +27,12 @@ from edge_runtime.backends import (
     open_engine,
 )
 from edge_runtime.backends.base import BackendConfig
-from edge_runtime.backends.tensors import TensorEngine, TensorSpec, normalization_table
+from edge_runtime.backends.tensors import (
+    TensorEngine,
+    TensorSpec,
+    image_size,
+    normalization_table,
+)
 from edge_runtime.frames import Frame
 
 STUDENT = "models/coral/deeplabv3_mnv2_dm05_pascal_quant.tflite"
@@ -126,6 +131,18 @@ def test_wrong_image_size_names_the_expected_one(student):
     engine = open_engine(LiteRtConfig(input_size=SIZE), student)
     with pytest.raises(ValueError, match=r"513x513x3 uint8 .*Frame\.rgb\(513, 513\)"):
         engine.infer(np.zeros((480, 640, 3), np.uint8))
+
+
+def test_without_a_profile_input_size_the_model_gives_its_own(student):
+    with open_engine(LiteRtConfig(), student) as engine:
+        assert engine.input_size == SIZE
+
+
+def test_a_model_that_leaves_its_size_free_needs_the_profile_to_name_one():
+    inputs = TensorSpec((None, 3, None, None), np.dtype(np.float32), channels_last=False)
+    with pytest.raises(ModelError, match=r"input size free.*set \[inference\] input_size"):
+        image_size(inputs, LiteRtConfig())
+    assert image_size(inputs, LiteRtConfig(input_size=(2, 3))) == (2, 3)
 
 
 def test_profile_input_size_must_match_the_model(student):

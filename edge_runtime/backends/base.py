@@ -54,7 +54,9 @@ class BackendConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backend: str  # each back-end narrows this to its own Literal tag
-    input_size: tuple[_Size, _Size]  # (height, width) the model takes; frames are scaled to it
+    # (height, width) frames are scaled to. None: the model's own, which is the truth for its
+    # geometry; needed only for a model that leaves its height or width free (ONNX).
+    input_size: tuple[_Size, _Size] | None = None
     threads: int = Field(2, ge=1, le=64)  # CPU threads (kernels, or what a delegate leaves)
     input_mean: float = 128.0
     input_std: float = Field(128.0, gt=0.0)

@@ -48,7 +48,8 @@ def _layout(spec: TensorSpec) -> str:
 
 
 def image_size(spec: TensorSpec, config: BackendConfig) -> tuple[int, int]:
-    """(height, width) of an image input, checked against the profile's ``input_size``."""
+    """(height, width) of an image input: the model's, checked against the profile's
+    ``input_size`` where one is set, which also fills the dimensions a model leaves free."""
     if len(spec.shape) != 4:
         raise ModelError(f"the model input must be one {_layout(spec)} image, got {spec.shape}")
     batch, *rest = spec.shape
@@ -58,6 +59,13 @@ def image_size(spec: TensorSpec, config: BackendConfig) -> tuple[int, int]:
             f"the model input must be one RGB image ({_layout(spec)}, N = 1, C = 3),"
             f" got {spec.shape}"
         )
+    if config.input_size is None:
+        if height is None or width is None:
+            raise ModelError(
+                f"the model leaves its input size free ({spec.shape}): set [inference]"
+                " input_size = [height, width]"
+            )
+        return height, width
     # A free dimension takes the profile's size.
     size = (
         config.input_size[0] if height is None else height,
