@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from cloud_trainer.ams.asr import AsrConfig
 from cloud_trainer.ams.atr import AtrConfig
@@ -18,6 +18,7 @@ from cloud_trainer.teacher import TeacherConfig
 from shared_schema.config_files import ConfigFileError, expand_paths, read_toml
 from shared_schema.messages import UpdateFormat
 from shared_schema.mqtt import BrokerConfig
+from shared_schema.tflite_file import TFLiteFile
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default_trainer.toml"
 _PATH_KEYS = frozenset({"model", "directory", "signing_key"})
@@ -29,7 +30,20 @@ class _Section(BaseModel):
 
 class StudentConfig(_Section):
     model: Path  # the quantized .tflite every new device starts from
-    num_classes: int = Field(21, ge=2, le=256)
+    # How many classes the model scores: read from the file. Older trainer.toml files state it;
+    # they still load, where the number agrees with the file.
+    num_classes: int | None = Field(None, ge=2, le=256, validate_default=True)
+
+    @field_validator("num_classes")
+    @classmethod
+    def _classes_of_the_model(cls, stated: int | None, info: ValidationInfo) -> int | None:
+        model = info.data.get("model")
+        if model is None:
+            return stated  # no usable path: pydantic reports that field
+        counted = read_model(model).num_classes
+        if stated not in (None, counted):
+            raise ValueError(f"{stated}, but {model.name} scores {counted} classes")
+        return counted
 
 
 class UpdatesConfig(_Section):
@@ -53,7 +67,7 @@ class TrainerConfig(_Section):
     mqtt: BrokerConfig = BrokerConfig()
     student: StudentConfig
     teacher: TeacherConfig
-    training: TrainingConfig = TrainingConfig()
+    training: TrainingConfig = Field(TrainingConfig(), validate_default=True)
     asr: AsrConfig = AsrConfig()
     atr: AtrConfig = AtrConfig()
     updates: UpdatesConfig = UpdatesConfig()
@@ -61,6 +75,23 @@ class TrainerConfig(_Section):
     metrics: MetricsConfig = MetricsConfig()
     max_sessions: int = Field(64, ge=1)
     max_pending_segments: int = Field(8, ge=1)  # per session, before the oldest is dropped
+
+    @field_validator("training")
+    @classmethod
+    def _for_the_student(cls, training: TrainingConfig, info: ValidationInfo) -> TrainingConfig:
+        student = info.data.get("student")
+        if student is None:
+            return training  # an invalid [student]: pydantic reports that section
+        return training.for_student(read_model(student.model).input_size)
+
+
+def read_model(path: Path) -> TFLiteFile:
+    """A model file named by the config, parsed; unreadable or malformed ones are a ValueError
+    (a validation error naming the field)."""
+    try:
+        return TFLiteFile(path.read_bytes())
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
 
 
 class ConfigError(ConfigFileError):

@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge_runtime.backends.base import Engine
+from shared_schema.tflite_file import TFLiteFile
 
 if TYPE_CHECKING:
     from cloud_trainer.student import TFLiteStudent
@@ -45,20 +46,17 @@ class _EngineTeacher(Teacher):
 
 
 class _TorchTeacher(Teacher):
-    def __init__(
-        self, module: TFLiteStudent, input_size: tuple[int, int], device: str, batch: int
-    ) -> None:
+    def __init__(self, module: TFLiteStudent, device: str, batch: int) -> None:
         import torch
 
         self._torch = torch
         self._module = module.to(device).eval()
         self._device = device
         self._batch = batch
-        self._size = input_size
 
     @property
     def input_size(self) -> tuple[int, int]:
-        return self._size
+        return self._module.input_size
 
     def label(self, rgb: np.ndarray) -> np.ndarray:
         torch = self._torch
@@ -86,44 +84,32 @@ def load_teacher(config: TeacherConfig) -> Teacher:
     if config.kind == "torch":
         from cloud_trainer.student import import_tflite
 
-        module = import_tflite(data)
-        input_size = _tflite_input_size(config.model)
-        return _TorchTeacher(module, input_size, config.device, config.batch)
-    size = _input_size(config)
+        return _TorchTeacher(import_tflite(data), config.device, config.batch)
     if config.kind == "onnxruntime":
         from edge_runtime.backends.onnxruntime import OnnxRuntimeConfig
 
         backend = OnnxRuntimeConfig(
             backend="onnxruntime",
-            input_size=size,
+            input_size=_onnx_input_size(config),
             threads=config.threads,
             providers=config.providers,
         )
     else:
         from edge_runtime.backends.litert import LiteRtConfig
 
+        size = TFLiteFile(data).input_size
         backend = LiteRtConfig(backend="litert", input_size=size, threads=config.threads)
     return _EngineTeacher(backend.open(data))
 
 
-def _input_size(config: TeacherConfig) -> tuple[int, int]:
-    if config.kind == "onnxruntime":
-        import onnxruntime
+def _onnx_input_size(config: TeacherConfig) -> tuple[int, int]:
+    import onnxruntime
 
-        shape = (
-            onnxruntime.InferenceSession(str(config.model), providers=list(config.providers))
-            .get_inputs()[0]
-            .shape
-        )
-        # NHWC or NCHW: the two spatial dimensions are the ones that are not 1 or 3
-        spatial = [int(d) for d in shape[1:] if isinstance(d, int) and d not in (1, 3)]
-        return spatial[0], spatial[1]
-    return _tflite_input_size(config.model)
-
-
-def _tflite_input_size(model: Path) -> tuple[int, int]:
-    from ai_edge_litert.interpreter import Interpreter
-
-    (details,) = Interpreter(str(model)).get_input_details()
-    _, height, width, _ = details["shape"]
-    return int(height), int(width)
+    shape = (
+        onnxruntime.InferenceSession(str(config.model), providers=list(config.providers))
+        .get_inputs()[0]
+        .shape
+    )
+    # NHWC or NCHW: the two spatial dimensions are the ones that are not 1 or 3
+    spatial = [int(d) for d in shape[1:] if isinstance(d, int) and d not in (1, 3)]
+    return spatial[0], spatial[1]

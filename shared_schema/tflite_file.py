@@ -4,6 +4,10 @@ Model updates change the *values* of weight and bias tensors, never their number
 graph, so a new model is the old file with some bytes of some buffers overwritten. Both the
 trainer (on its mirror of a device's model) and the device (on its standby slot) patch through
 this module, which is what makes the two files bit-identical.
+
+Whatever else reads a model's graph (the trainer's TFLite importer, a model's geometry) reads it
+here too, so that one table says how each tensor type is stored and one rule says where a
+buffer's bytes are.
 """
 
 from __future__ import annotations
@@ -14,13 +18,17 @@ from functools import cached_property
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-# Storage dtypes of quantized constants; flatbuffers are little-endian whatever the host.
+# Storage dtypes of the integer tensor types; flatbuffers are little-endian whatever the host.
 _DTYPES = {
     schema.TensorType.UINT8: np.dtype("<u1"),
     schema.TensorType.INT8: np.dtype("<i1"),
     schema.TensorType.INT16: np.dtype("<i2"),
     schema.TensorType.INT32: np.dtype("<i4"),
+    schema.TensorType.INT64: np.dtype("<i8"),
 }
+# What the constants updates patch are stored in: quantized weights and biases of up to 32 bits
+# (int64 constants are shapes and axes here).
+_PATCHABLE_DTYPES = frozenset(d for d in _DTYPES.values() if d.itemsize <= 4)
 # The ops whose filter (input 1) and bias (input 2) are the trainable constants.
 _TRAINABLE_OPS = {
     schema.BuiltinOperator.CONV_2D,
@@ -31,34 +39,48 @@ _TRAINABLE_OPS = {
 _BUFFER_DATA_FIELD = 4  # vtable offset of Buffer.data
 
 
+def round_half_away(x: np.ndarray) -> np.ndarray:
+    """Halves away from zero (std::round): how TFLite's quantizer rounds constants and the
+    bounds of fused activations."""
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
 class TFLiteFormatError(ValueError):
-    """Bytes that are not a quantized TFLite model this module can patch."""
+    """Bytes that are not a quantized TFLite model this module can read or patch."""
 
 
 @dataclass(frozen=True)
-class ConstTensor:
+class TensorInfo:
+    """What the file declares about one tensor of subgraph 0: an activation, input or constant."""
+
     index: int  # tensor index in subgraph 0: the id updates use
     name: str
-    dtype: np.dtype
+    dtype: np.dtype | None  # storage dtype; None for the types read nowhere (floats, strings)
     shape: tuple[int, ...]
-    start: int  # byte offset of the values in the file
-    scale: np.ndarray  # float32, one per tensor or one per channel
+    scale: np.ndarray  # float32, one per tensor or one per channel; empty when not quantized
     zero_point: np.ndarray  # int64, same length as scale
     quantized_dimension: int
+    buffer: int  # index of its buffer in the model
 
     @property
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class ConstTensor(TensorInfo):
+    """A quantized weight or bias, stored in the file (``dtype`` is never None)."""
+
+    start: int  # byte offset of the values in the file
 
     @property
     def nbytes(self) -> int:
         return self.size * self.dtype.itemsize
 
     def quantize(self, real: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """Real values at flat ``positions`` on this tensor's frozen grid, in its storage dtype
-        (round half away from zero, as TFLite's own quantizer does)."""
+        """Real values at flat ``positions`` on this tensor's frozen grid, in its storage dtype."""
         channel = self._channel_of(positions)
-        q = np.sign(real) * np.floor(np.abs(real / self.scale[channel]) + 0.5)
+        q = round_half_away(real / self.scale[channel])
         info = np.iinfo(self.dtype)
         return np.clip(q + self.zero_point[channel], info.min, info.max).astype(self.dtype)
 
@@ -69,8 +91,20 @@ class ConstTensor:
         return (positions // inner) % self.shape[self.quantized_dimension]
 
 
+@dataclass(frozen=True)
+class Operator:
+    """One op of subgraph 0."""
+
+    index: int  # position in execution order
+    code: int  # schema.BuiltinOperator (CUSTOM for a custom op)
+    custom_code: str  # a custom op's name; "" for builtins
+    inputs: tuple[int, ...]  # tensor indices; -1 for an optional input left out
+    outputs: tuple[int, ...]
+
+
 class TFLiteFile:
-    """One model file: its bytes and where each trainable constant lives in them."""
+    """One model file: its bytes, where each trainable constant lives in them, and read access
+    to its graph (ops, tensors, constants, geometry)."""
 
     def __init__(self, data: bytes) -> None:
         self.data = bytes(data)
@@ -78,6 +112,8 @@ class TFLiteFile:
             if len(self.data) < 8 or self.data[4:8] != b"TFL3":
                 raise TFLiteFormatError("not a TFLite flatbuffer (no TFL3 identifier)")
             self._model = schema.Model.GetRootAs(self.data, 0)
+            if self._model.SubgraphsLength() < 1:
+                raise TFLiteFormatError("model has no subgraph")
             self._trainable = self._find_trainable()
         except TFLiteFormatError:
             raise
@@ -127,51 +163,130 @@ class TFLiteFile:
             out[tensor.start : tensor.start + tensor.nbytes] = values.tobytes()
         return bytes(out)
 
+    # -- the graph, read-only ------------------------------------------------------------------
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        """Tensor indices of the model's inputs."""
+        graph = self._graph
+        return tuple(int(graph.Inputs(i)) for i in range(graph.InputsLength()))
+
+    @property
+    def outputs(self) -> tuple[int, ...]:
+        """Tensor indices of the model's outputs."""
+        graph = self._graph
+        return tuple(int(graph.Outputs(i)) for i in range(graph.OutputsLength()))
+
+    @cached_property
+    def operators(self) -> tuple[Operator, ...]:
+        """The ops of subgraph 0, in execution order."""
+        return tuple(self._operator(i) for i in range(self._graph.OperatorsLength()))
+
+    def builtin_options(self, op: Operator) -> object | None:
+        """The op's builtin options, unpacked (the schema's ``...OptionsT`` objects)."""
+        raw = self._graph.Operators(op.index)
+        return schema.BuiltinOptionsCreator(raw.BuiltinOptionsType(), raw.BuiltinOptions())
+
+    def tensor(self, index: int) -> TensorInfo:
+        """What the file declares about any tensor of subgraph 0."""
+        if not 0 <= index < self._graph.TensorsLength():
+            raise TFLiteFormatError(f"no tensor {index} in the model")
+        tensor = self._graph.Tensors(index)
+        scale, zero_point, dimension = _quantization(tensor.Quantization())
+        return TensorInfo(
+            index=index,
+            name=tensor.Name().decode(errors="replace"),
+            dtype=_DTYPES.get(tensor.Type()),
+            shape=tuple(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else (),
+            scale=scale,
+            zero_point=zero_point,
+            quantized_dimension=dimension,
+            buffer=int(tensor.Buffer()),
+        )
+
+    def tensor_values(self, index: int) -> np.ndarray:
+        """The stored values of any integer constant (a weight, a resize's size, an axis), in
+        its shape, read-only."""
+        tensor = self.tensor(index)
+        start, length = (0, 0) if tensor.dtype is None else self._data_span(tensor)
+        if length == 0:
+            raise TFLiteFormatError(
+                f"tensor {index} ({tensor.name}) is not an integer constant stored in the file"
+            )
+        return np.frombuffer(self.data, tensor.dtype, tensor.size, start).reshape(tensor.shape)
+
+    # -- geometry ------------------------------------------------------------------------------
+
+    @cached_property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the model's image input (an NHWC batch, as TFLite lays images)."""
+        shape = self.tensor(_only(self.inputs, "input")).shape
+        if len(shape) != 4:
+            raise TFLiteFormatError(f"the model input is not an NHWC image batch: {shape}")
+        return shape[1], shape[2]
+
+    @cached_property
+    def num_classes(self) -> int:
+        """How many classes the model scores: the channels of the scores its final ARG_MAX
+        reads, or of its output where the graph ends with the scores themselves."""
+        output = _only(self.outputs, "output")
+        last = next((op for op in reversed(self.operators) if output in op.outputs), None)
+        if last is not None and last.code == schema.BuiltinOperator.ARG_MAX:
+            (axis,) = self.tensor_values(last.inputs[1]).ravel()
+            return self.tensor(last.inputs[0]).shape[int(axis)]
+        shape = self.tensor(output).shape
+        if not shape:
+            raise TFLiteFormatError("the model output is a scalar, not class scores")
+        return shape[-1]
+
+    # -- parsing -------------------------------------------------------------------------------
+
+    @property
+    def _graph(self) -> schema.SubGraph:
+        return self._model.Subgraphs(0)
+
+    def _operator(self, index: int) -> Operator:
+        op = self._graph.Operators(index)
+        code = self._model.OperatorCodes(op.OpcodeIndex())
+        custom = code.CustomCode()
+        return Operator(
+            index=index,
+            # Older files fill only the deprecated byte; newer ones hold codes past 127 (the byte
+            # then saying 127) in the newer field.
+            code=max(code.BuiltinCode(), code.DeprecatedBuiltinCode()),
+            custom_code=custom.decode(errors="replace") if custom else "",
+            inputs=tuple(int(op.Inputs(i)) for i in range(op.InputsLength())),
+            outputs=tuple(int(op.Outputs(i)) for i in range(op.OutputsLength())),
+        )
+
     def _find_trainable(self) -> tuple[ConstTensor, ...]:
-        model = self._model
-        if model.SubgraphsLength() < 1:
-            raise TFLiteFormatError("model has no subgraph")
-        graph = model.Subgraphs(0)
         seen: dict[int, ConstTensor] = {}
-        for op_index in range(graph.OperatorsLength()):
-            op = graph.Operators(op_index)
-            code = model.OperatorCodes(op.OpcodeIndex())
-            if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) not in _TRAINABLE_OPS:
+        for op in self.operators:
+            if op.code not in _TRAINABLE_OPS:
                 continue
-            for index in op.InputsAsNumpy()[1:3]:
-                if index >= 0 and int(index) not in seen:
-                    tensor = self._const_tensor(graph, int(index))
+            for index in op.inputs[1:3]:
+                if index >= 0 and index not in seen:
+                    tensor = self._const_tensor(index)
                     if tensor is not None:
                         seen[tensor.index] = tensor
         return tuple(seen.values())
 
-    def _const_tensor(self, graph: schema.SubGraph, index: int) -> ConstTensor | None:
-        tensor = graph.Tensors(index)
-        dtype = _DTYPES.get(tensor.Type())
-        quant = tensor.Quantization()
-        if dtype is None or quant is None or quant.ScaleLength() == 0:
+    def _const_tensor(self, index: int) -> ConstTensor | None:
+        tensor = self.tensor(index)
+        if tensor.dtype not in _PATCHABLE_DTYPES or tensor.scale.size == 0:
             return None  # float or unquantized constants are not patched as quantized values
-        start, length = self._buffer_span(tensor.Buffer())
-        shape = tuple(int(d) for d in tensor.ShapeAsNumpy())
-        result = ConstTensor(
-            index=index,
-            name=tensor.Name().decode(errors="replace"),
-            dtype=dtype,
-            shape=shape,
-            start=start,
-            scale=quant.ScaleAsNumpy().astype(np.float32),
-            zero_point=(
-                quant.ZeroPointAsNumpy().astype(np.int64)
-                if quant.ZeroPointLength()
-                else np.zeros(quant.ScaleLength(), np.int64)
-            ),
-            quantized_dimension=quant.QuantizedDimension(),
-        )
+        start, length = self._data_span(tensor)
         if length == 0:
             return None  # a variable or an input, not a constant
-        if length != result.nbytes or start + length > len(self.data):
-            raise TFLiteFormatError(f"tensor {index} buffer does not match its shape")
-        return result
+        return ConstTensor(**vars(tensor), start=start)
+
+    def _data_span(self, tensor: TensorInfo) -> tuple[int, int]:
+        """(byte offset, length) of a tensor's values in the file; length 0 where it has none."""
+        start, length = self._buffer_span(tensor.buffer)
+        expected = tensor.size * tensor.dtype.itemsize
+        if length and (length != expected or start + length > len(self.data)):
+            raise TFLiteFormatError(f"tensor {tensor.index} buffer does not match its shape")
+        return start, length
 
     def _buffer_span(self, buffer_index: int) -> tuple[int, int]:
         buffer = self._model.Buffers(buffer_index)
@@ -181,3 +296,22 @@ class TFLiteFile:
         if field == 0:
             return 0, 0
         return buffer._tab.Vector(field), buffer._tab.VectorLen(field)
+
+
+def _only(indices: tuple[int, ...], what: str) -> int:
+    if len(indices) != 1:
+        raise TFLiteFormatError(f"the model has {len(indices)} {what}s, not one")
+    return indices[0]
+
+
+def _quantization(
+    quant: schema.QuantizationParameters | None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Scales (float32), zero points (int64, 0 where the file leaves them out) and the
+    quantized dimension; no scales for a tensor that is not quantized."""
+    if quant is None or quant.ScaleLength() == 0:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64), 0
+    scale = quant.ScaleAsNumpy().astype(np.float32)
+    if quant.ZeroPointLength() == 0:
+        return scale, np.zeros(scale.size, np.int64), quant.QuantizedDimension()
+    return scale, quant.ZeroPointAsNumpy().astype(np.int64), quant.QuantizedDimension()

@@ -81,7 +81,7 @@ def test_concatenated_stream_runs_on_one_clock(shared_dir):
     from cloud_trainer.evaluation.stream import ReplayStream
 
     videos = [shared_dir / "videos/vtest.avi", shared_dir / "videos/bottle-detection.mp4"]
-    stream = ReplayStream(videos, clip_s=1.0, eval_stride=4)
+    stream = ReplayStream(videos, size=(513, 513), clip_s=1.0, eval_stride=4)
     frames = list(stream)
     t = np.array([f.t for f in frames])
     assert np.all(np.diff(t) > 0)

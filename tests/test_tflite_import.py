@@ -127,6 +127,12 @@ def test_parameters_come_in_graph_order_and_count_every_weight() -> None:
     assert student.parameter_count == elements == sum(p.numel() for p in student.parameters())
 
 
+@pytest.mark.parametrize("model", [STUDENT, TEACHER])
+def test_the_student_knows_the_geometry_of_its_file(model: str) -> None:
+    student = import_tflite(_shared(model))
+    assert student.input_size == (513, 513) and student.num_classes == 21
+
+
 def test_fake_quant_gradients_pass_straight_through_to_the_weights(
     frames_513: torch.Tensor,
 ) -> None:

@@ -37,12 +37,20 @@ class TrainingConfig(BaseModel):
     lr: float = Field(1e-4, gt=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
     batch_size: int = Field(4, ge=1, le=512)
-    frame_size: tuple[_Side, _Side] = (513, 513)  # (height, width) samples are kept at
+    # (height, width) samples are kept at; None: the student's input size (`for_student`)
+    frame_size: tuple[_Side, _Side] | None = None
     resolution: tuple[_Side, _Side] = (321, 321)  # (height, width) of the crops trained on
     horizon_s: float = Field(240.0, gt=0.0)  # T_horizon
     selection: Selection = Selection.GRADIENT
     device: str = "cpu"  # "cuda" where a GPU is available
     seed: int = 0
+
+    def for_student(self, input_size: tuple[int, int]) -> TrainingConfig:
+        """These settings for a student of ``input_size`` (height, width): samples are kept at
+        that size unless ``frame_size`` says otherwise."""
+        if self.frame_size is not None:
+            return self
+        return self.model_validate({**self.model_dump(), "frame_size": input_size})
 
 
 @dataclass(frozen=True)

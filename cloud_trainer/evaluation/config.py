@@ -3,6 +3,7 @@ presets (``quick`` for CI, ``paper`` for seed 002 §4.1's settings on a CPU)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -12,9 +13,36 @@ from cloud_trainer.ams.asr import AsrConfig
 from cloud_trainer.ams.atr import AtrConfig
 from cloud_trainer.ams.training import TrainingConfig
 from cloud_trainer.evaluation.names import PRESETS
+from shared_schema.tflite_file import TFLiteFile
 
-MODEL_SIZE = (513, 513)  # (height, width) of both Coral models: frames are scaled to it
+# The Coral models' geometry, for evaluation/device.py and schemes/session_driven.py, which
+# still take it from here (both check it against the model); the rest reads `Geometry`.
+MODEL_SIZE = (513, 513)  # (height, width)
 NUM_CLASSES = 21  # PASCAL VOC
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What an evaluation runs at, read from its two models."""
+
+    input_size: tuple[int, int]  # (height, width) frames are scaled to
+    num_classes: int
+
+    @classmethod
+    def of(cls, student: bytes, teacher: bytes) -> Geometry:
+        """The student's, which must be the teacher's: every scored pixel compares their labels."""
+        ours, theirs = (TFLiteFile(model) for model in (student, teacher))
+        geometry = cls(ours.input_size, ours.num_classes)
+        if (theirs.input_size, theirs.num_classes) != (geometry.input_size, geometry.num_classes):
+            raise ValueError(
+                f"the student takes {_size(ours)} frames and scores {ours.num_classes} classes,"
+                f" the teacher {_size(theirs)} and {theirs.num_classes}: they must agree"
+            )
+        return geometry
+
+
+def _size(model: TFLiteFile) -> str:
+    return "x".join(str(n) for n in model.input_size)
 
 
 class _Settings(BaseModel):

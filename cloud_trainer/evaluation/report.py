@@ -185,7 +185,8 @@ def _settings(config: dict) -> list[str]:
     ams, one, track, jit = config["ams"], config["one_time"], config["tracking"], config["jit"]
     train = ams["training"]
     crop = "x".join(str(n) for n in train["resolution"])
-    kept = "x".join(str(n) for n in train["frame_size"])
+    size = train["frame_size"]  # None: samples kept at the student's input size
+    kept = "x".join(str(n) for n in size) if size else "input-size"
     return [
         "",
         "## Settings",

@@ -29,7 +29,7 @@ from rich.progress import (
 
 from cloud_trainer.ams.coordinate_descent import Selection
 from cloud_trainer.evaluation.cache import CachedTeacher, LabelCache
-from cloud_trainer.evaluation.config import MODEL_SIZE, NUM_CLASSES, EvalConfig
+from cloud_trainer.evaluation.config import EvalConfig, Geometry
 from cloud_trainer.evaluation.record import SchemeRun
 from cloud_trainer.evaluation.schemes import Context, Scheme
 from cloud_trainer.evaluation.schemes.session_driven import ams
@@ -80,15 +80,16 @@ class Evaluation:
     def __init__(self, config: EvalConfig, videos: list[Path], out: Path, cache_dir: Path) -> None:
         self.config = config
         self.out = out
-        self.stream = ReplayStream(videos, config.stream.clip_s, config.stream.eval_stride)
         self.initial = config.student_model.read_bytes()
+        teacher_model = config.teacher_model.read_bytes()
+        self.geometry = Geometry.of(self.initial, teacher_model)
+        size = self.geometry.input_size
+        self.stream = ReplayStream(videos, size, config.stream.clip_s, config.stream.eval_stride)
         self._teacher: Teacher = load_teacher(
             TeacherConfig(model=config.teacher_model, threads=config.threads)
         )
-        self.teacher_labels = LabelCache(
-            cache_dir, config.teacher_model.read_bytes(), self._teacher.label
-        )
-        engine = LiteRtConfig(input_size=MODEL_SIZE, threads=config.threads).open(self.initial)
+        self.teacher_labels = LabelCache(cache_dir, teacher_model, self._teacher.label)
+        engine = LiteRtConfig(input_size=size, threads=config.threads).open(self.initial)
         self.pretrained_labels = LabelCache(
             cache_dir, self.initial, lambda rgb: np.stack([engine.infer(p) for p in rgb])
         )
@@ -109,7 +110,7 @@ class Evaluation:
             saved = StreamInfo.load(path)
             if saved.signature == self.stream.signature():
                 return saved
-        subset = ClassSubset(NUM_CLASSES)
+        subset = ClassSubset(self.geometry.num_classes)
         task = self.progress.add_task("labels", total=self.stream.duration_s)
         for frame in self.stream:
             if frame.evaluated:
@@ -126,6 +127,7 @@ class Evaluation:
     def run(self, name: str, factory: SchemeFactory, directory: Path) -> SchemeRun:
         """One scheme over the whole stream; saved under ``directory``."""
         run = SchemeRun(name, self.stream.signature())
+        classes = self.geometry.num_classes
         task = self.progress.add_task(name, total=self.stream.duration_s)
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"eval-{name}-") as scratch:
@@ -139,7 +141,7 @@ class Evaluation:
                     scheme.step(frame)
                     if frame.evaluated:
                         target = self.teacher_labels(frame.rgb[None])[0]
-                        counts = iou_counts(scheme.labels(frame), target, NUM_CLASSES)
+                        counts = iou_counts(scheme.labels(frame), target, classes)
                         run.add_frame(frame.t, frame.video, counts)
                     self.progress.update(task, completed=frame.t)
             finally:

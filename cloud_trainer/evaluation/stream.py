@@ -16,7 +16,6 @@ from pathlib import Path
 import av
 import numpy as np
 
-from cloud_trainer.evaluation.config import MODEL_SIZE
 from edge_runtime.frames import Frame
 from edge_runtime.sources import open_source
 
@@ -28,11 +27,12 @@ class StreamFrame:
     t: float  # virtual time, seconds from the stream's first frame
     frame: Frame  # the source's frame (its own index and timestamp)
     evaluated: bool  # scored (every eval_stride-th frame of the stream)
+    size: tuple[int, int]  # (height, width) of the device model's input
 
     @cached_property
     def rgb(self) -> np.ndarray:
         """The frame as the device's model sees it (scaled to the model's input)."""
-        height, width = MODEL_SIZE
+        height, width = self.size
         return self.frame.rgb(width, height)
 
     def on_clock(self) -> Frame:
@@ -49,6 +49,7 @@ class VideoPart:
 @dataclass
 class ReplayStream:
     videos: Sequence[Path]
+    size: tuple[int, int]  # (height, width) frames are scaled to: the device model's input
     clip_s: float | None = None
     eval_stride: int = 1
     parts: list[VideoPart] = field(init=False)
@@ -87,7 +88,8 @@ class ReplayStream:
                         break
                     last = frame.timestamp
                     scored = index % self.eval_stride == 0
-                    yield StreamFrame(index, number, offset + frame.timestamp, frame, scored)
+                    t = offset + frame.timestamp
+                    yield StreamFrame(index, number, t, frame, scored, self.size)
                     index += 1
             if last is None:
                 raise ValueError(f"{path}: no frame to replay")

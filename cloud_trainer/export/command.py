@@ -51,7 +51,8 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         type=int,
         nargs=2,
         metavar=("HEIGHT", "WIDTH"),
-        help="input size of the export (default: the checkpoint's; builtin: 513 513)",
+        help="input size of the export (default: the checkpoint's; builtin: the Coral dm05"
+        " student's)",
     )
     parser.add_argument(
         "--width", type=float, default=0.5, help="builtin student: width multiplier (0.5)"
@@ -103,7 +104,8 @@ def export_command(args: argparse.Namespace) -> int:
 
     size = tuple(args.input_size) if args.input_size else None
     if args.student == BUILTIN:
-        model = DeepLabV3MobileNetV2(StudentConfig(width=args.width, input_size=size or (513, 513)))
+        chosen = {"width": args.width} | ({"input_size": size} if size else {})
+        model = DeepLabV3MobileNetV2(StudentConfig(**chosen))
     else:
         try:
             model = load_checkpoint(args.student)

@@ -35,7 +35,7 @@ from cloud_trainer.export.tflite_convert import (
     to_int8,
 )
 from cloud_trainer.export.verify import agreement, device_labels
-from cloud_trainer.student.tflite_import import import_tflite
+from cloud_trainer.student import import_tflite
 from cloud_trainer.student.torch_student import PIXEL_MEAN, PIXEL_STD, predict_labels
 from shared_schema.envelope import sha256_hex
 from shared_schema.messages import ModelFormat

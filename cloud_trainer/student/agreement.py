@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from ai_edge_litert.interpreter import Interpreter
 
-from cloud_trainer.student.tflite_import import import_tflite
+from cloud_trainer.student.tflite.student import import_tflite
 
 
 def _frame_count(video_path: str) -> int:

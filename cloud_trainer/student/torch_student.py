@@ -35,7 +35,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-PASCAL_CLASSES = 21
+# A network built from scratch has no model file to read its geometry from: it takes the one of
+# the Coral dm05 student it is shaped after (PASCAL VOC's 21 classes at 513x513), which is also
+# what the device profiles expect.
+DEFAULT_INPUT_SIZE = (513, 513)  # (height, width)
+DEFAULT_NUM_CLASSES = 21
 PIXEL_MEAN = 128.0  # the normalization of the Coral models: real input in [-1, 1)
 PIXEL_STD = 128.0
 # (expansion t, output channels c, blocks n, stride s) of MobileNetV2 (Sandler et al. 2018).
@@ -50,9 +54,9 @@ class StudentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     width: float = Field(0.5, gt=0.0, le=2.0)  # MobileNetV2's width (depth) multiplier
-    num_classes: int = Field(PASCAL_CLASSES, ge=2)
+    num_classes: int = Field(DEFAULT_NUM_CLASSES, ge=2)
     head_channels: int = Field(256, ge=8)  # DeepLabV3's ASPP width
-    input_size: tuple[int, int] = (513, 513)  # (height, width) the exports are built for
+    input_size: tuple[int, int] = DEFAULT_INPUT_SIZE  # (height, width) the exports are built for
 
 
 def _divisible(channels: float, divisor: int = 8) -> int:

@@ -42,11 +42,12 @@ def sample_frames(video: str, rate_fps: float, until_s: float) -> list[Frame]:
 
 def agreement(model_file: bytes, student: TFLiteStudent, frames: list[Frame]) -> float:
     """Share of pixels where the TFLite file and the fake-quant student give the same label."""
-    engine = LiteRtConfig(backend="litert", input_size=(513, 513), threads=2).open(model_file)
+    height, width = student.input_size
+    engine = LiteRtConfig(backend="litert", input_size=(height, width), threads=2).open(model_file)
     with engine:
         same = [
             np.mean(engine.infer(rgb) == student.labels(rgb[None])[0].numpy())
-            for rgb in (f.rgb(513, 513) for f in frames)
+            for rgb in (f.rgb(width, height) for f in frames)
         ]
     return float(np.mean(same))
 
@@ -69,8 +70,9 @@ def bench_updates(
     evaluation = frames[-held_out:]  # after every training frame: never trained on
     initial = student_model.read_bytes()
     student = import_tflite(initial).to(training.device)
+    training = training.for_student(student.input_size)
     optimizer = new_optimizer(student, training)
-    buffer, subset = SampleBuffer(training.horizon_s), ClassSubset(21)
+    buffer, subset = SampleBuffer(training.horizon_s), ClassSubset(student.num_classes)
     mirror = ModelMirror(initial, device_id="bench")
     rng = np.random.default_rng(training.seed)
     sizes: dict[str, list[int]] = {fmt.value: [] for fmt in UpdateFormat}

@@ -26,8 +26,8 @@ from edge_runtime.durable import atomic_write
 from edge_runtime.frames import Frame
 from edge_runtime.runtime import EdgeRuntime, install_signal_handlers
 from edge_runtime.sources import open_source
+from shared_schema.tflite_file import TFLiteFile
 
-MODEL_SIZE = (513, 513)  # both Coral models' input (height, width)
 _NOT_YET = object()  # no frame labelled yet: the model the device boots with is no update
 
 
@@ -50,12 +50,14 @@ class AgreementProbe:
     """A result sink: every ``every_s`` seconds, the device's labels and the pretrained
     student's, each scored (mIoU over the stream's classes) against the teacher's."""
 
-    def __init__(self, teacher: Teacher, pretrained: Engine, every_s: float) -> None:
+    def __init__(
+        self, teacher: Teacher, pretrained: Engine, every_s: float, num_classes: int
+    ) -> None:
         self._teacher, self._pretrained, self._every_s = teacher, pretrained, every_s
         self._started = time.monotonic()
         self._next = 0.0
         self._version: object = _NOT_YET  # the version of the model labelling frames
-        self.subset = ClassSubset(21)
+        self.subset = ClassSubset(num_classes)
         self.history: list[tuple[float, int | None, float, float]] = []  # t, version, both
         self.updates: list[float] = []  # when a new model first labelled a frame
 
@@ -68,7 +70,8 @@ class AgreementProbe:
         if now < self._next:
             return
         self._next = now + self._every_s
-        rgb = frame.rgb(MODEL_SIZE[1], MODEL_SIZE[0])
+        height, width = self._teacher.input_size
+        rgb = frame.rgb(width, height)
         teacher = self._teacher.label(rgb[None])[0]
         self.subset.observe(teacher)
         device = miou(labels, teacher, self.subset.classes)
@@ -112,9 +115,10 @@ def run_device(spec: DeviceSpec) -> None:
         telemetry={"results_rate_hz": 0.0},
     )
     teacher = load_teacher(TeacherConfig(model=Path(spec.teacher_model), threads=1))
-    config = LiteRtConfig(input_size=MODEL_SIZE, threads=1)
-    pretrained = config.open(Path(spec.student_model).read_bytes())
-    probe = AgreementProbe(teacher, pretrained, spec.probe_every_s)
+    student = TFLiteFile(Path(spec.student_model).read_bytes())
+    config = LiteRtConfig(input_size=student.input_size, threads=1)
+    pretrained = config.open(student.data)
+    probe = AgreementProbe(teacher, pretrained, spec.probe_every_s, student.num_classes)
     runtime = EdgeRuntime.from_profile(profile, sinks=[probe])
     install_signal_handlers(runtime)
     runtime.start()

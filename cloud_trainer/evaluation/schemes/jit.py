@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from cloud_trainer.ams.coordinate_descent import CoordinateAdam, Selection
 from cloud_trainer.ams.training import class_weights
-from cloud_trainer.evaluation.config import MODEL_SIZE, NUM_CLASSES, JitSettings
+from cloud_trainer.evaluation.config import JitSettings
 from cloud_trainer.evaluation.schemes.base import DEVICE_ID, Context, ModelScheme, upload_jpeg
 from cloud_trainer.evaluation.stream import StreamFrame
 from cloud_trainer.metrics import ClassSubset, miou
@@ -62,7 +62,7 @@ class JustInTime(ModelScheme):
             seed=ctx.config.seed,
         )
         self.mirror = ModelMirror(ctx.initial_model, device_id=DEVICE_ID)
-        self.subset = ClassSubset(NUM_CLASSES)
+        self.subset = ClassSubset(self.student.num_classes)
         self.stride_s = self.settings.min_stride_s
         self._next_key: float | None = None
         ctx.run.extra["ams_fp16_bytes"] = 0
@@ -82,7 +82,7 @@ class JustInTime(ModelScheme):
         run.uplink.append((frame.t, size))
         run.extra["key_frames"] += 1
         received = self.ctx.uplink.send(frame.t, size)
-        height, width = MODEL_SIZE
+        height, width = self.student.input_size
         with self.ctx.compute() as spent:
             rgb = picture.rgb(width, height)  # whole key frame, at the scale the device sees
             teacher = self.ctx.teacher.label(rgb[None])[0]
@@ -105,7 +105,7 @@ class JustInTime(ModelScheme):
         device = self.training.device
         x = torch.from_numpy(rgb[None]).to(device)
         target = torch.from_numpy(labels[None].astype(np.int64)).to(device)
-        weights = class_weights(self.subset.seen, NUM_CLASSES, device)
+        weights = class_weights(self.subset.seen, self.student.num_classes, device)
         classes = self.subset.classes
         loss: list[torch.Tensor] = []
         phase_open = False  # one coordinate-descent phase (one mask) per update

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import zstandard
 
-from cloud_trainer.evaluation.config import MODEL_SIZE, TrackingSettings
+from cloud_trainer.evaluation.config import TrackingSettings
 from cloud_trainer.evaluation.schemes.base import Context, Scheme, upload_jpeg
 from cloud_trainer.evaluation.stream import StreamFrame
 from edge_runtime.sampler import Sampler
@@ -84,7 +84,7 @@ class RemoteTracking(Scheme):
         size, picture = upload_jpeg(frame, self.settings.jpeg_quality)
         run.uplink.append((frame.t, size))
         received = self.ctx.uplink.send(frame.t, size)
-        height, width = MODEL_SIZE
+        height, width = self.ctx.teacher.input_size
         with self.ctx.compute() as spent:
             labels = self.ctx.teacher.label(picture.rgb(width, height)[None])[0].astype(np.uint8)
             body = self._compressor.compress(labels.tobytes())
@@ -106,5 +106,5 @@ class RemoteTracking(Scheme):
             self._labels = track(self._labels, self._grey, current, self.settings)
         self._grey = current
         if self._labels is None:
-            return np.zeros(MODEL_SIZE, np.uint8)
+            return np.zeros(current.shape, np.uint8)
         return self._labels

@@ -1,0 +1,176 @@
+"""The frozen quantization grids of a TFLite file, in torch: trainable constants (float master
+values snapped to their file's grid), activation grids, and the straight-through rounding that
+lets gradients through them. Scales, zero points and stored values are read by
+`shared_schema.tflite_file`; this module only does torch arithmetic on them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from ai_edge_litert import schema_py_generated as schema
+from torch import Tensor, nn
+
+from cloud_trainer.student.tflite.tables import ACTIVATION_BOUNDS
+from shared_schema.tflite_file import ConstTensor, TensorInfo, round_half_away
+
+# Storage dtypes an activation may have: the importer emulates 8-bit integer kernels.
+_ACTIVATION_DTYPES = (np.dtype(np.uint8), np.dtype(np.int8))
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """Frozen quantization of one tensor: real = scale * (q - zero_point)."""
+
+    scale: tuple[float, ...]
+    zero_point: tuple[int, ...]
+    quantized_dimension: int  # TFLite-layout axis the scales run along when per-channel
+
+
+@dataclass(frozen=True)
+class ConstantSpec:
+    """Where a trainable constant lives in the flatbuffer and how the file quantizes it."""
+
+    tensor_index: int
+    buffer_index: int
+    name: str
+    dtype: np.dtype  # storage dtype in the file
+    shape: tuple[int, ...]  # TFLite layout
+    quant: QuantParams
+    permutation: tuple[int, ...]  # TFLite axes in the order the torch parameter stores them
+
+    @classmethod
+    def of(cls, tensor: ConstTensor, permutation: tuple[int, ...]) -> ConstantSpec:
+        quant = QuantParams(
+            tuple(float(s) for s in tensor.scale),
+            tuple(int(z) for z in tensor.zero_point),
+            tensor.quantized_dimension,
+        )
+        return cls(
+            tensor.index, tensor.buffer, tensor.name, tensor.dtype, tensor.shape, quant, permutation
+        )
+
+
+def _round_half_away(x: Tensor) -> Tensor:
+    # tflite_file.round_half_away in torch: master values live on any device, with gradients
+    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+
+
+def ste(x: Tensor, snapped: Tensor) -> Tensor:
+    """`snapped` in the forward pass, identity gradient to `x` in the backward pass."""
+    if not x.requires_grad:
+        return snapped
+    return x + (snapped - x).detach()
+
+
+class QuantizedConstant(nn.Module):
+    """A weight or bias tensor: float master values plus the frozen quantization of the file."""
+
+    def __init__(self, spec: ConstantSpec, stored: np.ndarray) -> None:
+        super().__init__()
+        self.spec = spec
+        info = np.iinfo(spec.dtype)
+        self._qmin, self._qmax = float(info.min), float(info.max)
+        broadcast = [1] * len(spec.shape)
+        if len(spec.quant.scale) > 1:
+            broadcast[spec.permutation.index(spec.quant.quantized_dimension)] = -1
+        # float64 so that int32 biases of any size survive the round trip to the grid exactly
+        self._scale = np.asarray(spec.quant.scale, np.float64).reshape(broadcast)
+        self._zero_point = np.asarray(spec.quant.zero_point, np.float64).reshape(broadcast)
+        master = stored.astype(np.float64).transpose(spec.permutation) - self._zero_point
+        self.master = nn.Parameter(torch.from_numpy(master * self._scale).float())
+
+    def _to_grid(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The master values as integers on the frozen grid, clamped to the storage range."""
+        device = self.master.device
+        scale = torch.from_numpy(self._scale).to(device)
+        zero_point = torch.from_numpy(self._zero_point).to(device)
+        q = _round_half_away(self.master.detach().double() / scale) + zero_point
+        representable = (q >= self._qmin) & (q <= self._qmax)
+        return q.clamp(self._qmin, self._qmax), representable, scale, zero_point
+
+    def integers(self) -> Tensor:
+        """q - zero_point of the fake-quantized values, as the integer kernels multiply them.
+
+        The gradient reaches the master values straight through (scaled by 1 / scale), except
+        where a value has left the storage range and cannot move further out.
+        """
+        q, representable, scale, zero_point = self._to_grid()
+        through = (representable / scale).to(self.master.dtype)
+        offset = self.master - self.master.detach()  # zero, but carries the gradient
+        return (q - zero_point).to(self.master.dtype) + offset * through
+
+    def stored(self) -> np.ndarray:
+        """The values as the file stores them: storage dtype, TFLite layout."""
+        q, _, _, _ = self._to_grid()
+        layout = np.argsort(self.spec.permutation)
+        return q.cpu().numpy().transpose(layout).astype(self.spec.dtype)
+
+
+@dataclass(frozen=True)
+class ActQuant:
+    """Frozen per-tensor quantization of an activation tensor."""
+
+    scale: float
+    zero_point: int
+    qmin: int  # storage range, narrowed by the producer's fused activation
+    qmax: int
+
+    @classmethod
+    def of(
+        cls, tensor: TensorInfo, activation: int = schema.ActivationFunctionType.NONE
+    ) -> ActQuant:
+        """The grid of an activation tensor whose producer fuses `activation`."""
+        if tensor.dtype not in _ACTIVATION_DTYPES or tensor.scale.size != 1:
+            raise ValueError(
+                f"tensor {tensor.index} ({tensor.name}) is not a per-tensor uint8/int8 quantized"
+                " activation; only fully quantized models can be imported"
+            )
+        scale = np.float32(tensor.scale[0])
+        zero_point = int(tensor.zero_point[0])
+        info = np.iinfo(tensor.dtype)
+        low, high = ACTIVATION_BOUNDS[activation]
+
+        def to_q(value: float) -> int:
+            # TFLite's CalculateActivationRangeQuantized: divided in float32, std::round
+            return zero_point + int(round_half_away(np.float64(np.float32(value) / scale)))
+
+        qmin = info.min if low is None else max(info.min, to_q(low))
+        qmax = info.max if high is None else min(info.max, to_q(high))
+        return cls(float(scale), zero_point, qmin, qmax)
+
+    def fake(self, x: Tensor) -> Tensor:
+        """Real values snapped to this grid."""
+        return self.requantize(x / self.scale)
+
+    def requantize(self, v: Tensor) -> Tensor:
+        """Real values of v, a value in output units (q - zero_point), rounded half to even.
+
+        XNNPACK rounds half to even; TFLite's reference kernels round half away from zero, but
+        exact ties practically never occur in a requantized accumulator.
+        """
+        low, high = self.qmin - self.zero_point, self.qmax - self.zero_point
+        if v.requires_grad:
+            # clamp passes no gradient outside the range, like the clamp in the kernels
+            return ste(v, torch.round(v)).clamp(low, high) * self.scale
+        return torch.round(v).clamp_(low, high).mul_(self.scale)
+
+    def to_int(self, x: Tensor) -> Tensor:
+        """q - zero_point of an already fake-quantized tensor (rounding removes float noise)."""
+        v = x / self.scale
+        return ste(v, torch.round(v))
+
+    def to_grid(self, x: Tensor) -> Tensor:
+        """q of an already fake-quantized tensor."""
+        return self.to_int(x) + self.zero_point
+
+    def from_grid(self, q: Tensor) -> Tensor:
+        return (q - self.zero_point) * self.scale
+
+
+def regrid(q: Tensor, inp: ActQuant, out: ActQuant) -> Tensor:
+    """q on the input grid, in output units; a no-op where both grids are the same."""
+    if (inp.scale, inp.zero_point) == (out.scale, out.zero_point):
+        return q - out.zero_point
+    return (q - inp.zero_point) * (inp.scale / out.scale)
