@@ -16,7 +16,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge_runtime.backends.base import Engine
-from shared_schema.tflite_file import TFLiteFile
 
 if TYPE_CHECKING:
     from cloud_trainer.student import TFLiteStudent
@@ -85,31 +84,15 @@ def load_teacher(config: TeacherConfig) -> Teacher:
         from cloud_trainer.student import import_tflite
 
         return _TorchTeacher(import_tflite(data), config.device, config.batch)
+    # The engines take their input size from the model file.
     if config.kind == "onnxruntime":
         from edge_runtime.backends.onnxruntime import OnnxRuntimeConfig
 
         backend = OnnxRuntimeConfig(
-            backend="onnxruntime",
-            input_size=_onnx_input_size(config),
-            threads=config.threads,
-            providers=config.providers,
+            backend="onnxruntime", threads=config.threads, providers=config.providers
         )
     else:
         from edge_runtime.backends.litert import LiteRtConfig
 
-        size = TFLiteFile(data).input_size
-        backend = LiteRtConfig(backend="litert", input_size=size, threads=config.threads)
+        backend = LiteRtConfig(backend="litert", threads=config.threads)
     return _EngineTeacher(backend.open(data))
-
-
-def _onnx_input_size(config: TeacherConfig) -> tuple[int, int]:
-    import onnxruntime
-
-    shape = (
-        onnxruntime.InferenceSession(str(config.model), providers=list(config.providers))
-        .get_inputs()[0]
-        .shape
-    )
-    # NHWC or NCHW: the two spatial dimensions are the ones that are not 1 or 3
-    spatial = [int(d) for d in shape[1:] if isinstance(d, int) and d not in (1, 3)]
-    return spatial[0], spatial[1]

@@ -89,7 +89,7 @@ class Evaluation:
             TeacherConfig(model=config.teacher_model, threads=config.threads)
         )
         self.teacher_labels = LabelCache(cache_dir, teacher_model, self._teacher.label)
-        engine = LiteRtConfig(input_size=size, threads=config.threads).open(self.initial)
+        engine = LiteRtConfig(threads=config.threads).open(self.initial)
         self.pretrained_labels = LabelCache(
             cache_dir, self.initial, lambda rgb: np.stack([engine.infer(p) for p in rgb])
         )

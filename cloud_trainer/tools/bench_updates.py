@@ -43,7 +43,7 @@ def sample_frames(video: str, rate_fps: float, until_s: float) -> list[Frame]:
 def agreement(model_file: bytes, student: TFLiteStudent, frames: list[Frame]) -> float:
     """Share of pixels where the TFLite file and the fake-quant student give the same label."""
     height, width = student.input_size
-    engine = LiteRtConfig(backend="litert", input_size=(height, width), threads=2).open(model_file)
+    engine = LiteRtConfig(backend="litert", threads=2).open(model_file)
     with engine:
         same = [
             np.mean(engine.infer(rgb) == student.labels(rgb[None])[0].numpy())
