@@ -184,7 +184,7 @@ def test_report_merges_saved_runs_and_lays_out_tables(tmp_path):
     from cloud_trainer.evaluation.report import FILES, write_report
     from cloud_trainer.evaluation.runner import ABLATION, RUNS, StreamInfo
 
-    signature = {"videos": ["a.mp4", "b.mp4"], "clip_s": None, "eval_stride": 1}
+    signature = {"videos": ["a.mp4", "b.mp4"], "clip_s": None, "eval_stride": 1, "size": [9, 17]}
     info = StreamInfo(signature, (0, 15), 20.0, ["a.mp4", "b.mp4"])
     _fake_run("no_custom", signature, 1).save(tmp_path / RUNS)
     _fake_run("ams", signature, 3, updates=(10.5, 15.0)).save(tmp_path / RUNS)  # a later run
@@ -205,4 +205,5 @@ def test_report_merges_saved_runs_and_lays_out_tables(tmp_path):
     markdown = (tmp_path / "results.md").read_text()
     assert "| Outdoor Scenes (paper) | mIoU (%) | 63.68 | 74.26 |" in markdown
     assert "| gradient | – (+0.13) | – (-0.13) |" in markdown  # Table 3, 20 % and 10 % not run
+    assert "Farneback at 9x17 " in markdown  # the geometry of the stream's model
     assert json.loads((tmp_path / "results.json").read_text())["ablation"]["gradient_5"]

@@ -3,6 +3,7 @@ presets (``quick`` for CI, ``paper`` for seed 002 §4.1's settings on a CPU)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -14,11 +15,6 @@ from cloud_trainer.ams.atr import AtrConfig
 from cloud_trainer.ams.training import TrainingConfig
 from cloud_trainer.evaluation.names import PRESETS
 from shared_schema.tflite_file import TFLiteFile
-
-# The Coral models' geometry, for evaluation/device.py and schemes/session_driven.py, which
-# still take it from here (both check it against the model); the rest reads `Geometry`.
-MODEL_SIZE = (513, 513)  # (height, width)
-NUM_CLASSES = 21  # PASCAL VOC
 
 
 @dataclass(frozen=True)
@@ -35,14 +31,16 @@ class Geometry:
         geometry = cls(ours.input_size, ours.num_classes)
         if (theirs.input_size, theirs.num_classes) != (geometry.input_size, geometry.num_classes):
             raise ValueError(
-                f"the student takes {_size(ours)} frames and scores {ours.num_classes} classes,"
-                f" the teacher {_size(theirs)} and {theirs.num_classes}: they must agree"
+                f"the student takes {size_text(ours.input_size)} frames and scores"
+                f" {ours.num_classes} classes, the teacher {size_text(theirs.input_size)} and"
+                f" {theirs.num_classes}: they must agree"
             )
         return geometry
 
 
-def _size(model: TFLiteFile) -> str:
-    return "x".join(str(n) for n in model.input_size)
+def size_text(size: Sequence[int]) -> str:
+    """(height, width) as a person reads it: ``513x513``."""
+    return "x".join(str(n) for n in size)
 
 
 class _Settings(BaseModel):
@@ -87,7 +85,7 @@ class TrackingSettings(_Settings):
     """Remote+Tracking (seed 002 §4.1): teacher labels of 1 fps samples sent down, propagated
     on the device with OpenCV's Farneback flow (5 iterations, Gaussian window, 3 pyramid levels,
     poly_n 5). The paper's window of 64 px was at 1024x512; the flow here runs at the model's
-    513x513, so the window scales to 32 px."""
+    input size (513x513 for the Coral models), so the window scales to 32 px."""
 
     sample_fps: float = Field(1.0, gt=0.0)
     jpeg_quality: int = Field(95, ge=1, le=100)  # uplink: full-quality samples, sent at once

@@ -10,7 +10,6 @@ import itertools
 import numpy as np
 
 from cloud_trainer.evaluation.cache import LabelCache
-from cloud_trainer.evaluation.config import MODEL_SIZE
 from edge_runtime.backends.base import Engine
 from edge_runtime.backends.litert import LiteRtConfig
 from shared_schema.envelope import sha256_hex
@@ -28,7 +27,7 @@ class DeviceModel:
         self._initial_sha = sha256_hex(initial)
         self._sha = self._initial_sha
         self._pretrained = pretrained  # the initial file's labels, cached across schemes
-        self._backend = LiteRtConfig(input_size=MODEL_SIZE, threads=threads)
+        self._backend = LiteRtConfig(threads=threads)
         self._engine: Engine | None = None
         self._pending: list[tuple[float, int, Update, bytes]] = []
         self._order = itertools.count()  # same arrival time: in the order they were sent

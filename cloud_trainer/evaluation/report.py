@@ -20,7 +20,7 @@ matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cloud_trainer.evaluation.config import EvalConfig
+from cloud_trainer.evaluation.config import EvalConfig, size_text
 from cloud_trainer.evaluation.names import SchemeName
 from cloud_trainer.evaluation.record import SchemeRun
 from cloud_trainer.evaluation.runner import (
@@ -100,8 +100,12 @@ def write_report(out: Path, config: EvalConfig, info: StreamInfo) -> dict[str, o
 
 
 def _config(config: EvalConfig, info: StreamInfo, runs: dict[str, SchemeRun]) -> dict[str, object]:
+    # (height, width) of the device model, and so of every label map; runs saved before the
+    # stream's signature held it say so in words.
+    size = info.signature.get("size")
     return {
         **config.model_dump(mode="json"),
+        "input_size": size,
         "stream": {
             "videos": info.videos,
             "duration_s": info.duration_s,
@@ -113,7 +117,7 @@ def _config(config: EvalConfig, info: StreamInfo, runs: dict[str, SchemeRun]) ->
             "ams_fp16_kbps": "the same updates in seed 002's fp16 + gzip'd mask encoding",
             "segments": f"H.264 at {config.ams.segment_kbps:g} kbps (encode_segment)",
             "full_quality_samples": f"JPEG q{config.tracking.jpeg_quality} at source size",
-            "label_maps": "zstd (level 3) of the 513x513 uint8 teacher labels",
+            "label_maps": f"zstd (level 3) of the {_model_size(size)} uint8 teacher labels",
         },
         "charge_compute": config.link.charge_compute,
         "command": command_line(),
@@ -121,6 +125,10 @@ def _config(config: EvalConfig, info: StreamInfo, runs: dict[str, SchemeRun]) ->
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
     }
+
+
+def _model_size(size: list[int] | None) -> str:
+    return "the model's input size" if size is None else size_text(size)
 
 
 def _pct(x: float) -> str:
@@ -184,9 +192,9 @@ def _settings(config: dict) -> list[str]:
     """What each scheme ran with, in one line each (all of it is in results.json)."""
     ams, one, track, jit = config["ams"], config["one_time"], config["tracking"], config["jit"]
     train = ams["training"]
-    crop = "x".join(str(n) for n in train["resolution"])
-    size = train["frame_size"]  # None: samples kept at the student's input size
-    kept = "x".join(str(n) for n in size) if size else "input-size"
+    crop = size_text(train["resolution"])
+    model_size = _model_size(config["input_size"])
+    kept = size_text(train["frame_size"]) if train["frame_size"] else model_size
     return [
         "",
         "## Settings",
@@ -200,7 +208,7 @@ def _settings(config: dict) -> list[str]:
         f"- One-Time: every parameter, {one['iterations']} Adam steps (lr {one['lr']:g}) on the"
         f" 1 fps samples of the first {one['window_s']:g} s, sent once as one qdelta body.",
         f"- Remote+Tracking: {track['sample_fps']:g} fps samples as JPEG q{track['jpeg_quality']};"
-        f" labels back as zstd uint8 maps; Farneback at 513x513 (winsize {track['winsize']},"
+        f" labels back as zstd uint8 maps; Farneback at {model_size} (winsize {track['winsize']},"
         f" {track['levels']} levels, {track['iterations']} iterations, poly_n {track['poly_n']},"
         f" poly_sigma {track['poly_sigma']:g}), nearest-neighbour warps.",
         f"- Just-In-Time: threshold {jit['threshold']:g} training mIoU, at most"

@@ -20,7 +20,6 @@ from cloud_trainer.ams.asr import AsrConfig
 from cloud_trainer.ams.atr import AtrConfig
 from cloud_trainer.ams.training import TrainingConfig
 from cloud_trainer.config import CheckpointConfig, StudentConfig, TrainerConfig
-from cloud_trainer.evaluation.config import NUM_CLASSES
 from cloud_trainer.evaluation.schemes.base import DEVICE_ID, Context, ModelScheme
 from cloud_trainer.evaluation.stream import StreamFrame
 from cloud_trainer.mirror import ModelMirror
@@ -49,7 +48,7 @@ class SessionScheme(ModelScheme):
     ) -> None:
         super().__init__(ctx)
         config = TrainerConfig(
-            student=StudentConfig(model=ctx.config.student_model, num_classes=NUM_CLASSES),
+            student=StudentConfig(model=ctx.config.student_model),
             teacher=TeacherConfig(model=ctx.config.teacher_model, threads=ctx.config.threads),
             training=training,
             asr=asr,
