@@ -53,9 +53,9 @@ def bench_profile(
     threads: int,
     sampling_fps: float,
     bitrate_kbps: float,
-    t_update_s: float,
     broker: str | None,
 ) -> Profile:
+    """The ``cpu`` profile, T_update as it has it, with the benchmark's settings."""
     url = urlsplit(f"mqtt://{broker}") if broker else None
     return bundled_profile(
         "cpu",
@@ -68,16 +68,10 @@ def bench_profile(
             "max_fps": max(1.0, sampling_fps),
             "initial_fps": sampling_fps,
         },
-        buffer={"bitrate_kbps": bitrate_kbps, "t_update_s": t_update_s},
+        buffer={"bitrate_kbps": bitrate_kbps},
         telemetry={"interval_s": 10.0, "results_rate_hz": 0.0},
         mqtt={} if url is None else {"host": url.hostname or "127.0.0.1", "port": url.port or 1883},
     )
-
-
-def input_size(model: Path) -> tuple[int, int]:
-    (details,) = Interpreter(str(model)).get_input_details()
-    _, height, width, _ = details["shape"]
-    return int(height), int(width)
 
 
 def bare_fps(model: Path, inputs: list[np.ndarray], threads: int) -> float:
@@ -123,11 +117,10 @@ def throughput(
     threads: int = 2,
     sampling_fps: float = 1.0,
     bitrate_kbps: float = 200.0,
-    t_update_s: float = 10.0,
     broker: str | None = None,
 ) -> dict:
     decoded = load_frames(source, frames)
-    height, width = input_size(model)
+    height, width = TFLiteFile(model.read_bytes()).input_size
     inputs = [frame.rgb(width, height) for frame in decoded]
     bare, runs = [], []
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
@@ -139,7 +132,6 @@ def throughput(
                 threads=threads,
                 sampling_fps=sampling_fps,
                 bitrate_kbps=bitrate_kbps,
-                t_update_s=t_update_s,
                 broker=broker,
             )
             runs.append(runtime_round(profile, decoded, broker))
@@ -224,7 +216,6 @@ def swap(
                     threads=threads,
                     sampling_fps=1.0,
                     bitrate_kbps=200.0,
-                    t_update_s=10.0,
                     broker=None,
                 )
                 runs[name].append(

@@ -12,7 +12,4 @@ class NnapiConfig(DelegateConfig):
 
     backend: Literal["nnapi"] = "nnapi"
     library: Library = "libnnapi_delegate.so"
-    install: ClassVar[str] = (
-        "NNAPI exists only on Android 8.1 and later: ship the NNAPI delegate library with the"
-        " app and set [inference] library to it"
-    )
+    install: ClassVar[str] = "Android 8.1+: ship the delegate in the app, set [inference] library"
