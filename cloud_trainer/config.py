@@ -7,6 +7,7 @@ Paths may use ``${VAR}`` (``${AMS_SHARED_DIR}`` defaults to the shared data dire
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -18,7 +19,7 @@ from cloud_trainer.teacher import TeacherConfig
 from shared_schema.config_files import ConfigFileError, expand_paths, read_toml
 from shared_schema.messages import UpdateFormat
 from shared_schema.mqtt import BrokerConfig
-from shared_schema.tflite_file import TFLiteFile
+from shared_schema.tflite_file import TFLiteFile, TFLiteFormatError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default_trainer.toml"
 _PATH_KEYS = frozenset({"model", "directory", "signing_key"})
@@ -34,15 +35,24 @@ class StudentConfig(_Section):
     # they still load, where the number agrees with the file.
     num_classes: int | None = Field(None, ge=2, le=256, validate_default=True)
 
+    @field_validator("model")
+    @classmethod
+    def _a_readable_model(cls, model: Path) -> Path:
+        read_model(model)  # refused here, by this field's name
+        return model
+
     @field_validator("num_classes")
     @classmethod
     def _classes_of_the_model(cls, stated: int | None, info: ValidationInfo) -> int | None:
         model = info.data.get("model")
         if model is None:
-            return stated  # no usable path: pydantic reports that field
+            return stated  # no usable model: pydantic reports that field
         counted = read_model(model).num_classes
         if stated not in (None, counted):
-            raise ValueError(f"{stated}, but {model.name} scores {counted} classes")
+            raise ValueError(
+                f"{stated}, but {model.name} scores {counted} classes: remove the line (the"
+                f" file says) or set it to {counted}"
+            )
         return counted
 
 
@@ -86,12 +96,20 @@ class TrainerConfig(_Section):
 
 
 def read_model(path: Path) -> TFLiteFile:
-    """A model file named by the config, parsed; unreadable or malformed ones are a ValueError
-    (a validation error naming the field)."""
+    """A model file named by the config, parsed (once while it is unchanged); unreadable or
+    malformed ones are a ValueError (a validation error naming the field)."""
     try:
-        return TFLiteFile(path.read_bytes())
+        stat = path.stat()
+        return _parsed(path, stat.st_mtime_ns, stat.st_size)
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
+    except TFLiteFormatError as exc:
+        raise ValueError(f"{path}: {exc}: name a quantized .tflite") from exc
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(path: Path, mtime_ns: int, size: int) -> TFLiteFile:
+    return TFLiteFile(path.read_bytes())
 
 
 class ConfigError(ConfigFileError):
@@ -106,6 +124,8 @@ def load_config(path: Path | None = None) -> TrainerConfig:
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         field = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: {field}: {err['msg']}") from exc
+        # Our own checks' messages as they are, without pydantic's "Value error, " prefix.
+        why = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
+        raise ConfigError(f"{path}: {field}: {why}") from exc
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from exc

@@ -117,7 +117,7 @@ class Session:
         self.student = import_tflite(initial_model).to(training.device)
         self.optimizer = new_optimizer(self.student, training)
         self.buffer = SampleBuffer(training.horizon_s)
-        self.subset = ClassSubset(config.student.num_classes)
+        self.subset = ClassSubset(self.student.num_classes)
         self.asr = AdaptiveSamplingRate(config.asr)
         self.atr = AdaptiveTrainingRate(config.atr)
         self.mirror = ModelMirror(

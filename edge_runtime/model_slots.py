@@ -295,7 +295,7 @@ class ModelSlots:
         standby = SLOTS[1 - SLOTS.index(active.slot)]
         atomic_write(self._slot_path(standby), data)
         try:
-            engine = self._builder.build(data) if self._builder else self._open_engine(data)
+            engine = self._builder.build(data)  # type: ignore[union-attr]  # worker: started
         except Exception as exc:  # any back-end failure to load means: not a usable model
             raise Rejected(AckReason.INVALID_MODEL, f"cannot load: {exc}", resync=False) from exc
         model = LoadedModel(engine, version, sha256_hex(data), standby, data, layout)

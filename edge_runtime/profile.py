@@ -131,7 +131,7 @@ def bundled_profile(
     raw["buffer"]["spool_dir"] = str(workdir / "spool")
     for table, values in tables.items():
         raw.setdefault(table, {}).update(values)
-    return parse_profile(raw, base_dir=PROFILE_DIR)
+    return parse_profile(raw, base_dir=PROFILE_DIR, source=f"{name}.toml")
 
 
 def parse_profile(raw: dict[str, Any], *, base_dir: Path, source: str = "profile") -> Profile:

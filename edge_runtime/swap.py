@@ -13,11 +13,13 @@ the frame loop never waits for the worker:
    run a frame or whose output is unusable next to the running model's (``invalid_output``).
    The verdict wakes the worker up. A refused model's output never leaves: the frame runs
    again on the running model. An accepted one runs from that frame on (its output is the
-   frame's result), so a good model's warm-up costs the frame loop nothing, no inference ever
-   competes with the frame loop's, and the version the frames report only moves forward.
+   frame's result), so a good model's warm-up costs the frame loop nothing and competes with
+   none of its inferences, and the version the frames report moves forward (it goes back only
+   where step 4 fails).
 3. Withdraw: when no frame claims the trial within ``TRIAL_TIMEOUT_S`` (no frames flow), the
-   worker withdraws it and runs ``warm_up`` itself, on the frame loop's latest frame. Exactly
-   one of claim and withdraw succeeds, so a model is warmed up once.
+   worker withdraws it and runs ``warm_up`` itself, on the frame loop's latest frame (the one
+   inference off the frame loop, when it is idle). Exactly one of claim and withdraw succeeds,
+   so a model is warmed up once.
 4. Record: the worker records an accepted model as active in ``slots.json``. Should that
    fail, it hands the model ``slots.json`` still names back to the frame loop (step 5), so
    what runs is what a restart would run.
@@ -125,7 +127,7 @@ class Handover:
 
     def __init__(self, running: LoadedModel, *, trial_timeout_s: float = TRIAL_TIMEOUT_S) -> None:
         self._running = running
-        self._trial_timeout_s = trial_timeout_s  # 0 where no frame loop runs (tools, tests)
+        self._trial_timeout_s = trial_timeout_s  # 0 where no frame loop runs (tests)
         self._trial: Trial | None = None
         self._next: LoadedModel | None = None
         self._retired: list[Engine] = []
@@ -205,17 +207,21 @@ class Handover:
             trial, self._trial = self._trial, None
         if trial is None or not trial.claim():
             return None
-        labels, reason = None, "warm-up failed: the frame could not be scaled to its input"
+        reason: str | None = "warm-up failed: no verdict"
         try:  # whatever happens, the worker waiting for the verdict gets one
-            rgb = prepare(trial.model)
+            try:
+                rgb = prepare(trial.model)
+            except Exception as exc:  # refused; the running model gets the frame
+                reason = f"warm-up failed: the frame cannot be scaled to its input: {exc}"
+                return None
             labels, reason = warm_up(trial.model.engine, rgb, self._latest_labels())
+            if labels is None or reason is not None:
+                return None
+            with self._lock:  # before the verdict: any hand-over of the worker's comes after
+                self._run(trial.model)
+            return trial.model, rgb, labels
         finally:
             trial.decide(reason)
-        if labels is None or reason is not None:
-            return None
-        with self._lock:
-            self._run(trial.model)
-        return trial.model, rgb, labels
 
     def _run(self, model: LoadedModel) -> None:
         """The one assignment of the running model (frame loop only, ``_lock`` held)."""

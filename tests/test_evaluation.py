@@ -184,8 +184,8 @@ def test_report_merges_saved_runs_and_lays_out_tables(tmp_path):
     from cloud_trainer.evaluation.report import FILES, write_report
     from cloud_trainer.evaluation.runner import ABLATION, RUNS, StreamInfo
 
-    signature = {"videos": ["a.mp4", "b.mp4"], "clip_s": None, "eval_stride": 1, "size": [9, 17]}
-    info = StreamInfo(signature, (0, 15), 20.0, ["a.mp4", "b.mp4"])
+    signature = {"videos": ["a.mp4", "b.mp4"], "clip_s": None, "eval_stride": 1}
+    info = StreamInfo(signature, (0, 15), 20.0, ["a.mp4", "b.mp4"], (9, 17))
     _fake_run("no_custom", signature, 1).save(tmp_path / RUNS)
     _fake_run("ams", signature, 3, updates=(10.5, 15.0)).save(tmp_path / RUNS)  # a later run
     _fake_run("jit", {**signature, "eval_stride": 2}, 4).save(tmp_path / RUNS)  # other frames
@@ -207,3 +207,21 @@ def test_report_merges_saved_runs_and_lays_out_tables(tmp_path):
     assert "| gradient | – (+0.13) | – (-0.13) |" in markdown  # Table 3, 20 % and 10 % not run
     assert "Farneback at 9x17 " in markdown  # the geometry of the stream's model
     assert json.loads((tmp_path / "results.json").read_text())["ablation"]["gradient_5"]
+
+
+def test_the_models_must_be_readable_and_agree_on_geometry(shared_dir, tmp_path):
+    from cloud_trainer.evaluation.config import Geometry
+    from shared_schema.config_files import ConfigFileError
+
+    models = shared_dir / "models/coral"
+    student = models / "deeplabv3_mnv2_dm05_pascal_quant.tflite"
+    teacher = models / "deeplabv3_mnv2_pascal_quant.tflite"
+    assert Geometry.of(student, teacher) == Geometry((513, 513), 21)
+    cityscapes = models / "deeplab_mobilenet_edgetpu_slim_cityscapes_quant.tflite"
+    with pytest.raises(ConfigFileError, match=r"scores 19 classes.*21: pass a --student"):
+        Geometry.of(cityscapes, teacher)
+    with pytest.raises(ConfigFileError, match=r"cannot read.*check --student"):
+        Geometry.of(tmp_path / "absent.tflite", teacher)
+    (tmp_path / "text.tflite").write_text("not a model")
+    with pytest.raises(ConfigFileError, match=r"--teacher takes a quantized \.tflite"):
+        Geometry.of(student, tmp_path / "text.tflite")

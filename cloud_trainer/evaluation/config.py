@@ -14,7 +14,8 @@ from cloud_trainer.ams.asr import AsrConfig
 from cloud_trainer.ams.atr import AtrConfig
 from cloud_trainer.ams.training import TrainingConfig
 from cloud_trainer.evaluation.names import PRESETS
-from shared_schema.tflite_file import TFLiteFile
+from shared_schema.config_files import ConfigFileError
+from shared_schema.tflite_file import TFLiteFile, TFLiteFormatError
 
 
 @dataclass(frozen=True)
@@ -25,17 +26,27 @@ class Geometry:
     num_classes: int
 
     @classmethod
-    def of(cls, student: bytes, teacher: bytes) -> Geometry:
-        """The student's, which must be the teacher's: every scored pixel compares their labels."""
-        ours, theirs = (TFLiteFile(model) for model in (student, teacher))
+    def of(cls, student: Path, teacher: Path) -> Geometry:
+        """The student's, which must be the teacher's: every scored pixel compares their labels.
+        A model that cannot be read, or a pair that disagrees, is a ``ConfigFileError``."""
+        ours, theirs = _read_model(student, "--student"), _read_model(teacher, "--teacher")
         geometry = cls(ours.input_size, ours.num_classes)
         if (theirs.input_size, theirs.num_classes) != (geometry.input_size, geometry.num_classes):
-            raise ValueError(
-                f"the student takes {size_text(ours.input_size)} frames and scores"
-                f" {ours.num_classes} classes, the teacher {size_text(theirs.input_size)} and"
-                f" {theirs.num_classes}: they must agree"
+            raise ConfigFileError(
+                f"{student} takes {size_text(ours.input_size)} frames and scores"
+                f" {ours.num_classes} classes, {teacher} {size_text(theirs.input_size)} and"
+                f" {theirs.num_classes}: pass a --student and --teacher that agree"
             )
         return geometry
+
+
+def _read_model(path: Path, flag: str) -> TFLiteFile:
+    try:
+        return TFLiteFile(path.read_bytes())
+    except OSError as exc:
+        raise ConfigFileError(f"{path}: cannot read: {exc.strerror}; check {flag}") from exc
+    except TFLiteFormatError as exc:
+        raise ConfigFileError(f"{path}: {exc}; {flag} takes a quantized .tflite") from exc
 
 
 def size_text(size: Sequence[int]) -> str:

@@ -100,24 +100,21 @@ def write_report(out: Path, config: EvalConfig, info: StreamInfo) -> dict[str, o
 
 
 def _config(config: EvalConfig, info: StreamInfo, runs: dict[str, SchemeRun]) -> dict[str, object]:
-    # (height, width) of the device model, and so of every label map; runs saved before the
-    # stream's signature held it say so in words.
-    size = info.signature.get("size")
     return {
         **config.model_dump(mode="json"),
-        "input_size": size,
         "stream": {
             "videos": info.videos,
             "duration_s": info.duration_s,
             "classes": list(info.classes),
+            "size": list(info.size),  # (height, width) of the device model and label maps
             **info.signature,
         },
         "formats": {
-            "model_updates": "qdelta (real update bodies, applied with apply_update)",
+            "model_updates": "qdelta (real update bodies, applied with verify_and_apply)",
             "ams_fp16_kbps": "the same updates in seed 002's fp16 + gzip'd mask encoding",
             "segments": f"H.264 at {config.ams.segment_kbps:g} kbps (encode_segment)",
             "full_quality_samples": f"JPEG q{config.tracking.jpeg_quality} at source size",
-            "label_maps": f"zstd (level 3) of the {_model_size(size)} uint8 teacher labels",
+            "label_maps": f"zstd (level 3) of the {size_text(info.size)} uint8 teacher labels",
         },
         "charge_compute": config.link.charge_compute,
         "command": command_line(),
@@ -125,10 +122,6 @@ def _config(config: EvalConfig, info: StreamInfo, runs: dict[str, SchemeRun]) ->
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
     }
-
-
-def _model_size(size: list[int] | None) -> str:
-    return "the model's input size" if size is None else size_text(size)
 
 
 def _pct(x: float) -> str:
@@ -193,7 +186,7 @@ def _settings(config: dict) -> list[str]:
     ams, one, track, jit = config["ams"], config["one_time"], config["tracking"], config["jit"]
     train = ams["training"]
     crop = size_text(train["resolution"])
-    model_size = _model_size(config["input_size"])
+    model_size = size_text(config["stream"]["size"])
     kept = size_text(train["frame_size"]) if train["frame_size"] else model_size
     return [
         "",
@@ -217,7 +210,7 @@ def _settings(config: dict) -> list[str]:
         f" {jit['lr']:g} (JITNet used momentum SGD), key frames as JPEG q{jit['jpeg_quality']},"
         " updates as qdelta bodies.",
         f"- Device: the student TFLite through LiteRT ({config['threads']} threads), patched"
-        " with apply_update from each update's arrival: end of its interval (or its key"
+        " with verify_and_apply from each update's arrival: end of its interval (or its key"
         " frame's arrival) + charged compute + transfer on the downlink.",
     ]
 

@@ -56,15 +56,18 @@ class StreamInfo:
     classes: tuple[int, ...]  # the scoring subset: > 0.5 % of teacher pixels, and background
     duration_s: float
     videos: list[str]
+    size: tuple[int, int]  # (height, width) of the device model: frames and label maps
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.__dict__, indent=1) + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> StreamInfo:
+    def load(cls, path: Path, size: tuple[int, int]) -> StreamInfo:
+        """A saved stream's; ``size`` is the models' (files saved before it was kept)."""
         raw = json.loads(path.read_text())
-        return cls(raw["signature"], tuple(raw["classes"]), raw["duration_s"], raw["videos"])
+        size = tuple(raw.get("size", size))  # type: ignore[assignment]
+        return cls(raw["signature"], tuple(raw["classes"]), raw["duration_s"], raw["videos"], size)
 
 
 def command_line() -> str:
@@ -80,9 +83,9 @@ class Evaluation:
     def __init__(self, config: EvalConfig, videos: list[Path], out: Path, cache_dir: Path) -> None:
         self.config = config
         self.out = out
+        self.geometry = Geometry.of(config.student_model, config.teacher_model)
         self.initial = config.student_model.read_bytes()
         teacher_model = config.teacher_model.read_bytes()
-        self.geometry = Geometry.of(self.initial, teacher_model)
         size = self.geometry.input_size
         self.stream = ReplayStream(videos, size, config.stream.clip_s, config.stream.eval_stride)
         self._teacher: Teacher = load_teacher(
@@ -107,8 +110,9 @@ class Evaluation:
         back when an earlier run over the same frames found it)."""
         path = self.out / RUNS / STREAM_INFO
         if path.is_file():
-            saved = StreamInfo.load(path)
-            if saved.signature == self.stream.signature():
+            size = self.geometry.input_size
+            saved = StreamInfo.load(path, size)
+            if (saved.signature, saved.size) == (self.stream.signature(), size):
                 return saved
         subset = ClassSubset(self.geometry.num_classes)
         task = self.progress.add_task("labels", total=self.stream.duration_s)
@@ -119,7 +123,11 @@ class Evaluation:
             self.progress.update(task, completed=frame.t)
         self.progress.update(task, completed=self.stream.duration_s)
         info = StreamInfo(
-            self.stream.signature(), subset.classes, self.stream.end_s, self.stream.names
+            self.stream.signature(),
+            subset.classes,
+            self.stream.end_s,
+            self.stream.names,
+            self.geometry.input_size,
         )
         info.save(path)
         return info

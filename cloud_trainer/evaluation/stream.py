@@ -75,12 +75,7 @@ class ReplayStream:
 
     def signature(self) -> dict[str, object]:
         """What makes two runs score the same frames (runs merge only when it matches)."""
-        return {
-            "videos": self.names,
-            "clip_s": self.clip_s,
-            "eval_stride": self.eval_stride,
-            "size": list(self.size),
-        }
+        return {"videos": self.names, "clip_s": self.clip_s, "eval_stride": self.eval_stride}
 
     def __iter__(self) -> Iterator[StreamFrame]:
         index, offset = 0, 0.0

@@ -3,7 +3,8 @@ exported to every format; pixel agreement, file size and time per format.
 
     python -m cloud_trainer.export.bench [--video V] [--width 0.35] [--size 257] [--steps 120]
 
-Writes benchmarks/results/export-<time>.json (`shared_schema.bench_results`) and prints it.
+Writes export-<time>.json under ./benchmarks/results (or --results-dir; see
+`shared_schema.bench_results`) and prints it.
 The student trains at the export size on teacher labels first: an untrained one labels every
 pixel background, and agreement on that says nothing about the export.
 """
@@ -30,7 +31,7 @@ from cloud_trainer.student.torch_student import (
     predict_labels,
 )
 from cloud_trainer.teacher import TeacherConfig, load_teacher
-from shared_schema.bench_results import write_result
+from shared_schema.bench_results import add_results_dir_option, write_result
 from shared_schema.config_files import find_shared_dir
 
 TEACHER = "models/coral/deeplabv3_mnv2_pascal_quant.tflite"
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=257, help="square input size, 16k + 1")
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--frames", type=int, default=64, help="calibration + held-out frames")
+    add_results_dir_option(parser)
     args = parser.parse_args(argv)
     shared = find_shared_dir()
     if (args.video is None or args.teacher is None) and shared is None:
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     video = args.video or shared / VIDEO
     teacher = args.teacher or shared / TEACHER
     results = run(video, teacher, args.width, (args.size, args.size), args.steps, args.frames)
-    path = write_result("export", results)
+    path = write_result("export", results, args.results_dir)
     print(json.dumps(results, indent=2))
     print(f"written: {path}")
     return 0

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cloud_trainer.evaluation.config import Geometry
 from cloud_trainer.metrics import ClassSubset, miou
 from cloud_trainer.teacher import Teacher, TeacherConfig, load_teacher
 from cloud_trainer.tools.emulation import local_profile
@@ -26,7 +27,6 @@ from edge_runtime.durable import atomic_write
 from edge_runtime.frames import Frame
 from edge_runtime.runtime import EdgeRuntime, install_signal_handlers
 from edge_runtime.sources import open_source
-from shared_schema.tflite_file import TFLiteFile
 
 _NOT_YET = object()  # no frame labelled yet: the model the device boots with is no update
 
@@ -114,10 +114,11 @@ def run_device(spec: DeviceSpec) -> None:
         inference={"threads": spec.threads},
         telemetry={"results_rate_hz": 0.0},
     )
+    # The probe labels one frame with all three models: they must share the student's geometry.
+    geometry = Geometry.of(Path(spec.student_model), Path(spec.teacher_model))
     teacher = load_teacher(TeacherConfig(model=Path(spec.teacher_model), threads=1))
-    student = TFLiteFile(Path(spec.student_model).read_bytes())
-    pretrained = LiteRtConfig(threads=1).open(student.data)
-    probe = AgreementProbe(teacher, pretrained, spec.probe_every_s, student.num_classes)
+    pretrained = LiteRtConfig(threads=1).open(Path(spec.student_model).read_bytes())
+    probe = AgreementProbe(teacher, pretrained, spec.probe_every_s, geometry.num_classes)
     runtime = EdgeRuntime.from_profile(profile, sinks=[probe])
     install_signal_handlers(runtime)
     runtime.start()

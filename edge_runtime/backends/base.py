@@ -70,8 +70,8 @@ class Engine(ABC):
     """One loaded model, ready to run as soon as it is constructed.
 
     Engines share no mutable state, so the runtime can build a standby engine while the active
-    one runs and swap them by reference assignment. One engine is not safe to call from two
-    threads at once.
+    one runs and swap them between two frames (``edge_runtime/swap.py``). One engine is not
+    safe to call from two threads at once.
     """
 
     name: str
