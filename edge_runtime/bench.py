@@ -112,13 +112,15 @@ def throughput(
     model: Path,
     source: str,
     *,
-    frames: int = 300,
-    rounds: int = 3,
-    threads: int = 2,
-    sampling_fps: float = 1.0,
-    bitrate_kbps: float = 200.0,
-    broker: str | None = None,
+    frames: int,
+    rounds: int,
+    threads: int,
+    sampling_fps: float,
+    bitrate_kbps: float,
+    broker: str | None,
 ) -> dict:
+    """The runtime against a bare loop on the same frames (the settings' defaults are the
+    command line's)."""
     decoded = load_frames(source, frames)
     height, width = TFLiteFile(model.read_bytes()).input_size
     inputs = [frame.rgb(width, height) for frame in decoded]
@@ -194,10 +196,10 @@ def swap(
     source: str,
     *,
     swap_every_s: float,
-    fps: float | None = None,
-    duration_s: float = 30.0,
-    rounds: int = 2,
-    threads: int = 2,
+    fps: float | None,
+    duration_s: float,
+    rounds: int,
+    threads: int,
     update_fraction: float = 0.05,
 ) -> dict:
     """Paced frames with an update every ``swap_every_s``, against the same paced run without
