@@ -250,7 +250,9 @@ class Session:
         segment = envelope.msg
         assert isinstance(segment, Segment)
         try:
-            frames = decode_frames(envelope.body, segment.timestamps)
+            frames = decode_frames(
+                envelope.body, segment.timestamps, size=(segment.width, segment.height)
+            )
         except SegmentDecodeError as exc:
             self.stats.segments_rejected += 1
             log.warning("%s: undecodable segment %d: %s", self.device_id, envelope.header.seq, exc)
@@ -406,7 +408,8 @@ class Session:
         size = self.config.training.frame_size
         raw = zstandard.ZstdDecompressor().decompress(packed)
         labels = np.frombuffer(raw, np.uint8).reshape(-1, *size)
-        for sample in labelled_samples(decode_frames(h264, segment.timestamps), labels, size):
+        frames = decode_frames(h264, segment.timestamps, size=(segment.width, segment.height))
+        for sample in labelled_samples(frames, labels, size):
             self.buffer.add(sample)
         self._archive.append(_Archived(segment, h264, packed))
 

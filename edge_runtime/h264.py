@@ -124,11 +124,16 @@ def bitrate_for_size(max_bytes: int, frames: int, fps: float) -> float:
     return per_frame_bits * fps / 1000
 
 
-def decode_segment(data: bytes, expected_frames: int | None = None) -> list[av.VideoFrame]:
+def decode_segment(
+    data: bytes, expected_frames: int | None = None, size: tuple[int, int] | None = None
+) -> list[av.VideoFrame]:
     """The pictures of one segment, in order; ``SegmentDecodeError`` for anything less.
 
     Truncated or damaged data shows up as a decoder error, a frame FFmpeg marks corrupt (it
-    conceals damage rather than failing), or fewer frames than expected.
+    conceals damage rather than failing), or fewer frames than expected. A segment is held to
+    what its message says, picture by picture as they decode: at most ``expected_frames``
+    pictures, each of ``size`` (width, height), so a small body cannot decode into more memory
+    than its header admits.
     """
     if not data:
         raise SegmentDecodeError("empty segment")
@@ -136,8 +141,8 @@ def decode_segment(data: bytes, expected_frames: int | None = None) -> list[av.V
     pictures: list[av.VideoFrame] = []
     try:
         for packet in [*codec.parse(data), *codec.parse(None)]:
-            pictures.extend(codec.decode(packet))
-        pictures.extend(codec.decode(None))
+            _keep(pictures, codec.decode(packet), expected_frames, size)
+        _keep(pictures, codec.decode(None), expected_frames, size)
     except av.error.FFmpegError as exc:
         raise SegmentDecodeError(
             f"not decodable H.264 after {len(pictures)} frames: {exc.strerror or exc}"
@@ -156,12 +161,35 @@ def decode_segment(data: bytes, expected_frames: int | None = None) -> list[av.V
     return pictures
 
 
-def decode_frames(data: bytes, timestamps: Sequence[float], first_index: int = 0) -> list[Frame]:
-    """The segment as ``Frame``s stamped with the timestamps its ``Segment`` message carries.
+def _keep(
+    pictures: list[av.VideoFrame],
+    decoded: Sequence[av.VideoFrame],
+    expected_frames: int | None,
+    size: tuple[int, int] | None,
+) -> None:
+    for picture in decoded:
+        if size is not None and (picture.width, picture.height) != size:
+            raise SegmentDecodeError(
+                f"frame {len(pictures)} is {picture.width}x{picture.height}, the segment says"
+                f" {size[0]}x{size[1]}"
+            )
+        if expected_frames is not None and len(pictures) == expected_frames:
+            raise SegmentDecodeError(f"more than the {expected_frames} frames the segment says")
+        pictures.append(picture)
+
+
+def decode_frames(
+    data: bytes,
+    timestamps: Sequence[float],
+    first_index: int = 0,
+    size: tuple[int, int] | None = None,
+) -> list[Frame]:
+    """The segment as ``Frame``s stamped with the timestamps its ``Segment`` message carries
+    (and, given ``size``, of the width and height it says).
 
     ``frame.rgb(width, height)`` then gives the pixels the device's own frames give.
     """
-    pictures = decode_segment(data, expected_frames=len(timestamps))
+    pictures = decode_segment(data, expected_frames=len(timestamps), size=size)
     return [
         Frame(first_index + i, timestamp, picture)
         for i, (timestamp, picture) in enumerate(zip(timestamps, pictures, strict=True))

@@ -147,6 +147,17 @@ def test_wrong_frame_count_is_a_decode_error(small: list[Frame]):
         decode_frames(data, [0.0, 1.0, 2.0])
 
 
+def test_a_segment_is_held_to_the_size_and_count_its_message_says(small: list[Frame]):
+    data = encode_segment(small, EncoderKnobs(), fps=1.0)  # 192x144 frames
+    count = len(small)
+    assert len(decode_segment(data, expected_frames=count, size=(192, 144))) == count
+    with pytest.raises(SegmentDecodeError, match="frame 0 is 192x144, the segment says 64x64"):
+        decode_frames(data, [0.0] * count, size=(64, 64))
+    # decoding stops at the first picture past the count: a small header cannot admit more
+    with pytest.raises(SegmentDecodeError, match="more than the 2 frames the segment says"):
+        decode_segment(data, expected_frames=2, size=(192, 144))
+
+
 def test_bitrate_for_size_fits_a_byte_limit(vtest: list[Frame]):
     kbps = bitrate_for_size(100_000, frames=10, fps=1.0)
     data = encode_segment(vtest, EncoderKnobs(bitrate_kbps=kbps), fps=1.0)

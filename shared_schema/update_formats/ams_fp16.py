@@ -10,6 +10,7 @@ quantizes the float16 values at the tensor's frozen scales. Layout:
 from __future__ import annotations
 
 import gzip
+import zlib
 
 import numpy as np
 
@@ -63,12 +64,16 @@ def apply(base: bytes | TFLiteFile, body: bytes) -> bytes:
 
 
 def _mask(packed_gz: bytes, size: int) -> np.ndarray:
+    expected = -(-size // 8)  # one bit per trainable value: the mask can be no longer
+    inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip framing
     try:
-        packed = gzip.decompress(packed_gz)
-    except (OSError, EOFError) as exc:
+        packed = inflate.decompress(packed_gz, expected + 1)  # never more than that, streamed
+    except zlib.error as exc:
         raise UpdateFormatError(f"mask is not valid gzip: {exc}") from exc
-    if len(packed) != -(-size // 8):
-        raise UpdateFormatError(f"mask covers {8 * len(packed)} values, model has {size}")
+    if not inflate.eof and len(packed) <= expected:
+        raise UpdateFormatError("mask is not valid gzip: it ends early")
+    if len(packed) != expected:
+        raise UpdateFormatError(f"mask covers more or fewer than the model's {size} values")
     bits = np.unpackbits(np.frombuffer(packed, np.uint8), bitorder="little")
     if bits[size:].any():
         raise UpdateFormatError("mask sets bits beyond the model's values")

@@ -48,12 +48,46 @@ class Reader:
             raise UpdateFormatError(f"{len(self._data) - self._pos} unexpected trailing bytes")
 
 
-def decompress(body: bytes, max_output: int) -> bytes:
-    """zstd-decompress, refusing anything that would inflate beyond ``max_output`` bytes."""
+_CHUNK = 1 << 16  # bytes decompressed at a time
+
+
+def decompress(
+    body: bytes, max_output: int, dictionary: zstandard.ZstdCompressionDict | None = None
+) -> bytes:
+    """One zstd frame, decompressed into at most ``max_output`` bytes.
+
+    python-zstandard's one-shot ``decompress`` allocates whatever content size a frame header
+    declares, ``max_output_size`` notwithstanding. So the header must declare the size (every
+    encoder here writes it) and is checked first, the window the decoder may allocate is capped
+    by what ``max_output`` (and the dictionary) can need, and the frame is streamed, stopping at
+    the cap: a small body never costs more memory than the model it patches. A frame that ends
+    before its declared size is truncated.
+    """
     try:
-        return zstandard.ZstdDecompressor().decompress(body, max_output_size=max_output)
+        declared = zstandard.get_frame_parameters(body).content_size
+    except zstandard.ZstdError as exc:
+        raise UpdateFormatError(f"update body is not a zstd frame: {exc}") from exc
+    if declared == zstandard.CONTENTSIZE_UNKNOWN:
+        raise UpdateFormatError("update body's zstd frame does not declare its size")
+    if declared > max_output:
+        raise UpdateFormatError(
+            f"update body declares {declared} bytes, more than the {max_output} its model takes"
+        )
+    window = 1 << (max_output + (len(dictionary.as_bytes()) if dictionary else 0)).bit_length()
+    decompressor = zstandard.ZstdDecompressor(dict_data=dictionary, max_window_size=window)
+    chunks, total = [], 0
+    try:
+        with decompressor.stream_reader(body, read_across_frames=False) as reader:
+            while chunk := reader.read(_CHUNK):
+                total += len(chunk)
+                if total > declared:
+                    raise UpdateFormatError(f"update body inflates beyond its {declared} bytes")
+                chunks.append(chunk)
     except zstandard.ZstdError as exc:
         raise UpdateFormatError(f"update body is not valid zstd: {exc}") from exc
+    if total != declared:
+        raise UpdateFormatError(f"update body is truncated: {total} of its {declared} bytes")
+    return b"".join(chunks)
 
 
 def parse_model(base: bytes | TFLiteFile) -> TFLiteFile:

@@ -10,10 +10,13 @@ import zstandard
 
 from shared_schema.tflite_file import TFLiteFile
 from shared_schema.update_formats.errors import UpdateFormatError
+from shared_schema.update_formats.framing import decompress
 
 LEVEL = 19
 MAX_WINDOW_LOG = 31
-MAX_OUTPUT = 1 << 30
+# How much larger than its base a patched file may be: updates change weights, not the graph,
+# so a new file is about its base's size (an Edge TPU recompile moves it by a few percent).
+GROWTH = 2
 
 
 def _window_log(base: bytes, new_size: int) -> int:
@@ -34,10 +37,7 @@ def apply(base: bytes | TFLiteFile, body: bytes) -> bytes:
     if isinstance(base, TFLiteFile):
         base = base.data
     dictionary = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-    decompressor = zstandard.ZstdDecompressor(
-        dict_data=dictionary, max_window_size=1 << MAX_WINDOW_LOG
-    )
     try:
-        return decompressor.decompress(body, max_output_size=MAX_OUTPUT)
-    except zstandard.ZstdError as exc:
+        return decompress(body, GROWTH * len(base) + (1 << 20), dictionary)
+    except UpdateFormatError as exc:
         raise UpdateFormatError(f"zpatch body does not apply to this base: {exc}") from exc
