@@ -366,11 +366,12 @@ class Session:
             "optimizer": _to_cpu(self.optimizer.state_dict()),
             "asr": self.asr.state_dict(),
             "atr": self.atr.state_dict(),
-            "subset": self.subset.counts.copy(),
+            # numpy arrays travel as tensors: the checkpoint loads with weights_only (no pickle)
+            "subset": torch.from_numpy(self.subset.counts.copy()),
             "device": asdict(self.device),
             "stats": asdict(self.stats),
             "archive": [(a.segment.model_dump_json(), a.h264, a.labels) for a in self._archive],
-            "previous_labels": self._previous_labels,
+            "previous_labels": _tensor_or_none(self._previous_labels),
             "next_rate_update": self._next_rate_update,
             "rng": self._rng.bit_generator.state,
             "saved_at": time.time(),
@@ -387,17 +388,19 @@ class Session:
         path = self.directory / CHECKPOINT
         if not path.is_file():
             return False
-        state = torch.load(path, map_location=self.config.training.device, weights_only=False)
+        # weights_only: tensors, containers and plain values; a checkpoint cannot run code
+        state = torch.load(path, map_location=self.config.training.device, weights_only=True)
         self.student.load_state_dict(state["student"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.asr.load_state_dict(state["asr"])
         self.atr.load_state_dict(state["atr"])
-        self.subset.counts = state["subset"]
+        self.subset.counts = state["subset"].cpu().numpy()
         device = dict(state["device"])
         device["update_formats"] = tuple(device["update_formats"])
         self.device = DeviceView(**device)
         self.stats = SessionStats(**state["stats"])
-        self._previous_labels = state["previous_labels"]
+        previous = state["previous_labels"]
+        self._previous_labels = None if previous is None else previous.cpu().numpy()
         self._next_rate_update = state["next_rate_update"]
         self._rng.bit_generator.state = state["rng"]
         for segment_json, h264, packed in state["archive"]:
@@ -423,3 +426,7 @@ def _to_cpu(state: dict[str, object]) -> dict[str, object]:
         return value
 
     return {k: move(v) for k, v in state.items()}
+
+
+def _tensor_or_none(array: np.ndarray | None) -> torch.Tensor | None:
+    return None if array is None else torch.from_numpy(np.ascontiguousarray(array))

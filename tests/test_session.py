@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -222,3 +225,24 @@ def test_checkpoint_round_trip(session, segments, tmp_path):
     msg, h264 = segments[2]
     (update,) = [o for o in _run(resumed, envelope(msg, h264)) if isinstance(o.msg, Update)]
     assert update.msg.base_sha256 == sha256_hex(session.mirror.data)
+
+
+class _RunsCode:
+    """What a pickle can smuggle into a checkpoint: a call made while it is loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_never_runs_code_when_loaded(session, tmp_path):
+    from cloud_trainer.session import CHECKPOINT
+
+    marker = tmp_path / "ran"
+    session.directory.mkdir(parents=True, exist_ok=True)
+    torch.save({"student": _RunsCode(marker)}, session.directory / CHECKPOINT)
+    with pytest.raises(pickle.UnpicklingError):
+        session.restore()
+    assert not marker.exists()
