@@ -7,9 +7,10 @@ or ``update`` message for a worker thread that, off the frame loop:
 1. checks the base (content hash, and version once the device has one), the signature when a
    public key is configured, and that the result hashes to what the message promises
    (``verify_and_apply``);
-2. writes the new file to the standby slot (temp file, fsync, rename);
-3. loads it (on a builder thread of normal priority: the engine's own threads will run every
+2. loads it (on a builder thread of normal priority: the engine's own threads will run every
    frame) and has it warmed up, refusing a model whose output is invalid;
+3. writes the accepted file to the standby slot (temp file, fsync, rename): a refused model
+   never overwrites the previous one, which a rollback needs;
 4. records the standby slot as active in ``slots.json`` (atomic write), hands the new model to
    the frame loop and acknowledges.
 
@@ -293,7 +294,6 @@ class ModelSlots:
     def _install(self, data: bytes, version: int, layout: TFLiteFile | None = None) -> None:
         active = self._active()
         standby = SLOTS[1 - SLOTS.index(active.slot)]
-        atomic_write(self._slot_path(standby), data)
         try:
             engine = self._builder.build(data)  # type: ignore[union-attr]  # worker: started
         except Exception as exc:  # any back-end failure to load means: not a usable model
@@ -303,7 +303,10 @@ class ModelSlots:
         if refused is not None:
             engine.close()  # no frame runs it: a trial's frame decides only once it is done
             raise Rejected(AckReason.INVALID_MODEL, refused, resync=False)
+        # Only an accepted model reaches the disk: the standby slot holds the previous model, the
+        # one a rollback needs, until then.
         try:
+            atomic_write(self._slot_path(standby), data)
             self._write_state(model, self._record(active))
         except BaseException:
             self._handover.hand_over(active, retired=engine)  # run what slots.json names

@@ -232,6 +232,38 @@ def test_a_model_whose_output_collapses_is_refused(device, student):
     assert d.running.version is None and d.swaps == 0
 
 
+def test_a_refused_model_never_reaches_the_slot_a_rollback_needs(
+    device, student, tmp_path, warm_frame
+):
+    d = device()
+    mirror = Mirror(student.read_bytes())
+    mirror.next_version(1)
+    mirror.next_version(2)
+    d.submit(mirror.update(0, 1), mirror.update(1, 2))  # v1 in one slot, v2 in the other
+    d.assert_runs(mirror, 2)
+    base = TFLiteFile(mirror.versions[2])
+    last_bias = [t for t in base.trainable if t.dtype == np.int32][-1]
+    biased = base.values(last_bias).copy()
+    biased[0] = np.iinfo(np.int32).max // 2  # background wins every pixel: refused
+    mirror.versions[3] = base.patched({last_bias.index: biased})
+    d.submit(mirror.update(2, 3))
+    assert _last_rejection(d) == (AckReason.INVALID_MODEL, None)
+    rollback = encode(
+        Control(sampling_rate_fps=1.0, t_update_s=10.0, rollback_to=1),
+        device_id="trainer",
+        seq=9,
+        boot=BOOT,
+    )
+    d.submit(rollback)
+    assert d.acks[-1].ok
+    d.assert_runs(mirror, 1)
+    d.stop()
+    restarted = Device(tmp_path / "slots", student, warm_frame)  # a power cut, then a boot
+    restarted.assert_runs(mirror, 1)  # the version it acknowledged last
+    assert restarted.slots.counters.get("slots.recovered") == 0
+    restarted.stop()
+
+
 # The simulated power cut ends the worker thread mid-update, which pytest reports.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_crash_between_patch_and_swap_restarts_on_the_old_model(
