@@ -85,6 +85,7 @@ class TrainerConfig(_Section):
     metrics: MetricsConfig = MetricsConfig()
     max_sessions: int = Field(64, ge=1)
     max_pending_segments: int = Field(8, ge=1)  # per session, before the oldest is dropped
+    max_pending_events: int = Field(32, ge=1)  # hellos and acks per session, likewise
 
     @field_validator("training")
     @classmethod

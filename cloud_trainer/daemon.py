@@ -92,7 +92,12 @@ class TrainerDaemon:
                 if len(self.sessions) + len(self._waiting) >= self.config.max_sessions:
                     self.endpoint.counters.inc("trainer.sessions_refused")
                     return
-                self._waiting[topic.device_id].append(envelope)
+                waiting = self._waiting[topic.device_id]
+                waiting.append(envelope)
+                # Bounded as the session's own queues will be; it takes them in order.
+                if len(waiting) > self.config.max_pending_segments + self.config.max_pending_events:
+                    del waiting[0]
+                    self.endpoint.counters.inc("trainer.waiting_dropped")
             else:
                 session.deliver(envelope)
         self.scheduler.notify(topic.device_id)

@@ -76,6 +76,7 @@ class SessionStats:
     segments: int = 0
     segments_rejected: int = 0
     segments_dropped: int = 0  # waited too long behind others
+    events_dropped: int = 0  # hellos and acks past max_pending_events (a flood): the oldest
     frames: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
@@ -149,8 +150,11 @@ class Session:
                 if len(self._segments) > self.config.max_pending_segments:
                     self._segments.popleft()
                     self.stats.segments_dropped += 1
-            else:
+            else:  # the newest say where the device is: a flood costs only its oldest
                 self._events.append(envelope)
+                if len(self._events) > self.config.max_pending_events:
+                    self._events.popleft()
+                    self.stats.events_dropped += 1
 
     @property
     def has_work(self) -> bool:

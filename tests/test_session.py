@@ -246,3 +246,29 @@ def test_a_checkpoint_never_runs_code_when_loaded(session, tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         session.restore()
     assert not marker.exists()
+
+
+def test_a_hello_flood_costs_only_its_oldest_messages(session):
+    flood = [hello("9" * 64) for _ in range(500)]
+    for env in flood:
+        session.deliver(env)
+    assert session.stats.events_dropped == 500 - session.config.max_pending_events
+    out = _run(session, hello(session.mirror.sha256))  # the newest: the device runs the student
+    assert session.device.sha256 == session.mirror.sha256
+    assert session.stats.full_models == 1  # one answer to the unknown model, not 32
+    assert isinstance(out[-1].msg, Control)
+
+
+def test_messages_for_a_device_without_a_session_yet_are_bounded(tmp_path):
+    from cloud_trainer.daemon import TrainerDaemon
+    from shared_schema.topics import parse_topic
+
+    daemon = TrainerDaemon(trainer_config(tmp_path))
+    topic = parse_topic("ams", "ams/cam-9/up/hello")
+    for _ in range(200):  # the worker has not made the session yet
+        daemon._deliver(hello("9" * 64), topic)
+    config = daemon.config
+    assert len(daemon._waiting["cam-9"]) == config.max_pending_segments + config.max_pending_events
+    assert daemon.endpoint.counters.get("trainer.waiting_dropped") == 200 - len(
+        daemon._waiting["cam-9"]
+    )
