@@ -118,6 +118,18 @@ class ModelMirror:
         )
         return self._signed(msg, body)
 
+    def renumber_after(self, version: int) -> None:
+        """Number the current file after ``version``, if it is not already: devices refuse a
+        version at or below the one they run, and one may run a version this mirror never
+        made (its trainer lost its state). The file is kept under the new number first."""
+        old = self.version
+        if old > version:
+            return
+        self._versions[version + 1] = self._versions.pop(old)
+        self._persist(version + 1)
+        if self._directory is not None:
+            self._path(old).unlink(missing_ok=True)
+
     def roll_back(self, version: int) -> bool:
         """Forget every version after ``version`` (a device refused them), if it is held."""
         if version not in self._versions:

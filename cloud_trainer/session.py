@@ -52,6 +52,7 @@ CHECKPOINT = "session.pt"
 # that does not run) would fail again.
 _RESYNCABLE = {
     AckReason.BASE_MISMATCH,
+    AckReason.STALE_VERSION,
     AckReason.MISSING_UPDATE,
     AckReason.BAD_HASH,
     AckReason.BAD_PAYLOAD,
@@ -228,6 +229,8 @@ class Session:
         """Whatever brings the device from the file it runs to the mirror's latest: nothing,
         a delta from a version the mirror still holds, or the full model."""
         if device_sha == self.mirror.sha256:
+            if self.device.version is not None:  # the device's number for this very file
+                self.mirror.renumber_after(self.device.version - 1)
             self.device.version = self.mirror.version
             return []
         target = (device_sha, self.mirror.version)
@@ -235,6 +238,11 @@ class Session:
             return []  # already answered; the device will report back after applying it
         self._last_resync = target
         held = self.mirror.find(device_sha) if device_sha else None
+        if held is not None and self.device.version not in (None, held):
+            held = None  # the device numbers that file otherwise: only a full model will do
+        if self.device.version is not None:
+            # A device ahead of the mirror (a trainer that lost its state) takes nothing older.
+            self.mirror.renumber_after(self.device.version)
         fmt = self._delta_format()
         delta = self.mirror.update_since(held, fmt) if held is not None and fmt else None
         self.stats.resyncs += 1

@@ -239,6 +239,7 @@ class ModelSlots:
             self._base_mismatch(envelope, update, active)
         if active.version is not None and update.base_version != active.version:
             raise Rejected(AckReason.BASE_MISMATCH, "base version differs", resync=True)
+        # new_version > base_version (the message's own rule) = the running one: never stale
         self._check_signature(update, envelope)
         try:
             result = verify_and_apply(update, active.layout or active.data, envelope.body)
@@ -276,9 +277,21 @@ class ModelSlots:
     def _handle_model(self, envelope: Envelope, model: Model) -> None:
         if self._is_current(model.version, envelope.header.body_sha256):
             return
+        self._refuse_stale(model.version)
         self._check_signature(model, envelope)
         self._install(envelope.body, model.version)
         self._stash.clear()
+
+    def _refuse_stale(self, version: int) -> None:
+        """Versions only move forward: a replayed older model, signed or not, never installs.
+        Going back is a rollback, which names the version (``Control.rollback_to``)."""
+        running = self._active().version
+        if running is not None and version <= running:
+            raise Rejected(
+                AckReason.STALE_VERSION,
+                f"version {version} is not newer than the running {running}",
+                resync=True,
+            )
 
     def _is_current(self, version: int, sha256: str) -> bool:
         active = self._active()

@@ -57,6 +57,7 @@ class AckReason(StrEnum):
     UNSUPPORTED_FORMAT = "unsupported_format"
     INVALID_MODEL = "invalid_model"  # fails to load or its warm-up output is invalid
     UNKNOWN_VERSION = "unknown_version"  # a rollback to a version the device no longer holds
+    STALE_VERSION = "stale_version"  # a model or update no newer than what the device runs
     DECODE_ERROR = "decode_error"  # a segment the trainer could not decode
     INTERNAL_ERROR = "internal_error"
 

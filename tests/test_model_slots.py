@@ -161,6 +161,24 @@ def test_signatures_are_enforced_when_a_key_is_configured(device, student, tmp_p
     d.assert_runs(mirror, 1)
 
 
+def test_a_replayed_older_version_never_installs_even_signed(device, student, tmp_path):
+    key = save_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
+    d = device(public_key=key.public_key())
+    mirror = Mirror(student.read_bytes(), key=key)
+    for v in (1, 2, 3):
+        mirror.next_version(v)
+    old_model, old_update = mirror.model(1), mirror.update(0, 1)  # captured on the wire
+    d.submit(mirror.model(3))
+    d.assert_runs(mirror, 3)
+    d.submit(old_model)
+    assert _last_rejection(d) == (AckReason.STALE_VERSION, 3)
+    d.submit(mirror.model(3), old_update)  # a duplicate is fine; the old update has no base
+    d.assert_runs(mirror, 3)
+    # an update cannot go back at all: its new version must pass its base, which is the running
+    with pytest.raises(ValueError, match="new_version must be greater than base_version"):
+        mirror.update(3, 2)
+
+
 def test_tampered_body_without_a_key_fails_its_result_hash(device, student):
     d = device()
     mirror = Mirror(student.read_bytes())

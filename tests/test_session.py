@@ -272,3 +272,23 @@ def test_messages_for_a_device_without_a_session_yet_are_bounded(tmp_path):
     assert daemon.endpoint.counters.get("trainer.waiting_dropped") == 200 - len(
         daemon._waiting["cam-9"]
     )
+
+
+def _hello_at(sha, version):
+    msg = hello(sha).msg.model_copy(update={"model_version": version})
+    return envelope(msg)
+
+
+def test_a_device_ahead_of_the_mirror_gets_a_newer_version(session):
+    # The device runs v7 of a file this trainer never made (it lost its state): a full model
+    # numbered 7 or lower would be refused as stale.
+    (model, _) = _run(session, _hello_at("9" * 64, 7))
+    assert isinstance(model.msg, Model) and model.msg.version == 8
+    assert session.mirror.version == 8 and model.body == session.mirror.data
+    assert [p.name for p in session.mirror._directory.iterdir()] == ["v00000008.tflite"]
+
+
+def test_a_device_numbering_the_mirrors_file_higher_is_followed(session):
+    out = _run(session, _hello_at(session.mirror.sha256, 5))
+    assert [type(o.msg) for o in out] == [Control]  # the same file: nothing to send
+    assert session.mirror.version == session.device.version == 5  # next update: base 5
