@@ -25,7 +25,7 @@ from cloud_trainer.student import TFLiteStudent, quantized_weights
 from edge_runtime.durable import atomic_write, remove_partial_writes
 from shared_schema.envelope import sha256_hex
 from shared_schema.messages import Model, ModelFormat, Update, UpdateFormat
-from shared_schema.signing import sign, signing_payload
+from shared_schema.signing import Signer
 from shared_schema.tflite_file import TFLiteFile
 from shared_schema.update_formats import ams_fp16, apply_update, qdelta, zpatch
 
@@ -43,7 +43,7 @@ class ModelMirror:
     ) -> None:
         self.device_id = device_id
         self._history = history
-        self._key = signing_key
+        self._signer = Signer(signing_key) if signing_key else None
         self._directory = directory
         saved = self._read_saved()
         self._versions: OrderedDict[int, bytes] = saved or OrderedDict({version: bytes(initial)})
@@ -165,9 +165,8 @@ class ModelMirror:
         return self._signed(msg, body)
 
     def _signed(self, msg: Model | Update, body: bytes) -> Outgoing:
-        if self._key is not None:
-            payload = signing_payload(self.device_id, msg, sha256_hex(body))
-            msg = msg.model_copy(update={"signature": sign(self._key, payload)})
+        if self._signer is not None:
+            msg = self._signer.sign(self.device_id, msg, body)
         return Outgoing(msg, body)
 
     def _path(self, version: int) -> Path:

@@ -44,6 +44,7 @@ from shared_schema.messages import (
     Segment,
     UpdateFormat,
 )
+from shared_schema.signing import Signer
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class Session:
     ) -> None:
         self.device_id = device_id
         self.config = config
+        self._signer = Signer(signing_key) if signing_key else None
         self.directory = directory
         self._teacher = teacher
         training = config.training
@@ -178,6 +180,11 @@ class Session:
             out += self._train()
         return out
 
+    def _signed_control(self, control: Control) -> Outgoing:
+        if self._signer is not None:
+            control = self._signer.sign(self.device_id, control)
+        return Outgoing(control)
+
     def control(self) -> Control:
         return Control(sampling_rate_fps=self.asr.rate_fps, t_update_s=self.atr.t_update_s)
 
@@ -198,7 +205,7 @@ class Session:
             known=True,
         )
         log.info("%s: hello (%s, model %s)", self.device_id, hello.profile, hello.model_version)
-        return [*self._catch_up(hello.model_sha256), Outgoing(self.control())]
+        return [*self._catch_up(hello.model_sha256), self._signed_control(self.control())]
 
     def _ack(self, ack: Ack) -> list[Outgoing]:
         self.device.version, self.device.sha256 = ack.model_version, ack.model_sha256
@@ -305,7 +312,7 @@ class Session:
             self.atr.update(self.asr.update())
             self._next_rate_update += self.config.asr.interval_s
         after = self.control()
-        return [] if after == before else [Outgoing(after)]
+        return [] if after == before else [self._signed_control(after)]
 
     def _train(self) -> list[Outgoing]:
         self._phase_due = False

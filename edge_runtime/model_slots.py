@@ -38,8 +38,6 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import NoReturn
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from edge_runtime.backends.base import Engine
 from edge_runtime.durable import atomic_write, remove_partial_writes
 from edge_runtime.priority import lower_thread_priority
@@ -47,7 +45,7 @@ from edge_runtime.swap import Handover, LoadedModel
 from shared_schema.counters import Counters
 from shared_schema.envelope import Envelope, sha256_hex
 from shared_schema.messages import Ack, AckReason, Control, Model, Update
-from shared_schema.signing import signing_payload, verify
+from shared_schema.signing import Keyring
 from shared_schema.tflite_file import TFLiteFile
 from shared_schema.update_formats import ResultHashMismatch, UpdateFormatError, verify_and_apply
 
@@ -101,14 +99,14 @@ class ModelSlots:
         initial_model: Path,
         open_engine: Callable[[bytes], Engine],
         device_id: str,
-        public_key: Ed25519PublicKey | None = None,
+        keyring: Keyring | None = None,
         counters: Counters | None = None,
     ) -> None:
         self.slot_dir = Path(slot_dir)
         self.initial_model = Path(initial_model)
         self._open_engine = open_engine
         self.device_id = device_id
-        self._public_key = public_key
+        self.keyring = keyring  # the trainer keys signatures must verify against; None: unsigned
         self.counters = counters or Counters()
         self.active: LoadedModel | None = None
         self.previous: LoadedModel | None = None
@@ -298,11 +296,16 @@ class ModelSlots:
         return active.version == version and active.sha256 == sha256
 
     def _check_signature(self, msg: Model | Update, envelope: Envelope) -> None:
-        if self._public_key is None:
-            return
-        payload = signing_payload(self.device_id, msg, envelope.header.body_sha256)
-        if not verify(self._public_key, payload, msg.signature):
+        if not self.authentic(envelope):
             raise Rejected(AckReason.BAD_SIGNATURE, "signature does not verify", resync=False)
+
+    def authentic(self, envelope: Envelope) -> bool:
+        """Whether a model, update or control is signed by a trusted key (always, unsigned)."""
+        msg = envelope.msg
+        assert isinstance(msg, Model | Update | Control)
+        return self.keyring is None or self.keyring.verify(
+            self.device_id, msg, envelope.header.body_sha256
+        )
 
     def _install(self, data: bytes, version: int, layout: TFLiteFile | None = None) -> None:
         active = self._active()

@@ -45,7 +45,20 @@ class ModelSection(_Section):
     format: ModelFormat = ModelFormat.TFLITE
     labels: Path | None = None
     slot_dir: Path  # slots A and B and the active-slot record live here
-    public_key: Path | None = None  # Ed25519 key that update signatures must verify against
+    public_key: Path | None = None  # the trainer's Ed25519 key signatures must verify against
+    # The trainer's next key (cloud-trainer keys generate writes both): trusted as well, so
+    # that a rotation (cloud-trainer keys rotate) never strands a device.
+    next_public_key: Path | None = None
+
+    @property
+    def trusted_keys(self) -> tuple[Path, ...]:
+        return tuple(k for k in (self.public_key, self.next_public_key) if k is not None)
+
+    @model_validator(mode="after")
+    def _next_needs_current(self) -> ModelSection:
+        if self.next_public_key is not None and self.public_key is None:
+            raise ValueError("next_public_key needs public_key")
+        return self
 
 
 class SamplingSection(_Section):
@@ -168,6 +181,7 @@ _PATH_KEYS = {
     "labels",
     "slot_dir",
     "public_key",
+    "next_public_key",
     "spool_dir",
     "ca_file",
     "cert_file",

@@ -43,13 +43,14 @@ from shared_schema.endpoint import DeviceEndpoint
 from shared_schema.envelope import Envelope
 from shared_schema.messages import (
     Ack,
+    AckReason,
     Control,
     Hello,
     MessageType,
     ModelFormat,
     UpdateFormat,
 )
-from shared_schema.signing import load_public_key
+from shared_schema.signing import Keyring
 from shared_schema.topics import Topic
 
 log = logging.getLogger(__name__)
@@ -112,13 +113,13 @@ class EdgeRuntime:
         """Everything a profile describes: slots, and unless ``connect`` is off, the MQTT
         endpoint with its spooled uplink and the optional results summary."""
         counters = Counters()
-        public_key = profile.model.public_key
+        keys = profile.model.trusted_keys
         slots = ModelSlots(
             profile.model.slot_dir,
             initial_model=profile.model.initial,
             open_engine=profile.inference.open,
             device_id=profile.device.id,
-            public_key=load_public_key(public_key) if public_key else None,
+            keyring=Keyring.load(keys) if keys else None,
             counters=counters,
         )
         slots.load()
@@ -252,6 +253,11 @@ class EdgeRuntime:
     def _on_control(self, envelope: Envelope, topic: Topic) -> None:
         control = envelope.msg
         assert isinstance(control, Control)
+        if not self._slots.authentic(envelope):
+            self.counters.inc("control.rejected.bad_signature")
+            log.warning("control: refused, its signature does not verify")
+            self._send(self._ack_for(envelope, AckReason.BAD_SIGNATURE))
+            return
         rate = self.sampler.set_rate(control.sampling_rate_fps)
         self.segments.reconfigure(
             t_update_s=control.t_update_s, sampling_rate_fps=rate, knobs=control.encoder
@@ -264,12 +270,14 @@ class EdgeRuntime:
         else:
             self._send(self._ack_for(envelope))
 
-    def _ack_for(self, envelope: Envelope) -> Ack:
+    def _ack_for(self, envelope: Envelope, refused: AckReason | None = None) -> Ack:
         model = self.model  # read once: the version and the hash of one model
         return Ack(
             ref_type="control",
             ref_seq=envelope.header.seq,
-            ok=True,
+            ok=refused is None,
+            reason=refused,
+            detail="" if refused is None else "signature does not verify",
             model_version=model.version,
             model_sha256=model.sha256,
         )

@@ -66,6 +66,7 @@ Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0
 Text = Annotated[str, StringConstraints(max_length=1024)]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Ed25519SigHex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{128}$")]
+KeyId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]  # see signing.key_id
 Version = Annotated[int, Field(ge=0, le=2**53)]
 Count = Annotated[int, Field(ge=0, le=2**63)]
 NonNeg = Annotated[float, Field(ge=0.0)]
@@ -172,6 +173,7 @@ class Model(Message):
     version: Version
     format: ModelFormat = ModelFormat.TFLITE
     name: Annotated[str, StringConstraints(max_length=128)] = ""
+    key_id: KeyId | None = None  # the trainer key that signed it
     signature: Ed25519SigHex | None = None
 
 
@@ -184,6 +186,7 @@ class Update(Message):
     new_version: Version
     result_sha256: Sha256Hex  # sha256 of the full model file the update produces
     format: UpdateFormat = UpdateFormat.QDELTA
+    key_id: KeyId | None = None
     signature: Ed25519SigHex | None = None
 
     @model_validator(mode="after")
@@ -208,6 +211,8 @@ class Control(Message):
     t_update_s: Annotated[float, Field(gt=0.0, le=86_400.0)]
     encoder: EncoderKnobs = EncoderKnobs()
     rollback_to: Version | None = None
+    key_id: KeyId | None = None  # signed as models and updates are: a rollback is one too
+    signature: Ed25519SigHex | None = None
 
 
 class Status(Message):

@@ -1,25 +1,77 @@
-"""Ed25519 signatures on model and update messages (SPEC §5).
+"""Ed25519 signatures on what the trainer sends down: models, updates and controls (SPEC §5).
 
-The trainer signs, the device verifies with the public key from its profile. The signature
-covers the device it is meant for, the versions, the format and the sha256 of both the body and
-(for updates) the resulting model, so it cannot be replayed to another device or another base.
+The trainer signs, the device verifies with the keys from its profile (a keyring: the current
+key and the next one, so a rotation never strands a device). The signature covers the device
+it is meant for, the message type, the versions, the format, the key id and the sha256 of both
+the body and (for updates) the resulting model, so it cannot be replayed to another device,
+another base or as another kind of message; a device also refuses a version at or below the one
+it runs, so an old signed model cannot be replayed to it either.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from shared_schema.messages import Model, Update
+from shared_schema.envelope import sha256_hex
+from shared_schema.messages import Control, Model, Update
 
-_DOMAIN = b"amstream-signature-v1\x00"
+_DOMAIN = b"amstream-signature-v2\x00"
+Signed = Model | Update | Control
 
 
-def signing_payload(device_id: str, msg: Model | Update, body_sha256: str) -> bytes:
+def key_id(key: Ed25519PublicKey) -> str:
+    """A key's short name: the first 16 hex digits of the sha256 of its raw 32 bytes."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+class Signer:
+    """The trainer's side: every signed message leaves through ``sign``."""
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self._key = key
+        self.key_id = key_id(key.public_key())
+
+    def sign(self, device_id: str, msg: Signed, body: bytes = b"") -> Signed:
+        """``msg`` for ``device_id`` with its key id and signature (``body``: what travels with
+        it, whose hash the signature covers)."""
+        named = msg.model_copy(update={"key_id": self.key_id, "signature": None})
+        payload = signing_payload(device_id, named, sha256_hex(body))
+        return named.model_copy(update={"signature": sign(self._key, payload)})
+
+
+class Keyring:
+    """The device's side: the trainer keys it trusts, by key id."""
+
+    def __init__(self, keys: Iterable[Ed25519PublicKey]) -> None:
+        self._keys = {key_id(key): key for key in keys}
+        if not self._keys:
+            raise ValueError("a keyring needs at least one key")
+
+    @classmethod
+    def load(cls, paths: Iterable[Path]) -> Keyring:
+        return cls(load_public_key(path) for path in paths)
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        return tuple(self._keys)
+
+    def verify(self, device_id: str, msg: Signed, body_sha256: str) -> bool:
+        """Whether ``msg`` is signed for ``device_id`` by a key of this ring."""
+        key = self._keys.get(msg.key_id or "")
+        return key is not None and verify(
+            key, signing_payload(device_id, msg, body_sha256), msg.signature
+        )
+
+
+def signing_payload(device_id: str, msg: Signed, body_sha256: str) -> bytes:
     """The canonical bytes a signature covers (everything but the signature itself)."""
     fields = msg.model_dump(mode="json", exclude={"signature"})
     return (

@@ -7,7 +7,7 @@ import numpy as np
 
 from shared_schema.envelope import decode, encode, sha256_hex
 from shared_schema.messages import Model, Update
-from shared_schema.signing import sign, signing_payload
+from shared_schema.signing import Signer
 from shared_schema.tflite_file import TFLiteFile
 from shared_schema.update_formats import qdelta
 
@@ -65,7 +65,6 @@ class Mirror:
 
     def _frame(self, msg, body: bytes) -> bytes:
         if self.key is not None:
-            payload = signing_payload(self.device_id, msg, sha256_hex(body))
-            msg = msg.model_copy(update={"signature": sign(self.key, payload)})
+            msg = Signer(self.key).sign(self.device_id, msg, body)
         self.seq += 1
         return encode(msg, device_id="trainer", seq=self.seq, boot=BOOT, body=body)

@@ -14,7 +14,7 @@ from edge_runtime.model_slots import STATE_FILE, ModelSlots
 from edge_runtime.swap import Handover
 from shared_schema.envelope import decode, encode, sha256_hex
 from shared_schema.messages import AckReason, Control, UpdateFormat
-from shared_schema.signing import save_keypair
+from shared_schema.signing import Keyring, save_keypair
 from shared_schema.tflite_file import TFLiteFile
 from tests.mirror import BOOT, Mirror
 
@@ -45,7 +45,7 @@ class Device:
             initial_model=student,
             open_engine=CONFIG.open,
             device_id="cam-1",
-            public_key=public_key,
+            keyring=None if public_key is None else Keyring([public_key]),
         )
         self.running = self.slots.load()
         self.acks = []
