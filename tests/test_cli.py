@@ -34,6 +34,7 @@ def _subcommands(help_text: str) -> set[str]:
                 "bench-serve",
                 "export",
                 "evaluate",
+                "keys",
             },
         ),
     ],

@@ -87,6 +87,17 @@ def _bench_serve(args: argparse.Namespace) -> int:
     return 0 if results["message_loss"] == 0 else 1
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from cloud_trainer.tools import keys
+
+    if args.action == "show":
+        result: dict[str, object] = keys.show(Path(args.path))
+    else:
+        result = getattr(keys, args.action)(Path(args.dir))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _training_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "iterations": args.iterations,
@@ -135,6 +146,20 @@ def add_tool_parsers(sub: Any) -> None:
     bs.add_argument("--no-sweep", action="store_true", help="skip the 1-device round")
     _add_training_options(bs)
     bs.set_defaults(func=_bench_serve)
+
+    keys = sub.add_parser(
+        "keys", help="the trainer's signing keys: generate, rotate, show (Ed25519, key ids)"
+    )
+    actions = keys.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, what in (
+        ("generate", "make a current and a next key pair in --dir (never overwrites)"),
+        ("rotate", "the next key becomes current, a fresh one next; the old one is retired"),
+    ):
+        parser = actions.add_parser(action, help=what)
+        parser.add_argument("--dir", required=True, help="the key directory")
+    show = actions.add_parser("show", help="the key id of a key file (.pem or .pub)")
+    show.add_argument("path")
+    keys.set_defaults(func=_keys)
 
     mon = sub.add_parser("monitor", help="print every protocol message under a prefix as JSON")
     mon.add_argument("--host", default="127.0.0.1")
