@@ -10,7 +10,15 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from cloud_trainer.ams.asr import AsrConfig
 from cloud_trainer.ams.atr import AtrConfig
@@ -59,7 +67,20 @@ class StudentConfig(_Section):
 class UpdatesConfig(_Section):
     format: UpdateFormat = UpdateFormat.QDELTA
     history: int = Field(8, ge=2, le=1000)  # versions kept to answer resyncs with a delta
-    signing_key: Path | None = None  # Ed25519 private key (PEM): updates are signed with it
+    # Ed25519 private key (PEM, cloud-trainer keys generate): models, updates and controls are
+    # signed with it.
+    signing_key: Path | None = None
+    allow_unsigned: bool = False  # development only: send them unsigned (the daemon says so)
+
+    @model_validator(mode="after")
+    def _signed_unless_told_otherwise(self) -> UpdatesConfig:
+        if self.signing_key is None and not self.allow_unsigned:
+            raise ValueError(
+                "signing_key is required: cloud-trainer keys generate --dir DIR, then set"
+                " [updates] signing_key = DIR/trainer_ed25519.pem (or allow_unsigned = true for"
+                " development only)"
+            )
+        return self
 
 
 class CheckpointConfig(_Section):
@@ -80,7 +101,7 @@ class TrainerConfig(_Section):
     training: TrainingConfig = Field(TrainingConfig(), validate_default=True)
     asr: AsrConfig = AsrConfig()
     atr: AtrConfig = AtrConfig()
-    updates: UpdatesConfig = UpdatesConfig()
+    updates: UpdatesConfig  # no default: a deployment names its signing key
     checkpoint: CheckpointConfig
     metrics: MetricsConfig = MetricsConfig()
     max_sessions: int = Field(64, ge=1)

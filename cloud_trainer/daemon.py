@@ -37,6 +37,11 @@ class TrainerDaemon:
         self._initial_model = config.student.model.read_bytes()
         key = config.updates.signing_key
         self._signing_key = load_private_key(key) if key else None
+        if self._signing_key is None:
+            log.warning(
+                "UNSIGNED: [updates] allow_unsigned is on: devices take any model, update or"
+                " control from anyone who can publish on their topics (development only)"
+            )
         self.sessions: dict[str, Session] = {}
         self._waiting: dict[str, list[Envelope]] = defaultdict(list)  # before its session
         self._lock = threading.Lock()

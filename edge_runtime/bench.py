@@ -33,6 +33,7 @@ from edge_runtime.runtime import EdgeRuntime
 from edge_runtime.sources import open_source
 from shared_schema.envelope import decode, encode, sha256_hex
 from shared_schema.messages import Update
+from shared_schema.signing import Signer, save_keypair
 from shared_schema.tflite_file import TFLiteFile
 from shared_schema.update_formats import qdelta
 
@@ -54,15 +55,17 @@ def bench_profile(
     sampling_fps: float,
     bitrate_kbps: float,
     broker: str | None,
+    public_key: Path,
 ) -> Profile:
-    """The ``cpu`` profile, T_update as it has it, with the benchmark's settings."""
+    """The ``cpu`` profile, T_update as it has it, with the benchmark's settings; it trusts
+    ``public_key`` alone (the benchmark's own key)."""
     url = urlsplit(f"mqtt://{broker}") if broker else None
     return bundled_profile(
         "cpu",
         workdir,
         device_id="bench-0",
         inference={"threads": threads},
-        model={"initial": str(model)},
+        model={"initial": str(model), "public_key": str(public_key), "next_public_key": None},
         sampling={
             "min_fps": min(0.1, sampling_fps),
             "max_fps": max(1.0, sampling_fps),
@@ -126,6 +129,7 @@ def throughput(
     inputs = [frame.rgb(width, height) for frame in decoded]
     bare, runs = [], []
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
+        _, public_key = _bench_key(Path(tmp))
         for round_index in range(rounds):
             bare.append(bare_fps(model, inputs, threads))
             profile = bench_profile(
@@ -135,6 +139,7 @@ def throughput(
                 sampling_fps=sampling_fps,
                 bitrate_kbps=bitrate_kbps,
                 broker=broker,
+                public_key=public_key,
             )
             runs.append(runtime_round(profile, decoded, broker))
     ratios = [run["fps"] / b for run, b in zip(runs, bare, strict=True)]
@@ -172,8 +177,17 @@ def perturbed(model: TFLiteFile, fraction: float, rng: np.random.Generator) -> b
     return model.patched(new)
 
 
-def update_chain(initial: bytes, count: int, fraction: float, device_id: str) -> list[bytes]:
-    """``count`` framed qdelta updates, each applying to the result of the one before."""
+def _bench_key(directory: Path) -> tuple[Signer, Path]:
+    """The benchmark's own trainer key: its updates are signed and verified, as deployed."""
+    private, public = directory / "bench_ed25519.pem", directory / "bench_ed25519.pub"
+    return Signer(save_keypair(private, public)), public
+
+
+def update_chain(
+    initial: bytes, count: int, fraction: float, device_id: str, signer: Signer
+) -> list[bytes]:
+    """``count`` framed qdelta updates, each applying to the result of the one before, signed
+    for ``device_id``."""
     rng = np.random.default_rng(0)
     payloads, current = [], initial
     for version in range(count):
@@ -186,6 +200,7 @@ def update_chain(initial: bytes, count: int, fraction: float, device_id: str) ->
             new_version=version + 1,
             result_sha256=sha256_hex(target),
         )
+        msg = signer.sign(device_id, msg, body)
         payloads.append(encode(msg, device_id="trainer", seq=version, boot="0" * 16, body=body))
         current = target
     return payloads
@@ -207,9 +222,10 @@ def swap(
     decoded = load_frames(source, 300)
     fps = fps or 1.0 / _period(decoded)
     count = math.ceil(duration_s / swap_every_s) + 1
-    updates = update_chain(model.read_bytes(), count, update_fraction, "bench-0")
     runs: dict[str, list[dict]] = {"baseline": [], "swapping": []}
     with tempfile.TemporaryDirectory(prefix="edge-swap-") as tmp:
+        signer, public_key = _bench_key(Path(tmp))
+        updates = update_chain(model.read_bytes(), count, update_fraction, "bench-0", signer)
         for round_index in range(rounds):
             for name, chain in (("baseline", []), ("swapping", updates)):
                 profile = bench_profile(
@@ -219,6 +235,7 @@ def swap(
                     sampling_fps=1.0,
                     bitrate_kbps=200.0,
                     broker=None,
+                    public_key=public_key,
                 )
                 runs[name].append(
                     _paced_round(profile, decoded, fps, duration_s, chain, swap_every_s)

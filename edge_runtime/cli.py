@@ -21,6 +21,7 @@ def _check_profile(args: argparse.Namespace) -> int:
             ("model.initial", profile.model.initial),
             ("model.labels", profile.model.labels),
             ("model.public_key", profile.model.public_key),
+            ("model.next_public_key", profile.model.next_public_key),
         ]
         missing = [
             f"{field}: {path}"

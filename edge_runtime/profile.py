@@ -49,15 +49,22 @@ class ModelSection(_Section):
     # The trainer's next key (cloud-trainer keys generate writes both): trusted as well, so
     # that a rotation (cloud-trainer keys rotate) never strands a device.
     next_public_key: Path | None = None
+    # Development only: accept unsigned models, updates and controls. The runtime says so loudly.
+    allow_unsigned: bool = False
 
     @property
     def trusted_keys(self) -> tuple[Path, ...]:
         return tuple(k for k in (self.public_key, self.next_public_key) if k is not None)
 
     @model_validator(mode="after")
-    def _next_needs_current(self) -> ModelSection:
+    def _signed_unless_told_otherwise(self) -> ModelSection:
         if self.next_public_key is not None and self.public_key is None:
             raise ValueError("next_public_key needs public_key")
+        if self.public_key is None and not self.allow_unsigned:
+            raise ValueError(
+                "public_key is required: set it to the trainer's public key (cloud-trainer keys"
+                " generate), or allow_unsigned = true for development only"
+            )
         return self
 
 

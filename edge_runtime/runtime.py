@@ -114,6 +114,11 @@ class EdgeRuntime:
         endpoint with its spooled uplink and the optional results summary."""
         counters = Counters()
         keys = profile.model.trusted_keys
+        if not keys:
+            log.warning(
+                "UNSIGNED: [model] allow_unsigned is on: this device takes any model, update or"
+                " control from anyone who can publish on its topics (development only)"
+            )
         slots = ModelSlots(
             profile.model.slot_dir,
             initial_model=profile.model.initial,

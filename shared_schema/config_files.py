@@ -2,7 +2,8 @@
 path rules both follow.
 
 Paths may use ``${VAR}`` (environment variables; ``AMS_SHARED_DIR`` defaults to the shared data
-directory beside the project) and ``~``; relative paths resolve against the file's directory.
+directory beside the project, ``AMS_KEY_DIR`` to ``~/.config/amstream/keys``) and ``~``;
+relative paths resolve against the file's directory.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 SHARED_DIR_ENV = "AMS_SHARED_DIR"
+# Where the trainer's keys are (cloud-trainer keys generate --dir): the bundled profile and the
+# default trainer config name them under ${AMS_KEY_DIR}.
+KEY_DIR_ENV = "AMS_KEY_DIR"
+DEFAULT_KEY_DIR = "~/.config/amstream/keys"
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NOT_FILES = ("/dev/", "picamera2:")
@@ -73,6 +78,8 @@ def substitute_vars(value: str, field: str) -> str:
 
     def var(match: re.Match[str]) -> str:
         name = match.group(1)
+        if name == KEY_DIR_ENV and not os.environ.get(name):
+            return str(Path(DEFAULT_KEY_DIR).expanduser())
         if name == SHARED_DIR_ENV and not os.environ.get(name):
             shared = find_shared_dir()
             if shared is None:

@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from shared_schema.config_files import ConfigFileError
 from shared_schema.envelope import sha256_hex
 from shared_schema.messages import Control, Model, Update
 
@@ -98,9 +99,19 @@ def verify(key: Ed25519PublicKey, payload: bytes, signature_hex: str | None) -> 
     return True
 
 
+def _read_key(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigFileError(
+            f"{path}: cannot read: {exc.strerror}: make the keys with cloud-trainer keys"
+            " generate --dir DIR (the default configs look in $AMS_KEY_DIR)"
+        ) from exc
+
+
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """A PEM public key, or the raw 32 bytes (as written by ``save_keypair``)."""
-    data = Path(path).read_bytes()
+    data = _read_key(path)
     try:
         key = (
             Ed25519PublicKey.from_public_bytes(data)
@@ -115,9 +126,12 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    try:
+        key = serialization.load_pem_private_key(_read_key(path), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigFileError(f"{path}: not an unencrypted PEM private key: {exc}") from exc
     if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path}: not an Ed25519 private key")
+        raise ConfigFileError(f"{path}: not an Ed25519 private key")
     return key
 
 

@@ -108,6 +108,11 @@ def test_a_chain_of_updates_and_a_restart_after_the_swap(device, student, tmp_pa
     restarted.stop()
 
 
+def _rollback(version: int, seq: int) -> bytes:
+    control = Control(sampling_rate_fps=1.0, t_update_s=10.0, rollback_to=version)
+    return encode(control, device_id="trainer", seq=seq, boot=BOOT)
+
+
 def _last_rejection(d: Device):
     ack = d.acks[-1]
     assert not ack.ok
@@ -218,20 +223,10 @@ def test_full_model_resync_and_rollback(device, student):
     d.assert_runs(mirror, 2)
     d.submit(mirror.update(2, 3))
     d.assert_runs(mirror, 3)
-    rollback = encode(
-        Control(sampling_rate_fps=1.0, t_update_s=10.0, rollback_to=2),
-        device_id="trainer",
-        seq=7,
-        boot=BOOT,
-    )
+    rollback = _rollback(2, seq=7)
     d.submit(rollback)
     d.assert_runs(mirror, 2)
-    bad = encode(
-        Control(sampling_rate_fps=1.0, t_update_s=10.0, rollback_to=1),
-        device_id="trainer",
-        seq=8,
-        boot=BOOT,
-    )
+    bad = _rollback(1, seq=8)
     d.submit(bad)
     assert d.acks[-1].reason == AckReason.UNKNOWN_VERSION
     d.assert_runs(mirror, 2)
@@ -266,12 +261,7 @@ def test_a_refused_model_never_reaches_the_slot_a_rollback_needs(
     mirror.versions[3] = base.patched({last_bias.index: biased})
     d.submit(mirror.update(2, 3))
     assert _last_rejection(d) == (AckReason.INVALID_MODEL, None)
-    rollback = encode(
-        Control(sampling_rate_fps=1.0, t_update_s=10.0, rollback_to=1),
-        device_id="trainer",
-        seq=9,
-        boot=BOOT,
-    )
+    rollback = _rollback(1, seq=9)
     d.submit(rollback)
     assert d.acks[-1].ok
     d.assert_runs(mirror, 1)

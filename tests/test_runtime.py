@@ -18,6 +18,7 @@ from firmware_configs import PROFILE_DIR
 from shared_schema.endpoint import TrainerEndpoint
 from shared_schema.envelope import sha256_hex
 from shared_schema.messages import Control, MessageType
+from shared_schema.signing import Signer
 from shared_schema.tflite_file import TFLiteFile
 from tests.mirror import Mirror
 from tests.mqtt_helpers import Inbox, wait_until
@@ -74,7 +75,7 @@ def _start(profile):
 
 
 @pytest.mark.broker
-def test_device_uplink_hello_telemetry_and_control(tmp_path, broker, trainer, video):
+def test_device_uplink_hello_telemetry_and_control(tmp_path, broker, trainer, video, trainer_key):
     endpoint, inbox = trainer
     runtime = _start(device_profile(tmp_path, broker))
     hello, _ = inbox.of_type(MessageType.HELLO)
@@ -86,7 +87,7 @@ def test_device_uplink_hello_telemetry_and_control(tmp_path, broker, trainer, vi
         pictures = decode_segment(segment.body, expected_frames=10)
         assert (pictures[0].width, pictures[0].height) == (768, 576)
 
-        control = Control(sampling_rate_fps=0.5, t_update_s=6.0)
+        control = Signer(trainer_key).sign("cpu-0", Control(sampling_rate_fps=0.5, t_update_s=6.0))
         assert endpoint.send("cpu-0", control).wait(5)
         ack, _ = inbox.of_type(MessageType.ACK)
         assert ack.msg.ok and ack.msg.ref_type == "control"
@@ -111,11 +112,11 @@ def test_device_uplink_hello_telemetry_and_control(tmp_path, broker, trainer, vi
 
 
 @pytest.mark.broker
-def test_hot_swap_over_mqtt_keeps_frames_flowing(tmp_path, broker, trainer, video):
+def test_hot_swap_over_mqtt_keeps_frames_flowing(tmp_path, broker, trainer, video, trainer_key):
     endpoint, inbox = trainer
     profile = device_profile(tmp_path, broker)
     runtime = _start(profile)
-    mirror = Mirror(profile.model.initial.read_bytes(), device_id="cpu-0")
+    mirror = Mirror(profile.model.initial.read_bytes(), key=trainer_key, device_id="cpu-0")
     for version in (1, 2):
         mirror.next_version(version)
     done = threading.Event()
@@ -150,7 +151,9 @@ def test_hot_swap_over_mqtt_keeps_frames_flowing(tmp_path, broker, trainer, vide
 
 
 @pytest.mark.broker
-def test_a_collapsed_model_is_refused_on_its_warm_up_frame(tmp_path, broker, trainer, video):
+def test_a_collapsed_model_is_refused_on_its_warm_up_frame(
+    tmp_path, broker, trainer, video, trainer_key
+):
     """While frames flow, a new model's first frame is its warm-up: a model whose output
     collapses to one class is refused there, and that frame's result comes from the old one."""
     endpoint, inbox = trainer
@@ -161,7 +164,7 @@ def test_a_collapsed_model_is_refused_on_its_warm_up_frame(tmp_path, broker, tra
     )
     runtime.start()
     assert runtime.endpoint.wait_connected(10)
-    mirror = Mirror(profile.model.initial.read_bytes(), device_id="cpu-0")
+    mirror = Mirror(profile.model.initial.read_bytes(), key=trainer_key, device_id="cpu-0")
     base = TFLiteFile(mirror.versions[0])
     last_bias = [t for t in base.trainable if t.dtype == np.int32][-1]
     biased = base.values(last_bias).copy()

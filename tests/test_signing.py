@@ -12,6 +12,7 @@ from shared_schema.messages import AckReason, Control, Model, Update
 from shared_schema.signing import Keyring, Signer, key_id, save_keypair
 
 SHA = "a" * 64
+UNKEYED = {"public_key": None, "next_public_key": None}
 
 
 def _keys(tmp_path, *names):
@@ -82,3 +83,37 @@ def test_a_keyed_device_acts_only_on_controls_its_trainer_signed(keyed_runtime, 
     assert runtime.counters.get("control.rejected.bad_signature") == 2
     runtime._on_control(_control(Signer(key).sign("cam-1", forged)), None)
     assert runtime.sampler.rate_fps == pytest.approx(0.1) and acks[-1].ok
+
+
+def test_unsigned_is_a_development_switch_that_must_be_named(tmp_path):
+    from edge_runtime.profile import ProfileError
+
+    with pytest.raises(ProfileError, match=r"model: .*public_key is required.*allow_unsigned"):
+        bundled_profile("cpu", tmp_path, device_id="cam-1", model=UNKEYED)
+    dev = bundled_profile(
+        "cpu", tmp_path, device_id="cam-1", model=UNKEYED | {"allow_unsigned": True}
+    )
+    assert dev.model.trusted_keys == ()
+
+
+def test_the_trainer_signs_unless_told_otherwise(tmp_path, trainer_keys):
+    from cloud_trainer.config import ConfigError, load_config
+    from tests.trainer_helpers import trainer_raw, write_toml
+
+    raw = trainer_raw(tmp_path)
+    assert raw["updates"]["signing_key"] == str(trainer_keys / "trainer_ed25519.pem")
+    del raw["updates"]["signing_key"]
+    with pytest.raises(ConfigError, match=r"updates: signing_key is required: cloud-trainer keys"):
+        load_config(write_toml(raw, tmp_path / "unsigned.toml"))
+    raw["updates"]["allow_unsigned"] = True
+    assert load_config(write_toml(raw, tmp_path / "dev.toml")).updates.signing_key is None
+
+
+def test_a_missing_key_file_is_one_line_naming_the_fix(tmp_path):
+    from shared_schema.config_files import ConfigFileError
+    from shared_schema.signing import load_private_key
+
+    with pytest.raises(ConfigFileError, match=r"absent\.pem: cannot read.*keys generate --dir"):
+        load_private_key(tmp_path / "absent.pem")
+    with pytest.raises(ConfigFileError, match=r"absent\.pub: cannot read"):
+        Keyring.load([tmp_path / "absent.pub"])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cloud_trainer.config import TrainerConfig, load_config
 from cloud_trainer.daemon import TrainerDaemon
+from cloud_trainer.tools import keys
 from cloud_trainer.tools.emulation import EmulatedDevice, local_profile
 from cloud_trainer.tools.local_broker import LocalBroker
 
@@ -28,8 +29,10 @@ def serve_round(
         LocalBroker(Path(tmp) / "broker") as broker,
     ):
         workdir = Path(tmp)
+        signing_key, device_keys = keys.for_this_run(workdir / "keys")
         config = config.model_copy(
             update={
+                "updates": config.updates.model_copy(update={"signing_key": signing_key}),
                 "mqtt": broker.client_config(),
                 "checkpoint": config.checkpoint.model_copy(update={"directory": workdir / "ckpt"}),
             }
@@ -43,6 +46,7 @@ def serve_round(
                     workdir / f"dev{i}",
                     device_id=f"bench-{i}",
                     telemetry={"results_rate_hz": 0.0},
+                    model=device_keys,
                 ),
                 video,
             )

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from cloud_trainer.config import TrainerConfig, load_config
 from cloud_trainer.daemon import TrainerDaemon
+from cloud_trainer.tools import keys
 from cloud_trainer.tools.demo_device import DeviceSpec, run_device
 from cloud_trainer.tools.demo_report import percent, read_status, running_miou, write_report
 from cloud_trainer.tools.local_broker import LocalBroker
@@ -33,10 +34,11 @@ DEMO_TRAINING = {"resolution": (257, 257), "iterations": 8, "batch_size": 2}
 _STOP_S = 20.0  # a device process's time to deliver its last segment and exit
 
 
-def demo_trainer_config(host: str, port: int, workdir: Path) -> TrainerConfig:
+def demo_trainer_config(host: str, port: int, workdir: Path, signing_key: Path) -> TrainerConfig:
     config = load_config()
     return config.model_copy(
         update={
+            "updates": config.updates.model_copy(update={"signing_key": signing_key}),
             "mqtt": config.mqtt.model_copy(
                 update={"host": host, "port": port, "reconnect_min_s": 0.1}
             ),
@@ -70,8 +72,9 @@ def run_demo(
     console = console or Console()
     with tempfile.TemporaryDirectory(prefix="amstream-demo-") as tmp:
         workdir = Path(tmp)
+        signing_key, device_keys = keys.for_this_run(workdir / "keys")  # signed, as deployed
         with _broker(broker, workdir) as (host, port):
-            config = demo_trainer_config(host, port, workdir)
+            config = demo_trainer_config(host, port, workdir, signing_key)
             specs = [
                 DeviceSpec(
                     device_id=f"demo-{i}",
@@ -83,6 +86,7 @@ def run_demo(
                     duration_s=duration_s,
                     teacher_model=str(config.teacher.model),
                     student_model=str(config.student.model),
+                    keys=device_keys,
                 )
                 for i in range(devices)
             ]

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,7 @@ class DeviceSpec:
     duration_s: float
     teacher_model: str
     student_model: str
+    keys: dict[str, str] = field(default_factory=dict)  # [model] public_key, next_public_key
     threads: int = 1  # LiteRT threads: several devices share this machine's cores
     probe_every_s: float = 2.0
 
@@ -113,6 +114,7 @@ def run_device(spec: DeviceSpec) -> None:
         mqtt={"host": spec.host},
         inference={"threads": spec.threads},
         telemetry={"results_rate_hz": 0.0},
+        model=spec.keys,
     )
     # The probe labels one frame with all three models: they must share the student's geometry.
     geometry = Geometry.of(Path(spec.student_model), Path(spec.teacher_model))

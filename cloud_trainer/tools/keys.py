@@ -63,6 +63,14 @@ def generate(directory: Path) -> dict[str, object]:
     return describe(directory)
 
 
+def for_this_run(directory: Path) -> tuple[Path, dict[str, str]]:
+    """Fresh keys for a self-contained run (the demo, a benchmark): the trainer's signing key
+    and the ``[model]`` keys of its devices' profiles."""
+    generate(directory)
+    private, public = _pair(directory, CURRENT)
+    return private, {"public_key": str(public), "next_public_key": str(_pair(directory, NEXT)[1])}
+
+
 def rotate(directory: Path) -> dict[str, object]:
     """The next key becomes the current one, a fresh key the next; the old current key moves
     to ``retired/<key id>``. Each step is a rename, so a crash leaves usable keys."""

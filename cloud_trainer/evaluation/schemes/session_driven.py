@@ -19,7 +19,7 @@ import itertools
 from cloud_trainer.ams.asr import AsrConfig
 from cloud_trainer.ams.atr import AtrConfig
 from cloud_trainer.ams.training import TrainingConfig
-from cloud_trainer.config import CheckpointConfig, StudentConfig, TrainerConfig
+from cloud_trainer.config import CheckpointConfig, StudentConfig, TrainerConfig, UpdatesConfig
 from cloud_trainer.evaluation.schemes.base import DEVICE_ID, Context, ModelScheme
 from cloud_trainer.evaluation.stream import StreamFrame
 from cloud_trainer.mirror import ModelMirror
@@ -54,6 +54,9 @@ class SessionScheme(ModelScheme):
             asr=asr,
             atr=atr,
             checkpoint=CheckpointConfig(directory=ctx.workdir),
+            # Trace-driven: update bodies go to the evaluation's device model, not over a
+            # network, so there is nothing to sign.
+            updates=UpdatesConfig(allow_unsigned=True),
         )
         self.session = Session(
             DEVICE_ID, config, ctx.teacher, ctx.initial_model, directory=ctx.workdir / DEVICE_ID
