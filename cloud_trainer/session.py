@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -79,6 +80,7 @@ class SessionStats:
     segments_rejected: int = 0
     segments_dropped: int = 0  # waited too long behind others
     events_dropped: int = 0  # hellos and acks past max_pending_events (a flood): the oldest
+    checkpoints_refused: int = 0  # damaged or foreign: set aside, training from the mirror
     frames: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
@@ -226,11 +228,15 @@ class Session:
         held = self.mirror.find(device_sha) if device_sha else None
         if held is None or not self.mirror.roll_back(held):
             return  # the device runs a file the mirror no longer holds: keep training on
+        self._train_from_mirror()
+        self.stats.rollbacks += 1
+        log.warning("%s: training rolled back to version %d", self.device_id, held)
+
+    def _train_from_mirror(self) -> None:
+        """The student becomes the mirror's latest file again, with fresh optimizer state."""
         restored = import_tflite(self.mirror.data).to(self.config.training.device)
         self.student.load_state_dict(restored.state_dict())
         self.optimizer = new_optimizer(self.student, self.config.training)
-        self.stats.rollbacks += 1
-        log.warning("%s: training rolled back to version %d", self.device_id, held)
 
     def _catch_up(self, device_sha: str | None) -> list[Outgoing]:
         """Whatever brings the device from the file it runs to the mirror's latest: nothing,
@@ -403,12 +409,26 @@ class Session:
         return path
 
     def restore(self) -> bool:
-        """Resume from the checkpoint, if there is one; returns whether there was."""
+        """Resume from the checkpoint, if there is one; returns whether there was. A damaged
+        or foreign checkpoint is set aside (``session.refused``, counted): training starts
+        from the mirror's latest file, the last one sent, never from nothing."""
         path = self.directory / CHECKPOINT
         if not path.is_file():
             return False
-        # weights_only: tensors, containers and plain values; a checkpoint cannot run code
-        state = torch.load(path, map_location=self.config.training.device, weights_only=True)
+        try:
+            # weights_only: tensors, containers and plain values; a checkpoint cannot run code
+            state = torch.load(path, map_location=self.config.training.device, weights_only=True)
+            self._restore(state)
+        except Exception as exc:  # any unusable checkpoint; the mirror's files are the truth
+            log.error("%s: checkpoint %s refused (%s): training from the mirror", self.device_id,
+                      path, exc)  # fmt: skip
+            os.replace(path, path.with_suffix(".refused"))
+            self.stats = SessionStats(checkpoints_refused=1)
+            self._train_from_mirror()
+            return False
+        return True
+
+    def _restore(self, state: dict) -> None:
         self.student.load_state_dict(state["student"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.asr.load_state_dict(state["asr"])
@@ -424,7 +444,6 @@ class Session:
         self._rng.bit_generator.state = state["rng"]
         for segment_json, h264, packed in state["archive"]:
             self._restore_segment(Segment.model_validate_json(segment_json), h264, packed)
-        return True
 
     def _restore_segment(self, segment: Segment, h264: bytes, packed: bytes) -> None:
         size = self.config.training.frame_size

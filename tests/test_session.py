@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 from cloud_trainer.session import Session
+from cloud_trainer.student import import_tflite
 from cloud_trainer.teacher import load_teacher
 from edge_runtime.h264 import encode_segment
 from edge_runtime.sources import open_source
@@ -243,9 +243,33 @@ def test_a_checkpoint_never_runs_code_when_loaded(session, tmp_path):
     marker = tmp_path / "ran"
     session.directory.mkdir(parents=True, exist_ok=True)
     torch.save({"student": _RunsCode(marker)}, session.directory / CHECKPOINT)
-    with pytest.raises(pickle.UnpicklingError):
-        session.restore()
+    assert not session.restore()  # refused, set aside: the session goes on
     assert not marker.exists()
+    assert (session.directory / CHECKPOINT).with_suffix(".refused").is_file()
+    assert session.stats.checkpoints_refused == 1
+
+
+@pytest.mark.parametrize("damage", [b"", b"PK\x03\x04 not a checkpoint", None])
+def test_a_damaged_checkpoint_trains_on_from_the_last_file_sent(session, segments, damage):
+    _run(session, hello(session.mirror.sha256))
+    for msg, h264 in segments[:2]:
+        _run(session, envelope(msg, h264))  # trains and sends: the mirror moves on
+    path = session.save()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage is None else damage)
+    config = session.config
+    resumed = Session(
+        "cam-1",
+        config,
+        load_teacher(config.teacher),
+        config.student.model.read_bytes(),
+        directory=session.directory,
+    )
+    assert not resumed.restore()
+    assert resumed.mirror.version == session.mirror.version  # the mirror's files are kept
+    expected = import_tflite(session.mirror.data)
+    for a, b in zip(resumed.student.parameters(), expected.parameters(), strict=True):
+        assert torch.equal(a, b)  # training starts from the last file sent, not the first
 
 
 def test_a_hello_flood_costs_only_its_oldest_messages(session):
