@@ -81,6 +81,7 @@ class SessionStats:
     segments_dropped: int = 0  # waited too long behind others
     events_dropped: int = 0  # hellos and acks past max_pending_events (a flood): the oldest
     checkpoints_refused: int = 0  # damaged or foreign: set aside, training from the mirror
+    stale_checkpoints: int = 0  # older than the mirror's last version: trained from the mirror
     frames: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
@@ -400,6 +401,7 @@ class Session:
             "next_rate_update": self._next_rate_update,
             "rng": self._rng.bit_generator.state,
             "saved_at": time.time(),
+            "mirror_version": self.mirror.version,  # the weights above made this version
         }
         buffer = io.BytesIO()
         torch.save(state, buffer)
@@ -429,8 +431,6 @@ class Session:
         return True
 
     def _restore(self, state: dict) -> None:
-        self.student.load_state_dict(state["student"])
-        self.optimizer.load_state_dict(state["optimizer"])
         self.asr.load_state_dict(state["asr"])
         self.atr.load_state_dict(state["atr"])
         self.subset.counts = state["subset"].cpu().numpy()
@@ -444,6 +444,16 @@ class Session:
         self._rng.bit_generator.state = state["rng"]
         for segment_json, h264, packed in state["archive"]:
             self._restore_segment(Segment.model_validate_json(segment_json), h264, packed)
+        if state.get("mirror_version") == self.mirror.version:
+            self.student.load_state_dict(state["student"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        else:  # killed between a version sent and the next checkpoint: those weights are older
+            log.warning(
+                "%s: checkpoint of version %s, mirror at %d: training from the mirror's file",
+                self.device_id, state.get("mirror_version"), self.mirror.version,
+            )  # fmt: skip
+            self.stats.stale_checkpoints += 1
+            self._train_from_mirror()
 
     def _restore_segment(self, segment: Segment, h264: bytes, packed: bytes) -> None:
         size = self.config.training.frame_size

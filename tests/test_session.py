@@ -316,3 +316,30 @@ def test_a_device_numbering_the_mirrors_file_higher_is_followed(session):
     out = _run(session, _hello_at(session.mirror.sha256, 5))
     assert [type(o.msg) for o in out] == [Control]  # the same file: nothing to send
     assert session.mirror.version == session.device.version == 5  # next update: base 5
+
+
+def test_a_kill_after_a_version_was_sent_never_reverts_training(session, segments):
+    # Checkpoints come every interval_s, versions with every phase: a SIGKILL between the two
+    # finds a checkpoint older than the mirror. The student must resume from the file sent.
+    _run(session, hello(session.mirror.sha256))
+    _run(session, envelope(*segments[0]))
+    session.save()
+    saved_version = session.mirror.version
+    for msg, h264 in segments[1:3]:
+        _run(session, envelope(msg, h264))  # more versions sent, no checkpoint: then the kill
+    assert session.mirror.version > saved_version
+    config = session.config
+    resumed = Session(
+        "cam-1",
+        config,
+        load_teacher(config.teacher),
+        config.student.model.read_bytes(),
+        directory=session.directory,
+    )
+    assert resumed.restore() and resumed.stats.stale_checkpoints == 1
+    expected = import_tflite(session.mirror.data)
+    for a, b in zip(resumed.student.parameters(), expected.parameters(), strict=True):
+        assert torch.equal(a, b)
+    msg, h264 = segments[3]
+    (update,) = [o for o in _run(resumed, envelope(msg, h264)) if isinstance(o.msg, Update)]
+    assert update.msg.base_sha256 == sha256_hex(session.mirror.data)  # builds on what was sent
