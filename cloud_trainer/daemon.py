@@ -23,7 +23,7 @@ from cloud_trainer.teacher import load_teacher
 from shared_schema.endpoint import TrainerEndpoint
 from shared_schema.envelope import Envelope
 from shared_schema.messages import MessageType, Metrics, Status
-from shared_schema.signing import load_private_key
+from shared_schema.signing import Signer, load_private_key
 from shared_schema.topics import Topic, validate_device_id
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,8 @@ class TrainerDaemon:
         self.teacher = load_teacher(config.teacher)
         self._initial_model = config.student.model.read_bytes()
         key = config.updates.signing_key
-        self._signing_key = load_private_key(key) if key else None
-        if self._signing_key is None:
+        self._signer = Signer(load_private_key(key)) if key else None
+        if self._signer is None:
             log.warning(
                 "UNSIGNED: [updates] allow_unsigned is on: devices take any model, update or"
                 " control from anyone who can publish on their topics (development only)"
@@ -138,7 +138,7 @@ class TrainerDaemon:
             self.teacher,
             self._initial_model,
             directory=self.checkpoint_dir / device_id,
-            signing_key=self._signing_key,
+            signer=self._signer,
         )
         resumed = session.restore()
         log.info(

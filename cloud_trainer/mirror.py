@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_trainer.outgoing import Outgoing
 from cloud_trainer.student import TFLiteStudent, quantized_weights
@@ -38,12 +37,12 @@ class ModelMirror:
         device_id: str,
         version: int = 0,
         history: int = 8,
-        signing_key: Ed25519PrivateKey | None = None,
+        signer: Signer | None = None,
         directory: Path | None = None,
     ) -> None:
         self.device_id = device_id
         self._history = history
-        self._signer = Signer(signing_key) if signing_key else None
+        self._signer = signer
         self._directory = directory
         saved = self._read_saved()
         self._versions: OrderedDict[int, bytes] = saved or OrderedDict({version: bytes(initial)})

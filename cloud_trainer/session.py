@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import zstandard
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_trainer.ams.asr import AdaptiveSamplingRate, phi_score
 from cloud_trainer.ams.atr import AdaptiveTrainingRate
@@ -113,11 +112,11 @@ class Session:
         initial_model: bytes,
         *,
         directory: Path,
-        signing_key: Ed25519PrivateKey | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.device_id = device_id
         self.config = config
-        self._signer = Signer(signing_key) if signing_key else None
+        self._signer = signer
         self.directory = directory
         self._teacher = teacher
         training = config.training
@@ -131,7 +130,7 @@ class Session:
             initial_model,
             device_id=device_id,
             history=config.updates.history,
-            signing_key=signing_key,
+            signer=signer,
             directory=directory / "mirror",
         )
         self.device = DeviceView()

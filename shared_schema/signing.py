@@ -60,10 +60,6 @@ class Keyring:
     def load(cls, paths: Iterable[Path]) -> Keyring:
         return cls(load_public_key(path) for path in paths)
 
-    @property
-    def key_ids(self) -> tuple[str, ...]:
-        return tuple(self._keys)
-
     def verify(self, device_id: str, msg: Signed, body_sha256: str) -> bool:
         """Whether ``msg`` is signed for ``device_id`` by a key of this ring."""
         key = self._keys.get(msg.key_id or "")

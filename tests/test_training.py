@@ -16,7 +16,7 @@ from cloud_trainer.teacher import TeacherConfig, load_teacher
 from edge_runtime.sources import open_source
 from shared_schema.envelope import sha256_hex
 from shared_schema.messages import UpdateFormat
-from shared_schema.signing import signing_payload, verify
+from shared_schema.signing import Signer, signing_payload, verify
 from shared_schema.update_formats import apply_update
 
 STUDENT = "models/coral/deeplabv3_mnv2_dm05_pascal_quant.tflite"
@@ -124,7 +124,7 @@ def test_resync_from_an_older_version_and_full_model(shared_dir, labelled, tmp_p
     student = import_tflite(initial)
     config = TrainingConfig(gamma=0.05, iterations=2, batch_size=1, resolution=RES)
     optimizer = new_optimizer(student, config)
-    mirror = ModelMirror(initial, device_id="cam-1", history=3, signing_key=key)
+    mirror = ModelMirror(initial, device_id="cam-1", history=3, signer=Signer(key))
     for _ in range(4):
         train_phase(student, optimizer, buffer, classes, config, np.random.default_rng(3))
         mirror.advance(student, UpdateFormat.QDELTA)

@@ -97,13 +97,13 @@ def show(path: Path) -> dict[str, str]:
 def _public(path: Path) -> Ed25519PublicKey:
     try:
         return load_public_key(path)
-    except ValueError:
+    except ConfigFileError:
+        raise  # it cannot be read: the error says so
+    except ValueError:  # not a public key: a private one, then
         try:
             return load_private_key(path).public_key()
-        except (ValueError, TypeError) as exc:
+        except ConfigFileError as exc:
             raise KeyDirError(f"{path}: not an Ed25519 key: {exc}") from exc
-    except OSError as exc:
-        raise KeyDirError(f"{path}: cannot read: {exc.strerror}") from exc
 
 
 def _id(public_path: Path) -> str:

@@ -51,10 +51,9 @@ class Reader:
 _CHUNK = 1 << 16  # bytes decompressed at a time
 
 
-def decompress(
-    body: bytes, max_output: int, dictionary: zstandard.ZstdCompressionDict | None = None
-) -> bytes:
-    """One zstd frame, decompressed into at most ``max_output`` bytes.
+def decompress(body: bytes, max_output: int, dictionary: bytes | None = None) -> bytes:
+    """One zstd frame, decompressed into at most ``max_output`` bytes (``dictionary``: raw
+    content the frame may copy from, as zpatch's previous file).
 
     python-zstandard's one-shot ``decompress`` allocates whatever content size a frame header
     declares, ``max_output_size`` notwithstanding. So the header must declare the size (every
@@ -73,8 +72,11 @@ def decompress(
         raise UpdateFormatError(
             f"update body declares {declared} bytes, more than the {max_output} its model takes"
         )
-    window = 1 << (max_output + (len(dictionary.as_bytes()) if dictionary else 0)).bit_length()
-    decompressor = zstandard.ZstdDecompressor(dict_data=dictionary, max_window_size=window)
+    window = 1 << (max_output + len(dictionary or b"")).bit_length()
+    raw = None
+    if dictionary is not None:
+        raw = zstandard.ZstdCompressionDict(dictionary, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    decompressor = zstandard.ZstdDecompressor(dict_data=raw, max_window_size=window)
     chunks, total = [], 0
     try:
         with decompressor.stream_reader(body, read_across_frames=False) as reader:

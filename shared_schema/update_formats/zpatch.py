@@ -36,8 +36,7 @@ def encode(base: bytes, new: bytes) -> bytes:
 def apply(base: bytes | TFLiteFile, body: bytes) -> bytes:
     if isinstance(base, TFLiteFile):
         base = base.data
-    dictionary = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
     try:
-        return decompress(body, GROWTH * len(base) + (1 << 20), dictionary)
+        return decompress(body, GROWTH * len(base) + (1 << 20), dictionary=base)
     except UpdateFormatError as exc:
         raise UpdateFormatError(f"zpatch body does not apply to this base: {exc}") from exc
