@@ -4,17 +4,15 @@ control and model updates down, a hot swap without stopping the frame loop."""
 from __future__ import annotations
 
 import threading
-import tomllib
 
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 from edge_runtime.h264 import decode_segment
-from edge_runtime.profile import parse_profile
+from edge_runtime.profile import bundled_profile
 from edge_runtime.runtime import EdgeRuntime
 from edge_runtime.sources import open_source
-from firmware_configs import PROFILE_DIR
 from shared_schema.endpoint import TrainerEndpoint
 from shared_schema.envelope import sha256_hex
 from shared_schema.messages import Control, MessageType
@@ -25,16 +23,15 @@ from tests.mqtt_helpers import Inbox, wait_until
 
 
 def device_profile(tmp_path, broker=None, **sections):
-    raw = tomllib.loads((PROFILE_DIR / "cpu.toml").read_text())
-    raw["model"]["slot_dir"] = str(tmp_path / "slots")
-    raw["buffer"]["spool_dir"] = str(tmp_path / "spool")
-    raw["telemetry"] = {"interval_s": 0.5, "results_rate_hz": 2.0}
-    raw["source"] = {"realtime": False, "loop": False}
+    tables = {
+        "telemetry": {"interval_s": 0.5, "results_rate_hz": 2.0},
+        "source": {"realtime": False, "loop": False},
+    }
     if broker is not None:
-        raw["mqtt"].update(port=broker.port, reconnect_min_s=0.1, reconnect_max_s=1.0)
+        tables["mqtt"] = {"port": broker.port, "reconnect_min_s": 0.1, "reconnect_max_s": 1.0}
     for name, values in sections.items():
-        raw[name].update(values)
-    return parse_profile(raw, base_dir=PROFILE_DIR)
+        tables[name] = {**tables.get(name, {}), **values}
+    return bundled_profile("cpu", tmp_path, device_id="cpu-0", **tables)
 
 
 @pytest.fixture

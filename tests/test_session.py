@@ -84,6 +84,18 @@ def session(tmp_path):
     )
 
 
+def _restarted(session):
+    """The same device's session in a new trainer process, on the same directory."""
+    config = session.config
+    return Session(
+        session.device_id,
+        config,
+        load_teacher(config.teacher),
+        config.student.model.read_bytes(),
+        directory=session.directory,
+    )
+
+
 def _run(session, *envelopes):
     for env in envelopes:
         session.deliver(env)
@@ -204,14 +216,7 @@ def test_checkpoint_round_trip(session, segments, tmp_path):
     for msg, h264 in segments[:2]:
         _run(session, envelope(msg, h264))
     session.save()
-    config = session.config
-    resumed = Session(
-        "cam-1",
-        config,
-        load_teacher(config.teacher),
-        config.student.model.read_bytes(),
-        directory=session.directory,
-    )
+    resumed = _restarted(session)
     assert resumed.restore()
     assert resumed.mirror.version == session.mirror.version
     assert resumed.mirror.data == session.mirror.data
@@ -257,14 +262,7 @@ def test_a_damaged_checkpoint_trains_on_from_the_last_file_sent(session, segment
     path = session.save()
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2] if damage is None else damage)
-    config = session.config
-    resumed = Session(
-        "cam-1",
-        config,
-        load_teacher(config.teacher),
-        config.student.model.read_bytes(),
-        directory=session.directory,
-    )
+    resumed = _restarted(session)
     assert not resumed.restore()
     assert resumed.mirror.version == session.mirror.version  # the mirror's files are kept
     expected = import_tflite(session.mirror.data)
@@ -328,14 +326,7 @@ def test_a_kill_after_a_version_was_sent_never_reverts_training(session, segment
     for msg, h264 in segments[1:3]:
         _run(session, envelope(msg, h264))  # more versions sent, no checkpoint: then the kill
     assert session.mirror.version > saved_version
-    config = session.config
-    resumed = Session(
-        "cam-1",
-        config,
-        load_teacher(config.teacher),
-        config.student.model.read_bytes(),
-        directory=session.directory,
-    )
+    resumed = _restarted(session)
     assert resumed.restore() and resumed.stats.stale_checkpoints == 1
     expected = import_tflite(session.mirror.data)
     for a, b in zip(resumed.student.parameters(), expected.parameters(), strict=True):
