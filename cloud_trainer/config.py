@@ -26,11 +26,12 @@ from cloud_trainer.ams.training import TrainingConfig
 from cloud_trainer.teacher import TeacherConfig
 from shared_schema.config_files import ConfigFileError, expand_paths, read_toml
 from shared_schema.messages import UpdateFormat
+from shared_schema.mqtt import PATH_KEYS as MQTT_PATH_KEYS
 from shared_schema.mqtt import BrokerConfig
 from shared_schema.tflite_file import TFLiteFile, TFLiteFormatError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default_trainer.toml"
-_PATH_KEYS = frozenset({"model", "directory", "signing_key"})
+_PATH_KEYS = frozenset({"model", "directory", "signing_key"}) | MQTT_PATH_KEYS
 
 
 class _Section(BaseModel):

@@ -18,6 +18,7 @@ from edge_runtime.backends import Backend, InferenceConfig
 from firmware_configs import PROFILE_DIR
 from shared_schema.config_files import ConfigFileError, expand_paths, read_toml
 from shared_schema.messages import ModelFormat
+from shared_schema.mqtt import PATH_KEYS as MQTT_PATH_KEYS
 from shared_schema.mqtt import BrokerConfig
 from shared_schema.topics import validate_device_id
 
@@ -190,8 +191,4 @@ _PATH_KEYS = {
     "public_key",
     "next_public_key",
     "spool_dir",
-    "ca_file",
-    "cert_file",
-    "key_file",
-    "password_file",
-}
+} | MQTT_PATH_KEYS

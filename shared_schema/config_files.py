@@ -92,3 +92,14 @@ def substitute_vars(value: str, field: str) -> str:
         return os.environ[name]
 
     return _VAR_RE.sub(var, value)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """A secret (a key, a password): readable by its owner only from the moment it exists,
+    and replaced atomically, so a reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(tmp, path)

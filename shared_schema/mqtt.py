@@ -38,6 +38,8 @@ from shared_schema.topics import validate_prefix
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/vnd.amstream.envelope"
+# The keys of a BrokerConfig that are paths: a config file's loader expands them.
+PATH_KEYS = frozenset({"ca_file", "cert_file", "key_file", "password_file"})
 
 
 class TlsConfig(BaseModel):

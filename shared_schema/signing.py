@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from shared_schema.config_files import ConfigFileError
+from shared_schema.config_files import ConfigFileError, write_private
 from shared_schema.envelope import sha256_hex
 from shared_schema.messages import Control, Model, Update
 
@@ -135,14 +135,14 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 def save_keypair(private_path: Path, public_path: Path) -> Ed25519PrivateKey:
     """Generate a trainer key pair: PEM private key (mode 600) and PEM public key."""
     key = Ed25519PrivateKey.generate()
-    private_path.write_bytes(
+    write_private(
+        private_path,
         key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
-        )
+        ),
     )
-    private_path.chmod(0o600)
     public_path.write_bytes(
         key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

@@ -166,3 +166,33 @@ def trainer_subscriptions(prefix: str) -> list[str]:
     """What the trainer subscribes to: every device's uplink and status."""
     validate_prefix(prefix)
     return [f"{prefix}/+/up/#", f"{prefix}/+/status"]
+
+
+class Access(StrEnum):
+    READ = "read"
+    WRITE = "write"
+
+
+# What each side may touch (the broker's ACL is generated from this: cloud_trainer.fleet):
+# a device writes only its own uplink and status and reads only its own downlink; the trainer
+# reads every uplink and status and writes every downlink and metrics; an observer reads all.
+def device_grants(prefix: str, device_id: str) -> list[tuple[Access, str]]:
+    own = f"{validate_prefix(prefix)}/{validate_device_id(device_id)}"
+    return [
+        (Access.WRITE, f"{own}/{Direction.UP.value}/#"),
+        (Access.WRITE, f"{own}/{MessageType.STATUS.value}"),
+        *((Access.READ, f) for f in device_subscriptions(prefix, device_id)),
+    ]
+
+
+def trainer_grants(prefix: str) -> list[tuple[Access, str]]:
+    every = f"{validate_prefix(prefix)}/+"
+    return [
+        *((Access.READ, f) for f in trainer_subscriptions(prefix)),
+        (Access.WRITE, f"{every}/{Direction.DOWN.value}/#"),
+        (Access.WRITE, f"{every}/{MessageType.METRICS.value}"),
+    ]
+
+
+def observer_grants(prefix: str) -> list[tuple[Access, str]]:
+    return [(Access.READ, f"{validate_prefix(prefix)}/#")]

@@ -1,16 +1,20 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cloud_trainer.fleet import Fleet, provision
 from cloud_trainer.tools import keys
 from shared_schema.config_files import KEY_DIR_ENV, find_shared_dir
 from shared_schema.signing import load_private_key
 from tests.broker import Mosquitto, env_flag
+
+Stoppable = TypeVar("Stoppable", bound=Any)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -46,6 +50,41 @@ def shared_dir() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return found
+
+
+# Every device id a test logs in with on the fleet's broker.
+TEST_DEVICES = ("cam-1", "cam-2", "cam-7", "cam-9", "cam-a", "cam-b", "cam-k", "cpu-0", "t", "d")
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory: pytest.TempPathFactory, trainer_keys: Path) -> Fleet:
+    """A provisioned fleet (CA, broker certificate, logins, ACL) the tests' brokers run on."""
+    root = tmp_path_factory.mktemp("fleet")
+    provision(root, list(TEST_DEVICES), key_dir=trainer_keys)
+    return Fleet(root)
+
+
+@pytest.fixture
+def fleet_broker(tmp_path: Path, fleet: Fleet) -> Iterator[Mosquitto]:
+    """A fresh mosquitto with the fleet's security: TLS, a login per client, the ACL."""
+    server = Mosquitto(tmp_path / "broker", fleet=fleet)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def stop_later() -> Iterator[Callable[[Stoppable], Stoppable]]:
+    """``stop_later(endpoint)`` returns it, and stops it after the test (last one first)."""
+    started: list[Stoppable] = []
+
+    def later(endpoint: Stoppable) -> Stoppable:
+        started.append(endpoint)
+        return endpoint
+
+    yield later
+    for endpoint in reversed(started):
+        endpoint.stop(timeout=2.0)
 
 
 @pytest.fixture

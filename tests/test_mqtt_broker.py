@@ -56,14 +56,6 @@ def _telemetry(i: int) -> Telemetry:
     )
 
 
-@pytest.fixture
-def stop_later():
-    endpoints = []
-    yield endpoints.append
-    for endpoint in reversed(endpoints):
-        endpoint.stop(timeout=2.0)
-
-
 def _started(endpoint, stop_later):
     stop_later(endpoint)
     endpoint.start()

@@ -98,6 +98,23 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fleet(args: argparse.Namespace) -> int:
+    from cloud_trainer.fleet import provision
+
+    result = provision(
+        Path(args.dir),
+        args.devices,
+        hosts=args.broker_host,
+        port=args.port,
+        prefix=args.prefix,
+        profile=args.profile,
+        key_dir=Path(args.keys) if args.keys else None,
+        state_dir=args.state_dir,
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _training_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "iterations": args.iterations,
@@ -160,6 +177,32 @@ def add_tool_parsers(sub: Any) -> None:
     show = actions.add_parser("show", help="the key id of a key file (.pem or .pub)")
     show.add_argument("path")
     keys.set_defaults(func=_keys)
+
+    fleet = sub.add_parser("fleet", help="broker security for a fleet: CA, logins, ACL, profiles")
+    fleet_actions = fleet.add_subparsers(dest="action", metavar="ACTION", required=True)
+    prov = fleet_actions.add_parser(
+        "provision",
+        help="write (or extend) a fleet directory: CA, broker certificate and mosquitto.conf, "
+        "a login per device and service, the ACL, a profile per device, the trainer's config",
+    )
+    prov.add_argument("devices", nargs="+", metavar="DEVICE", help="device ids")
+    prov.add_argument("--dir", required=True, help="the fleet directory")
+    prov.add_argument(
+        "--broker-host",
+        action="append",
+        help="name or address devices reach the broker at; repeat for several (the certificate "
+        "covers all, profiles use the first; default: 127.0.0.1 and localhost)",
+    )
+    prov.add_argument("--port", type=int, help="the broker's TLS port (default 8883)")
+    prov.add_argument("--prefix", help="topic prefix (default ams)")
+    prov.add_argument("--profile", default="cpu", help="the bundled profile devices start from")
+    prov.add_argument("--keys", help="the trainer's key directory (default: $AMS_KEY_DIR)")
+    prov.add_argument(
+        "--state-dir",
+        default="~/.local/state/amstream",
+        help="where each device keeps its slots and spool, on the device",
+    )
+    fleet.set_defaults(func=_fleet)
 
     mon = sub.add_parser("monitor", help="print every protocol message under a prefix as JSON")
     mon.add_argument("--host", default="127.0.0.1")

@@ -1,5 +1,7 @@
 """A mosquitto broker of one's own, on a free loopback port with a generated config: for the
-demo, the serving benchmark and the tests (mosquitto comes from the Debian package)."""
+demo, the serving benchmark and the tests (mosquitto comes from the Debian package). Given a
+provisioned fleet (``cloud_trainer.fleet``), it runs as the fleet's broker does: TLS, a login
+per client, the fleet's ACL."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from cloud_trainer.fleet import Fleet
+from cloud_trainer.fleet.provision import TRAINER
 from shared_schema.mqtt import BrokerConfig
 
 
@@ -23,7 +27,14 @@ def free_port() -> int:
 class LocalBroker:
     """One mosquitto process; ``restart`` keeps its port and its persistence file."""
 
-    def __init__(self, workdir: Path, *, extra_conf: str = "", listener_conf: str = "") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        fleet: Fleet | None = None,
+        extra_conf: str = "",
+        listener_conf: str = "",
+    ) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
             raise RuntimeError(
@@ -36,6 +47,11 @@ class LocalBroker:
         self.port = free_port()
         self.log_path = workdir / "mosquitto.log"
         self.conf_path = workdir / "mosquitto.conf"
+        self.fleet = fleet
+        if fleet is not None:
+            security = fleet.security()
+            extra_conf = security.global_conf() + extra_conf
+            listener_conf = security.listener_conf() + listener_conf
         self.conf_path.write_text(
             f"""
 user {getpass.getuser()}
@@ -57,13 +73,16 @@ listener {self.port} {self.host}
         )
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def client_config(self, **overrides: object) -> BrokerConfig:
-        """Settings for a client of this broker, with quick reconnects."""
+    def client_config(self, identity: str = TRAINER, **overrides: object) -> BrokerConfig:
+        """Settings for a client of this broker, with quick reconnects; on a fleet's broker it
+        logs in as ``identity`` (a device id, or a service: trainer, monitor)."""
         base: dict[str, object] = dict(
             host=self.host, port=self.port, reconnect_min_s=0.1, reconnect_max_s=1.0
         )
         base.update(overrides)
-        return BrokerConfig(**base)
+        if self.fleet is None:
+            return BrokerConfig(**base)
+        return self.fleet.client_config(identity, **base)
 
     def start(self, timeout: float = 10.0) -> None:
         self._proc = subprocess.Popen(

@@ -1,0 +1,268 @@
+"""``cloud-trainer fleet provision DEVICE...``: everything a fleet's broker, trainer and devices
+need to talk over TLS with a login each and an ACL, in one directory.
+
+    <dir>/fleet.json                      what was provisioned (no secrets)
+    <dir>/ca/ca.pem, ca.key               the fleet's CA (keep ca.key offline)
+    <dir>/broker/                         server.pem/.key, passwd, acl, mosquitto.conf
+    <dir>/trainer/                        trainer.toml, password, ca.pem
+    <dir>/monitor/                        monitor.toml ([mqtt] only: read-only, everything)
+    <dir>/devices/<id>/                   profile.toml, password, ca.pem, the trainer's public keys
+
+Each device directory is self-contained (its profile names its files relative to itself): copy it
+onto the device. Running the command again keeps the CA, the broker's certificate and every
+login, adds new devices, and refreshes the bundles (e.g. with the keys of a rotation); then
+reload the broker (SIGHUP). Logins are random passwords, stored hashed for the broker.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from cloud_trainer.config import DEFAULT_CONFIG
+from cloud_trainer.fleet import mosquitto, pki
+from cloud_trainer.tools import keys
+from firmware_configs import PROFILE_DIR
+from shared_schema.config_files import (
+    KEY_DIR_ENV,
+    ConfigFileError,
+    expand_path,
+    read_toml,
+    write_private,
+)
+from shared_schema.errors import ProtocolError
+from shared_schema.mqtt import BrokerConfig, TlsConfig
+from shared_schema.topics import (
+    Access,
+    device_grants,
+    observer_grants,
+    trainer_grants,
+    validate_device_id,
+)
+
+DEFAULT_HOSTS = ("127.0.0.1", "localhost")
+DEFAULT_PORT = 8883
+TRAINER, MONITOR = "trainer", "monitor"
+# The services' logins and what each may do; no device may take one of their names.
+SERVICES: dict[str, Callable[[str], list[tuple[Access, str]]]] = {
+    TRAINER: trainer_grants,
+    MONITOR: observer_grants,
+}
+
+
+class FleetError(ConfigFileError):
+    """A fleet directory or request that cannot be used; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """A provisioned fleet directory: where each file is, and the settings it was made with."""
+
+    root: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.root / "ca" / "ca.pem"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.root / "broker"
+
+    def identity_dir(self, name: str) -> Path:
+        return self.root / name if name in SERVICES else self.root / "devices" / name
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        path = self.root / "fleet.json"
+        if not path.is_file():
+            fix = f"run cloud-trainer fleet provision --dir {self.root}"
+            raise FleetError(f"{path}: missing: {fix}")
+        return json.loads(path.read_text())
+
+    @property
+    def devices(self) -> list[str]:
+        return list(self.settings["devices"])
+
+    def security(self) -> mosquitto.BrokerSecurity:
+        broker = self.broker_dir
+        return mosquitto.BrokerSecurity(
+            ca_file=self.ca_cert,
+            cert_file=broker / "server.pem",
+            key_file=broker / "server.key",
+            password_file=broker / "passwd",
+            acl_file=broker / "acl",
+        )
+
+    def mqtt_table(self, identity: str, *, relative: bool) -> dict[str, Any]:
+        """The ``[mqtt]`` table of ``identity``'s config: relative paths inside its bundle."""
+        settings, where = self.settings, self.identity_dir(identity)
+        base = Path() if relative else where
+        return {
+            "host": settings["hosts"][0],
+            "port": settings["port"],
+            "prefix": settings["prefix"],
+            "username": identity,
+            "password_file": str(base / "password"),
+            "tls": {"ca_file": str(base / "ca.pem")},
+        }
+
+    def client_config(self, identity: str, **overrides: Any) -> BrokerConfig:
+        """Settings for a client logging in as ``identity`` (a device id or a service)."""
+        if not (self.identity_dir(identity) / "password").is_file():
+            raise FleetError(
+                f"{self.root}: no login {identity!r}: "
+                f"run cloud-trainer fleet provision --dir {self.root} {identity}"
+            )
+        table = self.mqtt_table(identity, relative=False)
+        table["tls"] = TlsConfig(**table["tls"])
+        return BrokerConfig(**{**table, **overrides})
+
+
+def provision(
+    root: Path,
+    devices: list[str],
+    *,
+    hosts: list[str] | None = None,
+    port: int | None = None,
+    prefix: str | None = None,
+    profile: str = "cpu",
+    key_dir: Path | None = None,
+    state_dir: str = "~/.local/state/amstream",
+) -> dict[str, Any]:
+    """Make or extend the fleet in ``root``; returns what was written and how to start it."""
+    fleet = Fleet(root)
+    settings = _settings(fleet, devices, hosts, port, prefix)
+    key_dir = key_dir or expand_path(f"${{{KEY_DIR_ENV}}}", Path.cwd())
+    keys.describe(key_dir)  # the trainer's keys must exist: its error says how to make them
+    _pki(fleet, settings["hosts"])
+    (root / "fleet.json").write_text(json.dumps(settings, indent=2) + "\n")
+    identities = [*SERVICES, *settings["devices"]]
+    _logins(fleet, identities)
+    _broker_files(fleet, settings)
+    _trainer_bundle(fleet, key_dir)
+    _monitor_bundle(fleet)
+    for device_id in settings["devices"]:
+        _device_bundle(fleet, device_id, profile, key_dir, state_dir)
+    conf = fleet.broker_dir / "mosquitto.conf"
+    return {
+        "fleet": str(root),
+        "devices": settings["devices"],
+        "broker": {"config": str(conf), "start": f"mosquitto -c {conf}"},
+        "trainer": {"config": str(fleet.identity_dir(TRAINER) / "trainer.toml")},
+        "monitor": {"config": str(fleet.identity_dir(MONITOR) / "monitor.toml")},
+        "device profiles": {d: str(fleet.identity_dir(d) / "profile.toml") for d in devices},
+    }
+
+
+def _settings(
+    fleet: Fleet,
+    devices: list[str],
+    hosts: list[str] | None,
+    port: int | None,
+    prefix: str | None,
+) -> dict[str, Any]:
+    for device_id in devices:
+        try:
+            validate_device_id(device_id)
+        except ProtocolError as exc:
+            raise FleetError(f"device {device_id!r}: {exc.detail}") from exc
+        if device_id in SERVICES:
+            raise FleetError(f"device {device_id!r}: the name of a service's login; pick another")
+    wanted = {"hosts": hosts, "port": port, "prefix": prefix}
+    if (fleet.root / "fleet.json").is_file():
+        known = fleet.settings
+        for name, value in wanted.items():
+            if value is not None and value != known[name]:
+                raise FleetError(
+                    f"{fleet.root}: provisioned with {name} {known[name]!r}, not {value!r}: "
+                    "provision a new fleet directory to change it"
+                )
+        return {**known, "devices": sorted({*known["devices"], *devices})}
+    return {
+        "hosts": list(hosts or DEFAULT_HOSTS),
+        "port": port or DEFAULT_PORT,
+        "prefix": prefix or "ams",
+        "devices": sorted(set(devices)),
+    }
+
+
+def _pki(fleet: Fleet, hosts: list[str]) -> None:
+    security = fleet.security()
+    ca_key_path = fleet.ca_cert.with_name("ca.key")
+    if not fleet.ca_cert.exists():
+        ca_key, ca_cert = pki.make_ca(f"amstream fleet CA ({fleet.root.name})")
+        pki.write_key(ca_key_path, ca_key)
+        pki.write_cert(fleet.ca_cert, ca_cert)
+    if not security.cert_file.exists():
+        key, cert = pki.make_server_cert(*pki.load_ca(fleet.ca_cert, ca_key_path), hosts)
+        pki.write_key(security.key_file, key)
+        pki.write_cert(security.cert_file, cert)
+
+
+def _logins(fleet: Fleet, identities: list[str]) -> None:
+    """A random password per identity that has none; the broker's file keeps known hashes."""
+    password_file = fleet.security().password_file
+    hashes = mosquitto.read_password_file(password_file)
+    for identity in identities:
+        secret = fleet.identity_dir(identity) / "password"
+        if not secret.exists() or identity not in hashes:
+            password = secrets.token_urlsafe(24)
+            write_private(secret, (password + "\n").encode())
+            hashes[identity] = mosquitto.password_hash(password)
+        shutil.copyfile(fleet.ca_cert, fleet.identity_dir(identity) / "ca.pem")
+    write_private(password_file, mosquitto.password_file_text(hashes).encode())
+
+
+def _broker_files(fleet: Fleet, settings: dict[str, Any]) -> None:
+    prefix = settings["prefix"]
+    grants = {name: rules(prefix) for name, rules in SERVICES.items()}
+    grants |= {d: device_grants(prefix, d) for d in settings["devices"]}
+    security = fleet.security()
+    security.acl_file.write_text(mosquitto.acl_text(grants))
+    conf = mosquitto.deployment_conf(
+        security, port=settings["port"], persistence_dir="/var/lib/mosquitto"
+    )
+    (fleet.broker_dir / "mosquitto.conf").write_text(conf)
+
+
+def _trainer_bundle(fleet: Fleet, key_dir: Path) -> None:
+    raw = read_toml(DEFAULT_CONFIG, FleetError)
+    raw["mqtt"] = {**raw["mqtt"], **fleet.mqtt_table(TRAINER, relative=True)}
+    raw["updates"]["signing_key"] = str((key_dir / f"{keys.CURRENT}.pem").resolve())
+    _write_toml(fleet.identity_dir(TRAINER) / "trainer.toml", raw, "the trainer's config")
+
+
+def _monitor_bundle(fleet: Fleet) -> None:
+    raw = {"mqtt": fleet.mqtt_table(MONITOR, relative=True)}
+    _write_toml(fleet.identity_dir(MONITOR) / "monitor.toml", raw, "cloud-trainer monitor --mqtt")
+
+
+def _device_bundle(
+    fleet: Fleet, device_id: str, profile: str, key_dir: Path, state_dir: str
+) -> None:
+    where = fleet.identity_dir(device_id)
+    for stem in (keys.CURRENT, keys.NEXT):
+        shutil.copyfile(key_dir / f"{stem}.pub", where / f"{stem}.pub")
+    raw = read_toml(PROFILE_DIR / f"{profile}.toml", FleetError)
+    raw["device"]["id"] = device_id
+    raw["model"] |= {
+        "public_key": f"{keys.CURRENT}.pub",
+        "next_public_key": f"{keys.NEXT}.pub",
+        "slot_dir": f"{state_dir}/{device_id}/slots",
+    }
+    raw["buffer"]["spool_dir"] = f"{state_dir}/{device_id}/spool"
+    raw["mqtt"] = {**raw["mqtt"], **fleet.mqtt_table(device_id, relative=True)}
+    _write_toml(where / "profile.toml", raw, f"the {profile} profile of {device_id}")
+
+
+def _write_toml(path: Path, raw: dict[str, Any], what: str) -> None:
+    header = f"# {what}, written by cloud-trainer fleet provision\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(header + tomli_w.dumps(raw))

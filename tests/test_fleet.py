@@ -1,0 +1,157 @@
+"""``cloud-trainer fleet provision``: the files it writes, and the real mosquitto running on
+them: TLS, a login per client, and an ACL under which a device reaches only its own topics."""
+
+from __future__ import annotations
+
+import json
+import queue
+import stat
+
+import pytest
+
+from cloud_trainer.cli import main as trainer_main
+from cloud_trainer.config import load_config
+from cloud_trainer.fleet import Fleet, FleetError, provision
+from cloud_trainer.fleet.mosquitto import password_hash, read_password_file
+from cloud_trainer.tools.keys import KeyDirError
+from edge_runtime.profile import load_profile
+from shared_schema.endpoint import DeviceEndpoint, TrainerEndpoint
+from shared_schema.messages import MessageType, Model
+from shared_schema.mqtt import MqttLink, TlsConfig
+from tests.mqtt_helpers import Inbox
+from tests.samples import UPLINK
+
+
+def _private(path) -> bool:
+    return stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_provision_writes_every_file_a_fleet_needs(tmp_path, trainer_keys):
+    result = provision(tmp_path / "fleet", ["cam-1", "cam-2"], port=8884, key_dir=trainer_keys)
+    fleet = Fleet(tmp_path / "fleet")
+    assert result["devices"] == ["cam-1", "cam-2"] == fleet.devices
+    assert all(map(_private, [fleet.root / "ca/ca.key", fleet.security().key_file]))
+    assert _private(fleet.security().password_file)
+    assert set(read_password_file(fleet.security().password_file)) == {
+        "cam-1", "cam-2", "trainer", "monitor"
+    }  # fmt: skip
+    bundle = fleet.identity_dir("cam-2")
+    profile = load_profile(bundle / "profile.toml")
+    assert (profile.device.id, profile.mqtt.username, profile.mqtt.port) == ("cam-2", "cam-2", 8884)
+    assert profile.mqtt.read_password() == (bundle / "password").read_text()[:-1]
+    assert profile.mqtt.tls.ca_file.read_bytes() == fleet.ca_cert.read_bytes()
+    assert (
+        profile.model.public_key.read_bytes() == (trainer_keys / "trainer_ed25519.pub").read_bytes()
+    )
+    trainer = load_config(fleet.identity_dir("trainer") / "trainer.toml")
+    assert trainer.mqtt.username == "trainer" and trainer.mqtt.tls.ca_file.is_file()
+    assert trainer.updates.signing_key == (trainer_keys / "trainer_ed25519.pem").resolve()
+    acl = fleet.security().acl_file.read_text()
+    assert "user cam-1\ntopic write ams/cam-1/up/#\ntopic write ams/cam-1/status\n" in acl
+    assert "topic read ams/cam-1/down/#" in acl and "topic write ams/+/down/#" in acl
+    conf = (fleet.broker_dir / "mosquitto.conf").read_text()
+    assert "allow_anonymous false" in conf and "listener 8884" in conf
+
+
+def test_provisioning_again_keeps_logins_and_adds_devices(tmp_path, trainer_keys):
+    root = tmp_path / "fleet"
+    provision(root, ["cam-1"], key_dir=trainer_keys)
+    fleet = Fleet(root)
+    before = read_password_file(fleet.security().password_file)
+    ca = fleet.ca_cert.read_bytes()
+    provision(root, ["cam-3"], key_dir=trainer_keys)
+    after = read_password_file(fleet.security().password_file)
+    assert fleet.devices == ["cam-1", "cam-3"] and fleet.ca_cert.read_bytes() == ca
+    assert {k: after[k] for k in before} == before and "cam-3" in after
+
+
+@pytest.mark.parametrize(
+    ("devices", "options", "message"),
+    [
+        (["cam/1"], {}, "invalid device id"),
+        (["trainer"], {}, "the name of a service's login"),
+        (["cam-1"], {"port": 1999}, "provisioned with port 8883, not 1999"),
+    ],
+)
+def test_bad_requests_are_one_line_naming_the_fix(
+    tmp_path, trainer_keys, devices, options, message
+):
+    provision(tmp_path, ["cam-0"], key_dir=trainer_keys)
+    with pytest.raises(FleetError, match=message):
+        provision(tmp_path, devices, key_dir=trainer_keys, **options)
+
+
+def test_provision_needs_the_trainers_keys(tmp_path):
+    with pytest.raises(KeyDirError, match="cloud-trainer keys generate"):
+        provision(tmp_path / "fleet", ["cam-1"], key_dir=tmp_path / "no-keys")
+
+
+def test_password_hash_is_mosquittos_pbkdf2_format():
+    hashed = password_hash("s3cret", salt=b"\x00" * 12)
+    kind, iterations, salt, digest = hashed.split("$")[1:]
+    assert (kind, iterations, salt) == ("7", "101", "AAAAAAAAAAAAAAAA")
+    assert hashed == password_hash("s3cret", salt=b"\x00" * 12) != password_hash("s3cret")
+    assert len(digest) == 88  # 64 bytes of PBKDF2-SHA512, base64
+
+
+def test_the_command_prints_where_everything_is(tmp_path, trainer_keys, capsys):
+    argv = ["fleet", "provision", "--dir", str(tmp_path), "--keys", str(trainer_keys), "cam-1"]
+    assert trainer_main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["broker"]["start"] == f"mosquitto -c {tmp_path}/broker/mosquitto.conf"
+    assert trainer_main(["fleet", "provision", "--dir", str(tmp_path), "trainer"]) == 2
+    assert "the name of a service's login" in capsys.readouterr().err
+
+
+# -- on the real broker --------------------------------------------------------------------------
+
+
+@pytest.mark.broker
+def test_logins_and_tls_are_enforced(fleet_broker, stop_later):
+    trainer = TrainerEndpoint(fleet_broker.client_config("trainer"))
+    inbox = Inbox(trainer, [MessageType.HELLO])
+    stop_later(trainer).start()
+    assert trainer.wait_connected(10)
+    device = stop_later(DeviceEndpoint(fleet_broker.client_config("cam-1"), "cam-1"))
+    device.start()
+    hello, _ = UPLINK[0]
+    assert device.send(hello).wait(10)
+    assert inbox.get()[0].msg == hello
+    refused = [
+        fleet_broker.client_config("cam-2", password="wrong", password_file=None),
+        fleet_broker.client_config("cam-2", tls=None),  # plain TCP on a TLS listener
+        fleet_broker.client_config("cam-2", tls=TlsConfig(), username=None, password_file=None),
+    ]
+    for config in refused:
+        link = MqttLink(config, client_id="cam-2")
+        link.start()
+        assert not link.wait_connected(2), config
+        link.stop()
+
+
+@pytest.mark.broker
+def test_a_device_cannot_touch_another_devices_topics(fleet_broker, stop_later):
+    trainer = TrainerEndpoint(fleet_broker.client_config("trainer"))
+    heard = Inbox(trainer, [MessageType.HELLO])
+    stop_later(trainer).start()
+    victim = stop_later(DeviceEndpoint(fleet_broker.client_config("cam-2"), "cam-2"))
+    victim_models = Inbox(victim, [MessageType.MODEL])
+    victim.start()
+    # cam-1's login, speaking as cam-2: the envelope and the topic both say cam-2
+    # ... which subscribes to cam-2's downlink, and here to every uplink as well
+    impostor = stop_later(DeviceEndpoint(fleet_broker.client_config("cam-1"), "cam-2"))
+    stolen = Inbox(impostor)
+    spy = queue.Queue()
+    impostor.link.subscribe("ams/+/up/#", 1, spy.put)
+    impostor.start()
+    for endpoint in (trainer, victim, impostor):
+        assert endpoint.wait_connected(10)
+    hello, _ = UPLINK[0]
+    rejected = impostor.counters.get("mqtt.publish_rejected")  # its status, already
+    assert not impostor.send(hello).wait(5)
+    assert impostor.counters.get("mqtt.publish_rejected") == rejected + 1  # not authorized
+    assert trainer.send("cam-2", Model(version=1), b"weights").wait(10)
+    assert victim_models.get()[0].body == b"weights"  # cam-2 itself still gets its model
+    assert victim.send(hello).wait(10)
+    assert heard.get()[0].device_id == "cam-2"  # ... and the trainer hears cam-2
+    assert heard.drain() == [] and stolen.drain() == [] and spy.empty()
