@@ -31,7 +31,7 @@ from shared_schema.mqtt import BrokerConfig
 from shared_schema.tflite_file import TFLiteFile, TFLiteFormatError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default_trainer.toml"
-_PATH_KEYS = frozenset({"model", "directory", "signing_key"}) | MQTT_PATH_KEYS
+PATH_KEYS = frozenset({"model", "directory", "signing_key"}) | MQTT_PATH_KEYS
 
 
 class _Section(BaseModel):
@@ -72,6 +72,9 @@ class UpdatesConfig(_Section):
     # signed with it.
     signing_key: Path | None = None
     allow_unsigned: bool = False  # development only: send them unsigned (the daemon says so)
+    # At most one full model per device this often (the largest thing the trainer sends): a
+    # device that keeps asking waits, and then gets one for its latest state.
+    full_model_interval_s: float = Field(10.0, ge=0.0)
 
     @model_validator(mode="after")
     def _signed_unless_told_otherwise(self) -> UpdatesConfig:
@@ -105,7 +108,8 @@ class TrainerConfig(_Section):
     updates: UpdatesConfig  # no default: a deployment names its signing key
     checkpoint: CheckpointConfig
     metrics: MetricsConfig = MetricsConfig()
-    max_sessions: int = Field(64, ge=1)
+    max_sessions: int = Field(64, ge=1)  # in memory at once: idle ones leave (state on disk)
+    session_idle_s: float = Field(600.0, gt=0.0)  # no message for this long: the session leaves
     max_pending_segments: int = Field(8, ge=1)  # per session, before the oldest is dropped
     max_pending_events: int = Field(32, ge=1)  # hellos and acks per session, likewise
 
@@ -143,7 +147,7 @@ def load_config(path: Path | None = None) -> TrainerConfig:
     path = Path(path or DEFAULT_CONFIG)
     raw = read_toml(path, ConfigError)
     try:
-        return TrainerConfig.model_validate(expand_paths(raw, path.resolve().parent, _PATH_KEYS))
+        return TrainerConfig.model_validate(expand_paths(raw, path.resolve().parent, PATH_KEYS))
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         field = ".".join(str(p) for p in err["loc"])

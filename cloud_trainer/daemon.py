@@ -3,8 +3,12 @@
 The MQTT dispatcher hands each device's messages to its session (creating sessions on a
 worker, never on the network side); one worker thread runs the round-robin scheduler, which
 gives each session one step at a time, and is the only thread that touches session state
-(checkpoints included). A housekeeping thread reports metrics: on the log, as retained MQTT
-messages, and to Prometheus when a port is set.
+(checkpoints included). A session is in memory while its device is active: one that has heard
+nothing for ``session_idle_s`` is checkpointed and unloaded, and comes back from its checkpoint
+when the device speaks again; ``max_sessions`` bounds the sessions in memory, so devices that
+go quiet (or ids that never come back) cannot lock others out. A housekeeping thread wakes
+sessions whose deferred work is due, unloads idle ones and reports metrics: on the log, as
+retained MQTT messages, and to Prometheus when a port is set.
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ from pathlib import Path
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.outgoing import Outgoing
 from cloud_trainer.scheduler import RoundRobin
-from cloud_trainer.session import CHECKPOINT, Session
+from cloud_trainer.session import Session
 from cloud_trainer.teacher import load_teacher
 from shared_schema.endpoint import TrainerEndpoint
 from shared_schema.envelope import Envelope
 from shared_schema.messages import MessageType, Metrics, Status
 from shared_schema.signing import Signer, load_private_key
-from shared_schema.topics import Topic, validate_device_id
+from shared_schema.topics import Topic
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,8 @@ class TrainerDaemon:
                 "UNSIGNED: [updates] allow_unsigned is on: devices take any model, update or"
                 " control from anyone who can publish on their topics (development only)"
             )
-        self.sessions: dict[str, Session] = {}
+        self.sessions: dict[str, Session] = {}  # in memory: the active ones
+        self._heard: dict[str, float] = {}  # device -> time.monotonic() of its last message
         self._waiting: dict[str, list[Envelope]] = defaultdict(list)  # before its session
         self._lock = threading.Lock()
         self.online: dict[str, bool] = {}
@@ -58,7 +63,6 @@ class TrainerDaemon:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._resume_sessions()
         for msg_type in (MessageType.HELLO, MessageType.SEGMENT, MessageType.ACK):
             self.endpoint.on(msg_type, self._deliver)
         self.endpoint.on(MessageType.STATUS, self._status)
@@ -94,7 +98,11 @@ class TrainerDaemon:
         with self._lock:
             session = self.sessions.get(topic.device_id)
             if session is None:
-                if len(self.sessions) + len(self._waiting) >= self.config.max_sessions:
+                admitted = topic.device_id in self._waiting
+                if (
+                    not admitted
+                    and len(self.sessions) + len(self._waiting) >= self.config.max_sessions
+                ):
                     self.endpoint.counters.inc("trainer.sessions_refused")
                     return
                 waiting = self._waiting[topic.device_id]
@@ -105,7 +113,13 @@ class TrainerDaemon:
                     self.endpoint.counters.inc("trainer.waiting_dropped")
             else:
                 session.deliver(envelope)
+            self._heard[topic.device_id] = time.monotonic()
         self.scheduler.notify(topic.device_id)
+
+    def _admits(self, device_id: str) -> bool:
+        """A device already admitted (waiting for its session) or room for one more."""
+        in_memory = len(self.sessions) + len(self._waiting)
+        return device_id in self._waiting or in_memory < self.config.max_sessions
 
     def _status(self, envelope: Envelope, topic: Topic) -> None:
         assert isinstance(envelope.msg, Status)
@@ -116,7 +130,7 @@ class TrainerDaemon:
     def _step(self, device_id: str) -> bool:
         session = self._session(device_id)
         for outgoing in session.step():
-            self._send(device_id, outgoing)
+            self._send(session, outgoing)
         return session.has_work
 
     def _session(self, device_id: str) -> Session:
@@ -149,39 +163,62 @@ class TrainerDaemon:
         )
         return session
 
-    def _resume_sessions(self) -> None:
-        if not self.checkpoint_dir.is_dir():
-            return
-        for path in sorted(self.checkpoint_dir.glob(f"*/{CHECKPOINT}")):
-            device_id = path.parent.name
-            try:
-                validate_device_id(device_id)
-                self.sessions[device_id] = self._new_session(device_id)
-            except Exception:
-                log.exception("%s: cannot resume its session; it starts afresh", device_id)
+    def _unload_idle(self) -> None:
+        """On the worker: checkpoint and unload every session idle for session_idle_s."""
+        idle_since = time.monotonic() - self.config.session_idle_s
+        with self._lock:
+            idle = [
+                self.sessions.pop(d)
+                for d, s in list(self.sessions.items())
+                if self._heard.get(d, 0.0) < idle_since and not s.has_work
+            ]
+            for session in idle:
+                self._heard.pop(session.device_id, None)
+        for session in idle:
+            self._save(session)
+            self.endpoint.counters.inc("trainer.sessions_unloaded")
+            log.info("%s: idle: session unloaded (its checkpoint stays)", session.device_id)
 
-    def _send(self, device_id: str, outgoing: Outgoing) -> None:
-        self.endpoint.send(device_id, outgoing.msg, outgoing.body)
+    def _send(self, session: Session, outgoing: Outgoing) -> None:
+        handle = self.endpoint.send(session.device_id, outgoing.msg, outgoing.body)
+        session.sent(handle.seq, outgoing)
 
     def _save_all(self) -> None:
         for session in list(self.sessions.values()):
-            try:
-                session.save()
-            except Exception:
-                log.exception("%s: checkpoint failed", session.device_id)
+            self._save(session)
+
+    @staticmethod
+    def _save(session: Session) -> None:
+        try:
+            session.save()
+        except Exception:
+            log.exception("%s: checkpoint failed", session.device_id)
 
     # -- housekeeping --------------------------------------------------------------------------
 
     def _housekeep(self) -> None:
-        metrics_s = self.config.metrics.interval_s
-        checkpoint_s = self.config.checkpoint.interval_s
-        elapsed = 0.0
-        while not self._stop.wait(metrics_s):
-            elapsed += metrics_s
-            if elapsed >= checkpoint_s:
-                elapsed = 0.0
+        """Every second: wake sessions whose deferred work is due and unload idle ones; every
+        metrics interval: report; every checkpoint interval: checkpoint."""
+        metrics_s, checkpoint_s = self.config.metrics.interval_s, self.config.checkpoint.interval_s
+        tick = min(1.0, metrics_s)
+        since_metrics = since_checkpoint = 0.0
+        while not self._stop.wait(tick):
+            since_metrics += tick
+            since_checkpoint += tick
+            self._wake_due()
+            self.scheduler.call(self._unload_idle)
+            if since_checkpoint >= checkpoint_s:
+                since_checkpoint = 0.0
                 self.scheduler.call(self._save_all)  # on the worker: never mid-step
-            self.report()
+            if since_metrics >= metrics_s:
+                since_metrics = 0.0
+                self.report()
+
+    def _wake_due(self) -> None:
+        with self._lock:
+            due = [d for d, s in self.sessions.items() if s.has_work]
+        for device_id in due:
+            self.scheduler.notify(device_id)
 
     def report(self) -> list[dict[str, object]]:
         """Every session's metrics: logged, published retained, and exported."""

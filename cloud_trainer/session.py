@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,14 +34,16 @@ from cloud_trainer.student import import_tflite
 from cloud_trainer.teacher import Teacher
 from edge_runtime.durable import atomic_write
 from edge_runtime.h264 import SegmentDecodeError, decode_frames
-from shared_schema.envelope import Envelope
+from shared_schema.envelope import Envelope, sha256_hex
 from shared_schema.messages import (
     Ack,
     AckReason,
     Control,
     Hello,
     MessageType,
+    Model,
     Segment,
+    Update,
     UpdateFormat,
 )
 from shared_schema.signing import Signer
@@ -49,6 +51,9 @@ from shared_schema.signing import Signer
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "session.pt"
+# The model and update messages an ack may still answer, newest last. An ack answers one of
+# them or is ignored: a device cannot make the trainer act on what it never sent.
+SENT_WINDOW = 32
 # Rejections a fresh delta or the full model can cure; the others (a bad signature, a model
 # that does not run) would fail again.
 _RESYNCABLE = {
@@ -73,6 +78,24 @@ class DeviceView:
     known: bool = False  # a hello (or a checkpoint) told us what it runs
 
 
+@dataclass(frozen=True)
+class _Sent:
+    """A model or update message sent, as an ack that accepts it must describe the device."""
+
+    ref_type: str
+    version: int
+    sha256: str
+
+    @classmethod
+    def of(cls, outgoing: Outgoing) -> _Sent | None:
+        msg = outgoing.msg
+        if isinstance(msg, Update):
+            return cls("update", msg.new_version, msg.result_sha256)
+        if isinstance(msg, Model):
+            return cls("model", msg.version, sha256_hex(outgoing.body))
+        return None
+
+
 @dataclass
 class SessionStats:
     segments: int = 0
@@ -90,6 +113,8 @@ class SessionStats:
     updates_rejected: int = 0
     resyncs: int = 0
     full_models: int = 0
+    full_models_deferred: int = 0  # asked for within full_model_interval_s of the last one
+    acks_unmatched: int = 0  # answered nothing sent (or answered twice): ignored
     rollbacks: int = 0  # training went back to the device's file after it refused a model
     training_seconds: list[float] = field(default_factory=list)  # per phase, the last 100
 
@@ -144,6 +169,9 @@ class Session:
         self._next_rate_update: float | None = None
         self._phase_due = False
         self._last_resync: tuple[str | None, int] | None = None
+        self._sent: OrderedDict[int, _Sent] = OrderedDict()  # by envelope seq
+        self._last_full_model = -float("inf")  # time.monotonic() of the last one sent
+        self._full_model_wanted = False  # one was deferred (full_model_interval_s)
 
     # -- the MQTT side -------------------------------------------------------------------------
 
@@ -164,7 +192,24 @@ class Session:
     @property
     def has_work(self) -> bool:
         with self._lock:
-            return bool(self._events or self._segments) or self._phase_due
+            return bool(self._events or self._segments) or self._phase_due or self._full_model_due
+
+    @property
+    def _full_model_due(self) -> bool:
+        return self._full_model_wanted and self._full_model_allowed()
+
+    def _full_model_allowed(self) -> bool:
+        interval = self.config.updates.full_model_interval_s
+        return time.monotonic() - self._last_full_model >= interval
+
+    def sent(self, seq: int, outgoing: Outgoing) -> None:
+        """``outgoing`` went to the device as envelope ``seq``: an ack may answer it, once."""
+        entry = _Sent.of(outgoing)
+        if entry is None:
+            return
+        self._sent[seq] = entry
+        while len(self._sent) > SENT_WINDOW:
+            self._sent.popitem(last=False)
 
     # -- the worker side -----------------------------------------------------------------------
 
@@ -176,6 +221,8 @@ class Session:
             segment = self._segments.popleft() if self._segments else None
         for envelope in events:
             out += self._handle_event(envelope)
+        if self._full_model_due:
+            out += self._catch_up(self.device.sha256)  # what the device runs by now
         if segment is not None:
             out += self._label(segment)
         elif self._phase_due:
@@ -209,7 +256,23 @@ class Session:
         log.info("%s: hello (%s, model %s)", self.device_id, hello.profile, hello.model_version)
         return [*self._catch_up(hello.model_sha256), self._signed_control(self.control())]
 
+    def _answers(self, ack: Ack) -> bool:
+        """Whether ``ack`` answers a message sent and not yet answered, and, accepting it,
+        reports the very file that message made."""
+        sent = self._sent.get(ack.ref_seq)
+        if sent is None or sent.ref_type != ack.ref_type:
+            return False
+        if ack.ok and (ack.model_version, ack.model_sha256) != (sent.version, sent.sha256):
+            return False
+        del self._sent[ack.ref_seq]
+        return True
+
     def _ack(self, ack: Ack) -> list[Outgoing]:
+        if not self._answers(ack):
+            self.stats.acks_unmatched += 1
+            log.warning("%s: ignored an ack of %s %d: nothing sent it answers",
+                        self.device_id, ack.ref_type, ack.ref_seq)  # fmt: skip
+            return []
         self.device.version, self.device.sha256 = ack.model_version, ack.model_sha256
         if ack.ok:
             self.stats.updates_acked += 1
@@ -241,6 +304,7 @@ class Session:
     def _catch_up(self, device_sha: str | None) -> list[Outgoing]:
         """Whatever brings the device from the file it runs to the mirror's latest: nothing,
         a delta from a version the mirror still holds, or the full model."""
+        self._full_model_wanted = False  # this answer supersedes a deferred one
         if device_sha == self.mirror.sha256:
             if self.device.version is not None:  # the device's number for this very file
                 self.mirror.renumber_after(self.device.version - 1)
@@ -258,11 +322,23 @@ class Session:
             self.mirror.renumber_after(self.device.version)
         fmt = self._delta_format()
         delta = self.mirror.update_since(held, fmt) if held is not None and fmt else None
-        self.stats.resyncs += 1
         if delta is None:
-            self.stats.full_models += 1
-            return self._counted_downlink([self.mirror.full_model(self.config.student.model.stem)])
+            return self._full_model()
+        self.stats.resyncs += 1
         return self._counted_downlink([delta])
+
+    def _full_model(self) -> list[Outgoing]:
+        """The whole model, at most once per full_model_interval_s; asked again sooner, the
+        device gets it when the interval is over, if the file it runs by then still needs it."""
+        if not self._full_model_allowed():
+            self._full_model_wanted = True
+            self._last_resync = None  # not answered yet
+            self.stats.full_models_deferred += 1
+            return []
+        self._last_full_model = time.monotonic()
+        self.stats.resyncs += 1
+        self.stats.full_models += 1
+        return self._counted_downlink([self.mirror.full_model(self.config.student.model.stem)])
 
     def _delta_format(self) -> UpdateFormat | None:
         """A format that can carry several versions' changes and that the device applies."""

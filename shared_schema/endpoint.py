@@ -100,12 +100,12 @@ class Endpoint:
         with self._seq_lock:
             return next(self._seq)
 
-    def encode(self, msg: AnyMessage, body: bytes = b"") -> bytes:
+    def encode(self, msg: AnyMessage, body: bytes = b"", *, seq: int | None = None) -> bytes:
         """One envelope from this sender (exposed so a device can spool it before sending)."""
         return encode(
             msg,
             device_id=self.sender_id,
-            seq=self.next_seq(),
+            seq=self.next_seq() if seq is None else seq,
             boot=self.boot,
             body=body,
             limits=self.limits,
@@ -136,8 +136,11 @@ class Endpoint:
     def _send(
         self, device_id: str, direction: Direction | None, msg: AnyMessage, body: bytes
     ) -> PublishHandle:
-        msg_type = MessageType(msg.type)
-        return self.publish_encoded(device_id, msg_type, self.encode(msg, body), direction)
+        seq = self.next_seq()
+        encoded = self.encode(msg, body, seq=seq)
+        handle = self.publish_encoded(device_id, MessageType(msg.type), encoded, direction)
+        handle.seq = seq  # what an ack of it names
+        return handle
 
     # -- receiving ----------------------------------------------------------------------------
 

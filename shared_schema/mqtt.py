@@ -29,8 +29,17 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from shared_schema.config_files import ConfigFileError, expand_paths, read_toml
 from shared_schema.counters import Counters
 from shared_schema.messages import MAX_MQTT_PAYLOAD
 from shared_schema.topics import validate_prefix
@@ -105,6 +114,23 @@ class BrokerConfig(BaseModel):
         return self.password.get_secret_value() if self.password else None
 
 
+def load_broker_config(path: Path) -> BrokerConfig:
+    """The ``[mqtt]`` table of a TOML file: a device profile, a trainer config, or the
+    ``monitor.toml`` of a provisioned fleet; its paths are relative to the file."""
+    raw = read_toml(path, ConfigFileError)
+    if not isinstance(raw.get("mqtt"), dict):
+        raise ConfigFileError(f"{path}: no [mqtt] table")
+    try:
+        table = expand_paths(raw["mqtt"], path.resolve().parent, PATH_KEYS, ("mqtt",))
+        return BrokerConfig.model_validate(table)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in ("mqtt", *err["loc"]))
+        raise ConfigFileError(f"{path}: {field}: {err['msg']}") from exc
+    except ValueError as exc:  # a path that names an unset variable
+        raise ConfigFileError(f"{path}: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class Inbound:
     topic: str
@@ -154,6 +180,7 @@ class PublishHandle:
 
     def __init__(self, outcomes: list[_Outcome]) -> None:
         self._outcomes = outcomes
+        self.seq: int | None = None  # the envelope's sequence number, where an endpoint sent it
 
     @classmethod
     def combine(cls, handles: list[PublishHandle]) -> PublishHandle:

@@ -8,8 +8,7 @@ from typing import Any, TypeVar
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_trainer.fleet import Fleet, provision
-from cloud_trainer.tools import keys
+from cloud_trainer.fleet import Fleet, keys, provision
 from shared_schema.config_files import KEY_DIR_ENV, find_shared_dir
 from shared_schema.signing import load_private_key
 from tests.broker import Mosquitto, env_flag
@@ -65,15 +64,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, trainer_keys: Path) -> Fleet
 
 
 @pytest.fixture
-def fleet_broker(tmp_path: Path, fleet: Fleet) -> Iterator[Mosquitto]:
-    """A fresh mosquitto with the fleet's security: TLS, a login per client, the ACL."""
-    server = Mosquitto(tmp_path / "broker", fleet=fleet)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def stop_later() -> Iterator[Callable[[Stoppable], Stoppable]]:
     """``stop_later(endpoint)`` returns it, and stops it after the test (last one first)."""
     started: list[Stoppable] = []
@@ -88,9 +78,10 @@ def stop_later() -> Iterator[Callable[[Stoppable], Stoppable]]:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    """A fresh mosquitto on a free loopback port, stopped after the test."""
-    server = Mosquitto(tmp_path / "broker")
+def broker(tmp_path: Path, fleet: Fleet) -> Iterator[Mosquitto]:
+    """A fresh mosquitto on a free loopback port, secured as a fleet's broker is (TLS, a login
+    per client, the ACL: ``broker.client_config(identity)``), stopped after the test."""
+    server = Mosquitto(tmp_path / "broker", fleet=fleet)
     server.start()
     yield server
     server.stop()

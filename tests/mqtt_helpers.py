@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -9,6 +10,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from cloud_trainer.fleet.provision import TRAINER
+from cloud_trainer.tools.local_broker import LocalBroker
 from shared_schema.endpoint import Endpoint
 from shared_schema.envelope import Envelope
 from shared_schema.messages import MessageType
@@ -66,10 +69,13 @@ def wait_until(
         time.sleep(0.02)
 
 
-def start_peer(*args: str) -> subprocess.Popen[str]:
-    """Start tests/peers/mqtt_peer.py and wait for its 'ready' line."""
+def start_peer(role: str, broker: LocalBroker, name: str, protocol: str) -> subprocess.Popen[str]:
+    """Start tests/peers/mqtt_peer.py on ``broker`` (logged in as ``name`` for a device, as the
+    trainer otherwise) and wait for its 'ready' line."""
+    identity = name if role == "device" else TRAINER
+    table = json.dumps({**broker.mqtt_table(identity), "protocol": protocol, "client_id": name})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.peers.mqtt_peer", *args],
+        [sys.executable, "-m", "tests.peers.mqtt_peer", role, name, table],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

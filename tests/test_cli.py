@@ -9,8 +9,9 @@ import pytest
 from cloud_trainer.cli import main as trainer_main
 from edge_runtime.cli import main as edge_main
 from shared_schema.endpoint import DeviceEndpoint
-from shared_schema.mqtt import MqttLink, Outbound
+from shared_schema.mqtt import Outbound
 from tests.samples import UPLINK
+from tests.trainer_helpers import write_toml
 
 
 def _subcommands(help_text: str) -> set[str]:
@@ -35,6 +36,7 @@ def _subcommands(help_text: str) -> set[str]:
                 "export",
                 "evaluate",
                 "keys",
+                "fleet",
             },
         ),
     ],
@@ -69,32 +71,29 @@ def test_check_profile_names_the_bad_field(tmp_path, capsys):
 
 
 @pytest.mark.broker
-def test_monitor_prints_decoded_traffic_and_rejections(broker, capsys):
+def test_monitor_prints_decoded_traffic_and_rejections(broker, capsys, tmp_path):
+    monitor_toml = write_toml({"mqtt": broker.mqtt_table("monitor")}, tmp_path / "monitor.toml")
     result = {}
     thread = threading.Thread(
         target=lambda: result.setdefault(
             "rc",
             trainer_main(
-                ["monitor", "--port", str(broker.port), "--count", "3", "--timeout", "20"]
+                ["monitor", "--mqtt", str(monitor_toml), "--count", "3", "--timeout", "20"]
             ),
         )
     )
     thread.start()
     # The monitor connects in the background: keep publishing until it has seen three.
-    device = DeviceEndpoint(broker.client_config(), "cam-1")
+    device = DeviceEndpoint(broker.client_config("cam-1"), "cam-1")
     device.start()
     assert device.wait_connected(10)
-    raw = MqttLink(broker.client_config(), client_id="raw")
-    raw.start()
-    assert raw.wait_connected(10)
     hello, _ = UPLINK[0]
     deadline = 40
     while thread.is_alive() and deadline:
         device.send(hello).wait(5)
-        raw.publish(Outbound("ams/cam-1/up/segment", b"\x00" * 64, qos=1)).wait(5)
+        device.link.publish(Outbound("ams/cam-1/up/segment", b"\x00" * 64, qos=1)).wait(5)
         thread.join(0.5)
         deadline -= 1
-    raw.stop()
     device.stop()
     assert result.get("rc") == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

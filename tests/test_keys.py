@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cloud_trainer.cli import main
-from cloud_trainer.tools import keys
+from cloud_trainer.fleet import keys
 from shared_schema.envelope import sha256_hex
 from shared_schema.messages import Model
 from shared_schema.signing import Keyring, Signer, load_private_key

@@ -1,19 +1,12 @@
-"""The protocol over a real mosquitto broker: delivery, redelivery, last will, restarts, TLS."""
+"""The protocol over a real mosquitto broker, secured as a fleet's is (TLS, a login per client,
+the ACL: tests/test_fleet.py): delivery, redelivery, last will, restarts, chunking."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import signal
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from shared_schema.endpoint import DeviceEndpoint, TrainerEndpoint
 from shared_schema.envelope import Limits, encode
@@ -26,7 +19,7 @@ from shared_schema.messages import (
     Status,
     Telemetry,
 )
-from shared_schema.mqtt import MqttLink, Outbound, TlsConfig
+from shared_schema.mqtt import MqttLink, Outbound
 from tests.broker import Mosquitto
 from tests.mqtt_helpers import Inbox, start_peer, wait_until
 from tests.samples import DOWNLINK, UPLINK
@@ -63,11 +56,15 @@ def _started(endpoint, stop_later):
     return endpoint
 
 
+def _cam_1(broker, protocol: str) -> DeviceEndpoint:
+    """Device cam-1, logged in as itself."""
+    return DeviceEndpoint(broker.client_config("cam-1", protocol=protocol), "cam-1")
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_every_message_type_crosses_the_broker(broker, protocol, stop_later):
-    cfg = broker.client_config(protocol=protocol)
-    trainer = TrainerEndpoint(cfg)
-    device = DeviceEndpoint(cfg, "cam-1")
+    trainer = TrainerEndpoint(broker.client_config(protocol=protocol))
+    device = _cam_1(broker, protocol)
     to_trainer, to_device = Inbox(trainer), Inbox(device)
     _started(trainer, stop_later)
     _started(device, stop_later)
@@ -99,7 +96,7 @@ def test_qos1_messages_wait_for_a_disconnected_subscriber(broker, protocol, stop
     assert first.wait_connected(10)
     first.stop()
 
-    device = _started(DeviceEndpoint(broker.client_config(protocol=protocol), "cam-1"), stop_later)
+    device = _started(_cam_1(broker, protocol), stop_later)
     for i in range(5):
         assert device.send(_segment(i)).wait(5)
 
@@ -112,11 +109,9 @@ def test_qos1_messages_wait_for_a_disconnected_subscriber(broker, protocol, stop
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_unacknowledged_message_is_redelivered_after_a_crash(broker, protocol, stop_later):
-    peer = start_peer("stuck-trainer", str(broker.port), "trainer-b", protocol)
+    peer = start_peer("stuck-trainer", broker, "trainer-b", protocol)
     try:
-        device = _started(
-            DeviceEndpoint(broker.client_config(protocol=protocol), "cam-1"), stop_later
-        )
+        device = _started(_cam_1(broker, protocol), stop_later)
         assert device.send(_segment(42)).wait(5)
         assert peer.stdout.readline().startswith("got ")  # handled, never acknowledged
     finally:
@@ -136,7 +131,7 @@ def test_last_will_announces_a_killed_device(broker, protocol, stop_later):
     inbox = Inbox(trainer, [MessageType.STATUS])
     _started(trainer, stop_later)
 
-    peer = start_peer("device", str(broker.port), "cam-9", protocol)
+    peer = start_peer("device", broker, "cam-9", protocol)
     env, topic = inbox.get()
     assert (env.msg.state, topic.device_id) == ("online", "cam-9")
     peer.send_signal(signal.SIGKILL)
@@ -146,7 +141,7 @@ def test_last_will_announces_a_killed_device(broker, protocol, stop_later):
 
     # Retained: a trainer that starts later learns the device is offline.
     late = TrainerEndpoint(
-        broker.client_config(protocol=protocol, client_id="late", persistent_session=False)
+        broker.client_config("monitor", protocol=protocol, persistent_session=False)
     )
     late_inbox = Inbox(late, [MessageType.STATUS])
     _started(late, stop_later)
@@ -157,7 +152,7 @@ def test_last_will_announces_a_killed_device(broker, protocol, stop_later):
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_both_sides_recover_from_a_broker_restart(broker, protocol, stop_later):
     trainer = TrainerEndpoint(broker.client_config(protocol=protocol))
-    device = DeviceEndpoint(broker.client_config(protocol=protocol), "cam-1")
+    device = _cam_1(broker, protocol)
     to_trainer = Inbox(trainer, [MessageType.SEGMENT])
     to_device = Inbox(device, [MessageType.CONTROL])
     _started(trainer, stop_later)
@@ -196,7 +191,7 @@ def test_slow_consumer_never_blocks_the_network_loop(broker, protocol, stop_late
 
     trainer.on(MessageType.SEGMENT, slow)
     _started(trainer, stop_later)
-    device = _started(DeviceEndpoint(broker.client_config(protocol=protocol), "cam-1"), stop_later)
+    device = _started(_cam_1(broker, protocol), stop_later)
     for i in range(12):
         device.send(_segment(i))
     wait_until(lambda: len(handled) >= 1, what="the first segment")
@@ -218,7 +213,7 @@ def test_malformed_payloads_are_rejected_and_counted(broker, stop_later):
     )
     inbox = Inbox(trainer, [MessageType.SEGMENT, MessageType.HELLO])
     _started(trainer, stop_later)
-    raw = MqttLink(broker.client_config(), client_id="raw")
+    raw = MqttLink(broker.client_config("cam-1"), client_id="raw")  # cam-1's own login
     raw.start()
     assert raw.wait_connected(10)
 
@@ -262,8 +257,8 @@ def test_malformed_payloads_are_rejected_and_counted(broker, stop_later):
 
 
 @pytest.fixture
-def capped_broker(tmp_path):
-    server = Mosquitto(tmp_path / "capped", extra_conf="max_packet_size 65536")
+def capped_broker(tmp_path, fleet):
+    server = Mosquitto(tmp_path / "capped", fleet=fleet, extra_conf="max_packet_size 65536")
     server.start()
     yield server
     server.stop()
@@ -271,9 +266,9 @@ def capped_broker(tmp_path):
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_large_model_is_chunked_through_a_capped_broker(capped_broker, protocol, stop_later):
-    cfg = capped_broker.client_config(protocol=protocol, max_message_bytes=60_000)
-    trainer = _started(TrainerEndpoint(cfg), stop_later)
-    device = DeviceEndpoint(cfg, "cam-1")
+    settings = {"protocol": protocol, "max_message_bytes": 60_000}
+    trainer = _started(TrainerEndpoint(capped_broker.client_config(**settings)), stop_later)
+    device = DeviceEndpoint(capped_broker.client_config("cam-1", **settings), "cam-1")
     inbox = Inbox(device, [MessageType.MODEL])
     _started(device, stop_later)
     body = bytes(range(256)) * 4096  # 1 MiB
@@ -281,91 +276,3 @@ def test_large_model_is_chunked_through_a_capped_broker(capped_broker, protocol,
     env, _ = inbox.get(timeout=20)
     assert env.body == body and env.msg.version == 1
     assert device.counters.get("received.model") == 1
-
-
-def _tls_material(directory: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "amstream test CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
-    paths[0].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return paths
-
-
-@pytest.fixture
-def tls_broker(tmp_path):
-    ca, cert, key = _tls_material(tmp_path)
-    passwd = tmp_path / "passwd"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "cam-1", "s3cret"], check=True)
-    server = Mosquitto(
-        tmp_path / "tls",
-        listener_conf=f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
-        f"allow_anonymous false\npassword_file {passwd}",
-    )
-    server.start()
-    yield server, ca
-    server.stop()
-
-
-def test_tls_with_username_and_password(tls_broker, tmp_path, stop_later):
-    server, ca = tls_broker
-    secret = tmp_path / "password"
-    secret.write_text("s3cret\n")
-    cfg = server.client_config(tls=TlsConfig(ca_file=ca), username="cam-1", password_file=secret)
-    trainer = TrainerEndpoint(
-        server.client_config(
-            tls=TlsConfig(ca_file=ca), username="cam-1", password="s3cret", client_id="trainer"
-        )
-    )
-    inbox = Inbox(trainer, [MessageType.HELLO])
-    _started(trainer, stop_later)
-    device = _started(DeviceEndpoint(cfg, "cam-1"), stop_later)
-    hello, _ = UPLINK[0]
-    assert device.send(hello).wait(5)
-    assert inbox.get()[0].msg == hello
-
-    intruder = DeviceEndpoint(
-        server.client_config(tls=TlsConfig(ca_file=ca), username="cam-1", password="wrong"), "cam-2"
-    )
-    intruder.start()
-    assert not intruder.wait_connected(2)
-    assert intruder.counters.get("mqtt.connect_refused") >= 1
-    intruder.link.stop()
-
-    with pytest.raises(ValueError, match=r"tls\.ca_file"):
-        DeviceEndpoint(server.client_config(tls=TlsConfig(ca_file=tmp_path / "nope.pem")), "x")

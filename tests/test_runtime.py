@@ -28,7 +28,7 @@ def device_profile(tmp_path, broker=None, **sections):
         "source": {"realtime": False, "loop": False},
     }
     if broker is not None:
-        tables["mqtt"] = {"port": broker.port, "reconnect_min_s": 0.1, "reconnect_max_s": 1.0}
+        tables["mqtt"] = broker.mqtt_table("cpu-0")
     for name, values in sections.items():
         tables[name] = {**tables.get(name, {}), **values}
     return bundled_profile("cpu", tmp_path, device_id="cpu-0", **tables)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -96,13 +97,34 @@ def _restarted(session):
     )
 
 
+_sent_seqs: dict[int, int] = {}  # id(outgoing) -> the seq it was "sent" as
+
+
 def _run(session, *envelopes):
+    """Deliver, then step until idle; each message out is sent as the daemon does."""
     for env in envelopes:
         session.deliver(env)
     out = []
     while session.has_work:
-        out += session.step()
+        for outgoing in session.step():
+            seq = next(_seq)
+            session.sent(seq, outgoing)
+            _sent_seqs[id(outgoing)] = seq
+            out.append(outgoing)
     return out
+
+
+def seq_of(outgoing) -> int:
+    return _sent_seqs[id(outgoing)]
+
+
+def _ack_of(outgoing, *, ok=True, **fields):
+    """The device's ack of ``outgoing``: accepting it, by default."""
+    msg = outgoing.msg
+    version = msg.new_version if isinstance(msg, Update) else msg.version
+    sha = msg.result_sha256 if isinstance(msg, Update) else sha256_hex(outgoing.body)
+    values = {"model_version": version, "model_sha256": sha, **fields}
+    return Ack(ref_type=msg.type, ref_seq=seq_of(outgoing), ok=ok, **values)
 
 
 def test_hello_from_a_device_running_the_student_sends_only_control(session):
@@ -157,19 +179,17 @@ def test_an_undecodable_segment_is_acknowledged_as_rejected(session, segments):
     assert session.stats.segments_rejected == 1 and len(session.buffer) == 0
 
 
+def _updates(out):
+    return [o for o in out if isinstance(o.msg, Update)]
+
+
 def _three_updates_then_refused(session, segments, reason: AckReason) -> tuple[bytes, Ack]:
-    """Three phases (versions 1-3) sent; the device, still on version 1, refuses one."""
+    """Three phases (versions 1-3) sent; the device, still on version 1, refuses the third."""
     _run(session, hello(session.mirror.sha256))
-    for msg, h264 in segments[:3]:
-        _run(session, envelope(msg, h264))
+    sent = [u for msg, h264 in segments[:3] for u in _updates(_run(session, envelope(msg, h264)))]
     v1 = session.mirror.versions()[1]
-    refused = Ack(
-        ref_type="update",
-        ref_seq=2,
-        ok=False,
-        reason=reason,
-        model_version=1,
-        model_sha256=sha256_hex(v1),
+    refused = _ack_of(
+        sent[2], ok=False, reason=reason, model_version=1, model_sha256=sha256_hex(v1)
     )
     return v1, refused
 
@@ -179,14 +199,41 @@ def test_acks_drive_resyncs(session, segments):
     (resync,) = _run(session, envelope(refused))
     assert resync.msg.base_version == 1 and resync.msg.new_version == 3
     assert apply_update(resync.msg.format, v1, resync.body) == session.mirror.data
-    assert _run(session, envelope(refused)) == []  # the same request is answered once
-    signature = refused.model_copy(update={"reason": AckReason.BAD_SIGNATURE})
-    assert _run(session, envelope(signature)) == []
-    accepted = Ack(
-        ref_type="update", ref_seq=3, ok=True, model_version=3, model_sha256=session.mirror.sha256
-    )
-    _run(session, envelope(accepted))
+    assert _run(session, envelope(refused)) == []  # an ack answers its message once
+    assert session.stats.acks_unmatched == 1
+    _run(session, envelope(_ack_of(resync)))
     assert session.device.version == 3 and session.stats.updates_acked == 1
+
+
+def test_acks_of_nothing_sent_are_ignored(session, segments):
+    _, refused = _three_updates_then_refused(session, segments, AckReason.INVALID_MODEL)
+    version, full_models = session.mirror.version, session.stats.full_models
+    forged = [
+        refused.model_copy(update={"ref_seq": refused.ref_seq + 10_000}),  # never sent
+        refused.model_copy(update={"ref_type": "model"}),  # sent, but as an update
+        # accepts it, but names a file that message never made
+        refused.model_copy(update={"ok": True, "reason": None, "model_sha256": "9" * 64}),
+    ]
+    for ack in forged:
+        assert _run(session, envelope(ack)) == []
+    assert session.stats.acks_unmatched == 3 and session.stats.rollbacks == 0
+    assert (session.mirror.version, session.stats.full_models) == (version, full_models)
+    _run(session, envelope(refused))  # the real one still counts: training rolls back
+    assert session.stats.rollbacks == 1
+
+
+def test_full_models_are_rate_limited_per_device(session, monkeypatch):
+    first = _run(session, hello("9" * 64))
+    assert isinstance(first[0].msg, Model) and session.stats.full_models == 1
+    refused = _ack_of(first[0], ok=False, reason=AckReason.BAD_HASH,
+                      model_version=0, model_sha256="8" * 64)  # fmt: skip
+    assert _run(session, envelope(refused)) == []  # too soon: deferred
+    assert session.stats.full_models_deferred == 1 and session.stats.full_models == 1
+    clock = time.monotonic() + session.config.updates.full_model_interval_s
+    monkeypatch.setattr(time, "monotonic", lambda: clock)
+    assert session.has_work  # due now: the daemon's housekeeping wakes the session
+    (again,) = _run(session)
+    assert isinstance(again.msg, Model) and session.stats.full_models == 2
 
 
 def test_a_model_the_device_finds_broken_rolls_training_back(session, segments, tmp_path):
@@ -334,3 +381,46 @@ def test_a_kill_after_a_version_was_sent_never_reverts_training(session, segment
     msg, h264 = segments[3]
     (update,) = [o for o in _run(resumed, envelope(msg, h264)) if isinstance(o.msg, Update)]
     assert update.msg.base_sha256 == sha256_hex(session.mirror.data)  # builds on what was sent
+
+
+def test_idle_sessions_leave_memory_and_the_cap_counts_active_ones(tmp_path, monkeypatch):
+    from cloud_trainer import daemon as daemon_module
+    from cloud_trainer.daemon import TrainerDaemon
+    from shared_schema.topics import parse_topic
+
+    config = trainer_config(tmp_path).model_copy(update={"max_sessions": 2, "session_idle_s": 60})
+    daemon = TrainerDaemon(config)
+    now = [1000.0]
+    monkeypatch.setattr(daemon_module.time, "monotonic", lambda: now[0])
+
+    def speak(device: str) -> None:
+        daemon._deliver(
+            envelope(hello("9" * 64).msg, device=device),
+            parse_topic("ams", f"ams/{device}/up/hello"),
+        )
+
+    for device in ("cam-a", "cam-b"):
+        speak(device)
+        speak(device)  # admitted, waiting for its session: never refused at the cap
+        daemon._step(device)
+    speak("cam-c")  # two active sessions: no room
+    assert "cam-c" not in daemon._waiting
+    assert daemon.endpoint.counters.get("trainer.sessions_refused") == 1
+    now[0] += 30
+    speak("cam-b")
+    daemon._step("cam-b")
+    now[0] += 31  # cam-a silent for 61 s, cam-b for 31 s
+    daemon._unload_idle()
+    assert list(daemon.sessions) == ["cam-b"]
+    assert (tmp_path / "ckpt" / "cam-a" / "session.pt").is_file()  # its state stays on disk
+    speak("cam-c")
+    assert "cam-c" in daemon._waiting  # room again
+    daemon._step("cam-c")
+    daemon._unload_idle()
+    now[0] += 61
+    daemon._unload_idle()
+    speak("cam-a")
+    daemon._step("cam-a")
+    back = daemon.sessions["cam-a"]
+    assert back.stats.full_models == 2  # one before it left (from its checkpoint), one now
+    assert daemon.endpoint.counters.get("trainer.sessions_unloaded") == 3  # a, then b and c

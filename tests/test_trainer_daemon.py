@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 def start_device(tmp_path, broker, device_id: str, video: str) -> EmulatedDevice:
     profile = local_profile(
-        broker.port,
+        broker.mqtt_table(device_id),
         tmp_path / device_id,
         device_id=device_id,
         buffer={"t_update_s": 2.0},
@@ -77,7 +77,7 @@ def test_two_devices_each_hot_swap_verified_updates(tmp_path, broker, shared_dir
 def _retained_metrics(broker, device_id: str) -> Metrics:
     """The trainer's latest figures for a device, from its retained metrics topic."""
     received: queue.Queue[Metrics] = queue.Queue()
-    link = MqttLink(broker.client_config(persistent_session=False), client_id="watcher")
+    link = MqttLink(broker.client_config("monitor", persistent_session=False), client_id="watcher")
     link.subscribe(f"ams/{device_id}/metrics", 1, lambda m: received.put(decode(m.payload).msg))
     link.start()
     try:

@@ -24,7 +24,7 @@ class Device:
     """An endpoint, a spool and an uplink, as the runtime wires them."""
 
     def __init__(self, broker, spool_dir, **spool_limits):
-        self.endpoint = DeviceEndpoint(broker.client_config(), "cam-1")
+        self.endpoint = DeviceEndpoint(broker.client_config("cam-1"), "cam-1")
         limits = {"max_bytes": 1 << 24, "max_entries": 1000} | spool_limits
         spool = Spool(spool_dir, counters=self.endpoint.counters, **limits)
         self.uplink = Uplink(self.endpoint, spool)

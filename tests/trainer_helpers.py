@@ -5,10 +5,10 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from cloud_trainer.config import DEFAULT_CONFIG, TrainerConfig
-from shared_schema.config_files import expand_paths
+import tomli_w
 
-PATH_KEYS = frozenset({"model", "directory", "signing_key"})
+from cloud_trainer.config import DEFAULT_CONFIG, PATH_KEYS, TrainerConfig
+from shared_schema.config_files import expand_paths
 
 
 def trainer_raw(tmp_path: Path, broker=None, **training) -> dict:
@@ -18,7 +18,7 @@ def trainer_raw(tmp_path: Path, broker=None, **training) -> dict:
     raw["metrics"] = {"interval_s": 1.0}
     raw["asr"]["interval_s"] = 2.0
     if broker is not None:
-        raw["mqtt"].update(port=broker.port, reconnect_min_s=0.1, reconnect_max_s=1.0)
+        raw["mqtt"].update(broker.mqtt_table("trainer"))
     return expand_paths(raw, DEFAULT_CONFIG.parent, PATH_KEYS)
 
 
@@ -27,21 +27,14 @@ def trainer_config(tmp_path: Path, broker=None, **training) -> TrainerConfig:
 
 
 def write_toml(raw: dict, path: Path) -> Path:
-    """A config dict back to TOML (the few value types a trainer config uses)."""
-
-    def value(v: object) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str | Path):
-            return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, list | tuple):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return repr(v)
-
-    lines = [f"{k} = {value(v)}" for k, v in raw.items() if not isinstance(v, dict)]
-    for section, table in raw.items():
-        if isinstance(table, dict):
-            lines.append(f"\n[{section}]")
-            lines += [f"{k} = {value(v)}" for k, v in table.items()]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(tomli_w.dumps(_plain(raw)))
     return path
+
+
+def _plain(node: object) -> object:
+    """Paths as strings: what TOML can hold."""
+    if isinstance(node, dict):
+        return {k: _plain(v) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [_plain(v) for v in node]
+    return str(node) if isinstance(node, Path) else node

@@ -27,8 +27,7 @@ from typing import Any
 import tomli_w
 
 from cloud_trainer.config import DEFAULT_CONFIG
-from cloud_trainer.fleet import mosquitto, pki
-from cloud_trainer.tools import keys
+from cloud_trainer.fleet import keys, mosquitto, pki
 from firmware_configs import PROFILE_DIR
 from shared_schema.config_files import (
     KEY_DIR_ENV,
@@ -38,7 +37,6 @@ from shared_schema.config_files import (
     write_private,
 )
 from shared_schema.errors import ProtocolError
-from shared_schema.mqtt import BrokerConfig, TlsConfig
 from shared_schema.topics import (
     Access,
     device_grants,
@@ -100,9 +98,15 @@ class Fleet:
             acl_file=broker / "acl",
         )
 
-    def mqtt_table(self, identity: str, *, relative: bool) -> dict[str, Any]:
-        """The ``[mqtt]`` table of ``identity``'s config: relative paths inside its bundle."""
+    def mqtt_table(self, identity: str, *, relative: bool = False) -> dict[str, Any]:
+        """The ``[mqtt]`` table of ``identity`` (a device id or a service): its login, the CA,
+        the broker's address; paths inside its bundle when ``relative``."""
         settings, where = self.settings, self.identity_dir(identity)
+        if not relative and not (where / "password").is_file():
+            raise FleetError(
+                f"{self.root}: no login {identity!r}: "
+                f"run cloud-trainer fleet provision --dir {self.root} {identity}"
+            )
         base = Path() if relative else where
         return {
             "host": settings["hosts"][0],
@@ -112,17 +116,6 @@ class Fleet:
             "password_file": str(base / "password"),
             "tls": {"ca_file": str(base / "ca.pem")},
         }
-
-    def client_config(self, identity: str, **overrides: Any) -> BrokerConfig:
-        """Settings for a client logging in as ``identity`` (a device id or a service)."""
-        if not (self.identity_dir(identity) / "password").is_file():
-            raise FleetError(
-                f"{self.root}: no login {identity!r}: "
-                f"run cloud-trainer fleet provision --dir {self.root} {identity}"
-            )
-        table = self.mqtt_table(identity, relative=False)
-        table["tls"] = TlsConfig(**table["tls"])
-        return BrokerConfig(**{**table, **overrides})
 
 
 def provision(

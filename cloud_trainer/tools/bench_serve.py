@@ -16,23 +16,22 @@ from pathlib import Path
 
 from cloud_trainer.config import TrainerConfig, load_config
 from cloud_trainer.daemon import TrainerDaemon
-from cloud_trainer.tools import keys
 from cloud_trainer.tools.emulation import EmulatedDevice, local_profile
-from cloud_trainer.tools.local_broker import LocalBroker
+from cloud_trainer.tools.local_broker import local_fleet
 
 
 def serve_round(
     config: TrainerConfig, video: Path, devices: int, duration_s: float, settle_s: float
 ) -> dict[str, object]:
+    ids = [f"bench-{i}" for i in range(devices)]
     with (
         tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp,
-        LocalBroker(Path(tmp) / "broker") as broker,
+        local_fleet(Path(tmp), ids) as secured,
     ):
-        workdir = Path(tmp)
-        signing_key, device_keys = keys.for_this_run(workdir / "keys")
+        workdir, broker = Path(tmp), secured.broker
         config = config.model_copy(
             update={
-                "updates": config.updates.model_copy(update={"signing_key": signing_key}),
+                "updates": config.updates.model_copy(update={"signing_key": secured.signing_key}),
                 "mqtt": broker.client_config(),
                 "checkpoint": config.checkpoint.model_copy(update={"directory": workdir / "ckpt"}),
             }
@@ -42,15 +41,15 @@ def serve_round(
         fleet = [
             EmulatedDevice(
                 local_profile(
-                    broker.port,
-                    workdir / f"dev{i}",
-                    device_id=f"bench-{i}",
+                    broker.mqtt_table(device_id),
+                    workdir / device_id,
+                    device_id=device_id,
                     telemetry={"results_rate_hz": 0.0},
-                    model=device_keys,
+                    model=secured.device_keys,
                 ),
                 video,
             )
-            for i in range(devices)
+            for device_id in ids
         ]
         try:
             time.sleep(duration_s)

@@ -10,7 +10,7 @@ from typing import Any
 from shared_schema.bench_results import add_results_dir_option, write_result
 from shared_schema.cli import fail
 from shared_schema.config_files import find_shared_dir
-from shared_schema.mqtt import BrokerConfig
+from shared_schema.mqtt import BrokerConfig, load_broker_config
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -88,7 +88,7 @@ def _bench_serve(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from cloud_trainer.tools import keys
+    from cloud_trainer.fleet import keys
 
     if args.action == "show":
         result: dict[str, object] = keys.show(Path(args.path))
@@ -127,9 +127,12 @@ def _training_settings(args: argparse.Namespace) -> dict[str, Any]:
 def _monitor(args: argparse.Namespace) -> int:
     from cloud_trainer.tools.monitor import monitor
 
-    config = BrokerConfig(
-        host=args.host, port=args.port, protocol=args.protocol, prefix=args.prefix
-    )
+    if args.mqtt:
+        config = load_broker_config(Path(args.mqtt))
+    else:
+        config = BrokerConfig(
+            host=args.host, port=args.port, protocol=args.protocol, prefix=args.prefix
+        )
     monitor(config, lambda line: print(line, flush=True), count=args.count, timeout_s=args.timeout)
     return 0
 
@@ -205,6 +208,10 @@ def add_tool_parsers(sub: Any) -> None:
     fleet.set_defaults(func=_fleet)
 
     mon = sub.add_parser("monitor", help="print every protocol message under a prefix as JSON")
+    mon.add_argument("--mqtt", metavar="TOML",
+                     help="the [mqtt] table of this file: a fleet's monitor/monitor.toml (its "
+                     "login, TLS), a device profile or a trainer config; replaces the options "
+                     "below")  # fmt: skip
     mon.add_argument("--host", default="127.0.0.1")
     mon.add_argument("--port", type=int, default=1883)
     mon.add_argument("--protocol", choices=["5", "3.1.1"], default="5")

@@ -17,6 +17,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -25,37 +26,60 @@ from rich.table import Table
 
 from cloud_trainer.config import TrainerConfig, load_config
 from cloud_trainer.daemon import TrainerDaemon
-from cloud_trainer.tools import keys
+from cloud_trainer.fleet import keys
 from cloud_trainer.tools.demo_device import DeviceSpec, run_device
 from cloud_trainer.tools.demo_report import percent, read_status, running_miou, write_report
-from cloud_trainer.tools.local_broker import LocalBroker
+from cloud_trainer.tools.local_broker import local_fleet
+from shared_schema.mqtt import BrokerConfig
 
 DEMO_TRAINING = {"resolution": (257, 257), "iterations": 8, "batch_size": 2}
 _STOP_S = 20.0  # a device process's time to deliver its last segment and exit
 
 
-def demo_trainer_config(host: str, port: int, workdir: Path, signing_key: Path) -> TrainerConfig:
+def demo_trainer_config(mqtt: BrokerConfig, workdir: Path, signing_key: Path) -> TrainerConfig:
     config = load_config()
     return config.model_copy(
         update={
             "updates": config.updates.model_copy(update={"signing_key": signing_key}),
-            "mqtt": config.mqtt.model_copy(
-                update={"host": host, "port": port, "reconnect_min_s": 0.1}
-            ),
+            "mqtt": mqtt,
             "training": config.training.model_copy(update=DEMO_TRAINING),
             "checkpoint": config.checkpoint.model_copy(update={"directory": workdir / "trainer"}),
         }
     )
 
 
+@dataclass(frozen=True)
+class _Broker:
+    trainer: BrokerConfig
+    devices: dict[str, dict[str, object]]  # each device's [mqtt] table
+    signing_key: Path
+    device_keys: dict[str, str]
+    address: str
+
+
 @contextlib.contextmanager
-def _broker(address: str | None, workdir: Path) -> Iterator[tuple[str, int]]:
+def _broker(
+    address: str | None, workdir: Path, device_ids: list[str], emit: Callable[[str], None]
+) -> Iterator[_Broker]:
+    """The demo's own broker, secured as a fleet's is, or one named by ``--broker``."""
     if address is not None:
+        emit(f"demo: WARNING: --broker {address}: plain MQTT with no TLS, logins or ACL "
+             "(development only); updates are still signed")  # fmt: skip
         host, _, port = address.rpartition(":")
-        yield host, int(port)
+        table: dict[str, object] = {"host": host, "port": int(port), "reconnect_min_s": 0.1}
+        signing_key, device_keys = keys.for_this_run(workdir / "keys")
+        devices = {d: table for d in device_ids}
+        yield _Broker(BrokerConfig(**table), devices, signing_key, device_keys, address)
         return
-    with LocalBroker(workdir / "broker") as broker:
-        yield broker.host, broker.port
+    with local_fleet(workdir, device_ids) as secured:
+        broker = secured.broker
+        yield _Broker(
+            broker.client_config(),
+            {d: broker.mqtt_table(d) for d in device_ids},
+            secured.signing_key,
+            secured.device_keys,
+            f"{broker.host}:{broker.port} (TLS, a login per client, ACL)",
+        )
 
 
 def run_demo(
@@ -72,26 +96,25 @@ def run_demo(
     console = console or Console()
     with tempfile.TemporaryDirectory(prefix="amstream-demo-") as tmp:
         workdir = Path(tmp)
-        signing_key, device_keys = keys.for_this_run(workdir / "keys")  # signed, as deployed
-        with _broker(broker, workdir) as (host, port):
-            config = demo_trainer_config(host, port, workdir, signing_key)
+        ids = [f"demo-{i}" for i in range(devices)]
+        with _broker(broker, workdir, ids, emit) as secured:  # signed, as deployed
+            config = demo_trainer_config(secured.trainer, workdir, secured.signing_key)
             specs = [
                 DeviceSpec(
-                    device_id=f"demo-{i}",
+                    device_id=device_id,
                     video=str(videos[i % len(videos)]),
-                    host=host,
-                    port=port,
-                    workdir=str(workdir / f"demo-{i}"),
-                    status_path=str(workdir / f"demo-{i}.json"),
+                    mqtt=secured.devices[device_id],
+                    workdir=str(workdir / device_id),
+                    status_path=str(workdir / f"{device_id}.json"),
                     duration_s=duration_s,
                     teacher_model=str(config.teacher.model),
                     student_model=str(config.student.model),
-                    keys=device_keys,
+                    keys=secured.device_keys,
                 )
-                for i in range(devices)
+                for i, device_id in enumerate(ids)
             ]
             emit(
-                f"demo: broker on {host}:{port}; trainer: student {config.student.model.name}, "
+                f"demo: broker on {secured.address}; trainer: student {config.student.model.name}, "
                 f"teacher {config.teacher.model.name}, training {DEMO_TRAINING}; "
                 + ", ".join(f"{s.device_id} on {Path(s.video).name}" for s in specs)
             )
@@ -108,7 +131,7 @@ def run_demo(
                 "devices": devices,
                 "duration_s": duration_s,
                 "ran_s": round(time.monotonic() - started, 1),
-                "broker": f"{host}:{port}",
+                "broker": secured.address,
                 "training": DEMO_TRAINING,
             }
             return write_report(out, statuses, trainer, settings)

@@ -35,8 +35,7 @@ _NOT_YET = object()  # no frame labelled yet: the model the device boots with is
 class DeviceSpec:
     device_id: str
     video: str
-    host: str
-    port: int
+    mqtt: dict[str, object]  # the profile's [mqtt] table: the broker and this device's login
     workdir: str
     status_path: str
     duration_s: float
@@ -107,11 +106,10 @@ def run_device(spec: DeviceSpec) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     workdir = Path(spec.workdir)
     profile = local_profile(
-        spec.port,
+        spec.mqtt,
         workdir,
         device_id=spec.device_id,
         video=Path(spec.video),
-        mqtt={"host": spec.host},
         inference={"threads": spec.threads},
         telemetry={"results_rate_hz": 0.0},
         model=spec.keys,

@@ -15,16 +15,16 @@ from edge_runtime.sources import open_source
 
 
 def local_profile(
-    port: int,
+    mqtt: dict[str, object],
     workdir: Path,
     *,
     device_id: str = "cpu-0",
     video: Path | None = None,
     **sections: dict[str, object],
 ) -> Profile:
-    """The ``cpu`` profile for a device on a broker at 127.0.0.1:``port``, with its slots and
-    spool in ``workdir``; ``sections`` override profile tables (e.g. ``buffer={...}``)."""
-    mqtt = {"port": port, "reconnect_min_s": 0.1, "reconnect_max_s": 1.0}
+    """The ``cpu`` profile for a device on a local broker (``mqtt``: its ``[mqtt]`` table, e.g.
+    ``LocalBroker.mqtt_table(device_id)``), with its slots and spool in ``workdir``;
+    ``sections`` override profile tables (e.g. ``buffer={...}``)."""
     source = {"realtime": True, "loop": True, "uri": str(video) if video else None}
     tables = {"mqtt": mqtt, "source": source}
     for name, values in sections.items():

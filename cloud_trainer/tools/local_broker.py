@@ -5,15 +5,18 @@ per client, the fleet's ACL."""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from cloud_trainer.fleet import Fleet
+from cloud_trainer.fleet import Fleet, keys, provision
 from cloud_trainer.fleet.provision import TRAINER
 from shared_schema.mqtt import BrokerConfig
 
@@ -73,16 +76,15 @@ listener {self.port} {self.host}
         )
         self._proc: subprocess.Popen[bytes] | None = None
 
+    def mqtt_table(self, identity: str = TRAINER) -> dict[str, object]:
+        """The ``[mqtt]`` table of a client of this broker, with quick reconnects; on a fleet's
+        broker it logs in as ``identity`` (a device id, or a service: trainer, monitor)."""
+        login = {} if self.fleet is None else self.fleet.mqtt_table(identity)
+        fast = {"reconnect_min_s": 0.1, "reconnect_max_s": 1.0}
+        return {**login, "host": self.host, "port": self.port, **fast}
+
     def client_config(self, identity: str = TRAINER, **overrides: object) -> BrokerConfig:
-        """Settings for a client of this broker, with quick reconnects; on a fleet's broker it
-        logs in as ``identity`` (a device id, or a service: trainer, monitor)."""
-        base: dict[str, object] = dict(
-            host=self.host, port=self.port, reconnect_min_s=0.1, reconnect_max_s=1.0
-        )
-        base.update(overrides)
-        if self.fleet is None:
-            return BrokerConfig(**base)
-        return self.fleet.client_config(identity, **base)
+        return BrokerConfig.model_validate({**self.mqtt_table(identity), **overrides})
 
     def start(self, timeout: float = 10.0) -> None:
         self._proc = subprocess.Popen(
@@ -134,3 +136,22 @@ listener {self.port} {self.host}
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass(frozen=True)
+class LocalFleet:
+    """A self-contained run, secured as a deployment is: the trainer's keys and the fleet's
+    broker (TLS, a login per client, the ACL)."""
+
+    broker: LocalBroker
+    signing_key: Path  # the trainer signs with it
+    device_keys: dict[str, str]  # the devices' [model] public_key and next_public_key
+
+
+@contextlib.contextmanager
+def local_fleet(workdir: Path, devices: list[str]) -> Iterator[LocalFleet]:
+    """Fresh keys, a fleet provisioned for ``devices`` and its broker, all under ``workdir``."""
+    signing_key, device_keys = keys.for_this_run(workdir / "keys")
+    provision(workdir / "fleet", devices, key_dir=workdir / "keys")
+    with LocalBroker(workdir / "broker", fleet=Fleet(workdir / "fleet")) as broker:
+        yield LocalFleet(broker, signing_key, device_keys)

@@ -1,10 +1,11 @@
 """A protocol peer in its own process, so tests can SIGKILL it like a power cut.
 
-python -m tests.peers.mqtt_peer device PORT DEVICE_ID PROTOCOL
+python -m tests.peers.mqtt_peer device DEVICE_ID MQTT_JSON
     connects as a device, prints "ready", idles.
-python -m tests.peers.mqtt_peer stuck-trainer PORT CLIENT_ID PROTOCOL
+python -m tests.peers.mqtt_peer stuck-trainer CLIENT_ID MQTT_JSON
     connects as the trainer, prints "got <seq>" for the first segment and then hangs inside
     the handler, so the segment is never acknowledged.
+MQTT_JSON is the client's BrokerConfig (its login included), as JSON.
 """
 
 from __future__ import annotations
@@ -17,10 +18,8 @@ from shared_schema.messages import MessageType
 from shared_schema.mqtt import BrokerConfig
 
 
-def main(role: str, port: str, name: str, protocol: str) -> None:
-    config = BrokerConfig(
-        port=int(port), protocol=protocol, client_id=name, reconnect_min_s=0.1, reconnect_max_s=1.0
-    )
+def main(role: str, name: str, mqtt_json: str) -> None:
+    config = BrokerConfig.model_validate_json(mqtt_json)
     if role == "device":
         endpoint = DeviceEndpoint(config, name)
     else:
@@ -39,4 +38,4 @@ def main(role: str, port: str, name: str, protocol: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:4])
