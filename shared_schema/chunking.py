@@ -74,7 +74,10 @@ class _Partial:
 
 
 class Reassembler:
-    """Collects chunks per (sender, message); bounded in messages, bytes and time."""
+    """Collects chunks per (sender, message); bounded in messages, bytes and time, per sender
+    and in all. A sender over its own bounds loses its own oldest partial message; over the
+    overall bounds, the sender holding the most bytes loses its oldest: one sender's flood
+    never evicts another's message."""
 
     def __init__(
         self,
@@ -82,12 +85,15 @@ class Reassembler:
         limits: Limits = DEFAULT_LIMITS,
         max_pending: int = 16,
         max_bytes: int = 512 * 2**20,
+        per_sender_pending: int = 2,
+        per_sender_bytes: int = 128 * 2**20,
         ttl_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._limits = limits
         self._max_pending = max_pending
         self._max_bytes = max_bytes
+        self._per_sender = (per_sender_pending, per_sender_bytes)
         self._ttl_s = ttl_s
         self._clock = clock
         self._pending: OrderedDict[tuple[str, str], _Partial] = OrderedDict()
@@ -140,13 +146,31 @@ class Reassembler:
             self.discarded += 1
 
     def _evict(self, keep: tuple[str, str]) -> None:
-        # Oldest first, never the message just extended.
-        while len(self._pending) > 1 and (
-            len(self._pending) > self._max_pending or self.pending_bytes > self._max_bytes
-        ):
-            oldest = next(k for k in self._pending if k != keep)
-            del self._pending[oldest]
-            self.discarded += 1
+        """Oldest first, never the message just extended: the sender's own over its bounds,
+        then the biggest sender's while all of them are over theirs."""
+        sender = keep[0]
+        pending, size = self._per_sender
+        while self._over(self._of(sender), pending, size):
+            self._drop(sender, keep)
+        while self._over(list(self._pending), self._max_pending, self._max_bytes):
+            biggest = max(
+                {k[0] for k in self._pending if k != keep},
+                key=lambda s: sum(self._pending[k].size for k in self._of(s)),
+            )
+            self._drop(biggest, keep)
+
+    def _of(self, sender: str) -> list[tuple[str, str]]:
+        return [k for k in self._pending if k[0] == sender]
+
+    def _over(self, keys: list[tuple[str, str]], pending: int, size: int) -> bool:
+        return len(keys) > 1 and (
+            len(keys) > pending or sum(self._pending[k].size for k in keys) > size
+        )
+
+    def _drop(self, sender: str, keep: tuple[str, str]) -> None:
+        oldest = next(k for k in self._pending if k[0] == sender and k != keep)
+        del self._pending[oldest]
+        self.discarded += 1
 
 
 def _identity(chunk: Chunk) -> tuple[object, ...]:

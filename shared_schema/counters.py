@@ -61,20 +61,27 @@ class RejectionLog:
 
 
 class DuplicateFilter:
-    """Remembers the last ``capacity`` message keys; QoS 1 redeliveries are normal, not errors."""
+    """Remembers each sender's last ``capacity`` message keys; QoS 1 redeliveries are normal,
+    not errors. Keys are tuples whose first item is the sender: one sender's flood only evicts
+    its own keys, and the ``max_senders`` least recently heard senders are remembered."""
 
-    def __init__(self, capacity: int = 4096) -> None:
+    def __init__(self, capacity: int = 1024, max_senders: int = 1024) -> None:
         self._capacity = capacity
-        self._seen: OrderedDict[Hashable, None] = OrderedDict()
+        self._max_senders = max_senders
+        self._seen: OrderedDict[Hashable, OrderedDict[Hashable, None]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def seen(self, key: Hashable) -> bool:
+    def seen(self, key: tuple[Hashable, ...]) -> bool:
         """True if ``key`` was seen before; records it either way."""
         with self._lock:
-            if key in self._seen:
-                self._seen.move_to_end(key)
-                return True
-            self._seen[key] = None
-            if len(self._seen) > self._capacity:
+            sender = self._seen.setdefault(key[0], OrderedDict())
+            self._seen.move_to_end(key[0])
+            if len(self._seen) > self._max_senders:
                 self._seen.popitem(last=False)
+            if key in sender:
+                sender.move_to_end(key)
+                return True
+            sender[key] = None
+            if len(sender) > self._capacity:
+                sender.popitem(last=False)
             return False

@@ -16,13 +16,13 @@ def _model_envelope(size: int) -> bytes:
     return encode(Model(version=2), device_id="trainer", seq=1, boot=BOOT, body=body)
 
 
-def _chunks(encoded: bytes, max_bytes: int) -> list:
+def _chunks(encoded: bytes, max_bytes: int, sender: str = "trainer") -> list:
     seq = itertools.count(100)
     payloads = split(
         encoded,
         max_bytes,
         inner_type=MessageType.MODEL,
-        device_id="trainer",
+        device_id=sender,
         boot=BOOT,
         next_seq=lambda: next(seq),
     )
@@ -69,6 +69,18 @@ def test_memory_bound_evicts_oldest_partial():
     for env in firsts:
         r.add(env)
     assert r.discarded == 1
+
+
+def test_one_senders_flood_never_evicts_anothers_message():
+    r = Reassembler(max_pending=4)
+    message = _model_envelope(30_000)
+    victim, _ = _chunks(message, 8192, sender="cam-a")
+    assert r.add(victim[0]) is None
+    for i in range(50):  # cam-b starts 50 messages and finishes none
+        r.add(_chunks(_model_envelope(20_000 + i), 8192, sender="cam-b")[0][0])
+    assert r.discarded == 48  # cam-b's own, beyond its two
+    results = [r.add(env) for env in victim[1:]]
+    assert results[-1] == message  # cam-a's, whole
 
 
 def test_inconsistent_chunk_is_rejected():

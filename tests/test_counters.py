@@ -34,10 +34,15 @@ def test_rejection_log_counts_everything_but_throttles_lines(caplog):
     assert "99 more since the last report" in lines[1]
 
 
-def test_duplicate_filter_is_bounded_lru():
-    f = DuplicateFilter(capacity=3)
-    assert [f.seen(k) for k in (1, 2, 3)] == [False] * 3
-    assert f.seen(1) is True  # refreshes 1
-    assert f.seen(4) is False  # evicts 2, the least recently seen
-    assert f.seen(2) is False
-    assert f.seen(1) is True
+def test_duplicate_filter_is_bounded_lru_per_sender():
+    f = DuplicateFilter(capacity=3, max_senders=2)
+    assert [f.seen(("a", k)) for k in (1, 2, 3)] == [False] * 3
+    assert f.seen(("a", 1)) is True  # refreshes 1
+    assert f.seen(("a", 4)) is False  # evicts 2, the least recently seen
+    assert f.seen(("a", 2)) is False
+    assert f.seen(("a", 1)) is True
+    for k in range(1000):  # a flood from b evicts only b's own keys
+        f.seen(("b", k))
+    assert f.seen(("a", 1)) is True
+    f.seen(("c", 0))  # a third sender: b, the least recently heard, is forgotten
+    assert f.seen(("a", 1)) is True and f.seen(("b", 999)) is False
