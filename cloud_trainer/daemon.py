@@ -16,14 +16,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
 from pathlib import Path
 
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.outgoing import Outgoing
 from cloud_trainer.scheduler import RoundRobin
-from cloud_trainer.session import Session
+from cloud_trainer.session import Session, open_inbox, store_segment
 from cloud_trainer.teacher import load_teacher
+from edge_runtime.spool import Spool
 from shared_schema.endpoint import TrainerEndpoint
 from shared_schema.envelope import Envelope
 from shared_schema.messages import MessageType, Metrics, Status
@@ -48,7 +48,8 @@ class TrainerDaemon:
             )
         self.sessions: dict[str, Session] = {}  # in memory: the active ones
         self._heard: dict[str, float] = {}  # device -> time.monotonic() of its last message
-        self._waiting: dict[str, list[Envelope]] = defaultdict(list)  # before its session
+        self._waiting: dict[str, list[Envelope]] = {}  # admitted: hellos, acks before its session
+        self._inboxes: dict[str, Spool] = {}  # admitted: segments on disk before its session
         self._lock = threading.Lock()
         self.online: dict[str, bool] = {}
         self.scheduler = RoundRobin(self._step)
@@ -95,26 +96,41 @@ class TrainerDaemon:
     # -- the MQTT side -------------------------------------------------------------------------
 
     def _deliver(self, envelope: Envelope, topic: Topic) -> None:
+        """Hand a message to its device's session; a segment is on disk when this returns, so
+        the broker's QoS 1 acknowledgement (after the handler) comes only once it is."""
+        device_id = topic.device_id
         with self._lock:
-            session = self.sessions.get(topic.device_id)
-            if session is None:
-                admitted = topic.device_id in self._waiting
-                if (
-                    not admitted
-                    and len(self.sessions) + len(self._waiting) >= self.config.max_sessions
-                ):
-                    self.endpoint.counters.inc("trainer.sessions_refused")
-                    return
-                waiting = self._waiting[topic.device_id]
-                waiting.append(envelope)
-                # Bounded as the session's own queues will be; it takes them in order.
-                if len(waiting) > self.config.max_pending_segments + self.config.max_pending_events:
-                    del waiting[0]
-                    self.endpoint.counters.inc("trainer.waiting_dropped")
-            else:
+            session = self.sessions.get(device_id)
+            if session is not None:
                 session.deliver(envelope)
-            self._heard[topic.device_id] = time.monotonic()
-        self.scheduler.notify(topic.device_id)
+            elif not self._admits(device_id):
+                self.endpoint.counters.inc("trainer.sessions_refused")
+                return
+            elif envelope.type == MessageType.SEGMENT:  # its session takes it from the inbox
+                inbox = self._inboxes.get(device_id)
+                if inbox is None:
+                    inbox = self._inboxes[device_id] = open_inbox(
+                        self._directory(device_id), self.config
+                    )
+                store_segment(inbox, envelope)
+                self._waiting.setdefault(device_id, [])
+            else:
+                self._wait(device_id, envelope)
+            self._heard[device_id] = time.monotonic()
+        self.scheduler.notify(device_id)
+
+    def _inbox(self, device_id: str) -> Spool:
+        if device_id not in self._inboxes:
+            self._inboxes[device_id] = open_inbox(self._directory(device_id), self.config)
+        return self._inboxes[device_id]
+
+    def _wait(self, device_id: str, envelope: Envelope) -> None:
+        """Hold a hello or ack until the session exists; bounded as its own queue will be."""
+        waiting = self._waiting.setdefault(device_id, [])
+        waiting.append(envelope)
+        if len(waiting) > self.config.max_pending_events:
+            del waiting[0]
+            self.endpoint.counters.inc("trainer.waiting_dropped")
 
     def _admits(self, device_id: str) -> bool:
         """A device already admitted (waiting for its session) or room for one more."""
@@ -140,10 +156,14 @@ class TrainerDaemon:
                 return session
         session = self._new_session(device_id)
         with self._lock:
+            session.adopt_inbox()  # segments that arrived while it was being made
             for envelope in self._waiting.pop(device_id, []):
                 session.deliver(envelope)
             self.sessions[device_id] = session
         return session
+
+    def _directory(self, device_id: str) -> Path:
+        return self.checkpoint_dir / device_id
 
     def _new_session(self, device_id: str) -> Session:
         session = Session(
@@ -151,8 +171,9 @@ class TrainerDaemon:
             self.config,
             self.teacher,
             self._initial_model,
-            directory=self.checkpoint_dir / device_id,
+            directory=self._directory(device_id),
             signer=self._signer,
+            inbox=self._inboxes.pop(device_id, None),
         )
         resumed = session.restore()
         log.info(

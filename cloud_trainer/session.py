@@ -34,7 +34,9 @@ from cloud_trainer.student import import_tflite
 from cloud_trainer.teacher import Teacher
 from edge_runtime.durable import atomic_write
 from edge_runtime.h264 import SegmentDecodeError, decode_frames
-from shared_schema.envelope import Envelope, sha256_hex
+from edge_runtime.spool import Spool, SpoolEntry
+from shared_schema.envelope import Envelope, decode, encode, sha256_hex
+from shared_schema.errors import ProtocolError
 from shared_schema.messages import (
     Ack,
     AckReason,
@@ -138,6 +140,7 @@ class Session:
         *,
         directory: Path,
         signer: Signer | None = None,
+        inbox: Spool | None = None,
     ) -> None:
         self.device_id = device_id
         self.config = config
@@ -163,7 +166,9 @@ class Session:
         self._rng = np.random.default_rng(training.seed)
         self._lock = threading.Lock()  # guards the two queues, filled by the MQTT thread
         self._events: deque[Envelope] = deque()
-        self._segments: deque[Envelope] = deque()
+        # Segments wait on disk (acknowledged to the broker only once there) until labelled.
+        self._inbox = inbox or open_inbox(directory, config)
+        self._segments: deque[SpoolEntry] = deque()
         self._archive: deque[_Archived] = deque()
         self._previous_labels: np.ndarray | None = None
         self._next_rate_update: float | None = None
@@ -172,22 +177,42 @@ class Session:
         self._sent: OrderedDict[int, _Sent] = OrderedDict()  # by envelope seq
         self._last_full_model = -float("inf")  # time.monotonic() of the last one sent
         self._full_model_wanted = False  # one was deferred (full_model_interval_s)
+        self.adopt_inbox()
 
     # -- the MQTT side -------------------------------------------------------------------------
 
     def deliver(self, envelope: Envelope) -> None:
-        """Take a message from the device; never blocks on training."""
+        """Take a message from the device; never blocks on training. A segment is on disk
+        when this returns."""
+        if envelope.type == MessageType.SEGMENT:
+            self._queue_segment(store_segment(self._inbox, envelope))
+            return
+        with self._lock:  # the newest say where the device is: a flood costs only its oldest
+            self._events.append(envelope)
+            if len(self._events) > self.config.max_pending_events:
+                self._events.popleft()
+                self.stats.events_dropped += 1
+
+    def adopt_inbox(self) -> None:
+        """Queue the segments in the inbox not queued yet: those received before a restart,
+        or before this session existed."""
         with self._lock:
-            if envelope.type == MessageType.SEGMENT:
-                self._segments.append(envelope)
-                if len(self._segments) > self.config.max_pending_segments:
-                    self._segments.popleft()
-                    self.stats.segments_dropped += 1
-            else:  # the newest say where the device is: a flood costs only its oldest
-                self._events.append(envelope)
-                if len(self._events) > self.config.max_pending_events:
-                    self._events.popleft()
-                    self.stats.events_dropped += 1
+            queued = set(self._segments)
+        for entry in self._inbox.entries():
+            if entry not in queued:
+                self._queue_segment(entry)
+
+    def _queue_segment(self, entry: SpoolEntry) -> None:
+        with self._lock:
+            self._segments.append(entry)
+            dropped = (
+                self._segments.popleft()
+                if len(self._segments) > self.config.max_pending_segments
+                else None
+            )
+        if dropped is not None:  # waited too long behind newer ones
+            self.stats.segments_dropped += 1
+            self._inbox.remove(dropped)
 
     @property
     def has_work(self) -> bool:
@@ -224,7 +249,7 @@ class Session:
         if self._full_model_due:
             out += self._catch_up(self.device.sha256)  # what the device runs by now
         if segment is not None:
-            out += self._label(segment)
+            out += self._label_stored(segment)
         elif self._phase_due:
             out += self._train()
         return out
@@ -346,6 +371,19 @@ class Session:
             if fmt.value in self.device.update_formats:
                 return fmt
         return None
+
+    def _label_stored(self, entry: SpoolEntry) -> list[Outgoing]:
+        """Label a segment from the inbox; it leaves the inbox once labelled (or refused)."""
+        try:
+            envelope = decode(entry.read())
+        except (OSError, ProtocolError) as exc:  # written whole by us: only a damaged disk
+            self.stats.segments_rejected += 1
+            log.error("%s: inbox entry %s unreadable: %s", self.device_id, entry.path, exc)
+            self._inbox.remove(entry)
+            return []
+        out = self._label(envelope)
+        self._inbox.remove(entry)
+        return out
 
     def _label(self, envelope: Envelope) -> list[Outgoing]:
         segment = envelope.msg
@@ -538,6 +576,22 @@ class Session:
         for sample in labelled_samples(frames, labels, size):
             self.buffer.add(sample)
         self._archive.append(_Archived(segment, h264, packed))
+
+
+def open_inbox(directory: Path, config: TrainerConfig) -> Spool:
+    """A device's segments waiting to be labelled, on disk: one more than the session queues,
+    so the session, not the spool, decides which to drop."""
+    return Spool(directory / "inbox", max_bytes=2**31, max_entries=config.max_pending_segments + 1)
+
+
+def store_segment(inbox: Spool, envelope: Envelope) -> SpoolEntry:
+    """Write a received segment to ``inbox``; returns once it is durable."""
+    header = envelope.header
+    encoded = encode(
+        envelope.msg, device_id=header.device_id, seq=header.seq, boot=header.boot,
+        body=envelope.body,
+    )  # fmt: skip
+    return inbox.put(MessageType.SEGMENT, encoded)
 
 
 def _to_cpu(state: dict[str, object]) -> dict[str, object]:

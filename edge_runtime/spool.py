@@ -73,6 +73,11 @@ class Spool:
             log.warning("spool full: dropped %s (%d bytes)", old.path.name, old.size)
         return entry
 
+    def entries(self) -> list[SpoolEntry]:
+        """Every entry, oldest first."""
+        with self._lock:
+            return list(self._entries)
+
     def oldest(self) -> SpoolEntry | None:
         with self._lock:
             return self._entries[0] if self._entries else None

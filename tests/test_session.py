@@ -337,7 +337,7 @@ def test_messages_for_a_device_without_a_session_yet_are_bounded(tmp_path):
     for _ in range(200):  # the worker has not made the session yet
         daemon._deliver(hello("9" * 64), topic)
     config = daemon.config
-    assert len(daemon._waiting["cam-9"]) == config.max_pending_segments + config.max_pending_events
+    assert len(daemon._waiting["cam-9"]) == config.max_pending_events
     assert daemon.endpoint.counters.get("trainer.waiting_dropped") == 200 - len(
         daemon._waiting["cam-9"]
     )
@@ -424,3 +424,29 @@ def test_idle_sessions_leave_memory_and_the_cap_counts_active_ones(tmp_path, mon
     back = daemon.sessions["cam-a"]
     assert back.stats.full_models == 2  # one before it left (from its checkpoint), one now
     assert daemon.endpoint.counters.get("trainer.sessions_unloaded") == 3  # a, then b and c
+
+
+def test_a_segment_is_on_disk_before_delivery_returns_and_survives_a_kill(session, segments):
+    _run(session, hello(session.mirror.sha256))
+    session.deliver(envelope(*segments[0]))
+    inbox = session.directory / "inbox"
+    assert len(list(inbox.glob("*.segment.env"))) == 1  # the broker may be told now
+    resumed = _restarted(session)  # SIGKILL before labelling: a new process, same directory
+    resumed.deliver(hello(session.mirror.sha256))
+    out = _run(resumed)
+    assert resumed.stats.segments == 1 and any(isinstance(o.msg, Update) for o in out)
+    assert list(inbox.glob("*.env")) == []  # labelled: it leaves the inbox
+
+
+def test_segments_before_a_session_exists_wait_on_disk(tmp_path, segments):
+    from cloud_trainer.daemon import TrainerDaemon
+    from shared_schema.topics import parse_topic
+
+    daemon = TrainerDaemon(trainer_config(tmp_path))
+    topic = parse_topic("ams", "ams/cam-9/up/segment")
+    for msg, h264 in segments[:2]:
+        daemon._deliver(envelope(msg, h264, device="cam-9"), topic)
+    assert len(list((tmp_path / "ckpt" / "cam-9" / "inbox").glob("*.env"))) == 2
+    while daemon._step("cam-9"):
+        pass
+    assert daemon.sessions["cam-9"].stats.segments == 2
