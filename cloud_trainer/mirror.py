@@ -8,11 +8,15 @@ the version it has; older ones get the full model.
 
 With a ``directory``, every version is written to disk (atomically) before its update can be
 sent, and a new mirror over the same directory resumes from it: after a crash of the trainer
-the mirror still holds every version a device can be running.
+the mirror still holds every version a device can be running. Each file's name carries the
+start of its sha256: a file that fails it, or is not of the student's layout, is set aside
+(``.damaged``) and the mirror resumes from the newest intact one; a device running the lost
+file then gets the full model.
 """
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from pathlib import Path
 
@@ -44,9 +48,10 @@ class ModelMirror:
         self._history = history
         self._signer = signer
         self._directory = directory
+        self._layout = TFLiteFile(initial)
+        self.damaged: list[Path] = []  # files set aside when resuming
         saved = self._read_saved()
         self._versions: OrderedDict[int, bytes] = saved or OrderedDict({version: bytes(initial)})
-        self._layout = TFLiteFile(next(iter(self._versions.values())))
         if not saved:
             self._persist(version)
 
@@ -124,19 +129,16 @@ class ModelMirror:
         old = self.version
         if old > version:
             return
-        self._versions[version + 1] = self._versions.pop(old)
+        data = self._versions[version + 1] = self._versions.pop(old)
         self._persist(version + 1)
-        if self._directory is not None:
-            self._path(old).unlink(missing_ok=True)
+        self._forget(old, data)
 
     def roll_back(self, version: int) -> bool:
         """Forget every version after ``version`` (a device refused them), if it is held."""
         if version not in self._versions:
             return False
         while self.version != version:
-            dropped, _ = self._versions.popitem()
-            if self._directory is not None:
-                self._path(dropped).unlink(missing_ok=True)
+            self._forget(*self._versions.popitem())
         return True
 
     def full_model(self, name: str = "") -> Outgoing:
@@ -158,9 +160,7 @@ class ModelMirror:
         self._versions[base_version + 1] = result
         self._persist(base_version + 1)
         while len(self._versions) > self._history:
-            old, _ = self._versions.popitem(last=False)
-            if self._directory is not None:
-                self._path(old).unlink(missing_ok=True)
+            self._forget(*self._versions.popitem(last=False))
         return self._signed(msg, body)
 
     def _signed(self, msg: Model | Update, body: bytes) -> Outgoing:
@@ -168,22 +168,52 @@ class ModelMirror:
             msg = self._signer.sign(self.device_id, msg, body)
         return Outgoing(msg, body)
 
-    def _path(self, version: int) -> Path:
+    def _path(self, version: int, data: bytes) -> Path:
         assert self._directory is not None
-        return self._directory / f"v{version:08d}.tflite"
+        return self._directory / f"v{version:08d}-{sha256_hex(data)[:_NAME_HASH]}.tflite"
 
     def _persist(self, version: int) -> None:
         if self._directory is not None:
             self._directory.mkdir(parents=True, exist_ok=True)
-            atomic_write(self._path(version), self._versions[version])
+            data = self._versions[version]
+            atomic_write(self._path(version, data), data)
+
+    def _forget(self, version: int, data: bytes) -> None:
+        """A version the mirror no longer holds leaves the disk too."""
+        if self._directory is not None:
+            self._path(version, data).unlink(missing_ok=True)
 
     def _read_saved(self) -> OrderedDict[int, bytes] | None:
         if self._directory is None or not self._directory.is_dir():
             return None
         remove_partial_writes(self._directory)
-        found = sorted(self._directory.glob("v*.tflite"))
-        versions = OrderedDict((int(p.stem[1:]), p.read_bytes()) for p in found)
+        versions: OrderedDict[int, bytes] = OrderedDict()
+        for path in sorted(self._directory.glob("v*.tflite")):
+            version, data = _version_of(path), path.read_bytes()
+            if version is not None and self._intact(path, data):
+                versions[version] = data
+            else:
+                path.replace(path.with_suffix(".damaged"))
+                self.damaged.append(path)
         return versions or None
+
+    def _intact(self, path: Path, data: bytes) -> bool:
+        if not sha256_hex(data).startswith(path.stem.partition("-")[2] or "?"):
+            return False
+        try:
+            self._layout.with_data(data)
+        except ValueError:
+            return False
+        return True
+
+
+_NAME_HASH = 16  # hex digits of a version file's sha256 in its name
+_NAME_RE = re.compile(r"v(\d{8})-[0-9a-f]{16}")
+
+
+def _version_of(path: Path) -> int | None:
+    match = _NAME_RE.fullmatch(path.stem)
+    return int(match.group(1)) if match else None
 
 
 def _selected_values(

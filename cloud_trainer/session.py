@@ -106,6 +106,7 @@ class SessionStats:
     events_dropped: int = 0  # hellos and acks past max_pending_events (a flood): the oldest
     checkpoints_refused: int = 0  # damaged or foreign: set aside, training from the mirror
     stale_checkpoints: int = 0  # older than the mirror's last version: trained from the mirror
+    mirror_files_damaged: int = 0  # set aside on resuming: their devices get the full model
     frames: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
@@ -148,10 +149,7 @@ class Session:
         self.directory = directory
         self._teacher = teacher
         training = config.training
-        self.student = import_tflite(initial_model).to(training.device)
-        self.optimizer = new_optimizer(self.student, training)
         self.buffer = SampleBuffer(training.horizon_s)
-        self.subset = ClassSubset(self.student.num_classes)
         self.asr = AdaptiveSamplingRate(config.asr)
         self.atr = AdaptiveTrainingRate(config.atr)
         self.mirror = ModelMirror(
@@ -161,8 +159,13 @@ class Session:
             signer=signer,
             directory=directory / "mirror",
         )
+        # The last file sent is the truth (the initial model, for a new device); a checkpoint
+        # of the very weights that made it replaces these in restore().
+        self.student = import_tflite(self.mirror.data).to(training.device)
+        self.optimizer = new_optimizer(self.student, training)
+        self.subset = ClassSubset(self.student.num_classes)
         self.device = DeviceView()
-        self.stats = SessionStats()
+        self.stats = SessionStats(mirror_files_damaged=len(self.mirror.damaged))
         self._rng = np.random.default_rng(training.seed)
         self._lock = threading.Lock()  # guards the two queues, filled by the MQTT thread
         self._events: deque[Envelope] = deque()
@@ -459,6 +462,9 @@ class Session:
         fmt = self._update_format()
         if fmt is None:
             return []
+        # The weights and optimizer state that make the next version are on disk before it is:
+        # a trainer killed at any instant resumes exactly on them (see _restore).
+        self.save(making=self.mirror.version + 1)
         update = self.mirror.advance(self.student, fmt, mask=self.optimizer.mask)
         self.stats.updates_sent += 1
         return self._counted_downlink([update])
@@ -498,8 +504,9 @@ class Session:
         while self._archive and self._archive[0].segment.timestamps[-1] < horizon_start:
             self._archive.popleft()
 
-    def save(self) -> Path:
-        """Write the checkpoint (atomically); the mirror's versions are already on disk."""
+    def save(self, making: int | None = None) -> Path:
+        """Write the checkpoint (atomically); the mirror's versions are already on disk.
+        ``making``: the version these weights are about to make (not on disk yet)."""
         state = {
             "student": {k: v.detach().cpu() for k, v in self.student.state_dict().items()},
             "optimizer": _to_cpu(self.optimizer.state_dict()),
@@ -514,7 +521,8 @@ class Session:
             "next_rate_update": self._next_rate_update,
             "rng": self._rng.bit_generator.state,
             "saved_at": time.time(),
-            "mirror_version": self.mirror.version,  # the weights above made this version
+            # the version the weights above made, or are about to make
+            "mirror_version": self.mirror.version if making is None else making,
         }
         buffer = io.BytesIO()
         torch.save(state, buffer)
@@ -538,7 +546,8 @@ class Session:
             log.error("%s: checkpoint %s refused (%s): training from the mirror", self.device_id,
                       path, exc)  # fmt: skip
             os.replace(path, path.with_suffix(".refused"))
-            self.stats = SessionStats(checkpoints_refused=1)
+            damaged = len(self.mirror.damaged)
+            self.stats = SessionStats(checkpoints_refused=1, mirror_files_damaged=damaged)
             self._train_from_mirror()
             return False
         return True
@@ -551,16 +560,19 @@ class Session:
         device["update_formats"] = tuple(device["update_formats"])
         self.device = DeviceView(**device)
         self.stats = SessionStats(**state["stats"])
+        self.stats.mirror_files_damaged += len(self.mirror.damaged)
         previous = state["previous_labels"]
         self._previous_labels = None if previous is None else previous.cpu().numpy()
         self._next_rate_update = state["next_rate_update"]
         self._rng.bit_generator.state = state["rng"]
         for segment_json, h264, packed in state["archive"]:
             self._restore_segment(Segment.model_validate_json(segment_json), h264, packed)
-        if state.get("mirror_version") == self.mirror.version:
+        # The weights of the mirror's last version, or of the next one, killed before its file
+        # was written (never sent: the next update still starts from the last file sent).
+        if state.get("mirror_version") in (self.mirror.version, self.mirror.version + 1):
             self.student.load_state_dict(state["student"])
             self.optimizer.load_state_dict(state["optimizer"])
-        else:  # killed between a version sent and the next checkpoint: those weights are older
+        else:  # an older checkpoint (or a damaged mirror file): those weights are older
             log.warning(
                 "%s: checkpoint of version %s, mirror at %d: training from the mirror's file",
                 self.device_id, state.get("mirror_version"), self.mirror.version,

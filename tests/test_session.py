@@ -241,10 +241,8 @@ def test_a_model_the_device_finds_broken_rolls_training_back(session, segments, 
     assert _run(session, envelope(refused)) == []  # the device already runs the kept version
     assert session.mirror.version == 1 and session.mirror.sha256 == sha256_hex(v1)
     assert session.stats.rollbacks == 1
-    assert sorted(p.name for p in (tmp_path / "ckpt" / "cam-1" / "mirror").glob("v*")) == [
-        "v00000000.tflite",
-        "v00000001.tflite",
-    ]
+    files = (tmp_path / "ckpt" / "cam-1" / "mirror").glob("v*")
+    assert sorted(p.name.partition("-")[0] for p in files) == ["v00000000", "v00000001"]
     # training resumes from the file the device runs: its next update is based on version 1
     (update,) = [o for o in _run(session, envelope(*segments[3])) if isinstance(o.msg, Update)]
     assert update.msg.base_version == 1 and update.msg.base_sha256 == sha256_hex(v1)
@@ -354,7 +352,7 @@ def test_a_device_ahead_of_the_mirror_gets_a_newer_version(session):
     (model, _) = _run(session, _hello_at("9" * 64, 7))
     assert isinstance(model.msg, Model) and model.msg.version == 8
     assert session.mirror.version == 8 and model.body == session.mirror.data
-    assert [p.name for p in session.mirror._directory.iterdir()] == ["v00000008.tflite"]
+    assert [p.name[:9] for p in session.mirror._directory.iterdir()] == ["v00000008"]
 
 
 def test_a_device_numbering_the_mirrors_file_higher_is_followed(session):
@@ -363,24 +361,58 @@ def test_a_device_numbering_the_mirrors_file_higher_is_followed(session):
     assert session.mirror.version == session.device.version == 5  # next update: base 5
 
 
-def test_a_kill_after_a_version_was_sent_never_reverts_training(session, segments):
-    # Checkpoints come every interval_s, versions with every phase: a SIGKILL between the two
-    # finds a checkpoint older than the mirror. The student must resume from the file sent.
+def _same_training_state(a: Session, b: Session) -> bool:
+    """The float master weights, the optimizer's moments (m, v, u: SPEC §6) and its step."""
+    tensors = list(zip(a.student.parameters(), b.student.parameters(), strict=True))
+    for name in ("m", "v", "u"):
+        tensors += zip(getattr(a.optimizer, name), getattr(b.optimizer, name), strict=True)
+    steps = a.optimizer.step_count == b.optimizer.step_count > 0
+    return steps and all(torch.equal(x, y) for x, y in tensors)
+
+
+def test_a_kill_after_a_version_was_sent_resumes_on_its_exact_training_state(session, segments):
+    # No periodic checkpoint between the phases: each version's own is written before it.
+    _run(session, hello(session.mirror.sha256))
+    for msg, h264 in segments[:3]:
+        _run(session, envelope(msg, h264))  # three versions sent; then SIGKILL
+    resumed = _restarted(session)
+    assert resumed.restore() and resumed.stats.stale_checkpoints == 0
+    assert resumed.mirror.version == session.mirror.version == 3
+    assert _same_training_state(resumed, session)  # the float weights and Adam's moments
+    msg, h264 = segments[3]
+    (update,) = [o for o in _run(resumed, envelope(msg, h264)) if isinstance(o.msg, Update)]
+    assert update.msg.base_sha256 == sha256_hex(session.mirror.data)  # builds on what was sent
+
+
+def test_a_kill_between_the_checkpoint_and_the_version_it_makes(session, segments, monkeypatch):
     _run(session, hello(session.mirror.sha256))
     _run(session, envelope(*segments[0]))
-    session.save()
-    saved_version = session.mirror.version
+
+    def killed(*args, **kwargs):
+        raise SystemExit("SIGKILL")  # after the phase's checkpoint, before its version's file
+
+    monkeypatch.setattr(session.mirror, "advance", killed)
+    with pytest.raises(SystemExit):
+        _run(session, envelope(*segments[1]))
+    resumed = _restarted(session)
+    assert resumed.restore() and resumed.mirror.version == 1  # version 2 was never made
+    assert _same_training_state(resumed, session)  # the weights trained in that phase
+    (update,) = [o for o in _run(resumed, envelope(*segments[2])) if isinstance(o.msg, Update)]
+    assert update.msg.base_version == 1 and update.msg.new_version == 2
+
+
+def test_an_older_checkpoint_trains_from_the_last_file_sent(session, segments):
+    _run(session, hello(session.mirror.sha256))
+    _run(session, envelope(*segments[0]))
+    older = session.save().read_bytes()
     for msg, h264 in segments[1:3]:
-        _run(session, envelope(msg, h264))  # more versions sent, no checkpoint: then the kill
-    assert session.mirror.version > saved_version
+        _run(session, envelope(msg, h264))
+    (session.directory / "session.pt").write_bytes(older)  # e.g. restored from a backup
     resumed = _restarted(session)
     assert resumed.restore() and resumed.stats.stale_checkpoints == 1
     expected = import_tflite(session.mirror.data)
     for a, b in zip(resumed.student.parameters(), expected.parameters(), strict=True):
         assert torch.equal(a, b)
-    msg, h264 = segments[3]
-    (update,) = [o for o in _run(resumed, envelope(msg, h264)) if isinstance(o.msg, Update)]
-    assert update.msg.base_sha256 == sha256_hex(session.mirror.data)  # builds on what was sent
 
 
 def test_idle_sessions_leave_memory_and_the_cap_counts_active_ones(tmp_path, monkeypatch):
@@ -450,3 +482,23 @@ def test_segments_before_a_session_exists_wait_on_disk(tmp_path, segments):
     while daemon._step("cam-9"):
         pass
     assert daemon.sessions["cam-9"].stats.segments == 2
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_mirror_file_leads_to_a_full_model_not_a_stuck_session(session, segments, damage):
+    _run(session, hello(session.mirror.sha256))
+    for msg, h264 in segments[:2]:
+        _run(session, envelope(msg, h264))
+    session.save()
+    device_sha, device_version = session.mirror.sha256, session.mirror.version  # the device's
+    (latest,) = sorted(session.mirror._directory.glob(f"v{device_version:08d}-*.tflite"))
+    data = bytearray(latest.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    latest.write_bytes(bytes(data) if damage == "flip" else bytes(data[:1000]))
+    resumed = _restarted(session)
+    assert resumed.restore()
+    assert resumed.stats.mirror_files_damaged == 1 and latest.with_suffix(".damaged").exists()
+    assert resumed.mirror.version == device_version - 1  # the newest intact file
+    out = _run(resumed, _hello_at(device_sha, device_version))
+    model = next(o for o in out if isinstance(o.msg, Model))
+    assert model.msg.version == device_version + 1 and model.body == resumed.mirror.data
