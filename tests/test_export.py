@@ -77,12 +77,17 @@ def labelled(shared_dir):
 
 
 @pytest.fixture(scope="module")
-def student(labelled) -> DeepLabV3MobileNetV2:
+def student(labelled, held_out) -> DeepLabV3MobileNetV2:
     """The builtin student distilled from the teacher until it finds people: an untrained one
     labels everything background, and agreement on that would prove little."""
     torch.manual_seed(0)
     model = DeepLabV3MobileNetV2(CONFIG)
-    distill(model, *labelled, 120, batch_size=4, lr=3e-3)
+    # 120 steps suffice on some CPUs, not on others (float rounding differs): train on in
+    # rounds, a bounded number, until it finds people on frames it was not trained on
+    for round_ in range(6):
+        distill(model, *labelled, 120 if round_ == 0 else 60, batch_size=4, lr=3e-3, seed=round_)
+        if (predict_labels(model, held_out) == PERSON).any():
+            break
     return model
 
 
