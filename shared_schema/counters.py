@@ -65,7 +65,9 @@ class DuplicateFilter:
     not errors. Keys are tuples whose first item is the sender: one sender's flood only evicts
     its own keys, and the ``max_senders`` least recently heard senders are remembered."""
 
-    def __init__(self, capacity: int = 1024, max_senders: int = 1024) -> None:
+    # A redelivery is of a message not yet acknowledged: at most the Receive Maximum (the
+    # inbound queue's bound, 256 by default) per sender; 1,024 senders of 256 keys: ~50 MB.
+    def __init__(self, capacity: int = 256, max_senders: int = 1024) -> None:
         self._capacity = capacity
         self._max_senders = max_senders
         self._seen: OrderedDict[Hashable, OrderedDict[Hashable, None]] = OrderedDict()

@@ -72,6 +72,8 @@ def _mask(packed_gz: bytes, size: int) -> np.ndarray:
         raise UpdateFormatError(f"mask is not valid gzip: {exc}") from exc
     if not inflate.eof and len(packed) <= expected:
         raise UpdateFormatError("mask is not valid gzip: it ends early")
+    if inflate.unused_data:  # its length is declared: nothing else belongs in it
+        raise UpdateFormatError(f"{len(inflate.unused_data)} unexpected bytes after the mask")
     if len(packed) != expected:
         raise UpdateFormatError(f"mask covers more or fewer than the model's {size} values")
     bits = np.unpackbits(np.frombuffer(packed, np.uint8), bitorder="little")

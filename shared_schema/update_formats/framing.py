@@ -60,7 +60,7 @@ def decompress(body: bytes, max_output: int, dictionary: bytes | None = None) ->
     encoder here writes it) and is checked first, the window the decoder may allocate is capped
     by what ``max_output`` (and the dictionary) can need, and the frame is streamed, stopping at
     the cap: a small body never costs more memory than the model it patches. A frame that ends
-    before its declared size is truncated.
+    before its declared size (or its checksum) is truncated, and nothing may follow it.
     """
     try:
         declared = zstandard.get_frame_parameters(body).content_size
@@ -89,7 +89,23 @@ def decompress(body: bytes, max_output: int, dictionary: bytes | None = None) ->
         raise UpdateFormatError(f"update body is not valid zstd: {exc}") from exc
     if total != declared:
         raise UpdateFormatError(f"update body is truncated: {total} of its {declared} bytes")
+    _one_whole_frame(decompressor, body)
     return b"".join(chunks)
+
+
+def _one_whole_frame(decompressor: zstandard.ZstdDecompressor, body: bytes) -> None:
+    """The body is one zstd frame, checksum included, and nothing after it. The stream above
+    stops at the frame's content; this pass (its output is at most what that one accepted)
+    sees where the frame itself ends."""
+    frame = decompressor.decompressobj()
+    try:
+        frame.decompress(body)
+    except zstandard.ZstdError as exc:
+        raise UpdateFormatError(f"update body is not valid zstd: {exc}") from exc
+    if not frame.eof:
+        raise UpdateFormatError("update body is truncated: its zstd frame does not end")
+    if frame.unused_data:
+        raise UpdateFormatError(f"{len(frame.unused_data)} unexpected bytes after the zstd frame")
 
 
 def parse_model(base: bytes | TFLiteFile) -> TFLiteFile:
