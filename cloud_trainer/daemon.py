@@ -21,14 +21,15 @@ from pathlib import Path
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.outgoing import Outgoing
 from cloud_trainer.scheduler import RoundRobin
-from cloud_trainer.session import Session, open_inbox, store_segment
+from cloud_trainer.session import CHECKPOINT, Session, open_inbox, store_segment
 from cloud_trainer.teacher import load_teacher
 from edge_runtime.spool import Spool
 from shared_schema.endpoint import TrainerEndpoint
 from shared_schema.envelope import Envelope
+from shared_schema.errors import ProtocolError
 from shared_schema.messages import MessageType, Metrics, Status
 from shared_schema.signing import Signer, load_private_key
-from shared_schema.topics import Topic
+from shared_schema.topics import Topic, validate_device_id
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class TrainerDaemon:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._resume_active()
         for msg_type in (MessageType.HELLO, MessageType.SEGMENT, MessageType.ACK):
             self.endpoint.on(msg_type, self._deliver)
         self.endpoint.on(MessageType.STATUS, self._status)
@@ -184,6 +186,24 @@ class TrainerDaemon:
         )
         return session
 
+    def _resume_active(self) -> None:
+        """Sessions checkpointed within session_idle_s resume at once, newest first (up to
+        max_sessions), so that a version made just before a crash reaches its device even if
+        the device says nothing; the others when their device speaks."""
+        if not self.checkpoint_dir.is_dir():
+            return
+        recent = time.time() - self.config.session_idle_s
+        found = [
+            (path.stat().st_mtime, path.parent.name)
+            for path in self.checkpoint_dir.glob(f"*/{CHECKPOINT}")
+            if path.stat().st_mtime >= recent and _is_device_id(path.parent.name)
+        ]
+        for _, device_id in sorted(found, reverse=True)[: self.config.max_sessions]:
+            with self._lock:
+                self._waiting.setdefault(device_id, [])
+                self._heard[device_id] = time.monotonic()
+            self.scheduler.notify(device_id)
+
     def _unload_idle(self) -> None:
         """On the worker: checkpoint and unload every session idle for session_idle_s."""
         idle_since = time.monotonic() - self.config.session_idle_s
@@ -252,6 +272,14 @@ class TrainerDaemon:
             self.endpoint.send(session.device_id, Metrics(**fields))
             self._prometheus.update(figures)
         return reports
+
+
+def _is_device_id(name: str) -> bool:
+    try:
+        validate_device_id(name)
+    except ProtocolError:
+        return False
+    return True
 
 
 class _Prometheus:

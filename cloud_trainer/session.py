@@ -26,6 +26,7 @@ from cloud_trainer.ams.asr import AdaptiveSamplingRate, phi_score
 from cloud_trainer.ams.atr import AdaptiveTrainingRate
 from cloud_trainer.ams.training import PhaseResult, new_optimizer, train_phase
 from cloud_trainer.config import TrainerConfig
+from cloud_trainer.device_clock import DeviceClock
 from cloud_trainer.metrics import ClassSubset
 from cloud_trainer.mirror import ModelMirror
 from cloud_trainer.outgoing import Outgoing
@@ -175,11 +176,13 @@ class Session:
         self._archive: deque[_Archived] = deque()
         self._previous_labels: np.ndarray | None = None
         self._next_rate_update: float | None = None
+        self._clock = DeviceClock()  # the device's time, across its restarts
         self._phase_due = False
         self._last_resync: tuple[str | None, int] | None = None
         self._sent: OrderedDict[int, _Sent] = OrderedDict()  # by envelope seq
         self._last_full_model = -float("inf")  # time.monotonic() of the last one sent
         self._full_model_wanted = False  # one was deferred (full_model_interval_s)
+        self._resumed = False  # restored: offer the device the mirror's latest on the next step
         self.adopt_inbox()
 
     # -- the MQTT side -------------------------------------------------------------------------
@@ -220,7 +223,8 @@ class Session:
     @property
     def has_work(self) -> bool:
         with self._lock:
-            return bool(self._events or self._segments) or self._phase_due or self._full_model_due
+            queued = bool(self._events or self._segments)
+        return queued or self._phase_due or self._full_model_due or self._resumed
 
     @property
     def _full_model_due(self) -> bool:
@@ -247,6 +251,9 @@ class Session:
         with self._lock:
             events, self._events = list(self._events), deque()
             segment = self._segments.popleft() if self._segments else None
+        if self._resumed:  # a version may have been made, and the process killed, unsent
+            self._resumed = False
+            out += self._catch_up(self.device.sha256)
         for envelope in events:
             out += self._handle_event(envelope)
         if self._full_model_due:
@@ -389,8 +396,9 @@ class Session:
         return out
 
     def _label(self, envelope: Envelope) -> list[Outgoing]:
-        segment = envelope.msg
-        assert isinstance(segment, Segment)
+        assert isinstance(envelope.msg, Segment)
+        placed = self._clock.place(envelope.header.boot, envelope.msg.timestamps)
+        segment = envelope.msg.model_copy(update={"timestamps": placed})
         try:
             frames = decode_frames(
                 envelope.body, segment.timestamps, size=(segment.width, segment.height)
@@ -519,6 +527,7 @@ class Session:
             "archive": [(a.segment.model_dump_json(), a.h264, a.labels) for a in self._archive],
             "previous_labels": _tensor_or_none(self._previous_labels),
             "next_rate_update": self._next_rate_update,
+            "clock": self._clock.state_dict(),
             "rng": self._rng.bit_generator.state,
             "saved_at": time.time(),
             # the version the weights above made, or are about to make
@@ -542,6 +551,7 @@ class Session:
             # weights_only: tensors, containers and plain values; a checkpoint cannot run code
             state = torch.load(path, map_location=self.config.training.device, weights_only=True)
             self._restore(state)
+            self._resumed = self.device.known
         except Exception as exc:  # any unusable checkpoint; the mirror's files are the truth
             log.error("%s: checkpoint %s refused (%s): training from the mirror", self.device_id,
                       path, exc)  # fmt: skip
@@ -564,6 +574,7 @@ class Session:
         previous = state["previous_labels"]
         self._previous_labels = None if previous is None else previous.cpu().numpy()
         self._next_rate_update = state["next_rate_update"]
+        self._clock.load_state_dict(state["clock"])
         self._rng.bit_generator.state = state["rng"]
         for segment_json, h264, packed in state["archive"]:
             self._restore_segment(Segment.model_validate_json(segment_json), h264, packed)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from cloud_trainer.device_clock import RESTART_GAP_S, DeviceClock
 from cloud_trainer.session import Session
 from cloud_trainer.student import import_tflite
 from cloud_trainer.teacher import load_teacher
@@ -111,6 +112,14 @@ def _run(session, *envelopes):
             session.sent(seq, outgoing)
             _sent_seqs[id(outgoing)] = seq
             out.append(outgoing)
+    return out
+
+
+def _run_acked(session, *envelopes):
+    """``_run``, then the device's acceptance of every model and update sent."""
+    out = _run(session, *envelopes)
+    for sent in [o for o in out if isinstance(o.msg, Model | Update)]:
+        _run(session, envelope(_ack_of(sent)))
     return out
 
 
@@ -271,9 +280,10 @@ def test_checkpoint_round_trip(session, segments, tmp_path):
     assert len(resumed.buffer) == len(session.buffer) == 6
     assert np.array_equal(resumed.buffer.samples()[0].labels, session.buffer.samples()[0].labels)
     assert resumed.device == session.device and resumed.stats == session.stats
-    # it trains on where it left off: the next update applies to the last file sent
-    msg, h264 = segments[2]
-    (update,) = [o for o in _run(resumed, envelope(msg, h264)) if isinstance(o.msg, Update)]
+    # it offers the device (last heard on v0: no acks here) the last version, then trains on
+    # where it left off: the next update applies to the last file sent
+    offer, update = _updates(_run(resumed, envelope(*segments[2])))
+    assert (offer.msg.base_version, offer.msg.new_version) == (0, 2)
     assert update.msg.base_sha256 == sha256_hex(session.mirror.data)
 
 
@@ -374,19 +384,21 @@ def test_a_kill_after_a_version_was_sent_resumes_on_its_exact_training_state(ses
     # No periodic checkpoint between the phases: each version's own is written before it.
     _run(session, hello(session.mirror.sha256))
     for msg, h264 in segments[:3]:
-        _run(session, envelope(msg, h264))  # three versions sent; then SIGKILL
+        _run_acked(session, envelope(msg, h264))  # three versions sent; then SIGKILL
     resumed = _restarted(session)
     assert resumed.restore() and resumed.stats.stale_checkpoints == 0
     assert resumed.mirror.version == session.mirror.version == 3
     assert _same_training_state(resumed, session)  # the float weights and Adam's moments
-    msg, h264 = segments[3]
-    (update,) = [o for o in _run(resumed, envelope(msg, h264)) if isinstance(o.msg, Update)]
-    assert update.msg.base_sha256 == sha256_hex(session.mirror.data)  # builds on what was sent
+    *offers, update = _updates(_run(resumed, envelope(*segments[3])))
+    # v3's ack came after its checkpoint: the resumed session offers it again (the device,
+    # already on it, refuses it as stale), then builds on it
+    assert [(o.msg.base_version, o.msg.new_version) for o in offers] == [(2, 3)]
+    assert update.msg.base_sha256 == sha256_hex(session.mirror.data)
 
 
 def test_a_kill_between_the_checkpoint_and_the_version_it_makes(session, segments, monkeypatch):
     _run(session, hello(session.mirror.sha256))
-    _run(session, envelope(*segments[0]))
+    _run_acked(session, envelope(*segments[0]))
 
     def killed(*args, **kwargs):
         raise SystemExit("SIGKILL")  # after the phase's checkpoint, before its version's file
@@ -502,3 +514,41 @@ def test_a_damaged_mirror_file_leads_to_a_full_model_not_a_stuck_session(session
     out = _run(resumed, _hello_at(device_sha, device_version))
     model = next(o for o in out if isinstance(o.msg, Model))
     assert model.msg.version == device_version + 1 and model.body == resumed.mirror.data
+
+
+def test_a_restarted_device_clock_continues_the_sessions(session, segments):
+    _run(session, hello(session.mirror.sha256))
+    for msg, h264 in segments[:2]:
+        _run(session, envelope(msg, h264))
+    before = max(s.timestamp for s in session.buffer.samples())
+    again = segments[0][0]  # the device restarted: its clock (and boot) start again at 0
+    restarted = decode(encode(again, device_id="cam-1", seq=1, boot="2" * 16, body=segments[0][1]))
+    _run(session, restarted)
+    times = [s.timestamp for s in session.buffer.samples()]
+    assert len(times) == 9 and times == sorted(times)  # none dropped as "too old"
+    assert min(times[6:]) == before + RESTART_GAP_S  # right after the last frame before it
+
+
+def test_device_clock_shifts_each_new_boot_once():
+    clock = DeviceClock()
+    assert clock.place("a", (0.0, 1.0)) == (0.0, 1.0)
+    assert clock.place("a", (2.0, 3.0)) == (2.0, 3.0)
+    assert clock.place("b", (0.0, 1.0)) == (3.0 + RESTART_GAP_S, 4.0 + RESTART_GAP_S)
+    assert clock.place("a", (3.5,)) == (3.5,)  # a spooled segment of the older boot
+    assert clock.place("c", (100.0,)) == (100.0,)  # already ahead: not shifted
+    restored = DeviceClock()
+    restored.load_state_dict(clock.state_dict())
+    assert restored == clock
+
+
+def test_a_resumed_session_offers_the_version_it_may_not_have_sent(session, segments):
+    _run(session, hello(session.mirror.sha256))
+    _run(session, envelope(*segments[0]))  # v1 sent and accepted
+    (sent,) = _updates(_run(session, envelope(*segments[1])))
+    # killed after v2's file was written, before it was published: the device is on v1
+    resumed = _restarted(session)
+    resumed.restore()
+    resumed.device.version, resumed.device.sha256 = 1, sha256_hex(session.mirror.versions()[1])
+    (offer,) = _run(resumed)  # nothing from the device: the resumed session offers v2
+    assert (offer.msg.base_version, offer.msg.new_version) == (1, 2)
+    assert offer.msg.result_sha256 == sent.msg.result_sha256
