@@ -28,6 +28,7 @@ from shared_schema.config_files import ConfigFileError, expand_paths, read_toml
 from shared_schema.messages import UpdateFormat
 from shared_schema.mqtt import PATH_KEYS as MQTT_PATH_KEYS
 from shared_schema.mqtt import BrokerConfig
+from shared_schema.signing import SIGNATURE_LIFETIME_S
 from shared_schema.tflite_file import TFLiteFile, TFLiteFormatError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default_trainer.toml"
@@ -72,9 +73,16 @@ class UpdatesConfig(_Section):
     # signed with it.
     signing_key: Path | None = None
     allow_unsigned: bool = False  # development only: send them unsigned (the daemon says so)
+    # Devices refuse a signed message after this (an update queued for a device offline
+    # longer is answered with a fresh one when it reconnects).
+    signature_lifetime_s: float = Field(SIGNATURE_LIFETIME_S, ge=60.0)
     # At most one full model per device this often (the largest thing the trainer sends): a
     # device that keeps asking waits, and then gets one for its latest state.
     full_model_interval_s: float = Field(10.0, ge=0.0)
+    # A model or update no ack has answered this long (lost with a broker's state, say) is
+    # offered again, from the last file the device acknowledged; the wait doubles with each
+    # unanswered offer, up to an hour.
+    ack_timeout_s: float = Field(30.0, gt=0.0)
 
     @model_validator(mode="after")
     def _signed_unless_told_otherwise(self) -> UpdatesConfig:

@@ -41,7 +41,8 @@ class TrainerDaemon:
         self.teacher = load_teacher(config.teacher)
         self._initial_model = config.student.model.read_bytes()
         key = config.updates.signing_key
-        self._signer = Signer(load_private_key(key)) if key else None
+        lifetime = config.updates.signature_lifetime_s
+        self._signer = Signer(load_private_key(key), lifetime) if key else None
         if self._signer is None:
             log.warning(
                 "UNSIGNED: [updates] allow_unsigned is on: devices take any model, update or"
@@ -205,13 +206,14 @@ class TrainerDaemon:
             self.scheduler.notify(device_id)
 
     def _unload_idle(self) -> None:
-        """On the worker: checkpoint and unload every session idle for session_idle_s."""
+        """On the worker: checkpoint and unload every session idle for session_idle_s (an
+        offer it still awaits an answer to is made again when its device next speaks)."""
         idle_since = time.monotonic() - self.config.session_idle_s
         with self._lock:
             idle = [
                 self.sessions.pop(d)
                 for d, s in list(self.sessions.items())
-                if self._heard.get(d, 0.0) < idle_since and not s.has_work
+                if self._heard.get(d, 0.0) < idle_since and not s.has_queued_work
             ]
             for session in idle:
                 self._heard.pop(session.device_id, None)

@@ -62,6 +62,7 @@ SENT_WINDOW = 32
 _RESYNCABLE = {
     AckReason.BASE_MISMATCH,
     AckReason.STALE_VERSION,
+    AckReason.EXPIRED,
     AckReason.MISSING_UPDATE,
     AckReason.BAD_HASH,
     AckReason.BAD_PAYLOAD,
@@ -88,15 +89,19 @@ class _Sent:
     ref_type: str
     version: int
     sha256: str
+    at: float  # time.monotonic() when it was sent
 
     @classmethod
     def of(cls, outgoing: Outgoing) -> _Sent | None:
-        msg = outgoing.msg
+        msg, now = outgoing.msg, time.monotonic()
         if isinstance(msg, Update):
-            return cls("update", msg.new_version, msg.result_sha256)
+            return cls("update", msg.new_version, msg.result_sha256, now)
         if isinstance(msg, Model):
-            return cls("model", msg.version, sha256_hex(outgoing.body))
+            return cls("model", msg.version, sha256_hex(outgoing.body), now)
         return None
+
+
+MAX_ACK_TIMEOUT_S = 3600.0
 
 
 @dataclass
@@ -119,6 +124,7 @@ class SessionStats:
     full_models: int = 0
     full_models_deferred: int = 0  # asked for within full_model_interval_s of the last one
     acks_unmatched: int = 0  # answered nothing sent (or answered twice): ignored
+    offered_again: int = 0  # the latest model or update, sent again after the ack timeout
     rollbacks: int = 0  # training went back to the device's file after it refused a model
     training_seconds: list[float] = field(default_factory=list)  # per phase, the last 100
 
@@ -183,6 +189,7 @@ class Session:
         self._last_full_model = -float("inf")  # time.monotonic() of the last one sent
         self._full_model_wanted = False  # one was deferred (full_model_interval_s)
         self._resumed = False  # restored: offer the device the mirror's latest on the next step
+        self._ack_timeout = config.updates.ack_timeout_s  # doubles with each unanswered offer
         self.adopt_inbox()
 
     # -- the MQTT side -------------------------------------------------------------------------
@@ -222,9 +229,21 @@ class Session:
 
     @property
     def has_work(self) -> bool:
+        """Something to do now: queued messages, a phase, or an offer that is due."""
+        due = self._full_model_due or self._unanswered or self._resumed
+        return self.has_queued_work or due
+
+    @property
+    def has_queued_work(self) -> bool:
+        """Messages from the device not handled yet, or a phase they made due."""
         with self._lock:
-            queued = bool(self._events or self._segments)
-        return queued or self._phase_due or self._full_model_due or self._resumed
+            return bool(self._events or self._segments) or self._phase_due
+
+    @property
+    def _unanswered(self) -> bool:
+        """The newest model or update sent has waited longer than the ack timeout."""
+        newest = next(reversed(self._sent.values()), None)
+        return newest is not None and time.monotonic() - newest.at > self._ack_timeout
 
     @property
     def _full_model_due(self) -> bool:
@@ -254,6 +273,8 @@ class Session:
         if self._resumed:  # a version may have been made, and the process killed, unsent
             self._resumed = False
             out += self._catch_up(self.device.sha256)
+        if self._unanswered:  # lost on the way (or the device is away): offer it again
+            out += self._offer_again()
         for envelope in events:
             out += self._handle_event(envelope)
         if self._full_model_due:
@@ -291,6 +312,15 @@ class Session:
         log.info("%s: hello (%s, model %s)", self.device_id, hello.profile, hello.model_version)
         return [*self._catch_up(hello.model_sha256), self._signed_control(self.control())]
 
+    def _offer_again(self) -> list[Outgoing]:
+        self._sent.clear()  # an ack of an earlier offer is no longer awaited
+        self._ack_timeout = min(2 * self._ack_timeout, MAX_ACK_TIMEOUT_S)
+        self._last_resync = None  # the same answer as before, if it still fits
+        self.stats.offered_again += 1
+        log.warning("%s: no ack for %.0f s: offering the latest again", self.device_id,
+                    self._ack_timeout / 2)  # fmt: skip
+        return self._catch_up(self.device.sha256)
+
     def _answers(self, ack: Ack) -> bool:
         """Whether ``ack`` answers a message sent and not yet answered, and, accepting it,
         reports the very file that message made."""
@@ -300,6 +330,7 @@ class Session:
         if ack.ok and (ack.model_version, ack.model_sha256) != (sent.version, sent.sha256):
             return False
         del self._sent[ack.ref_seq]
+        self._ack_timeout = self.config.updates.ack_timeout_s  # the device is listening
         return True
 
     def _ack(self, ack: Ack) -> list[Outgoing]:

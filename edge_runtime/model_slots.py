@@ -296,16 +296,20 @@ class ModelSlots:
         return active.version == version and active.sha256 == sha256
 
     def _check_signature(self, msg: Model | Update, envelope: Envelope) -> None:
-        if not self.authentic(envelope):
-            raise Rejected(AckReason.BAD_SIGNATURE, "signature does not verify", resync=False)
+        reason = self.refusal(envelope)
+        if reason == AckReason.EXPIRED:  # the trainer sends a fresh one
+            raise Rejected(reason, f"signature expired at {msg.expires_at}", resync=True)
+        if reason is not None:
+            raise Rejected(reason, "signature does not verify", resync=False)
 
-    def authentic(self, envelope: Envelope) -> bool:
-        """Whether a model, update or control is signed by a trusted key (always, unsigned)."""
+    def refusal(self, envelope: Envelope) -> AckReason | None:
+        """Why a model, update or control is refused: not signed by a trusted key, or expired;
+        None if it is (always, unsigned)."""
         msg = envelope.msg
         assert isinstance(msg, Model | Update | Control)
-        return self.keyring is None or self.keyring.verify(
-            self.device_id, msg, envelope.header.body_sha256
-        )
+        if self.keyring is None:
+            return None
+        return self.keyring.refusal(self.device_id, msg, envelope.header.body_sha256)
 
     def _install(self, data: bytes, version: int, layout: TFLiteFile | None = None) -> None:
         active = self._active()

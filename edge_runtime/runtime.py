@@ -258,10 +258,11 @@ class EdgeRuntime:
     def _on_control(self, envelope: Envelope, topic: Topic) -> None:
         control = envelope.msg
         assert isinstance(control, Control)
-        if not self._slots.authentic(envelope):
-            self.counters.inc("control.rejected.bad_signature")
-            log.warning("control: refused, its signature does not verify")
-            self._send(self._ack_for(envelope, AckReason.BAD_SIGNATURE))
+        reason = self._slots.refusal(envelope)
+        if reason is not None:
+            self.counters.inc(f"control.rejected.{reason.value}")
+            log.warning("control: refused (%s)", reason.value)
+            self._send(self._ack_for(envelope, reason))
             return
         rate = self.sampler.set_rate(control.sampling_rate_fps)
         self.segments.reconfigure(

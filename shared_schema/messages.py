@@ -58,6 +58,7 @@ class AckReason(StrEnum):
     INVALID_MODEL = "invalid_model"  # fails to load or its warm-up output is invalid
     UNKNOWN_VERSION = "unknown_version"  # a rollback to a version the device no longer holds
     STALE_VERSION = "stale_version"  # a model or update no newer than what the device runs
+    EXPIRED = "expired"  # signed, but past the expiry it was signed with (or the clock is ahead)
     DECODE_ERROR = "decode_error"  # a segment the trainer could not decode
     INTERNAL_ERROR = "internal_error"
 
@@ -72,6 +73,7 @@ Count = Annotated[int, Field(ge=0, le=2**63)]
 NonNeg = Annotated[float, Field(ge=0.0)]
 Pixels = Annotated[int, Field(ge=1, le=16384)]
 Fps = Annotated[float, Field(gt=0.0, le=240.0)]
+UnixTime = Annotated[float, Field(ge=0.0, le=2.0**40)]
 
 
 class Message(BaseModel):
@@ -174,6 +176,7 @@ class Model(Message):
     format: ModelFormat = ModelFormat.TFLITE
     name: Annotated[str, StringConstraints(max_length=128)] = ""
     key_id: KeyId | None = None  # the trainer key that signed it
+    expires_at: UnixTime | None = None  # signed: refused after this (seconds since the epoch)
     signature: Ed25519SigHex | None = None
 
 
@@ -187,6 +190,7 @@ class Update(Message):
     result_sha256: Sha256Hex  # sha256 of the full model file the update produces
     format: UpdateFormat = UpdateFormat.QDELTA
     key_id: KeyId | None = None
+    expires_at: UnixTime | None = None  # signed: refused after this (seconds since the epoch)
     signature: Ed25519SigHex | None = None
 
     @model_validator(mode="after")
@@ -212,6 +216,7 @@ class Control(Message):
     encoder: EncoderKnobs = EncoderKnobs()
     rollback_to: Version | None = None
     key_id: KeyId | None = None  # signed as models and updates are: a rollback is one too
+    expires_at: UnixTime | None = None  # signed: refused after this (seconds since the epoch)
     signature: Ed25519SigHex | None = None
 
 

@@ -3,15 +3,17 @@
 The trainer signs, the device verifies with the keys from its profile (a keyring: the current
 key and the next one, so a rotation never strands a device). The signature covers the device
 it is meant for, the message type, the versions, the format, the key id and the sha256 of both
-the body and (for updates) the resulting model, so it cannot be replayed to another device,
-another base or as another kind of message; a device also refuses a version at or below the one
-it runs, so an old signed model cannot be replayed to it either.
+the body and (for updates) the resulting model, and an expiry, so it cannot be replayed to
+another device, another base, as another kind of message or after it expires (a week by
+default: a device offline longer gets fresh ones); a device also refuses a version at or below
+the one it runs, so an old signed model cannot be replayed to it either.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,10 +23,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from shared_schema.config_files import ConfigFileError, write_private
 from shared_schema.envelope import sha256_hex
-from shared_schema.messages import Control, Model, Update
+from shared_schema.messages import AckReason, Control, Model, Update
 
-_DOMAIN = b"amstream-signature-v2\x00"
+_DOMAIN = b"amstream-signature-v3\x00"
 Signed = Model | Update | Control
+SIGNATURE_LIFETIME_S = 7 * 24 * 3600.0  # as long as the broker keeps an offline device's queue
 
 
 def key_id(key: Ed25519PublicKey) -> str:
@@ -36,14 +39,17 @@ def key_id(key: Ed25519PublicKey) -> str:
 class Signer:
     """The trainer's side: every signed message leaves through ``sign``."""
 
-    def __init__(self, key: Ed25519PrivateKey) -> None:
+    def __init__(self, key: Ed25519PrivateKey, lifetime_s: float = SIGNATURE_LIFETIME_S) -> None:
         self._key = key
         self.key_id = key_id(key.public_key())
+        self.lifetime_s = lifetime_s
 
     def sign(self, device_id: str, msg: Signed, body: bytes = b"") -> Signed:
-        """``msg`` for ``device_id`` with its key id and signature (``body``: what travels with
-        it, whose hash the signature covers)."""
-        named = msg.model_copy(update={"key_id": self.key_id, "signature": None})
+        """``msg`` for ``device_id`` with its key id, expiry and signature (``body``: what
+        travels with it, whose hash the signature covers)."""
+        expires_at = time.time() + self.lifetime_s
+        fields = {"key_id": self.key_id, "expires_at": expires_at, "signature": None}
+        named = msg.model_copy(update=fields)
         payload = signing_payload(device_id, named, sha256_hex(body))
         return named.model_copy(update={"signature": sign(self._key, payload)})
 
@@ -60,12 +66,22 @@ class Keyring:
     def load(cls, paths: Iterable[Path]) -> Keyring:
         return cls(load_public_key(path) for path in paths)
 
-    def verify(self, device_id: str, msg: Signed, body_sha256: str) -> bool:
-        """Whether ``msg`` is signed for ``device_id`` by a key of this ring."""
+    def refusal(
+        self, device_id: str, msg: Signed, body_sha256: str, now: float | None = None
+    ) -> AckReason | None:
+        """Why ``msg`` is refused, or None: it must be signed for ``device_id`` by a key of
+        this ring, with an expiry, and not be past it."""
         key = self._keys.get(msg.key_id or "")
-        return key is not None and verify(
-            key, signing_payload(device_id, msg, body_sha256), msg.signature
-        )
+        payload = signing_payload(device_id, msg, body_sha256)
+        if key is None or msg.expires_at is None or not verify(key, payload, msg.signature):
+            return AckReason.BAD_SIGNATURE
+        if (time.time() if now is None else now) > msg.expires_at:
+            return AckReason.EXPIRED
+        return None
+
+    def verify(self, device_id: str, msg: Signed, body_sha256: str) -> bool:
+        """Whether ``msg`` is signed for ``device_id`` by a key of this ring, and unexpired."""
+        return self.refusal(device_id, msg, body_sha256) is None
 
 
 def signing_payload(device_id: str, msg: Signed, body_sha256: str) -> bytes:

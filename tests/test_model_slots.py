@@ -4,6 +4,7 @@ and the device ends where the trainer's mirror is."""
 from __future__ import annotations
 
 import json
+import time
 
 import av
 import numpy as np
@@ -14,7 +15,7 @@ from edge_runtime.model_slots import STATE_FILE, ModelSlots
 from edge_runtime.swap import Handover
 from shared_schema.envelope import decode, encode, sha256_hex
 from shared_schema.messages import AckReason, Control, UpdateFormat
-from shared_schema.signing import Keyring, save_keypair
+from shared_schema.signing import SIGNATURE_LIFETIME_S, Keyring, save_keypair
 from shared_schema.tflite_file import TFLiteFile
 from tests.mirror import BOOT, Mirror
 
@@ -163,6 +164,23 @@ def test_signatures_are_enforced_when_a_key_is_configured(device, student, tmp_p
     assert _last_rejection(d) == (AckReason.BAD_SIGNATURE, None)
     assert d.running.version is None
     d.submit(mirror.update(0, 1))
+    d.assert_runs(mirror, 1)
+
+
+def test_an_expired_update_is_refused_and_a_fresh_one_asked_for(
+    device, student, tmp_path, monkeypatch
+):
+    key = save_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
+    d = device(public_key=key.public_key())
+    mirror = Mirror(student.read_bytes(), key=key)
+    mirror.next_version(1)
+    queued = mirror.update(0, 1)  # signed now, delivered eight days later
+    later = time.time() + SIGNATURE_LIFETIME_S + 86400
+    monkeypatch.setattr(time, "time", lambda: later)
+    d.submit(queued)
+    assert _last_rejection(d)[0] == AckReason.EXPIRED  # the trainer answers with a fresh one
+    assert d.running.version is None
+    d.submit(mirror.update(0, 1))  # signed at the device's "now"
     d.assert_runs(mirror, 1)
 
 

@@ -552,3 +552,23 @@ def test_a_resumed_session_offers_the_version_it_may_not_have_sent(session, segm
     (offer,) = _run(resumed)  # nothing from the device: the resumed session offers v2
     assert (offer.msg.base_version, offer.msg.new_version) == (1, 2)
     assert offer.msg.result_sha256 == sent.msg.result_sha256
+
+
+def test_an_update_no_ack_answers_is_offered_again_with_backoff(session, segments, monkeypatch):
+    _run_acked(session, hello(session.mirror.sha256), envelope(*segments[0]))  # v1, acked
+    (lost,) = _updates(_run(session, envelope(*segments[1])))  # v2: lost with the broker
+    timeout = session.config.updates.ack_timeout_s
+    now = [time.monotonic() + timeout + 1]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    assert session.has_work  # the daemon's housekeeping wakes it
+    (offer,) = _run(session)
+    assert (offer.msg.base_version, offer.msg.new_version) == (1, 2)  # from what was acked
+    assert offer.msg.result_sha256 == lost.msg.result_sha256
+    now[0] += timeout + 1  # unanswered again, but the wait has doubled
+    assert not session.has_work
+    now[0] += timeout
+    (again,) = _run(session)
+    _run(session, envelope(_ack_of(again)))
+    assert session.stats.offered_again == 2 and session.device.version == 2
+    now[0] += 10 * timeout
+    assert not session.has_work  # answered: nothing more to offer

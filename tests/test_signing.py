@@ -3,7 +3,10 @@ only on controls its trainer signed."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_runtime.profile import bundled_profile
 from edge_runtime.runtime import EdgeRuntime
@@ -117,3 +120,17 @@ def test_a_missing_key_file_is_one_line_naming_the_fix(tmp_path):
         load_private_key(tmp_path / "absent.pem")
     with pytest.raises(ConfigFileError, match=r"absent\.pub: cannot read"):
         Keyring.load([tmp_path / "absent.pub"])
+
+
+def test_a_signature_expires():
+    key = Ed25519PrivateKey.generate()
+    ring = Keyring([key.public_key()])
+    signed = Signer(key, lifetime_s=60.0).sign("cam-1", Model(version=4))
+    assert signed.expires_at == pytest.approx(time.time() + 60.0, abs=5)
+    assert ring.refusal("cam-1", signed, sha256_hex(b"")) is None
+    later = signed.expires_at + 1
+    assert ring.refusal("cam-1", signed, sha256_hex(b""), now=later) == AckReason.EXPIRED
+    extended = signed.model_copy(update={"expires_at": later + 3600})  # the expiry is signed
+    assert ring.refusal("cam-1", extended, sha256_hex(b""), now=later) == AckReason.BAD_SIGNATURE
+    timeless = signed.model_copy(update={"expires_at": None})
+    assert ring.refusal("cam-1", timeless, sha256_hex(b"")) == AckReason.BAD_SIGNATURE
