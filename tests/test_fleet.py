@@ -81,6 +81,23 @@ def test_bad_requests_are_one_line_naming_the_fix(
         provision(tmp_path, devices, key_dir=trainer_keys, **options)
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"hosts": ["ü.example"]}, "not an IP address or an ASCII host name"),
+        ({"hosts": ["-bad-.example"]}, "not an IP address or an ASCII host name"),
+        ({"port": 0}, r"not a TCP port \(1-65535\)"),
+        ({"port": 70000}, r"not a TCP port \(1-65535\)"),
+        ({"prefix": "a/#"}, "invalid topic prefix"),
+        ({"profile": "nope"}, "not a bundled profile; one of .*cpu"),
+    ],
+)
+def test_a_bad_first_request_writes_nothing(tmp_path, trainer_keys, options, message):
+    with pytest.raises(FleetError, match=message):
+        provision(tmp_path / "fleet", ["cam-1"], key_dir=trainer_keys, **options)
+    assert not (tmp_path / "fleet").exists()
+
+
 def test_provision_needs_the_trainers_keys(tmp_path):
     with pytest.raises(KeyDirError, match="cloud-trainer keys generate"):
         provision(tmp_path / "fleet", ["cam-1"], key_dir=tmp_path / "no-keys")

@@ -16,7 +16,9 @@ reload the broker (SIGHUP). Logins are random passwords, stored hashed for the b
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 import secrets
 import shutil
 from collections.abc import Callable
@@ -43,10 +45,12 @@ from shared_schema.topics import (
     observer_grants,
     trainer_grants,
     validate_device_id,
+    validate_prefix,
 )
 
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 DEFAULT_PORT = 8883
+DEFAULT_STATE_DIR = "~/.local/state/amstream"  # on each device: its slots and spool
 TRAINER, MONITOR = "trainer", "monitor"
 # The services' logins and what each may do; no device may take one of their names.
 SERVICES: dict[str, Callable[[str], list[tuple[Access, str]]]] = {
@@ -127,10 +131,12 @@ def provision(
     prefix: str | None = None,
     profile: str = "cpu",
     key_dir: Path | None = None,
-    state_dir: str = "~/.local/state/amstream",
+    state_dir: str | None = None,
 ) -> dict[str, Any]:
     """Make or extend the fleet in ``root``; returns what was written and how to start it."""
+    state_dir = state_dir or DEFAULT_STATE_DIR
     fleet = Fleet(root)
+    _check_request(devices, hosts, port, prefix, profile)  # before anything is written
     settings = _settings(fleet, devices, hosts, port, prefix)
     key_dir = key_dir or expand_path(f"${{{KEY_DIR_ENV}}}", Path.cwd())
     keys.describe(key_dir)  # the trainer's keys must exist: its error says how to make them
@@ -154,6 +160,49 @@ def provision(
     }
 
 
+def _check_request(
+    devices: list[str],
+    hosts: list[str] | None,
+    port: int | None,
+    prefix: str | None,
+    profile: str,
+) -> None:
+    for device_id in devices:
+        _valid("device", device_id, validate_device_id)
+        if device_id in SERVICES:
+            raise FleetError(f"device {device_id!r}: the name of a service's login; pick another")
+    for host in hosts or ():
+        if not _is_host(host):
+            raise FleetError(f"broker host {host!r}: not an IP address or an ASCII host name")
+    if port is not None and not 1 <= port <= 65535:
+        raise FleetError(f"port {port}: not a TCP port (1-65535)")
+    if prefix is not None:
+        _valid("prefix", prefix, validate_prefix)
+    if not (PROFILE_DIR / f"{profile}.toml").is_file():
+        known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.toml")))
+        raise FleetError(f"profile {profile!r}: not a bundled profile; one of {known}")
+
+
+def _valid(what: str, value: str, check: Callable[[str], str]) -> None:
+    try:
+        check(value)
+    except ProtocolError as exc:
+        raise FleetError(f"{what} {value!r}: {exc.detail}") from exc
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _is_host(host: str) -> bool:
+    """An IP address, or a DNS name of ASCII labels (what a certificate's SAN can hold)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        labels = host.split(".")
+        return len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+
+
 def _settings(
     fleet: Fleet,
     devices: list[str],
@@ -161,13 +210,6 @@ def _settings(
     port: int | None,
     prefix: str | None,
 ) -> dict[str, Any]:
-    for device_id in devices:
-        try:
-            validate_device_id(device_id)
-        except ProtocolError as exc:
-            raise FleetError(f"device {device_id!r}: {exc.detail}") from exc
-        if device_id in SERVICES:
-            raise FleetError(f"device {device_id!r}: the name of a service's login; pick another")
     wanted = {"hosts": hosts, "port": port, "prefix": prefix}
     if (fleet.root / "fleet.json").is_file():
         known = fleet.settings

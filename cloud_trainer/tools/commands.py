@@ -202,8 +202,8 @@ def add_tool_parsers(sub: Any) -> None:
     prov.add_argument("--keys", help="the trainer's key directory (default: $AMS_KEY_DIR)")
     prov.add_argument(
         "--state-dir",
-        default="~/.local/state/amstream",
-        help="where each device keeps its slots and spool, on the device",
+        help="where each device keeps its slots and spool, on the device "
+        "(default: ~/.local/state/amstream)",
     )
     fleet.set_defaults(func=_fleet)
 
