@@ -110,12 +110,7 @@ class TrainerDaemon:
                 self.endpoint.counters.inc("trainer.sessions_refused")
                 return
             elif envelope.type == MessageType.SEGMENT:  # its session takes it from the inbox
-                inbox = self._inboxes.get(device_id)
-                if inbox is None:
-                    inbox = self._inboxes[device_id] = open_inbox(
-                        self._directory(device_id), self.config
-                    )
-                store_segment(inbox, envelope)
+                store_segment(self._inbox(device_id), envelope)
                 self._waiting.setdefault(device_id, [])
             else:
                 self._wait(device_id, envelope)
@@ -197,9 +192,10 @@ class TrainerDaemon:
         found = [
             (path.stat().st_mtime, path.parent.name)
             for path in self.checkpoint_dir.glob(f"*/{CHECKPOINT}")
-            if path.stat().st_mtime >= recent and _is_device_id(path.parent.name)
+            if _is_device_id(path.parent.name)
         ]
-        for _, device_id in sorted(found, reverse=True)[: self.config.max_sessions]:
+        active = sorted((f for f in found if f[0] >= recent), reverse=True)
+        for _, device_id in active[: self.config.max_sessions]:
             with self._lock:
                 self._waiting.setdefault(device_id, [])
                 self._heard[device_id] = time.monotonic()

@@ -189,17 +189,15 @@ class ModelMirror:
         remove_partial_writes(self._directory)
         versions: OrderedDict[int, bytes] = OrderedDict()
         for path in sorted(self._directory.glob("v*.tflite")):
-            version, data = _version_of(path), path.read_bytes()
-            if version is not None and self._intact(path, data):
-                versions[version] = data
+            name, data = _NAME_RE.fullmatch(path.stem), path.read_bytes()
+            if name and sha256_hex(data).startswith(name["sha"]) and self._of_layout(data):
+                versions[int(name["version"])] = data
             else:
                 path.replace(path.with_suffix(".damaged"))
                 self.damaged.append(path)
         return versions or None
 
-    def _intact(self, path: Path, data: bytes) -> bool:
-        if not sha256_hex(data).startswith(path.stem.partition("-")[2] or "?"):
-            return False
+    def _of_layout(self, data: bytes) -> bool:
         try:
             self._layout.with_data(data)
         except ValueError:
@@ -208,12 +206,7 @@ class ModelMirror:
 
 
 _NAME_HASH = 16  # hex digits of a version file's sha256 in its name
-_NAME_RE = re.compile(r"v(\d{8})-[0-9a-f]{16}")
-
-
-def _version_of(path: Path) -> int | None:
-    match = _NAME_RE.fullmatch(path.stem)
-    return int(match.group(1)) if match else None
+_NAME_RE = re.compile(rf"v(?P<version>\d{{8}})-(?P<sha>[0-9a-f]{{{_NAME_HASH}}})")
 
 
 def _selected_values(

@@ -313,12 +313,12 @@ class Session:
         return [*self._catch_up(hello.model_sha256), self._signed_control(self.control())]
 
     def _offer_again(self) -> list[Outgoing]:
+        log.warning("%s: no ack for %.0f s: offering the latest again", self.device_id,
+                    self._ack_timeout)  # fmt: skip
         self._sent.clear()  # an ack of an earlier offer is no longer awaited
         self._ack_timeout = min(2 * self._ack_timeout, MAX_ACK_TIMEOUT_S)
         self._last_resync = None  # the same answer as before, if it still fits
         self.stats.offered_again += 1
-        log.warning("%s: no ack for %.0f s: offering the latest again", self.device_id,
-                    self._ack_timeout / 2)  # fmt: skip
         return self._catch_up(self.device.sha256)
 
     def _answers(self, ack: Ack) -> bool:
