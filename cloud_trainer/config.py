@@ -24,7 +24,12 @@ from cloud_trainer.ams.asr import AsrConfig
 from cloud_trainer.ams.atr import AtrConfig
 from cloud_trainer.ams.training import TrainingConfig
 from cloud_trainer.teacher import TeacherConfig
-from shared_schema.config_files import ConfigFileError, expand_paths, read_toml
+from shared_schema.config_files import (
+    ConfigFileError,
+    expand_paths,
+    read_toml,
+    validation_message,
+)
 from shared_schema.messages import UpdateFormat
 from shared_schema.mqtt import PATH_KEYS as MQTT_PATH_KEYS
 from shared_schema.mqtt import BrokerConfig
@@ -157,10 +162,6 @@ def load_config(path: Path | None = None) -> TrainerConfig:
     try:
         return TrainerConfig.model_validate(expand_paths(raw, path.resolve().parent, PATH_KEYS))
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in err["loc"])
-        # Our own checks' messages as they are, without pydantic's "Value error, " prefix.
-        why = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
-        raise ConfigError(f"{path}: {field}: {why}") from exc
+        raise ConfigError(validation_message(path, exc)) from exc
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from exc

@@ -14,6 +14,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 SHARED_DIR_ENV = "AMS_SHARED_DIR"
 # Where the trainer's keys are (cloud-trainer keys generate --dir): the bundled profile and the
 # default trainer config name them under ${AMS_KEY_DIR}.
@@ -92,6 +94,16 @@ def substitute_vars(value: str, field: str) -> str:
         return os.environ[name]
 
     return _VAR_RE.sub(var, value)
+
+
+def validation_message(path: Path, exc: ValidationError, within: tuple[str, ...] = ()) -> str:
+    """A file's first validation error as one line, ``path: field: why``: our own checks'
+    messages as they are, without pydantic's "Value error, " prefix (``within``: the table
+    that was validated)."""
+    err = exc.errors(include_url=False)[0]
+    field = ".".join(str(p) for p in (*within, *err["loc"]))
+    why = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
+    return f"{path}: {field}: {why}"
 
 
 def write_private(path: Path, data: bytes) -> None:

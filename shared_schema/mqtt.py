@@ -39,7 +39,12 @@ from pydantic import (
     model_validator,
 )
 
-from shared_schema.config_files import ConfigFileError, expand_paths, read_toml
+from shared_schema.config_files import (
+    ConfigFileError,
+    expand_paths,
+    read_toml,
+    validation_message,
+)
 from shared_schema.counters import Counters
 from shared_schema.messages import MAX_MQTT_PAYLOAD
 from shared_schema.topics import validate_prefix
@@ -124,9 +129,7 @@ def load_broker_config(path: Path) -> BrokerConfig:
         table = expand_paths(raw["mqtt"], path.resolve().parent, PATH_KEYS, ("mqtt",))
         return BrokerConfig.model_validate(table)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in ("mqtt", *err["loc"]))
-        raise ConfigFileError(f"{path}: {field}: {err['msg']}") from exc
+        raise ConfigFileError(validation_message(path, exc, ("mqtt",))) from exc
     except ValueError as exc:  # a path that names an unset variable
         raise ConfigFileError(f"{path}: {exc}") from exc
 

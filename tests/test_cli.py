@@ -110,6 +110,7 @@ def test_monitor_prints_decoded_traffic_and_rejections(broker, capsys, tmp_path)
         ["serve", "--config", "{missing}"],
         ["bench-updates", "--video", "v.avi", "--config", "{missing}"],
         ["bench-serve", "--devices", "1", "--video", "v.avi", "--config", "{missing}"],
+        ["monitor", "--mqtt", "{missing}"],
     ],
 )
 def test_an_unreadable_trainer_config_is_one_line_naming_it(argv, tmp_path, capsys):
@@ -117,3 +118,21 @@ def test_an_unreadable_trainer_config_is_one_line_naming_it(argv, tmp_path, caps
     assert trainer_main([a.format(missing=missing) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: {missing}: cannot read: No such file or directory"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[broker]\nport = 1\n", "no [mqtt] table"),
+        ("[mqtt]\nport = 70000\n", "mqtt.port: Input should be less than or equal to 65535"),
+        (
+            '[mqtt]\nusername = "x"\npassword = "a"\npassword_file = "b"\n',
+            "mqtt: give password or password_file, not both",
+        ),
+    ],
+)
+def test_a_bad_mqtt_table_is_one_line_naming_the_field(text, message, tmp_path, capsys):
+    path = tmp_path / "monitor.toml"
+    path.write_text(text)
+    assert trainer_main(["monitor", "--mqtt", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {path}: {message}"
