@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import getpass
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -59,7 +60,7 @@ TEST_DEVICES = ("cam-1", "cam-2", "cam-7", "cam-9", "cam-a", "cam-b", "cam-k", "
 def fleet(tmp_path_factory: pytest.TempPathFactory, trainer_keys: Path) -> Fleet:
     """A provisioned fleet (CA, broker certificate, logins, ACL) the tests' brokers run on."""
     root = tmp_path_factory.mktemp("fleet")
-    provision(root, list(TEST_DEVICES), key_dir=trainer_keys)
+    provision(root, list(TEST_DEVICES), key_dir=trainer_keys, broker_user=getpass.getuser())
     return Fleet(root)
 
 

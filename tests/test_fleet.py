@@ -3,9 +3,12 @@ them: TLS, a login per client, and an ACL under which a device reaches only its 
 
 from __future__ import annotations
 
+import getpass
 import json
 import queue
 import stat
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +20,8 @@ from cloud_trainer.fleet.mosquitto import password_hash, read_password_file
 from edge_runtime.profile import load_profile
 from shared_schema.endpoint import DeviceEndpoint, TrainerEndpoint
 from shared_schema.messages import MessageType, Model
-from shared_schema.mqtt import MqttLink, TlsConfig
+from shared_schema.mqtt import MqttLink, TlsConfig, load_broker_config
+from tests.broker import free_port
 from tests.mqtt_helpers import Inbox
 from tests.samples import UPLINK
 
@@ -173,3 +177,40 @@ def test_a_device_cannot_touch_another_devices_topics(broker, stop_later):
     assert victim.send(hello).wait(10)
     assert heard.get()[0].device_id == "cam-2"  # ... and the trainer hears cam-2
     assert heard.drain() == [] and stolen.drain() == [] and spy.empty()
+
+
+@pytest.mark.broker
+def test_the_generated_mosquitto_conf_serves_every_bundle(tmp_path, trainer_keys):
+    """The deployment's own files, as a user starts them: mosquitto -c broker/mosquitto.conf,
+    and each client with the config file of its bundle."""
+    port = free_port()
+    root = tmp_path / "fleet"
+    printed = provision(
+        root, ["cam-1"], port=port, key_dir=trainer_keys, broker_user=getpass.getuser()
+    )
+    assert "before starting" not in printed["broker"]  # the broker's user can read its files
+    broker = subprocess.Popen(printed["broker"]["start"].split(), stderr=subprocess.PIPE, text=True)
+    try:
+        fleet = Fleet(root)
+        device = DeviceEndpoint(
+            load_profile(fleet.identity_dir("cam-1") / "profile.toml").mqtt, "cam-1"
+        )
+        trainer = TrainerEndpoint(load_broker_config(Path(printed["trainer"]["config"])))
+        monitor = MqttLink(load_broker_config(Path(printed["monitor"]["config"])), client_id="m")
+        for client in (device, trainer, monitor):
+            client.start()
+        assert all(c.wait_connected(10) for c in (device, trainer, monitor)), broker.stderr
+        for client in (device, trainer, monitor):
+            client.stop()
+    finally:
+        broker.terminate()
+        broker.wait(10)
+
+
+def test_a_broker_user_other_than_us_is_told_what_to_chown(tmp_path, trainer_keys):
+    printed = provision(tmp_path, ["cam-1"], key_dir=trainer_keys, broker_user="nobody-here")
+    security = Fleet(tmp_path).security()
+    assert printed["broker"]["before starting"] == "chown nobody-here " + " ".join(
+        str(p) for p in security.private_files
+    )
+    assert "user nobody-here\n" in (tmp_path / "broker" / "mosquitto.conf").read_text()

@@ -16,8 +16,11 @@ reload the broker (SIGHUP). Logins are random passwords, stored hashed for the b
 
 from __future__ import annotations
 
+import getpass
 import ipaddress
 import json
+import os
+import pwd
 import re
 import secrets
 import shutil
@@ -51,6 +54,7 @@ from shared_schema.topics import (
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 DEFAULT_PORT = 8883
 DEFAULT_STATE_DIR = "~/.local/state/amstream"  # on each device: its slots and spool
+DEFAULT_BROKER_USER = "mosquitto"  # the Debian package's: mosquitto started as root becomes it
 TRAINER, MONITOR = "trainer", "monitor"
 # The services' logins and what each may do; no device may take one of their names.
 SERVICES: dict[str, Callable[[str], list[tuple[Access, str]]]] = {
@@ -132,9 +136,10 @@ def provision(
     profile: str = "cpu",
     key_dir: Path | None = None,
     state_dir: str | None = None,
+    broker_user: str | None = None,
 ) -> dict[str, Any]:
     """Make or extend the fleet in ``root``; returns what was written and how to start it."""
-    state_dir = state_dir or DEFAULT_STATE_DIR
+    state_dir, broker_user = state_dir or DEFAULT_STATE_DIR, broker_user or DEFAULT_BROKER_USER
     fleet = Fleet(root)
     _check_request(devices, hosts, port, prefix, profile)  # before anything is written
     settings = _settings(fleet, devices, hosts, port, prefix)
@@ -144,16 +149,20 @@ def provision(
     (root / "fleet.json").write_text(json.dumps(settings, indent=2) + "\n")
     identities = [*SERVICES, *settings["devices"]]
     _logins(fleet, identities)
-    _broker_files(fleet, settings)
+    _broker_files(fleet, settings, broker_user)
     _trainer_bundle(fleet, key_dir)
     _monitor_bundle(fleet)
     for device_id in settings["devices"]:
         _device_bundle(fleet, device_id, profile, key_dir, state_dir)
     conf = fleet.broker_dir / "mosquitto.conf"
+    broker: dict[str, str] = {"config": str(conf), "start": f"mosquitto -c {conf}"}
+    if not _hand_to(broker_user, fleet.security().private_files):
+        files = " ".join(str(p) for p in fleet.security().private_files)
+        broker["before starting"] = f"chown {broker_user} {files}"
     return {
         "fleet": str(root),
         "devices": settings["devices"],
-        "broker": {"config": str(conf), "start": f"mosquitto -c {conf}"},
+        "broker": broker,
         "trainer": {"config": str(fleet.identity_dir(TRAINER) / "trainer.toml")},
         "monitor": {"config": str(fleet.identity_dir(MONITOR) / "monitor.toml")},
         "device profiles": {d: str(fleet.identity_dir(d) / "profile.toml") for d in devices},
@@ -255,16 +264,31 @@ def _logins(fleet: Fleet, identities: list[str]) -> None:
     write_private(password_file, mosquitto.password_file_text(hashes).encode())
 
 
-def _broker_files(fleet: Fleet, settings: dict[str, Any]) -> None:
+def _broker_files(fleet: Fleet, settings: dict[str, Any], user: str) -> None:
     prefix = settings["prefix"]
     grants = {name: rules(prefix) for name, rules in SERVICES.items()}
     grants |= {d: device_grants(prefix, d) for d in settings["devices"]}
     security = fleet.security()
-    security.acl_file.write_text(mosquitto.acl_text(grants))
+    write_private(security.acl_file, mosquitto.acl_text(grants).encode())
     conf = mosquitto.deployment_conf(
-        security, port=settings["port"], persistence_dir="/var/lib/mosquitto"
+        security, port=settings["port"], persistence_dir="/var/lib/mosquitto", user=user
     )
     (fleet.broker_dir / "mosquitto.conf").write_text(conf)
+
+
+def _hand_to(user: str, paths: tuple[Path, ...]) -> bool:
+    """Whether ``user`` can read ``paths`` now: it is us, or we are root and chown them."""
+    if user == getpass.getuser():
+        return True
+    if os.geteuid() != 0:
+        return False
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+    except KeyError:  # not on this machine: the broker's, presumably
+        return False
+    for path in paths:
+        os.chown(path, uid, -1)
+    return True
 
 
 def _trainer_bundle(fleet: Fleet, key_dir: Path) -> None:

@@ -110,6 +110,7 @@ def _fleet(args: argparse.Namespace) -> int:
         profile=args.profile,
         key_dir=Path(args.keys) if args.keys else None,
         state_dir=args.state_dir,
+        broker_user=args.broker_user,
     )
     print(json.dumps(result, indent=2))
     return 0
@@ -197,6 +198,12 @@ def add_tool_parsers(sub: Any) -> None:
         "covers all, profiles use the first; default: 127.0.0.1 and localhost)",
     )
     prov.add_argument("--port", type=int, help="the broker's TLS port (default 8883)")
+    prov.add_argument(
+        "--broker-user",
+        help="the user mosquitto runs as (default: mosquitto, the Debian package's); it reads "
+        "its key, passwords and ACL: as root, provision hands them to it, else it prints the "
+        "chown to run",
+    )
     prov.add_argument("--prefix", help="topic prefix (default ams)")
     prov.add_argument("--profile", default="cpu", help="the bundled profile devices start from")
     prov.add_argument("--keys", help="the trainer's key directory (default: $AMS_KEY_DIR)")

@@ -152,6 +152,7 @@ class LocalFleet:
 def local_fleet(workdir: Path, devices: list[str]) -> Iterator[LocalFleet]:
     """Fresh keys, a fleet provisioned for ``devices`` and its broker, all under ``workdir``."""
     signing_key, device_keys = keys.for_this_run(workdir / "keys")
-    provision(workdir / "fleet", devices, key_dir=workdir / "keys")
+    # the broker runs as us (LocalBroker's ``user``)
+    provision(workdir / "fleet", devices, key_dir=workdir / "keys", broker_user=getpass.getuser())
     with LocalBroker(workdir / "broker", fleet=Fleet(workdir / "fleet")) as broker:
         yield LocalFleet(broker, signing_key, device_keys)
