@@ -22,6 +22,7 @@ from pydantic import (
 
 from cloud_trainer.ams.asr import AsrConfig
 from cloud_trainer.ams.atr import AtrConfig
+from cloud_trainer.ams.gate import GateConfig
 from cloud_trainer.ams.training import TrainingConfig
 from cloud_trainer.teacher import TeacherConfig
 from shared_schema.config_files import (
@@ -118,6 +119,7 @@ class TrainerConfig(_Section):
     training: TrainingConfig = Field(TrainingConfig(), validate_default=True)
     asr: AsrConfig = AsrConfig()
     atr: AtrConfig = AtrConfig()
+    gate: GateConfig = GateConfig()
     updates: UpdatesConfig  # no default: a deployment names its signing key
     checkpoint: CheckpointConfig
     metrics: MetricsConfig = MetricsConfig()

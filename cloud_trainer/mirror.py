@@ -101,6 +101,12 @@ class ModelMirror:
             body = zpatch.encode(self.data, apply_update(UpdateFormat.QDELTA, base, body))
         return body
 
+    def candidate(self, student: TFLiteStudent) -> bytes:
+        """The file ``advance`` would make of ``student``, without making a version."""
+        base = self._layout.with_data(self.data)
+        body = qdelta.encode(base, quantized_weights(student))
+        return apply_update(UpdateFormat.QDELTA, base, body)
+
     def update_since(self, version: int, fmt: UpdateFormat) -> Outgoing | None:
         """A delta from an older version the mirror still holds to the current one, or None."""
         old = self._versions.get(version)

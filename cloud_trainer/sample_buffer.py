@@ -42,14 +42,24 @@ class SampleBuffer:
     def samples(self) -> list[Sample]:
         return list(self._samples)
 
+    def newest(self, count: int) -> list[Sample]:
+        """The ``count`` newest samples, oldest first."""
+        return self._samples[len(self._samples) - count :] if count > 0 else []
+
     def batch(
-        self, size: int, rng: np.random.Generator, crop: tuple[int, int] | None = None
+        self,
+        size: int,
+        rng: np.random.Generator,
+        crop: tuple[int, int] | None = None,
+        held_out: int = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """A mini-batch drawn uniformly (with replacement when the buffer is smaller); with
-        ``crop`` (height, width), a window at a uniformly random place in each sample."""
-        if not self._samples:
-            raise ValueError("the buffer is empty")
-        picks = rng.choice(len(self._samples), size=size, replace=size > len(self._samples))
+        """A mini-batch drawn uniformly (with replacement when the buffer is smaller) from all
+        but the ``held_out`` newest samples; with ``crop`` (height, width), a window at a
+        uniformly random place in each sample."""
+        pool = len(self._samples) - held_out
+        if pool <= 0:
+            raise ValueError("the buffer holds nothing to draw from")
+        picks = rng.choice(pool, size=size, replace=size > pool)
         windows = [_window(self._samples[i], crop, rng) for i in picks]
         return np.stack([rgb for rgb, _ in windows]), np.stack([lab for _, lab in windows])
 

@@ -24,6 +24,7 @@ import zstandard
 
 from cloud_trainer.ams.asr import AdaptiveSamplingRate, phi_score
 from cloud_trainer.ams.atr import AdaptiveTrainingRate
+from cloud_trainer.ams.gate import RegressionGate
 from cloud_trainer.ams.training import PhaseResult, new_optimizer, train_phase
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.device_clock import DeviceClock
@@ -117,6 +118,7 @@ class SessionStats:
     bytes_up: int = 0
     bytes_down: int = 0
     phases: int = 0
+    phases_gated: int = 0  # their model scored worse than the device's: not sent
     updates_sent: int = 0
     updates_acked: int = 0
     updates_rejected: int = 0
@@ -170,6 +172,9 @@ class Session:
         # of the very weights that made it replaces these in restore().
         self.student = import_tflite(self.mirror.data).to(training.device)
         self.optimizer = new_optimizer(self.student, training)
+        self._gate = RegressionGate(config.gate)
+        # the weights of the last model sent: where training returns after a gated phase
+        self._sent_weights = self._weights()
         self.subset = ClassSubset(self.student.num_classes)
         self.device = DeviceView()
         self.stats = SessionStats(mirror_files_damaged=len(self.mirror.damaged))
@@ -366,6 +371,10 @@ class Session:
         restored = import_tflite(self.mirror.data).to(self.config.training.device)
         self.student.load_state_dict(restored.state_dict())
         self.optimizer = new_optimizer(self.student, self.config.training)
+        self._sent_weights = self._weights()
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.student.state_dict().items()}
 
     def _catch_up(self, device_sha: str | None) -> list[Outgoing]:
         """Whatever brings the device from the file it runs to the mirror's latest: nothing,
@@ -480,6 +489,7 @@ class Session:
         self._phase_due = False
         if len(self.buffer) == 0:
             return []
+        held_out = self.config.gate.held_out(len(self.buffer))
         result: PhaseResult = train_phase(
             self.student,
             self.optimizer,
@@ -487,6 +497,7 @@ class Session:
             self.subset.seen,
             self.config.training,
             self._rng,
+            held_out,
         )
         self.stats.phases += 1
         self.stats.training_seconds = [*self.stats.training_seconds[-99:], result.seconds]
@@ -499,14 +510,32 @@ class Session:
             result.last_loss,
         )
         fmt = self._update_format()
-        if fmt is None:
+        if fmt is None or not self._passes_gate(held_out):
             return []
         # The weights and optimizer state that make the next version are on disk before it is:
         # a trainer killed at any instant resumes exactly on them (see _restore).
         self.save(making=self.mirror.version + 1)
         update = self.mirror.advance(self.student, fmt, mask=self.optimizer.mask)
+        self._sent_weights = self._weights()
         self.stats.updates_sent += 1
         return self._counted_downlink([update])
+
+    def _passes_gate(self, held_out: int) -> bool:
+        """Whether the phase's model may go (see ``ams.gate``); if not, training returns to
+        the weights of the last model sent (the optimizer's moments stay)."""
+        if held_out == 0:
+            return True
+        samples = self.buffer.newest(held_out)
+        candidate = self.mirror.candidate(self.student)
+        verdict = self._gate.judge(candidate, self.mirror.data, samples, self.subset.classes)
+        if verdict.passed:
+            return True
+        self.stats.phases_gated += 1
+        log.info("%s: phase %d gated: mIoU %.3f against the device's %.3f on %d held-out"
+                 " samples", self.device_id, self.stats.phases, verdict.candidate,
+                 verdict.running, held_out)  # fmt: skip
+        self.student.load_state_dict(self._sent_weights)
+        return False
 
     def _update_format(self) -> UpdateFormat | None:
         configured = self.config.updates.format
@@ -614,6 +643,7 @@ class Session:
         if state.get("mirror_version") in (self.mirror.version, self.mirror.version + 1):
             self.student.load_state_dict(state["student"])
             self.optimizer.load_state_dict(state["optimizer"])
+            self._sent_weights = self._weights()
         else:  # an older checkpoint (or a damaged mirror file): those weights are older
             log.warning(
                 "%s: checkpoint of version %s, mirror at %d: training from the mirror's file",

@@ -96,10 +96,10 @@ def substitute_vars(value: str, field: str) -> str:
     return _VAR_RE.sub(var, value)
 
 
-def validation_message(path: Path, exc: ValidationError, within: tuple[str, ...] = ()) -> str:
-    """A file's first validation error as one line, ``path: field: why``: our own checks'
-    messages as they are, without pydantic's "Value error, " prefix (``within``: the table
-    that was validated)."""
+def validation_message(path: Path | str, exc: ValidationError, within: tuple[str, ...] = ()) -> str:
+    """A file's (or a flag's) first validation error as one line, ``path: field: why``: our
+    own checks' messages as they are, without pydantic's "Value error, " prefix (``within``:
+    the table that was validated)."""
     err = exc.errors(include_url=False)[0]
     field = ".".join(str(p) for p in (*within, *err["loc"]))
     why = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]

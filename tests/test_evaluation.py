@@ -4,6 +4,7 @@ device's patching, and the quick preset end to end on a short clip."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -93,6 +94,21 @@ def test_concatenated_stream_runs_on_one_clock(shared_dir):
     assert frames[-1].rgb.shape == (513, 513, 3)
 
 
+def test_a_video_replayed_gives_the_frames_the_stream_gave(shared_dir):
+    from cloud_trainer.evaluation.stream import ReplayStream
+
+    videos = [shared_dir / "videos/vtest.avi", shared_dir / "videos/bottle-detection.mp4"]
+    stream = ReplayStream(videos, size=(65, 65), clip_s=0.5, eval_stride=3)
+    frames = list(stream)
+    first = next(f for f in frames if f.video == 1)
+    again = list(stream.replay_video(first))
+
+    def facts(f):
+        return (f.index, f.video, f.t, f.evaluated, f.rgb.tobytes())
+
+    assert [facts(f) for f in again] == [facts(f) for f in frames if f.video == 1]
+
+
 def test_device_applies_an_update_from_its_arrival_time(shared_dir, tmp_path):
     import torch
 
@@ -148,7 +164,7 @@ def test_quick_preset_end_to_end(shared_dir, tmp_path):
         assert (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
     schemes = results["schemes"]
-    assert list(schemes) == ["no_custom", "one_time", "remote_tracking", "jit", "ams"]
+    assert list(schemes) == ["no_custom", "one_time", "remote_tracking", "jit", "ams", "oracle"]
     for summary in schemes.values():
         for key in ("miou", "per_video", "uplink_kbps", "downlink_kbps", "updates",
                     "bytes_per_update", "trainer_seconds"):  # fmt: skip
@@ -158,6 +174,10 @@ def test_quick_preset_end_to_end(shared_dir, tmp_path):
     assert schemes["no_custom"]["uplink_kbps"] == schemes["no_custom"]["downlink_kbps"] == 0
     assert schemes["ams"]["updates"] >= 1 and schemes["ams"]["uplink_kbps"] > 0
     assert schemes["ams"]["miou"] > schemes["no_custom"]["miou"]
+    # the oracle trained on every scored frame it is scored on: the upper bound
+    assert schemes["oracle"]["miou"] > schemes["ams"]["miou"]
+    assert schemes["oracle"]["share_of_oracle_gain"] == pytest.approx(1.0)
+    assert 0.0 < schemes["ams"]["share_of_oracle_gain"] < 1.0
     assert results["config"]["preset"] == "quick"
     assert results["config"]["charge_compute"] == 0.0
     assert "| this stream | mIoU (%) |" in (out / "results.md").read_text()
@@ -207,6 +227,67 @@ def test_report_merges_saved_runs_and_lays_out_tables(tmp_path):
     assert "| gradient | – (+0.13) | – (-0.13) |" in markdown  # Table 3, 20 % and 10 % not run
     assert "Farneback at 9x17 " in markdown  # the geometry of the stream's model
     assert json.loads((tmp_path / "results.json").read_text())["ablation"]["gradient_5"]
+
+
+def test_report_shows_the_oracles_headroom_the_variants_and_the_targets(tmp_path):
+    from cloud_trainer.evaluation.config import preset
+    from cloud_trainer.evaluation.report import write_report
+    from cloud_trainer.evaluation.runner import RUNS, VARIANTS, StreamInfo
+
+    signature = {"videos": ["a.mp4", "b.mp4"], "clip_s": None, "eval_stride": 1}
+    info = StreamInfo(signature, (0, 15), 20.0, ["a.mp4", "b.mp4"], (9, 17))
+    _fake_run("no_custom", signature, 1).save(tmp_path / RUNS)
+    _fake_run("ams", signature, 2, updates=(10.0,)).save(tmp_path / RUNS)
+    _fake_run("oracle", signature, 4).save(tmp_path / RUNS)
+    variant = _fake_run("lr3e-4", signature, 3, updates=(10.0,))
+    variant.extra = {"overrides": {"training.lr": 0.0003}, "phases_gated": 2}
+    variant.save(tmp_path / VARIANTS)
+    _fake_run("elsewhere", {**signature, "eval_stride": 2}, 3).save(tmp_path / VARIANTS)
+    config = preset("quick", tmp_path / "student.tflite", tmp_path / "teacher.tflite")
+
+    results = write_report(tmp_path, config, info)
+    miou = {q: miou_from_counts(_fake_run("x", signature, q).frame_counts[0], (0, 15))
+            for q in (1, 2, 3, 4)}  # fmt: skip
+    share = (miou[2] - miou[1]) / (miou[4] - miou[1])
+    assert results["schemes"]["ams"]["share_of_oracle_gain"] == pytest.approx(share)
+    assert list(results["variants"]) == ["lr3e-4"]  # "elsewhere" scored other frames
+    lr = results["variants"]["lr3e-4"]
+    assert lr["share_of_oracle_gain"] == pytest.approx((miou[3] - miou[1]) / (miou[4] - miou[1]))
+    assert lr["frames_better_than_no_custom"] == 1.0
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| Outdoor Scenes (paper) | mIoU (%) | 63.68 | 74.26 | – |" in markdown
+    gain = 100 * (miou[3] - miou[1])
+    assert f"| lr3e-4 | training.lr=0.0003 | {100 * miou[3]:.2f} | {gain:+.2f} |" in markdown
+    assert "| mIoU ≥ No Customization + 5 points |" in markdown
+    assert "| better than No Customization on ≥ 80 % of frames | 100.0% | yes |" in markdown
+
+
+def test_variants_change_named_ams_settings_and_refuse_anything_else():
+    from cloud_trainer.evaluation.config import AmsSettings, Variant
+    from shared_schema.config_files import ConfigFileError
+
+    base = AmsSettings()
+    v = Variant.parse(
+        "crop:training.resolution=[257,257],gate.enabled=false,segment_kbps=100", base
+    )
+    assert v.name == "crop"
+    assert v.settings.training.resolution == (257, 257) and not v.settings.gate.enabled
+    assert v.settings.segment_kbps == 100 and v.settings.training.lr == base.training.lr
+    assert v.overrides == {
+        "training.resolution": [257, 257], "gate.enabled": False, "segment_kbps": 100
+    }  # fmt: skip
+    assert Variant.parse("sel:training.selection=random", base).settings.training.selection == (
+        "random"
+    )
+    for text, why in [
+        ("Bad Name:training.lr=1", "NAME:KEY=VALUE"),
+        ("noeq:training.lr", "'training.lr' is not KEY=VALUE"),
+        ("typo:training.lrr=1", "training.lrr: no such setting"),
+        ("deep:training.lr.x=1", "training.lr.x: no such setting"),
+        ("neg:training.lr=-1", "--variant neg:training.lr=-1: training.lr: Input should be"),
+    ]:
+        with pytest.raises(ConfigFileError, match=re.escape(why)):
+            Variant.parse(text, base)
 
 
 def test_the_models_must_be_readable_and_agree_on_geometry(shared_dir, tmp_path):

@@ -55,8 +55,20 @@ def test_a_crop_larger_than_the_frame_takes_the_whole_frame():
 
 
 def test_an_empty_buffer_has_no_batch():
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="nothing to draw from"):
         SampleBuffer(horizon_s=1.0).batch(1, np.random.default_rng(0))
+
+
+def test_held_out_samples_are_never_drawn_and_are_the_newest():
+    buffer = SampleBuffer(horizon_s=100.0)
+    for t in (4.0, 0.0, 3.0, 1.0, 2.0):  # out of order: "newest" is by timestamp
+        buffer.add(_sample(t))
+    assert [s.timestamp for s in buffer.newest(2)] == [3.0, 4.0]
+    assert buffer.newest(0) == []
+    rgb, _ = buffer.batch(200, np.random.default_rng(0), held_out=2)
+    assert set(rgb[:, 0, 0, 2]) == {0, 1, 2}
+    with pytest.raises(ValueError, match="nothing to draw from"):
+        buffer.batch(1, np.random.default_rng(0), held_out=5)
 
 
 def test_labelled_samples_scale_frames_and_labels_together():

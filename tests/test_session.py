@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from cloud_trainer.config import TrainerConfig
 from cloud_trainer.device_clock import RESTART_GAP_S, DeviceClock
 from cloud_trainer.session import Session
 from cloud_trainer.student import import_tflite
@@ -28,7 +29,7 @@ from shared_schema.messages import (
     UpdateFormat,
 )
 from shared_schema.update_formats import apply_update
-from tests.trainer_helpers import trainer_config
+from tests.trainer_helpers import trainer_config, trainer_raw
 
 BOOT = "1" * 16
 
@@ -572,3 +573,41 @@ def test_an_update_no_ack_answers_is_offered_again_with_backoff(session, segment
     assert session.stats.offered_again == 2 and session.device.version == 2
     now[0] += 10 * timeout
     assert not session.has_work  # answered: nothing more to offer
+
+
+def _gated_session(tmp_path, lr: float, **gate) -> Session:
+    raw = trainer_raw(tmp_path, lr=lr)
+    raw["gate"] = {**raw["gate"], **gate}
+    config = TrainerConfig.model_validate(raw)
+    return Session(
+        "cam-1",
+        config,
+        load_teacher(config.teacher),
+        config.student.model.read_bytes(),
+        directory=tmp_path / "ckpt" / "cam-1",
+    )
+
+
+def _updates_of_two_segments(session, segments):
+    _run(session, hello(session.mirror.sha256))
+    out = []
+    for msg, h264 in segments[:2]:
+        out += [o for o in _run(session, envelope(msg, h264)) if isinstance(o.msg, Update)]
+    return out
+
+
+def test_a_phase_that_wrecks_the_model_is_gated_and_training_returns(tmp_path, segments):
+    # lr 1: two Adam steps move every selected weight by about one unit: the model is wrecked
+    session = _gated_session(tmp_path, lr=1.0, margin=0.0)
+    sent = {k: v.clone() for k, v in session.student.state_dict().items()}
+    assert _updates_of_two_segments(session, segments) == []
+    assert session.stats.phases == 2 and session.stats.phases_gated == 2
+    assert session.mirror.version == 0  # nothing was made
+    after = session.student.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in sent.items())  # back to the file sent
+
+
+def test_without_the_gate_the_same_phases_are_sent(tmp_path, segments):
+    session = _gated_session(tmp_path, lr=1.0, enabled=False)
+    assert len(_updates_of_two_segments(session, segments)) == 2
+    assert session.stats.phases_gated == 0

@@ -86,14 +86,16 @@ def train_phase(
     classes: tuple[int, ...],
     config: TrainingConfig,
     rng: np.random.Generator,
+    held_out: int = 0,
 ) -> PhaseResult:
+    """K steps on the buffer, leaving out its ``held_out`` newest samples (the gate's)."""
     started = time.perf_counter()
     student.train()
     optimizer.begin_phase()
     weights: torch.Tensor | None = None
     losses = []
     for _ in range(config.iterations):
-        rgb, labels = buffer.batch(config.batch_size, rng, crop=config.resolution)
+        rgb, labels = buffer.batch(config.batch_size, rng, config.resolution, held_out)
         logits = student(torch.from_numpy(rgb).to(config.device))
         if weights is None:
             weights = class_weights(classes, logits.shape[1], config.device)

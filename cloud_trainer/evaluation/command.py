@@ -48,6 +48,11 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         choices=["selection"],
         help="also sweep AMS's γ and selection strategy (seed 002 Table 3)",
     )
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                        help="also run AMS with these settings changed, keys dotted under the"
+                        " AMS settings (e.g. lr3e-4:training.lr=3e-4, nogate:gate.enabled=false);"
+                        " repeat for more; saved under variants/")  # fmt: skip
+    parser.add_argument("--oracle-steps", type=int, help="Adam steps of the oracle per video")
     parser.add_argument("--threads", type=int, help="LiteRT threads (teacher, device)")
     parser.add_argument("--cache-dir", type=Path, help="label cache (default: ~/.cache/amstream)")
     parser.add_argument("--student", type=Path, help=f"default: <shared>/{_STUDENT}")
@@ -80,6 +85,8 @@ def build_config(args: argparse.Namespace) -> EvalConfig:
         update["jit"] = config.jit.model_copy(update={"threshold": args.jit_threshold})
     if args.threads is not None:
         update["threads"] = args.threads
+    if args.oracle_steps is not None:
+        update["oracle"] = config.oracle.model_copy(update={"steps": args.oracle_steps})
     # model_copy does not validate: round-trip so a bad override is refused here, by name
     return EvalConfig.model_validate(config.model_copy(update=update).model_dump())
 
@@ -92,12 +99,14 @@ def parse_schemes(text: str) -> list[SchemeName]:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    from cloud_trainer.evaluation.config import Variant
     from cloud_trainer.evaluation.report import write_report
     from cloud_trainer.evaluation.runner import RUNS, Evaluation
     from cloud_trainer.evaluation.schemes import SCHEMES
 
     config = build_config(args)
     schemes = parse_schemes(args.schemes)
+    variants = [Variant.parse(text, config.ams) for text in args.variant]
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # a line per training phase would tear the progress bars apart
         logging.getLogger("cloud_trainer.session").setLevel(logging.WARNING)
@@ -109,6 +118,8 @@ def evaluate(args: argparse.Namespace) -> int:
         info = evaluation.stream_info()
         for name in schemes:
             evaluation.run(name.value, SCHEMES[name], args.out / RUNS)
+        for variant in variants:
+            evaluation.variant(variant)
         if args.ablation:
             evaluation.ablation()
     results = write_report(args.out, config, info)
@@ -117,5 +128,9 @@ def evaluate(args: argparse.Namespace) -> int:
             f"{name:>16}: mIoU {100 * summary['miou']:6.2f} %  up {summary['uplink_kbps']:8.1f}"
             f" Kbps  down {summary['downlink_kbps']:8.1f} Kbps  updates {summary['updates']}"
         )
+    for name, summary in results["variants"].items():
+        gated = summary.get("phases_gated", 0)
+        print(f"{'ams:' + name:>16}: mIoU {100 * summary['miou']:6.2f} %  down"
+              f" {summary['downlink_kbps']:8.1f} Kbps  gated {gated}")  # fmt: skip
     print(f"results in {args.out}")
     return 0

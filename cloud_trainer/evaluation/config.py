@@ -3,18 +3,21 @@ presets (``quick`` for CI, ``paper`` for seed 002 §4.1's settings on a CPU)."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cloud_trainer.ams.asr import AsrConfig
 from cloud_trainer.ams.atr import AtrConfig
+from cloud_trainer.ams.gate import GateConfig
 from cloud_trainer.ams.training import TrainingConfig
 from cloud_trainer.evaluation.names import PRESETS
-from shared_schema.config_files import ConfigFileError
+from shared_schema.config_files import ConfigFileError, validation_message
 from shared_schema.tflite_file import TFLiteFile, TFLiteFormatError
 
 
@@ -81,6 +84,7 @@ class AmsSettings(_Settings):
     training: TrainingConfig = TrainingConfig()
     asr: AsrConfig = AsrConfig()
     atr: AtrConfig = AtrConfig()
+    gate: GateConfig = GateConfig()
     segment_kbps: float = Field(200.0, ge=10.0)
 
 
@@ -123,6 +127,69 @@ class JitSettings(_Settings):
     jpeg_quality: int = Field(95, ge=1, le=100)
 
 
+class OracleSettings(_Settings):
+    """The headroom (``schemes.oracle``): per video, every parameter trained offline (Adam)
+    on all of its scored frames, scored on the same frames."""
+
+    steps: int = Field(400, ge=1)
+    lr: float = Field(1e-4, gt=0.0)
+
+
+_VARIANT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+_OUTSIDE_BRACKETS = re.compile(r",(?![^\[]*\])")  # commas that separate, not list items
+
+
+@dataclass(frozen=True)
+class Variant:
+    """AMS with some settings changed, run beside AMS on the same stream (``--variant``)."""
+
+    name: str
+    overrides: dict[str, object]  # dotted keys under the AMS settings, as given
+    settings: AmsSettings
+
+    @classmethod
+    def parse(cls, text: str, base: AmsSettings) -> Variant:
+        """``NAME:KEY=VALUE[,KEY=VALUE...]``, keys dotted under the AMS settings (e.g.
+        ``lr3e-4:training.lr=3e-4`` or ``nogate:gate.enabled=false``); values are JSON
+        (numbers, true/false, [lists]) or else strings. A bad one is a ConfigFileError."""
+        name, _, body = text.partition(":")
+        flag = f"--variant {text}"
+        if not _VARIANT_NAME.fullmatch(name) or not body:
+            raise ConfigFileError(
+                f"{flag}: write NAME:KEY=VALUE[,KEY=VALUE...], NAME in lower-case letters,"
+                " digits and _.- (e.g. lr3e-4:training.lr=3e-4)"
+            )
+        overrides: dict[str, object] = {}
+        for item in _OUTSIDE_BRACKETS.split(body):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigFileError(f"{flag}: {item!r} is not KEY=VALUE")
+            overrides[key.strip()] = _value(value.strip())
+        merged = base.model_dump()
+        for key, value in overrides.items():
+            *tables, last = key.split(".")
+            table = merged
+            for part in tables:
+                inner = table.get(part)
+                if not isinstance(inner, dict):
+                    raise ConfigFileError(f"{flag}: {key}: no such setting")
+                table = inner
+            if last not in table:
+                raise ConfigFileError(f"{flag}: {key}: no such setting")
+            table[last] = value
+        try:
+            return cls(name, overrides, AmsSettings.model_validate(merged))
+        except ValidationError as exc:
+            raise ConfigFileError(validation_message(flag, exc)) from exc
+
+
+def _value(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 class EvalConfig(_Settings):
     preset: str
     student_model: Path
@@ -133,6 +200,7 @@ class EvalConfig(_Settings):
     one_time: OneTimeSettings = OneTimeSettings()
     tracking: TrackingSettings = TrackingSettings()
     jit: JitSettings = JitSettings()
+    oracle: OracleSettings = OracleSettings()
     threads: Annotated[int, Field(ge=1, le=256)] = 2  # LiteRT threads (teacher and device)
     seed: int = 0
 
@@ -169,4 +237,5 @@ def preset(name: str, student_model: Path, teacher_model: Path) -> EvalConfig:
         ),
         one_time=OneTimeSettings(window_s=10.0, iterations=16),
         jit=JitSettings(max_updates=2, min_stride_s=2.0, max_stride_s=8.0),
+        oracle=OracleSettings(steps=24),
     )

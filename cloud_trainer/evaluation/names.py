@@ -12,6 +12,7 @@ class SchemeName(StrEnum):
     REMOTE_TRACKING = "remote_tracking"
     JIT = "jit"
     AMS = "ams"
+    ORACLE = "oracle"  # the headroom, not a scheme a device could run
 
 
 PRESETS = ("quick", "paper")

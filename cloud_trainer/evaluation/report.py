@@ -29,6 +29,7 @@ from cloud_trainer.evaluation.runner import (
     ABLATION_STRATEGIES,
     FULL_MODEL,
     RUNS,
+    VARIANTS,
     StreamInfo,
     ablation_name,
     command_line,
@@ -41,6 +42,7 @@ TITLES = {
     SchemeName.REMOTE_TRACKING: "Remote+Tracking",
     SchemeName.JIT: "Just-In-Time",
     SchemeName.AMS: "AMS",
+    SchemeName.ORACLE: "Oracle (offline)",
 }
 # Seed 002 Table 1, Outdoor Scenes: mIoU (%), uplink and downlink (Kbps).
 PAPER = {
@@ -74,19 +76,16 @@ def load_runs(directory: Path, info: StreamInfo, names: list[str]) -> dict[str, 
 
 def write_report(out: Path, config: EvalConfig, info: StreamInfo) -> dict[str, object]:
     runs = load_runs(out / RUNS, info, [s.value for s in SchemeName])
+    saved_variants = sorted(p.stem for p in (out / VARIANTS).glob("*.json"))
+    variants = load_runs(out / VARIANTS, info, saved_variants)
     ablation_names = [FULL_MODEL] + [
         ablation_name(s, g) for s in ABLATION_STRATEGIES for g in ABLATION_GAMMAS
     ]
     ablation = load_runs(out / ABLATION, info, ablation_names)
-    summaries = {name: run.summary(info.classes, info.videos) for name, run in runs.items()}
-    baseline = runs.get(SchemeName.NO_CUSTOM)
-    if baseline is not None:
-        base = baseline.per_frame_miou(info.classes)
-        for name, run in runs.items():
-            gain = run.per_frame_miou(info.classes) - base
-            summaries[name]["frames_better_than_no_custom"] = float(np.mean(gain > 0))
+    summaries = _summaries(runs, runs, info)
     results = {
         "schemes": summaries,
+        "variants": _summaries(variants, runs, info),
         "config": _config(config, info, runs),
         "ablation": {n: r.summary(info.classes, info.videos) for n, r in ablation.items()},
     }
@@ -97,6 +96,27 @@ def write_report(out: Path, config: EvalConfig, info: StreamInfo) -> dict[str, o
         _plot_bandwidth(out / "bandwidth.png", runs)
         _plot_gain_cdf(out / "miou_gain_cdf.png", runs, info)
     return results
+
+
+def _summaries(
+    runs: dict[str, SchemeRun], schemes: dict[str, SchemeRun], info: StreamInfo
+) -> dict[str, dict]:
+    """Each run's summary, with its per-frame view against No Customization's run and its
+    share of the oracle's gain, where ``schemes`` has those runs."""
+    summaries = {name: run.summary(info.classes, info.videos) for name, run in runs.items()}
+    baseline, oracle = schemes.get(SchemeName.NO_CUSTOM), schemes.get(SchemeName.ORACLE)
+    if baseline is None:
+        return summaries
+    base = baseline.per_frame_miou(info.classes)
+    for name, run in runs.items():
+        gain = run.per_frame_miou(info.classes) - base
+        summaries[name]["frames_better_than_no_custom"] = float(np.mean(gain > 0))
+        summaries[name]["frames_worse_than_no_custom"] = float(np.mean(gain < 0))
+        if oracle is not None:
+            headroom = oracle.per_frame_miou(info.classes).mean() - base.mean()
+            share = gain.mean() / headroom if headroom > 0 else float("nan")
+            summaries[name]["share_of_oracle_gain"] = float(share)
+    return summaries
 
 
 def _config(config: EvalConfig, info: StreamInfo, runs: dict[str, SchemeRun]) -> dict[str, object]:
@@ -158,10 +178,10 @@ def _markdown(results: dict, info: StreamInfo) -> str:
         )
         + " |",
         "| Outdoor Scenes (paper) | mIoU (%) | "
-        + " | ".join(f"{PAPER[s][0]:.2f}" for s in names)
+        + " | ".join(f"{PAPER[s][0]:.2f}" if s in PAPER else "–" for s in names)
         + " |",
         "| Outdoor Scenes (paper) | Up/Down BW (Kbps) | "
-        + " | ".join(f"{PAPER[s][1]:g}/{PAPER[s][2]:g}" for s in names)
+        + " | ".join(f"{PAPER[s][1]:g}/{PAPER[s][2]:g}" if s in PAPER else "–" for s in names)
         + " |",
         "",
         "## Table 2 layout: mIoU (%) per video",
@@ -174,6 +194,8 @@ def _markdown(results: dict, info: StreamInfo) -> str:
                  for s in names]  # fmt: skip
         lines.append(f"| {video} | " + " | ".join(cells) + " |")
     lines += ["", "## Per scheme", "", _details(schemes, names), *_targets(schemes)]
+    if results["variants"]:
+        lines += _variants(results["variants"], schemes, info)
     if results["ablation"]:
         lines += _table3(results["ablation"])
     lines += _settings(config)
@@ -197,7 +219,13 @@ def _settings(config: dict) -> list[str]:
         f" T_horizon {train['horizon_s']:g} s, T_update {ams['atr']['tau_min_s']:g} s (ATR"
         f" {'on' if ams['atr']['enabled'] else 'off'}), ASR {ams['asr']['min_fps']:g}-"
         f"{ams['asr']['max_fps']:g} fps every {ams['asr']['interval_s']:g} s, segments"
-        f" H.264 {ams['segment_kbps']:g} kbps; updates as qdelta bodies.",
+        f" H.264 {ams['segment_kbps']:g} kbps; updates as qdelta bodies; regression gate"
+        + (
+            f" on ({ams['gate']['holdout']} newest samples held out, margin"
+            f" {100 * ams['gate']['margin']:g} points)."
+            if ams["gate"]["enabled"]
+            else " off."
+        ),
         f"- One-Time: every parameter, {one['iterations']} Adam steps (lr {one['lr']:g}) on the"
         f" 1 fps samples of the first {one['window_s']:g} s, sent once as one qdelta body.",
         f"- Remote+Tracking: {track['sample_fps']:g} fps samples as JPEG q{track['jpeg_quality']};"
@@ -209,6 +237,9 @@ def _settings(config: dict) -> list[str]:
         f"{jit['max_stride_s']:.3f} s, γ {jit['gamma']:g} gradient-guided, Adam lr"
         f" {jit['lr']:g} (JITNet used momentum SGD), key frames as JPEG q{jit['jpeg_quality']},"
         " updates as qdelta bodies.",
+        f"- Oracle (offline): per video, every parameter, {config['oracle']['steps']} Adam steps"
+        f" (lr {config['oracle']['lr']:g}) on all of its scored frames' teacher labels, AMS's"
+        " crops and batch, scored on the same frames as the int8 file.",
         f"- Device: the student TFLite through LiteRT ({config['threads']} threads), patched"
         " with verify_and_apply from each update's arrival: end of its interval (or its key"
         " frame's arrival) + charged compute + transfer on the downlink.",
@@ -222,6 +253,9 @@ def _details(schemes: dict[str, dict], names: list[SchemeName]) -> str:
         ("ams_fp16_kbps", "{:.1f}"),
         ("full_fp16_kbps", "{:.1f}"),
         ("frames_better_than_no_custom", "{:.1%}"),
+        ("frames_worse_than_no_custom", "{:.1%}"),
+        ("share_of_oracle_gain", "{:.1%}"),
+        ("phases_gated", "{:d}"),
         ("trainer_seconds", "{:.1f}"),
         ("wall_seconds", "{:.1f}"),
         ("frames_scored", "{:d}"),
@@ -234,7 +268,7 @@ def _details(schemes: dict[str, dict], names: list[SchemeName]) -> str:
 
 
 def _targets(schemes: dict[str, dict]) -> list[str]:
-    """Issue #6's targets for AMS, each met or missed."""
+    """Issue #13's targets for AMS, each met or missed."""
     ams, base, jit = (schemes.get(s) for s in ("ams", "no_custom", "jit"))
     if ams is None:
         return []
@@ -244,16 +278,54 @@ def _targets(schemes: dict[str, dict]) -> list[str]:
     ]
     if base is not None:
         gain = 100 * (ams["miou"] - base["miou"])
-        checks.insert(0, ("mIoU ≥ No Customization + 8 points", gain >= 8, f"{gain:+.2f}"))
+        worst = min((100 * (ams["per_video"][v] - m), v) for v, m in base["per_video"].items())
+        better = ams["frames_better_than_no_custom"]
+        checks[:0] = [
+            ("mIoU ≥ No Customization + 5 points", gain >= 5, f"{gain:+.2f}"),
+            ("never below No Customization on a video", worst[0] >= 0,
+             f"{worst[0]:+.2f} ({worst[1]})"),
+            ("better than No Customization on ≥ 80 % of frames", better >= 0.8,
+             f"{better:.1%}"),
+        ]  # fmt: skip
     if jit is not None:
         gap = 100 * (ams["miou"] - jit["miou"])
-        ratio = jit["downlink_kbps"] / max(ams["downlink_kbps"], 1e-9)
-        checks += [
-            ("mIoU within 1 point of Just-In-Time (or above)", gap >= -1, f"{gap:+.2f}"),
-            ("downlink ≤ 1/10 of Just-In-Time's", ratio >= 10, f"JIT/AMS = {ratio:.1f}×"),
-        ]
+        checks.insert(1, ("mIoU ≥ Just-In-Time", gap >= 0, f"{gap:+.2f}"))
     lines = ["", "## Targets (AMS)", "", "| target | ours | met |", "|---|---|---|"]
     lines += [f"| {what} | {value} | {'yes' if ok else 'NO'} |" for what, ok, value in checks]
+    return lines
+
+
+def _variants(variants: dict[str, dict], schemes: dict[str, dict], info: StreamInfo) -> list[str]:
+    """AMS with settings changed, on the same frames: each against AMS and the baselines."""
+    ams, base = schemes.get("ams"), schemes.get("no_custom")
+    rows = {"AMS (as configured)": ({}, ams)} if ams else {}
+    rows |= {name: (v.get("overrides", {}), v) for name, v in variants.items()}
+    lines = [
+        "",
+        "## AMS variants (same frames; points against No Customization)",
+        "",
+        "| variant | settings changed | mIoU (%) | vs No Cust. | "
+        + " | ".join(info.videos)
+        + " | frames better | down (Kbps) | gated phases |",
+        "|---|---|---|---|" + "---|" * len(info.videos) + "---|---|---|",
+    ]
+    for name, (overrides, run) in rows.items():
+        changed = ", ".join(f"{k}={json.dumps(v)}" for k, v in overrides.items()) or "–"
+
+        def versus(video: str | None, run: dict = run) -> str:
+            if base is None:
+                return ""
+            ours = run["miou"] if video is None else run["per_video"].get(video)
+            theirs = base["miou"] if video is None else base["per_video"].get(video)
+            return "" if ours is None or theirs is None else f"{100 * (ours - theirs):+.2f}"
+
+        better = run.get("frames_better_than_no_custom")
+        cells = [
+            name, changed, _pct(run["miou"]), versus(None), *[versus(v) for v in info.videos],
+            "" if better is None else f"{better:.1%}", f"{run['downlink_kbps']:.1f}",
+            str(run.get("phases_gated", "")),
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 

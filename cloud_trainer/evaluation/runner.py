@@ -29,7 +29,7 @@ from rich.progress import (
 
 from cloud_trainer.ams.coordinate_descent import Selection
 from cloud_trainer.evaluation.cache import CachedTeacher, LabelCache
-from cloud_trainer.evaluation.config import EvalConfig, Geometry
+from cloud_trainer.evaluation.config import EvalConfig, Geometry, Variant
 from cloud_trainer.evaluation.record import SchemeRun
 from cloud_trainer.evaluation.schemes import Context, Scheme
 from cloud_trainer.evaluation.schemes.session_driven import ams
@@ -41,6 +41,7 @@ from edge_runtime.backends.litert import LiteRtConfig
 
 RUNS = "runs"
 ABLATION = "ablation"
+VARIANTS = "variants"
 STREAM_INFO = "stream.json"
 # Seed 002 Table 3: the strategies and fractions swept, against training every parameter.
 ABLATION_STRATEGIES = (Selection.GRADIENT, Selection.RANDOM, Selection.FIRST, Selection.LAST)
@@ -132,16 +133,30 @@ class Evaluation:
         info.save(path)
         return info
 
-    def run(self, name: str, factory: SchemeFactory, directory: Path) -> SchemeRun:
+    def run(
+        self,
+        name: str,
+        factory: SchemeFactory,
+        directory: Path,
+        overrides: dict[str, object] | None = None,
+    ) -> SchemeRun:
         """One scheme over the whole stream; saved under ``directory``."""
         run = SchemeRun(name, self.stream.signature())
+        if overrides:
+            run.extra["overrides"] = overrides
         classes = self.geometry.num_classes
         task = self.progress.add_task(name, total=self.stream.duration_s)
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"eval-{name}-") as scratch:
             teacher = CachedTeacher(self._teacher, self.teacher_labels)
             ctx = Context(
-                self.config, self.initial, teacher, self.pretrained_labels, run, Path(scratch)
+                self.config,
+                self.initial,
+                teacher,
+                self.pretrained_labels,
+                run,
+                Path(scratch),
+                self.stream,
             )
             scheme = factory(ctx)
             try:
@@ -165,11 +180,18 @@ class Evaluation:
     def ablation(self) -> None:
         """Seed 002 Table 3: AMS with each selection strategy at each γ, and with every
         parameter trained (the reference the table's differences are taken against)."""
-        training = self.config.ams.training
+        settings = self.config.ams
+        training = settings.training
         variants = {FULL_MODEL: training.model_copy(update={"gamma": 1.0})}
         for selection in ABLATION_STRATEGIES:
             for gamma in ABLATION_GAMMAS:
                 update = {"gamma": gamma, "selection": selection}
                 variants[ablation_name(selection, gamma)] = training.model_copy(update=update)
         for name, variant in variants.items():
-            self.run(name, partial(ams, training=variant), self.out / ABLATION)
+            chosen = settings.model_copy(update={"training": variant})
+            self.run(name, partial(ams, settings=chosen), self.out / ABLATION)
+
+    def variant(self, variant: Variant) -> SchemeRun:
+        """AMS with ``variant``'s settings, saved under ``variants/`` with its overrides."""
+        factory = partial(ams, settings=variant.settings)
+        return self.run(variant.name, factory, self.out / VARIANTS, variant.overrides)

@@ -28,6 +28,7 @@ class StreamFrame:
     frame: Frame  # the source's frame (its own index and timestamp)
     evaluated: bool  # scored (every eval_stride-th frame of the stream)
     size: tuple[int, int]  # (height, width) of the device model's input
+    interval_s: float = 1 / 30  # its video's frame interval
 
     @cached_property
     def rgb(self) -> np.ndarray:
@@ -79,22 +80,32 @@ class ReplayStream:
 
     def __iter__(self) -> Iterator[StreamFrame]:
         index, offset = 0, 0.0
-        for number, path in enumerate(self.videos):
-            with open_source(str(path), strict=self.clip_s is None) as source:
-                interval = 1.0 / (source.fps or 30.0)
-                last = None
-                for frame in source:
-                    if self.clip_s is not None and frame.timestamp >= self.clip_s:
-                        break
-                    last = frame.timestamp
-                    scored = index % self.eval_stride == 0
-                    t = offset + frame.timestamp
-                    yield StreamFrame(index, number, t, frame, scored, self.size)
-                    index += 1
+        for number in range(len(self.videos)):
+            last = None
+            for frame in self._video(number, index, offset):
+                last = frame
+                yield frame
             if last is None:
-                raise ValueError(f"{path}: no frame to replay")
-            offset += last + interval
+                raise ValueError(f"{self.videos[number]}: no frame to replay")
+            index, offset = last.index + 1, offset + last.frame.timestamp + last.interval_s
         self.end_s = offset
+
+    def replay_video(self, first: StreamFrame) -> Iterator[StreamFrame]:
+        """Every frame of ``first``'s video again, from ``first`` on, as the stream gave them
+        (the offline oracle sees a whole video before scoring it)."""
+        yield from self._video(first.video, first.index, first.t - first.frame.timestamp)
+
+    def _video(self, number: int, index: int, offset: float) -> Iterator[StreamFrame]:
+        """Video ``number`` whose first frame is the stream's ``index``-th, at ``offset``."""
+        with open_source(str(self.videos[number]), strict=self.clip_s is None) as source:
+            interval = 1.0 / (source.fps or 30.0)
+            for frame in source:
+                if self.clip_s is not None and frame.timestamp >= self.clip_s:
+                    break
+                scored = index % self.eval_stride == 0
+                t = offset + frame.timestamp
+                yield StreamFrame(index, number, t, frame, scored, self.size, interval)
+                index += 1
 
 
 def _declared_duration(path: Path) -> float:

@@ -1,4 +1,4 @@
-"""The five schemes of seed 002 §4.1, by name."""
+"""The five schemes of seed 002 §4.1 and the offline oracle, by name."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Callable
 from cloud_trainer.evaluation.names import SchemeName
 from cloud_trainer.evaluation.schemes.base import Context, Scheme
 from cloud_trainer.evaluation.schemes.jit import JustInTime
+from cloud_trainer.evaluation.schemes.oracle import Oracle
 from cloud_trainer.evaluation.schemes.remote_tracking import RemoteTracking
 from cloud_trainer.evaluation.schemes.session_driven import ams, no_custom, one_time
 
@@ -16,6 +17,7 @@ SCHEMES: dict[SchemeName, Callable[[Context], Scheme]] = {
     SchemeName.REMOTE_TRACKING: RemoteTracking,
     SchemeName.JIT: JustInTime,
     SchemeName.AMS: ams,
+    SchemeName.ORACLE: Oracle,
 }
 
 __all__ = ["SCHEMES", "Context", "Scheme"]

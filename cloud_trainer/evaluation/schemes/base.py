@@ -19,7 +19,7 @@ from cloud_trainer.evaluation.clock import Link, Trainer
 from cloud_trainer.evaluation.config import EvalConfig
 from cloud_trainer.evaluation.device import DeviceModel
 from cloud_trainer.evaluation.record import SchemeRun
-from cloud_trainer.evaluation.stream import StreamFrame
+from cloud_trainer.evaluation.stream import ReplayStream, StreamFrame
 from cloud_trainer.outgoing import Outgoing
 from edge_runtime.frames import Frame
 from shared_schema.messages import Update
@@ -35,6 +35,7 @@ class Context:
     pretrained: LabelCache
     run: SchemeRun
     workdir: Path  # scratch space for the trainer's mirror and checkpoints
+    stream: ReplayStream  # what is replayed (the oracle reads a video ahead)
     uplink: Link = field(init=False)
     downlink: Link = field(init=False)
     trainer: Trainer = field(init=False)

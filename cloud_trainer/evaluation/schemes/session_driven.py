@@ -18,8 +18,10 @@ import itertools
 
 from cloud_trainer.ams.asr import AsrConfig
 from cloud_trainer.ams.atr import AtrConfig
+from cloud_trainer.ams.gate import GateConfig
 from cloud_trainer.ams.training import TrainingConfig
 from cloud_trainer.config import CheckpointConfig, StudentConfig, TrainerConfig, UpdatesConfig
+from cloud_trainer.evaluation.config import AmsSettings
 from cloud_trainer.evaluation.schemes.base import DEVICE_ID, Context, ModelScheme
 from cloud_trainer.evaluation.stream import StreamFrame
 from cloud_trainer.mirror import ModelMirror
@@ -42,6 +44,7 @@ class SessionScheme(ModelScheme):
         training: TrainingConfig,
         asr: AsrConfig,
         atr: AtrConfig,
+        gate: GateConfig,
         *,
         segment_kbps: float,
         window_s: float | None = None,
@@ -53,6 +56,7 @@ class SessionScheme(ModelScheme):
             training=training,
             asr=asr,
             atr=atr,
+            gate=gate,
             checkpoint=CheckpointConfig(directory=ctx.workdir),
             # Trace-driven: update bodies go to the evaluation's device model, not over a
             # network, so there is nothing to sign.
@@ -70,6 +74,7 @@ class SessionScheme(ModelScheme):
         self._sampling_until = float("inf")
         self._seq = itertools.count()
         ctx.run.extra["ams_fp16_bytes"] = 0
+        ctx.run.extra["phases_gated"] = 0
         ctx.run.extra["sampling_fps"] = [(0.0, self.sampler.rate_fps)]
         ctx.run.extra["t_update_s"] = [(0.0, self.t_update_s)]
 
@@ -98,6 +103,7 @@ class SessionScheme(ModelScheme):
             replies = []
             while self.session.has_work:
                 replies += self.session.step()
+        self.ctx.run.extra["phases_gated"] = self.session.stats.phases_gated
         fp16 = [self._ams_fp16_size(r.msg) for r in replies if isinstance(r.msg, Update)]
         self.ctx.run.extra["ams_fp16_bytes"] += sum(fp16)
         for reply in replies:
@@ -122,14 +128,15 @@ class SessionScheme(ModelScheme):
         return len(mirror.body_for(self.session.student, UpdateFormat.AMS_FP16, mask))
 
 
-def ams(ctx: Context, training: TrainingConfig | None = None) -> SessionScheme:
-    """AMS as configured; ``training`` replaces its training settings (the ablation)."""
-    settings = ctx.config.ams
+def ams(ctx: Context, settings: AmsSettings | None = None) -> SessionScheme:
+    """AMS as configured, or with ``settings`` (a variant, the ablation)."""
+    settings = settings or ctx.config.ams
     return SessionScheme(
         ctx,
-        training or settings.training,
+        settings.training,
         settings.asr,
         settings.atr,
+        settings.gate,
         segment_kbps=settings.segment_kbps,
     )
 
@@ -145,6 +152,7 @@ def one_time(ctx: Context) -> SessionScheme:
         training,
         AsrConfig(enabled=False),  # 1 fps throughout
         AtrConfig(enabled=False),
+        GateConfig(enabled=False),  # one phase, on every sample of the window
         segment_kbps=ams_settings.segment_kbps,
         window_s=settings.window_s,
     )

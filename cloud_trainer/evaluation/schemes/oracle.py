@@ -1,0 +1,68 @@
+"""The headroom: an oracle student per video, trained offline on all of that video's teacher
+labels (every scored frame) and scored on those same frames.
+
+Not a scheme a device could run (it sees a video before scoring it, and its training costs
+are not charged): it shows how much a student of this size and precision can agree with the
+teacher on each video, so the report can say how much of that gain AMS takes. Training is
+AMS's own phase with every parameter (γ = 1) for ``steps`` Adam steps from the pretrained
+student, on random crops as AMS trains; the model the device would run is the int8 file at
+the frozen scales, scored through LiteRT.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cloud_trainer.ams.training import new_optimizer, train_phase
+from cloud_trainer.evaluation.schemes.base import DEVICE_ID, Context, Scheme
+from cloud_trainer.evaluation.stream import StreamFrame
+from cloud_trainer.metrics import ClassSubset
+from cloud_trainer.mirror import ModelMirror
+from cloud_trainer.sample_buffer import Sample, SampleBuffer
+from cloud_trainer.student import import_tflite
+from edge_runtime.backends.base import Engine
+from edge_runtime.backends.litert import LiteRtConfig
+
+
+class Oracle(Scheme):
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self._video: int | None = None
+        self._engine: Engine | None = None
+        ctx.run.extra["oracle_final_loss"] = []
+
+    def step(self, frame: StreamFrame) -> None:
+        if frame.video != self._video:  # the first frame of the next video
+            self._video = frame.video
+            self.close()
+            self._engine = LiteRtConfig(threads=self.ctx.config.threads).open(self._train(frame))
+
+    def labels(self, frame: StreamFrame) -> np.ndarray:
+        assert self._engine is not None
+        return self._engine.infer(frame.rgb).astype(np.uint8)
+
+    def _train(self, first: StreamFrame) -> bytes:
+        """The int8 file of a student trained on every scored frame of ``first``'s video."""
+        ctx, settings = self.ctx, self.ctx.config.oracle
+        student = import_tflite(ctx.initial_model)
+        buffer = SampleBuffer(horizon_s=float("inf"))
+        subset = ClassSubset(student.num_classes)
+        for frame in ctx.stream.replay_video(first):
+            if frame.evaluated:
+                labels = ctx.teacher.label(frame.rgb[None])[0].astype(np.uint8)
+                subset.observe(labels)
+                buffer.add(Sample(frame.t, frame.rgb, labels))
+        training = ctx.config.ams.training.model_copy(
+            update={"gamma": 1.0, "iterations": settings.steps, "lr": settings.lr}
+        )
+        rng = np.random.default_rng(ctx.config.seed + first.video)
+        result = train_phase(
+            student, new_optimizer(student, training), buffer, subset.seen, training, rng
+        )
+        ctx.run.extra["oracle_final_loss"].append(result.last_loss)
+        return ModelMirror(ctx.initial_model, device_id=DEVICE_ID).candidate(student)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None

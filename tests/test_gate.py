@@ -1,0 +1,34 @@
+"""The regression gate's rule and how many samples a phase leaves out (cloud_trainer.ams.gate);
+a session gating a phase on the real models is in test_session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cloud_trainer.ams.gate import GateConfig, judge
+from cloud_trainer.sample_buffer import Sample
+
+
+def _sample(labels: np.ndarray) -> Sample:
+    return Sample(0.0, np.zeros((*labels.shape, 3), np.uint8), labels)
+
+
+def test_a_model_passes_unless_it_loses_more_than_the_margin():
+    truth = np.zeros((4, 4), np.uint8)
+    truth[:2] = 1  # half class 1
+    right, wrong = truth.copy(), np.zeros_like(truth)  # wrong: IoU 0.5 on class 0, 0 on 1
+    samples = [_sample(truth)] * 2
+    same = judge([right, right], [right, right], samples, (0, 1), margin=0.0)
+    assert (same.candidate, same.running, same.passed) == (1.0, 1.0, True)
+    worse = judge([right, wrong], [right, right], samples, (0, 1), margin=0.0)
+    assert worse.candidate == pytest.approx((1.0 + 0.25) / 2) and not worse.passed
+    assert judge([right, wrong], [right, right], samples, (0, 1), margin=0.375).passed
+    assert not judge([right, wrong], [right, right], samples, (0, 1), margin=0.37).passed
+    assert judge([right, right], [wrong, wrong], samples, (0, 1), margin=0.0).passed
+
+
+def test_a_phase_holds_out_at_most_half_and_nothing_while_there_is_one_sample():
+    gate = GateConfig(holdout=4)
+    assert [gate.held_out(n) for n in (0, 1, 2, 3, 8, 9, 100)] == [0, 0, 1, 1, 4, 4, 4]
+    assert GateConfig(enabled=False).held_out(100) == 0
