@@ -16,6 +16,7 @@ from cloud_trainer.student import (
     UnsupportedOpsError,
     import_tflite,
     quantized_weights,
+    saturated_weights,
     tensor_buffer_indices,
 )
 from cloud_trainer.student.agreement import check_agreement, sample_frames
@@ -101,6 +102,17 @@ def test_a_changed_weight_changes_only_its_value_in_the_file_layout() -> None:
     assert difference[0, row, col, channel] == step
     assert np.count_nonzero(difference) == 1
     assert all(np.array_equal(before[t], after[t]) for t in before if t != index)
+
+
+def test_weights_pushed_past_the_int8_range_count_as_saturated() -> None:
+    student = import_tflite(_shared(STUDENT))
+    assert saturated_weights(student) == 0  # the file's own values all fit
+    weight = next(c for c in student.constants() if c.spec.dtype == np.uint8)
+    with torch.no_grad():
+        weight.master[0, 0, 0, :3] += 300 * weight.spec.quant.scale[0]  # beyond 255 steps
+    assert saturated_weights(student) == 3
+    stored = weight.stored()
+    assert np.count_nonzero(stored == 255) >= 3  # the file holds them clamped
 
 
 def test_edgetpu_model_is_rejected_naming_its_custom_op() -> None:

@@ -256,6 +256,7 @@ def _details(schemes: dict[str, dict], names: list[SchemeName]) -> str:
         ("frames_worse_than_no_custom", "{:.1%}"),
         ("share_of_oracle_gain", "{:.1%}"),
         ("phases_gated", "{:d}"),
+        ("saturated_weights", "{:d}"),
         ("trainer_seconds", "{:.1f}"),
         ("wall_seconds", "{:.1f}"),
         ("frames_scored", "{:d}"),

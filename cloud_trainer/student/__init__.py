@@ -11,6 +11,7 @@ from cloud_trainer.student.tflite.student import (
     TFLiteStudent,
     import_tflite,
     quantized_weights,
+    saturated_weights,
     tensor_buffer_indices,
 )
 
@@ -22,5 +23,6 @@ __all__ = [
     "UnsupportedOpsError",
     "import_tflite",
     "quantized_weights",
+    "saturated_weights",
     "tensor_buffer_indices",
 ]

@@ -26,6 +26,7 @@ from cloud_trainer.evaluation.schemes.base import DEVICE_ID, Context, ModelSchem
 from cloud_trainer.evaluation.stream import StreamFrame
 from cloud_trainer.mirror import ModelMirror
 from cloud_trainer.session import Session
+from cloud_trainer.student import saturated_weights
 from cloud_trainer.teacher import TeacherConfig
 from edge_runtime.frames import Frame
 from edge_runtime.h264 import encode_segment
@@ -75,6 +76,7 @@ class SessionScheme(ModelScheme):
         self._seq = itertools.count()
         ctx.run.extra["ams_fp16_bytes"] = 0
         ctx.run.extra["phases_gated"] = 0
+        ctx.run.extra["saturated_weights"] = 0  # trained values the int8 grid clamps, at the end
         ctx.run.extra["sampling_fps"] = [(0.0, self.sampler.rate_fps)]
         ctx.run.extra["t_update_s"] = [(0.0, self.t_update_s)]
 
@@ -104,6 +106,7 @@ class SessionScheme(ModelScheme):
             while self.session.has_work:
                 replies += self.session.step()
         self.ctx.run.extra["phases_gated"] = self.session.stats.phases_gated
+        self.ctx.run.extra["saturated_weights"] = saturated_weights(self.session.student)
         fp16 = [self._ams_fp16_size(r.msg) for r in replies if isinstance(r.msg, Update)]
         self.ctx.run.extra["ams_fp16_bytes"] += sum(fp16)
         for reply in replies:

@@ -101,6 +101,10 @@ class QuantizedConstant(nn.Module):
         offset = self.master - self.master.detach()  # zero, but carries the gradient
         return (q - zero_point).to(self.master.dtype) + offset * through
 
+    def saturated(self) -> int:
+        """How many master values lie beyond the storage range: the file holds them clamped."""
+        return int((~self._to_grid()[1]).sum())
+
     def stored(self) -> np.ndarray:
         """The values as the file stores them: storage dtype, TFLite layout."""
         q, _, _, _ = self._to_grid()

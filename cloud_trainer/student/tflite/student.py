@@ -173,6 +173,11 @@ def quantized_weights(student: TFLiteStudent) -> dict[int, np.ndarray]:
     return {c.spec.tensor_index: c.stored() for c in student.constants()}
 
 
+def saturated_weights(student: TFLiteStudent) -> int:
+    """Weights and biases whose trained value the frozen grid cannot hold (clamped on write)."""
+    return sum(c.saturated() for c in student.constants())
+
+
 def tensor_buffer_indices(student: TFLiteStudent) -> dict[int, int]:
     """Flatbuffer buffer index of every weight and bias tensor, keyed by TFLite tensor index."""
     return {c.spec.tensor_index: c.spec.buffer_index for c in student.constants()}
