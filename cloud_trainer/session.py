@@ -186,6 +186,7 @@ class Session:
         self._segments: deque[SpoolEntry] = deque()
         self._archive: deque[_Archived] = deque()
         self._previous_labels: np.ndarray | None = None
+        self._fresh = 0  # samples labelled since the last phase: the next one's held-out
         self._next_rate_update: float | None = None
         self._clock = DeviceClock()  # the device's time, across its restarts
         self._phase_due = False
@@ -466,6 +467,7 @@ class Session:
         return self._rate_control(segment.timestamps[-1])
 
     def _add_samples(self, samples: list[Sample]) -> None:
+        self._fresh += len(samples)
         for sample in samples:
             self.subset.observe(sample.labels)
             if self._previous_labels is not None:
@@ -489,7 +491,8 @@ class Session:
         self._phase_due = False
         if len(self.buffer) == 0:
             return []
-        held_out = self.config.gate.held_out(len(self.buffer))
+        held_out = self.config.gate.held_out(self._fresh, len(self.buffer))
+        self._fresh = 0
         result: PhaseResult = train_phase(
             self.student,
             self.optimizer,
@@ -521,8 +524,9 @@ class Session:
         return self._counted_downlink([update])
 
     def _passes_gate(self, held_out: int) -> bool:
-        """Whether the phase's model may go (see ``ams.gate``); if not, training returns to
-        the weights of the last model sent (the optimizer's moments stay)."""
+        """Whether the phase's model may go (see ``ams.gate``); if not, with ``revert``,
+        training returns to the weights of the last model sent (the optimizer's moments
+        stay)."""
         if held_out == 0:
             return True
         samples = self.buffer.newest(held_out)
@@ -534,7 +538,8 @@ class Session:
         log.info("%s: phase %d gated: mIoU %.3f against the device's %.3f on %d held-out"
                  " samples", self.device_id, self.stats.phases, verdict.candidate,
                  verdict.running, held_out)  # fmt: skip
-        self.student.load_state_dict(self._sent_weights)
+        if self.config.gate.revert:
+            self.student.load_state_dict(self._sent_weights)
         return False
 
     def _update_format(self) -> UpdateFormat | None:
@@ -586,6 +591,7 @@ class Session:
             "stats": asdict(self.stats),
             "archive": [(a.segment.model_dump_json(), a.h264, a.labels) for a in self._archive],
             "previous_labels": _tensor_or_none(self._previous_labels),
+            "fresh": self._fresh,
             "next_rate_update": self._next_rate_update,
             "clock": self._clock.state_dict(),
             "rng": self._rng.bit_generator.state,
@@ -634,6 +640,7 @@ class Session:
         previous = state["previous_labels"]
         self._previous_labels = None if previous is None else previous.cpu().numpy()
         self._next_rate_update = state["next_rate_update"]
+        self._fresh = int(state.get("fresh", 0))  # not in checkpoints before the gate
         self._clock.load_state_dict(state["clock"])
         self._rng.bit_generator.state = state["rng"]
         for segment_json, h264, packed in state["archive"]:

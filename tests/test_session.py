@@ -577,7 +577,7 @@ def test_an_update_no_ack_answers_is_offered_again_with_backoff(session, segment
 
 def _gated_session(tmp_path, lr: float, **gate) -> Session:
     raw = trainer_raw(tmp_path, lr=lr)
-    raw["gate"] = {**raw["gate"], **gate}
+    raw["gate"] = {**raw["gate"], "enabled": True, **gate}
     config = TrainerConfig.model_validate(raw)
     return Session(
         "cam-1",
@@ -596,15 +596,17 @@ def _updates_of_two_segments(session, segments):
     return out
 
 
-def test_a_phase_that_wrecks_the_model_is_gated_and_training_returns(tmp_path, segments):
+@pytest.mark.parametrize("revert", [True, False])
+def test_a_phase_that_wrecks_the_model_is_gated(tmp_path, segments, revert):
     # lr 1: two Adam steps move every selected weight by about one unit: the model is wrecked
-    session = _gated_session(tmp_path, lr=1.0, margin=0.0)
+    session = _gated_session(tmp_path, lr=1.0, margin=0.0, revert=revert)
     sent = {k: v.clone() for k, v in session.student.state_dict().items()}
     assert _updates_of_two_segments(session, segments) == []
     assert session.stats.phases == 2 and session.stats.phases_gated == 2
     assert session.mirror.version == 0  # nothing was made
     after = session.student.state_dict()
-    assert all(torch.equal(after[k], v) for k, v in sent.items())  # back to the file sent
+    back = all(torch.equal(after[k], v) for k, v in sent.items())
+    assert back == revert  # back to the file sent, or training went on from the phase
 
 
 def test_without_the_gate_the_same_phases_are_sent(tmp_path, segments):
