@@ -295,6 +295,7 @@ class _Prometheus:
         "bytes_up",
         "bytes_down",
         "phases",
+        "phases_gated",
         "updates_sent",
         "updates_acked",
         "updates_rejected",

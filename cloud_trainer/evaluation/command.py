@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cloud_trainer.evaluation.names import PRESETS, SchemeName
+from cloud_trainer.evaluation.names import DEFAULT_SCHEMES, PRESETS, SchemeName
 from shared_schema.config_files import find_shared_dir
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     )
     parser.add_argument("--video", action="append", required=True, type=Path,
                         help="a video; repeat to concatenate several into one stream")  # fmt: skip
-    parser.add_argument("--schemes", default=",".join(SchemeName),
+    parser.add_argument("--schemes", default=",".join(DEFAULT_SCHEMES),
                         help="comma-separated, from: " + ", ".join(SchemeName)
                         + "; an empty list only rebuilds the report from saved runs")  # fmt: skip
     parser.add_argument("--out", required=True, type=Path, help="output directory")

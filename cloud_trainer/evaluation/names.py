@@ -13,6 +13,9 @@ class SchemeName(StrEnum):
     JIT = "jit"
     AMS = "ams"
     ORACLE = "oracle"  # the headroom, not a scheme a device could run
+    ORACLE_FLOAT = "oracle_float"  # the same in float32: what the int8 grid costs at best
 
 
+# What ``evaluate`` runs unless told: all but the float oracle (a precision study).
+DEFAULT_SCHEMES = tuple(s for s in SchemeName if s != SchemeName.ORACLE_FLOAT)
 PRESETS = ("quick", "paper")

@@ -43,6 +43,7 @@ TITLES = {
     SchemeName.JIT: "Just-In-Time",
     SchemeName.AMS: "AMS",
     SchemeName.ORACLE: "Oracle (offline)",
+    SchemeName.ORACLE_FLOAT: "Oracle, float32",
 }
 # Seed 002 Table 1, Outdoor Scenes: mIoU (%), uplink and downlink (Kbps).
 PAPER = {
@@ -373,7 +374,8 @@ def _plot_miou(path: Path, runs: dict[str, SchemeRun], info: StreamInfo) -> None
     fig, ax = plt.subplots(figsize=(11, 5))
     for i, (name, run) in enumerate(runs.items()):
         t, scores = np.asarray(run.frame_t), run.per_frame_miou(info.classes)
-        window = max(1, round(len(t) / max(t[-1] - t[0], 1e-9) * 5))  # ~5 s
+        # ~5 s, never more frames than there are ("same" would return the kernel's length)
+        window = min(len(t), max(1, round(len(t) / max(t[-1] - t[0], 1e-9) * 5)))
         kernel = np.ones(window)  # a centred mean, over fewer frames at the two ends
         smooth = np.convolve(scores, kernel, "same") / np.convolve(np.ones(len(t)), kernel, "same")
         ax.plot(t, 100 * smooth, lw=1.2, color=_color(name), label=TITLES[SchemeName(name)])

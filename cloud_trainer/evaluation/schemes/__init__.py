@@ -7,7 +7,7 @@ from collections.abc import Callable
 from cloud_trainer.evaluation.names import SchemeName
 from cloud_trainer.evaluation.schemes.base import Context, Scheme
 from cloud_trainer.evaluation.schemes.jit import JustInTime
-from cloud_trainer.evaluation.schemes.oracle import Oracle
+from cloud_trainer.evaluation.schemes.oracle import FloatOracle, Oracle
 from cloud_trainer.evaluation.schemes.remote_tracking import RemoteTracking
 from cloud_trainer.evaluation.schemes.session_driven import ams, no_custom, one_time
 
@@ -18,6 +18,7 @@ SCHEMES: dict[SchemeName, Callable[[Context], Scheme]] = {
     SchemeName.JIT: JustInTime,
     SchemeName.AMS: ams,
     SchemeName.ORACLE: Oracle,
+    SchemeName.ORACLE_FLOAT: FloatOracle,
 }
 
 __all__ = ["SCHEMES", "Context", "Scheme"]
