@@ -17,10 +17,6 @@ def trainer_raw(tmp_path: Path, broker=None, **training) -> dict:
     raw["checkpoint"] = {"directory": str(tmp_path / "ckpt"), "interval_s": 2.0}
     raw["metrics"] = {"interval_s": 1.0}
     raw["asr"]["interval_s"] = 2.0
-    # Two steps on one tiny crop barely move the model: whether the gate passes such a phase
-    # is a coin toss. Tests of the session's mechanics want every phase sent; the gate's own
-    # tests turn it on.
-    raw["gate"]["enabled"] = False
     if broker is not None:
         raw["mqtt"].update(broker.mqtt_table("trainer"))
     return expand_paths(raw, DEFAULT_CONFIG.parent, PATH_KEYS)
