@@ -306,3 +306,31 @@ def test_the_models_must_be_readable_and_agree_on_geometry(shared_dir, tmp_path)
     (tmp_path / "text.tflite").write_text("not a model")
     with pytest.raises(ConfigFileError, match=r"--teacher takes a quantized \.tflite"):
         Geometry.of(student, tmp_path / "text.tflite")
+
+
+def test_the_float_oracle_scores_the_float_network_not_the_int8_file(shared_dir, tmp_path):
+    from cloud_trainer.evaluation.config import preset
+    from cloud_trainer.evaluation.runner import Evaluation
+    from cloud_trainer.evaluation.schemes.oracle import FloatOracle
+    from cloud_trainer.student import import_tflite
+
+    models = shared_dir / "models/coral"
+    config = preset("quick", models / "deeplabv3_mnv2_dm05_pascal_quant.tflite",
+                    models / "deeplabv3_mnv2_pascal_quant.tflite")  # fmt: skip
+    # one step at a negligible rate: the oracle's network is the pretrained one, in float
+    config = config.model_copy(update={
+        "stream": config.stream.model_copy(update={"clip_s": 0.4, "eval_stride": 2}),
+        "oracle": config.oracle.model_copy(update={"steps": 1, "lr": 1e-12}),
+    })  # fmt: skip
+    evaluation = Evaluation(config, [shared_dir / "videos/vtest.avi"], tmp_path, tmp_path / "c")
+    run = evaluation.run("oracle_float", FloatOracle, tmp_path / "runs")
+    student = import_tflite(config.student_model)
+    student.fake_quant = False
+    frames = [f for f in evaluation.stream if f.evaluated]
+    assert len(run.frame_counts) == len(frames) == 2
+    for frame, counts in zip(frames, run.frame_counts, strict=True):
+        target = evaluation.teacher_labels(frame.rgb[None])[0]
+        float_labels = student.labels(frame.rgb[None])[0].numpy()
+        assert np.array_equal(counts, iou_counts(float_labels, target, 21))
+        int8 = iou_counts(evaluation.pretrained_labels(frame.rgb[None])[0], target, 21)
+        assert not np.array_equal(counts, int8)  # the float network labels differently
