@@ -92,6 +92,8 @@ def test_concatenated_stream_runs_on_one_clock(shared_dir):
     assert [f.index for f in frames if f.evaluated] == list(range(0, len(frames), 4))
     assert stream.end_s == pytest.approx(2.0, abs=0.01)  # bottle runs at 29.97 fps
     assert frames[-1].rgb.shape == (513, 513, 3)
+    looped = ReplayStream([videos[1], videos[0], videos[1]], size=(65, 65))
+    assert looped.names == ["bottle-detection.mp4", "vtest.avi", "bottle-detection.mp4 (2)"]
 
 
 def test_a_video_replayed_gives_the_frames_the_stream_gave(shared_dir):

@@ -77,7 +77,10 @@ def hello(sha, formats=(UpdateFormat.QDELTA,)):
 
 @pytest.fixture
 def session(tmp_path):
-    config = trainer_config(tmp_path)
+    return _new_session(tmp_path, trainer_config(tmp_path))
+
+
+def _new_session(tmp_path, config: TrainerConfig) -> Session:
     return Session(
         "cam-1",
         config,
@@ -578,14 +581,7 @@ def test_an_update_no_ack_answers_is_offered_again_with_backoff(session, segment
 def _gated_session(tmp_path, lr: float, **gate) -> Session:
     raw = trainer_raw(tmp_path, lr=lr)
     raw["gate"] = {**raw["gate"], "enabled": True, **gate}
-    config = TrainerConfig.model_validate(raw)
-    return Session(
-        "cam-1",
-        config,
-        load_teacher(config.teacher),
-        config.student.model.read_bytes(),
-        directory=tmp_path / "ckpt" / "cam-1",
-    )
+    return _new_session(tmp_path, TrainerConfig.model_validate(raw))
 
 
 def _updates_of_two_segments(session, segments):

@@ -8,6 +8,7 @@ joins, which is where the scene changes are. Frames are decoded by the runtime's
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -72,7 +73,13 @@ class ReplayStream:
 
     @property
     def names(self) -> list[str]:
-        return [p.path.name for p in self.parts]
+        """Each video's file name; a video replayed again is told apart: ``a.mp4 (2)``."""
+        names, seen = [], Counter[str]()
+        for part in self.parts:
+            seen[part.path.name] += 1
+            count = seen[part.path.name]
+            names.append(part.path.name if count == 1 else f"{part.path.name} ({count})")
+        return names
 
     def signature(self) -> dict[str, object]:
         """What makes two runs score the same frames (runs merge only when it matches)."""
