@@ -29,9 +29,9 @@ def test_a_model_passes_unless_it_loses_more_than_the_margin():
 
 
 def test_a_phase_holds_out_only_new_samples_at_most_half_and_none_of_one():
-    gate = GateConfig(holdout=4)
+    gate = GateConfig(enabled=True, holdout=4)
     buffered = (0, 1, 2, 3, 8, 9, 100)
     assert [gate.held_out(100, n) for n in buffered] == [0, 0, 1, 1, 4, 4, 4]
     # only what arrived since the last phase: at 0.1 fps, one frame, trained on next phase
     assert [gate.held_out(fresh, 100) for fresh in (0, 1, 3, 10)] == [0, 1, 3, 4]
-    assert GateConfig(enabled=False).held_out(100, 100) == 0
+    assert GateConfig().held_out(100, 100) == 0  # off by default
