@@ -308,7 +308,7 @@ def _variants(variants: dict[str, dict], schemes: dict[str, dict], info: StreamI
         "",
         "| variant | settings changed | mIoU (%) | vs No Cust. | "
         + " | ".join(info.videos)
-        + " | frames better | down (Kbps) | gated phases |",
+        + " | frames better | up/down (Kbps) | gated phases |",
         "|---|---|---|---|" + "---|" * len(info.videos) + "---|---|---|",
     ]
     for name, (overrides, run) in rows.items():
@@ -324,7 +324,8 @@ def _variants(variants: dict[str, dict], schemes: dict[str, dict], info: StreamI
         better = run.get("frames_better_than_no_custom")
         cells = [
             name, changed, _pct(run["miou"]), versus(None), *[versus(v) for v in info.videos],
-            "" if better is None else f"{better:.1%}", f"{run['downlink_kbps']:.1f}",
+            "" if better is None else f"{better:.1%}",
+            f"{run['uplink_kbps']:.1f}/{run['downlink_kbps']:.1f}",
             str(run.get("phases_gated", "")),
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
