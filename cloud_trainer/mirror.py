@@ -96,13 +96,13 @@ class ModelMirror:
             if mask is None:
                 raise ValueError("ams-fp16 needs the phase's parameter mask")
             return ams_fp16.encode(base, _selected_values(student, mask))
-        body = qdelta.encode(base, quantized_weights(student))
         if fmt == UpdateFormat.ZPATCH:
-            body = zpatch.encode(self.data, apply_update(UpdateFormat.QDELTA, base, body))
-        return body
+            return zpatch.encode(self.data, self.candidate(student))
+        return qdelta.encode(base, quantized_weights(student))
 
     def candidate(self, student: TFLiteStudent) -> bytes:
-        """The file ``advance`` would make of ``student``, without making a version."""
+        """The file ``advance`` would make of ``student`` (in qdelta or zpatch), without making
+        a version."""
         base = self._layout.with_data(self.data)
         body = qdelta.encode(base, quantized_weights(student))
         return apply_update(UpdateFormat.QDELTA, base, body)

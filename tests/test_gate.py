@@ -35,3 +35,22 @@ def test_a_phase_holds_out_only_new_samples_at_most_half_and_none_of_one():
     # only what arrived since the last phase: at 0.1 fps, one frame, trained on next phase
     assert [gate.held_out(fresh, 100) for fresh in (0, 1, 3, 10)] == [0, 1, 3, 4]
     assert GateConfig().held_out(100, 100) == 0  # off by default
+
+
+def test_the_judged_file_is_the_file_the_update_makes(shared_dir):
+    import torch
+
+    from cloud_trainer.mirror import ModelMirror
+    from cloud_trainer.student import import_tflite
+    from shared_schema.messages import UpdateFormat
+
+    initial = (shared_dir / "models/coral/deeplabv3_mnv2_dm05_pascal_quant.tflite").read_bytes()
+    student = import_tflite(initial)
+    with torch.no_grad():
+        list(student.parameters())[-1][3] += 0.5  # a class's bias, several grid steps
+    for fmt in (UpdateFormat.QDELTA, UpdateFormat.ZPATCH):
+        mirror = ModelMirror(initial, device_id="d")
+        judged = mirror.candidate(student)
+        assert judged != initial
+        mirror.advance(student, fmt)
+        assert mirror.data == judged, fmt
