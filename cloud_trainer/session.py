@@ -173,8 +173,9 @@ class Session:
         self.student = import_tflite(self.mirror.data).to(training.device)
         self.optimizer = new_optimizer(self.student, training)
         self._gate = RegressionGate(config.gate)
-        # the weights of the last model sent: where training returns after a gated phase
-        self._sent_weights = self._weights()
+        # the weights of the last model sent, kept only where a gated phase returns to them
+        self._sent_weights: dict[str, torch.Tensor] = {}
+        self._remember_sent()
         self.subset = ClassSubset(self.student.num_classes)
         self.device = DeviceView()
         self.stats = SessionStats(mirror_files_damaged=len(self.mirror.damaged))
@@ -372,10 +373,14 @@ class Session:
         restored = import_tflite(self.mirror.data).to(self.config.training.device)
         self.student.load_state_dict(restored.state_dict())
         self.optimizer = new_optimizer(self.student, self.config.training)
-        self._sent_weights = self._weights()
+        self._remember_sent()
 
-    def _weights(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.student.state_dict().items()}
+    def _remember_sent(self) -> None:
+        """Copy the weights of the model just sent, if a gated phase is to return to them
+        ([gate] revert); otherwise no copy per update."""
+        if self.config.gate.revert:
+            state = self.student.state_dict()
+            self._sent_weights = {k: v.detach().clone() for k, v in state.items()}
 
     def _catch_up(self, device_sha: str | None) -> list[Outgoing]:
         """Whatever brings the device from the file it runs to the mirror's latest: nothing,
@@ -519,7 +524,7 @@ class Session:
         # a trainer killed at any instant resumes exactly on them (see _restore).
         self.save(making=self.mirror.version + 1)
         update = self.mirror.advance(self.student, fmt, mask=self.optimizer.mask)
-        self._sent_weights = self._weights()
+        self._remember_sent()
         self.stats.updates_sent += 1
         return self._counted_downlink([update])
 
@@ -650,7 +655,7 @@ class Session:
         if state.get("mirror_version") in (self.mirror.version, self.mirror.version + 1):
             self.student.load_state_dict(state["student"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self._sent_weights = self._weights()
+            self._remember_sent()
         else:  # an older checkpoint (or a damaged mirror file): those weights are older
             log.warning(
                 "%s: checkpoint of version %s, mirror at %d: training from the mirror's file",
