@@ -23,6 +23,7 @@ from pydantic import (
 from cloud_trainer.ams.asr import AsrConfig
 from cloud_trainer.ams.atr import AtrConfig
 from cloud_trainer.ams.gate import GateConfig
+from cloud_trainer.ams.rebase import RebaseConfig
 from cloud_trainer.ams.training import TrainingConfig
 from cloud_trainer.teacher import TeacherConfig
 from shared_schema.config_files import (
@@ -120,6 +121,7 @@ class TrainerConfig(_Section):
     asr: AsrConfig = AsrConfig()
     atr: AtrConfig = AtrConfig()
     gate: GateConfig = GateConfig()
+    rebase: RebaseConfig = RebaseConfig()
     updates: UpdatesConfig  # no default: a deployment names its signing key
     checkpoint: CheckpointConfig
     metrics: MetricsConfig = MetricsConfig()

@@ -296,6 +296,7 @@ class _Prometheus:
         "bytes_down",
         "phases",
         "phases_gated",
+        "rebases",
         "updates_sent",
         "updates_acked",
         "updates_rejected",

@@ -27,17 +27,27 @@ class SampleBuffer:
         if horizon_s <= 0:
             raise ValueError("horizon_s must be positive")
         self.horizon_s = horizon_s
+        self.start = -float("inf")  # samples before this time are not kept (``restart``)
         self._samples: list[Sample] = []  # in timestamp order (segments may arrive out of it)
 
     def __len__(self) -> int:
         return len(self._samples)
 
     def add(self, sample: Sample) -> None:
-        """Keep ``sample``; forget what is older than the horizon before the newest sample."""
+        """Keep ``sample`` (unless it is before ``start``); forget what is older than the
+        horizon before the newest sample."""
+        if sample.timestamp < self.start:
+            return
         bisect.insort(self._samples, sample, key=lambda s: s.timestamp)
         cutoff = self._samples[-1].timestamp - self.horizon_s
         first_kept = bisect.bisect_left(self._samples, cutoff, key=lambda s: s.timestamp)
         del self._samples[:first_kept]
+
+    def restart(self, at: float) -> None:
+        """Forget the samples before ``at`` and keep none from before it from now on: the
+        scene they showed is gone (``ams.rebase``)."""
+        self.start = max(self.start, at)
+        del self._samples[: bisect.bisect_left(self._samples, at, key=lambda s: s.timestamp)]
 
     def samples(self) -> list[Sample]:
         return list(self._samples)

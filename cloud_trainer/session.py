@@ -24,7 +24,9 @@ import zstandard
 
 from cloud_trainer.ams.asr import AdaptiveSamplingRate, phi_score
 from cloud_trainer.ams.atr import AdaptiveTrainingRate
-from cloud_trainer.ams.gate import RegressionGate
+from cloud_trainer.ams.gate import judge
+from cloud_trainer.ams.judging import FileJudge
+from cloud_trainer.ams.rebase import should_rebase
 from cloud_trainer.ams.training import PhaseResult, new_optimizer, train_phase
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.device_clock import DeviceClock
@@ -119,6 +121,7 @@ class SessionStats:
     bytes_down: int = 0
     phases: int = 0
     phases_gated: int = 0  # their model scored worse than the device's: not sent
+    rebases: int = 0  # the base model did better on new samples: training restarted from it
     updates_sent: int = 0
     updates_acked: int = 0
     updates_rejected: int = 0
@@ -157,6 +160,7 @@ class Session:
         self._signer = signer
         self.directory = directory
         self._teacher = teacher
+        self._base = initial_model  # the pretrained student: what a rebase returns to
         training = config.training
         self.buffer = SampleBuffer(training.horizon_s)
         self.asr = AdaptiveSamplingRate(config.asr)
@@ -172,7 +176,7 @@ class Session:
         # of the very weights that made it replaces these in restore().
         self.student = import_tflite(self.mirror.data).to(training.device)
         self.optimizer = new_optimizer(self.student, training)
-        self._gate = RegressionGate(config.gate)
+        self._judge = FileJudge(config.teacher.threads)  # for the gate and the rebase rule
         # the weights of the last model sent, kept only where a gated phase returns to them
         self._sent_weights: dict[str, torch.Tensor] = {}
         self._remember_sent()
@@ -370,10 +374,15 @@ class Session:
 
     def _train_from_mirror(self) -> None:
         """The student becomes the mirror's latest file again, with fresh optimizer state."""
-        restored = import_tflite(self.mirror.data).to(self.config.training.device)
+        self._train_from(self.mirror.data)
+        self._remember_sent()
+
+    def _train_from(self, data: bytes) -> None:
+        """The student takes the weights of the model file ``data``, with fresh optimizer
+        state."""
+        restored = import_tflite(data).to(self.config.training.device)
         self.student.load_state_dict(restored.state_dict())
         self.optimizer = new_optimizer(self.student, self.config.training)
-        self._remember_sent()
 
     def _remember_sent(self) -> None:
         """Copy the weights of the model just sent, if a gated phase is to return to them
@@ -496,8 +505,9 @@ class Session:
         self._phase_due = False
         if len(self.buffer) == 0:
             return []
-        held_out = self.config.gate.held_out(self._fresh, len(self.buffer))
-        self._fresh = 0
+        fresh, self._fresh = self._fresh, 0
+        self._rebase_if_better(fresh)
+        held_out = self.config.gate.held_out(fresh, len(self.buffer))
         result: PhaseResult = train_phase(
             self.student,
             self.optimizer,
@@ -528,6 +538,26 @@ class Session:
         self.stats.updates_sent += 1
         return self._counted_downlink([update])
 
+    def _rebase_if_better(self, fresh: int) -> None:
+        """Back to the base model and the ``fresh`` samples' scene alone, if the base labels
+        them better than the device's model (see ``ams.rebase``)."""
+        rule = self.config.rebase
+        if not rule.enabled or fresh == 0 or self.mirror.data == self._base:
+            return
+        new = self.buffer.newest(min(fresh, len(self.buffer)))
+        judged, classes = new[-rule.samples :], self.subset.classes
+        base = self._judge.score(self._base, judged, classes)
+        running = self._judge.score(self.mirror.data, judged, classes)
+        if not should_rebase(base, running, rule.margin):
+            return
+        self._train_from(self._base)
+        self.buffer.restart(new[0].timestamp)
+        self._forget_archived()
+        self.stats.rebases += 1
+        log.info("%s: rebased before phase %d: the base model scored %.3f against the device's"
+                 " %.3f on %d new samples; %d samples kept", self.device_id,
+                 self.stats.phases + 1, base, running, len(judged), len(self.buffer))  # fmt: skip
+
     def _passes_gate(self, held_out: int) -> bool:
         """Whether the phase's model may go (see ``ams.gate``); if not, with ``revert``,
         training returns to the weights of the last model sent (the optimizer's moments
@@ -536,7 +566,12 @@ class Session:
             return True
         samples = self.buffer.newest(held_out)
         candidate = self.mirror.candidate(self.student)
-        verdict = self._gate.judge(candidate, self.mirror.data, samples, self.subset.classes)
+        classes = self.subset.classes
+        verdict = judge(
+            self._judge.score(candidate, samples, classes),
+            self._judge.score(self.mirror.data, samples, classes),
+            self.config.gate.margin,
+        )
         if verdict.passed:
             return True
         self.stats.phases_gated += 1
@@ -578,8 +613,13 @@ class Session:
     def _archive_segment(self, segment: Segment, h264: bytes, labels: np.ndarray) -> None:
         packed = zstandard.ZstdCompressor(level=3).compress(labels.tobytes())
         self._archive.append(_Archived(segment, h264, packed))
-        horizon_start = segment.timestamps[-1] - self.config.training.horizon_s
-        while self._archive and self._archive[0].segment.timestamps[-1] < horizon_start:
+        self._forget_archived()
+
+    def _forget_archived(self) -> None:
+        """Archived segments whose samples the buffer no longer keeps leave the archive."""
+        newest = self._archive[-1].segment.timestamps[-1] if self._archive else 0.0
+        start = max(newest - self.config.training.horizon_s, self.buffer.start)
+        while self._archive and self._archive[0].segment.timestamps[-1] < start:
             self._archive.popleft()
 
     def save(self, making: int | None = None) -> Path:
@@ -597,6 +637,7 @@ class Session:
             "archive": [(a.segment.model_dump_json(), a.h264, a.labels) for a in self._archive],
             "previous_labels": _tensor_or_none(self._previous_labels),
             "fresh": self._fresh,
+            "buffer_start": self.buffer.start,
             "next_rate_update": self._next_rate_update,
             "clock": self._clock.state_dict(),
             "rng": self._rng.bit_generator.state,
@@ -648,6 +689,7 @@ class Session:
         self._fresh = int(state.get("fresh", 0))  # not in checkpoints before the gate
         self._clock.load_state_dict(state["clock"])
         self._rng.bit_generator.state = state["rng"]
+        self.buffer.start = float(state.get("buffer_start", -float("inf")))  # since the rebase
         for segment_json, h264, packed in state["archive"]:
             self._restore_segment(Segment.model_validate_json(segment_json), h264, packed)
         # The weights of the mirror's last version, or of the next one, killed before its file

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from cloud_trainer.ams.training import train_phase
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.device_clock import RESTART_GAP_S, DeviceClock
 from cloud_trainer.session import Session
@@ -609,3 +610,44 @@ def test_without_the_gate_the_same_phases_are_sent(tmp_path, segments):
     session = _gated_session(tmp_path, lr=1.0, enabled=False)
     assert len(_updates_of_two_segments(session, segments)) == 2
     assert session.stats.phases_gated == 0
+
+
+def _rebasing_session(tmp_path, **rebase) -> Session:
+    # lr 1: a phase wrecks the model, and the base labels the next samples far better
+    raw = trainer_raw(tmp_path, lr=1.0)
+    raw["rebase"] = {**raw["rebase"], **rebase}
+    return _new_session(tmp_path, TrainerConfig.model_validate(raw))
+
+
+def test_a_device_model_the_base_beats_on_new_samples_restarts_training_from_it(
+    tmp_path, segments, monkeypatch
+):
+    session = _rebasing_session(tmp_path)
+    _run(session, hello(session.mirror.sha256))
+    (first,) = _updates(_run(session, envelope(*segments[0])))  # v1: wrecked, sent
+    base = import_tflite(session.config.student.model.read_bytes()).state_dict()
+    seen = []
+
+    def phase(*args, **kwargs):  # the weights the second phase starts from
+        seen.append({k: v.clone() for k, v in session.student.state_dict().items()})
+        return train_phase(*args, **kwargs)
+
+    monkeypatch.setattr("cloud_trainer.session.train_phase", phase)
+    (second,) = _updates(_run(session, envelope(*segments[1])))
+    assert session.stats.rebases == 1
+    assert all(torch.equal(seen[0][k], v) for k, v in base.items())  # from the base weights
+    assert session.optimizer.step_count == session.config.training.iterations  # fresh state
+    # the buffer forgot the first segment: only the new scene's three samples are trained on
+    assert [s.timestamp for s in session.buffer.samples()] == list(segments[1][0].timestamps)
+    assert second.msg.base_sha256 == first.msg.result_sha256  # an ordinary update from v1
+    session.save()
+    resumed = _restarted(session)
+    assert resumed.restore()
+    assert [s.timestamp for s in resumed.buffer.samples()] == list(segments[1][0].timestamps)
+    assert resumed.buffer.start == session.buffer.start and resumed.stats.rebases == 1
+
+
+def test_without_rebase_the_wrecked_model_trains_on(tmp_path, segments):
+    session = _rebasing_session(tmp_path, enabled=False)
+    assert len(_updates_of_two_segments(session, segments)) == 2
+    assert session.stats.rebases == 0 and len(session.buffer) == 6

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cloud_trainer.ams.asr import AsrConfig
 from cloud_trainer.ams.atr import AtrConfig
 from cloud_trainer.ams.gate import GateConfig
+from cloud_trainer.ams.rebase import RebaseConfig
 from cloud_trainer.ams.training import TrainingConfig
 from cloud_trainer.evaluation.names import PRESETS
 from shared_schema.config_files import ConfigFileError, validation_message
@@ -79,12 +80,13 @@ class LinkSettings(_Settings):
 
 class AmsSettings(_Settings):
     """Seed 002 §4.1: T_horizon 240 s, K 20, γ 5 %, gradient-guided, ASR 0.1-1 fps every 10 s,
-    T_update 10 s, segments in H.264 at 200 kbps."""
+    T_update 10 s, segments in H.264 at 200 kbps; the project's rebase rule on, its gate off."""
 
     training: TrainingConfig = TrainingConfig()
     asr: AsrConfig = AsrConfig()
     atr: AtrConfig = AtrConfig()
     gate: GateConfig = GateConfig()
+    rebase: RebaseConfig = RebaseConfig()
     segment_kbps: float = Field(200.0, ge=10.0)
 
 

@@ -223,10 +223,11 @@ def _settings(config: dict) -> list[str]:
         f" H.264 {ams['segment_kbps']:g} kbps; updates as qdelta bodies; regression gate"
         + (
             f" on ({ams['gate']['holdout']} newest samples held out, margin"
-            f" {100 * ams['gate']['margin']:g} points)."
+            f" {100 * ams['gate']['margin']:g} points)"
             if ams["gate"]["enabled"]
-            else " off."
-        ),
+            else " off"
+        )
+        + _rebase_setting(ams.get("rebase", {"enabled": False})),
         f"- One-Time: every parameter, {one['iterations']} Adam steps (lr {one['lr']:g}) on the"
         f" 1 fps samples of the first {one['window_s']:g} s, sent once as one qdelta body.",
         f"- Remote+Tracking: {track['sample_fps']:g} fps samples as JPEG q{track['jpeg_quality']};"
@@ -247,6 +248,13 @@ def _settings(config: dict) -> list[str]:
     ]
 
 
+def _rebase_setting(rebase: dict) -> str:
+    if not rebase["enabled"]:
+        return "; rebase off."
+    return (f"; rebase on (base against the device's model on the {rebase['samples']} newest"
+            f" samples, margin {100 * rebase['margin']:g} points).")  # fmt: skip
+
+
 def _details(schemes: dict[str, dict], names: list[SchemeName]) -> str:
     keys = (
         ("updates", "{:d}"),
@@ -257,6 +265,7 @@ def _details(schemes: dict[str, dict], names: list[SchemeName]) -> str:
         ("frames_worse_than_no_custom", "{:.1%}"),
         ("share_of_oracle_gain", "{:.1%}"),
         ("phases_gated", "{:d}"),
+        ("rebases", "{:d}"),
         ("saturated_weights", "{:d}"),
         ("trainer_seconds", "{:.1f}"),
         ("wall_seconds", "{:.1f}"),
@@ -308,8 +317,8 @@ def _variants(variants: dict[str, dict], schemes: dict[str, dict], info: StreamI
         "",
         "| variant | settings changed | mIoU (%) | vs No Cust. | "
         + " | ".join(info.videos)
-        + " | frames better | up/down (Kbps) | gated phases |",
-        "|---|---|---|---|" + "---|" * len(info.videos) + "---|---|---|",
+        + " | frames better | up/down (Kbps) | gated phases | rebases |",
+        "|---|---|---|---|" + "---|" * len(info.videos) + "---|---|---|---|",
     ]
     for name, (overrides, run) in rows.items():
         changed = ", ".join(f"{k}={json.dumps(v)}" for k, v in overrides.items()) or "–"
@@ -327,6 +336,7 @@ def _variants(variants: dict[str, dict], schemes: dict[str, dict], info: StreamI
             "" if better is None else f"{better:.1%}",
             f"{run['uplink_kbps']:.1f}/{run['downlink_kbps']:.1f}",
             str(run.get("phases_gated", "")),
+            str(run.get("rebases", "")),
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return lines

@@ -19,7 +19,7 @@ import itertools
 from cloud_trainer.ams.asr import AsrConfig
 from cloud_trainer.ams.atr import AtrConfig
 from cloud_trainer.ams.gate import GateConfig
-from cloud_trainer.ams.training import TrainingConfig
+from cloud_trainer.ams.rebase import RebaseConfig
 from cloud_trainer.config import CheckpointConfig, StudentConfig, TrainerConfig, UpdatesConfig
 from cloud_trainer.evaluation.config import AmsSettings
 from cloud_trainer.evaluation.schemes.base import DEVICE_ID, Context, ModelScheme
@@ -40,24 +40,18 @@ _BOOT_ID = "e0a1" * 4
 
 class SessionScheme(ModelScheme):
     def __init__(
-        self,
-        ctx: Context,
-        training: TrainingConfig,
-        asr: AsrConfig,
-        atr: AtrConfig,
-        gate: GateConfig,
-        *,
-        segment_kbps: float,
-        window_s: float | None = None,
+        self, ctx: Context, settings: AmsSettings, *, window_s: float | None = None
     ) -> None:
         super().__init__(ctx)
+        asr, atr = settings.asr, settings.atr
         config = TrainerConfig(
             student=StudentConfig(model=ctx.config.student_model),
             teacher=TeacherConfig(model=ctx.config.teacher_model, threads=ctx.config.threads),
-            training=training,
+            training=settings.training,
             asr=asr,
             atr=atr,
-            gate=gate,
+            gate=settings.gate,
+            rebase=settings.rebase,
             checkpoint=CheckpointConfig(directory=ctx.workdir),
             # Trace-driven: update bodies go to the evaluation's device model, not over a
             # network, so there is nothing to sign.
@@ -69,13 +63,14 @@ class SessionScheme(ModelScheme):
         self.sampler = Sampler(asr.initial_fps, min_fps=asr.min_fps, max_fps=asr.max_fps)
         self.t_update_s = atr.tau_min_s if window_s is None else window_s
         self.window_s = window_s
-        self.knobs = EncoderKnobs(bitrate_kbps=segment_kbps)
+        self.knobs = EncoderKnobs(bitrate_kbps=settings.segment_kbps)
         self._samples: list[Frame] = []
         self._interval_end: float | None = None
         self._sampling_until = float("inf")
         self._seq = itertools.count()
         ctx.run.extra["ams_fp16_bytes"] = 0
         ctx.run.extra["phases_gated"] = 0
+        ctx.run.extra["rebases"] = 0
         ctx.run.extra["saturated_weights"] = 0  # trained values the int8 grid clamps, at the end
         ctx.run.extra["sampling_fps"] = [(0.0, self.sampler.rate_fps)]
         ctx.run.extra["t_update_s"] = [(0.0, self.t_update_s)]
@@ -106,6 +101,7 @@ class SessionScheme(ModelScheme):
             while self.session.has_work:
                 replies += self.session.step()
         self.ctx.run.extra["phases_gated"] = self.session.stats.phases_gated
+        self.ctx.run.extra["rebases"] = self.session.stats.rebases
         self.ctx.run.extra["saturated_weights"] = saturated_weights(self.session.student)
         fp16 = [self._ams_fp16_size(r.msg) for r in replies if isinstance(r.msg, Update)]
         self.ctx.run.extra["ams_fp16_bytes"] += sum(fp16)
@@ -133,15 +129,7 @@ class SessionScheme(ModelScheme):
 
 def ams(ctx: Context, settings: AmsSettings | None = None) -> SessionScheme:
     """AMS as configured, or with ``settings`` (a variant, the ablation)."""
-    settings = settings or ctx.config.ams
-    return SessionScheme(
-        ctx,
-        settings.training,
-        settings.asr,
-        settings.atr,
-        settings.gate,
-        segment_kbps=settings.segment_kbps,
-    )
+    return SessionScheme(ctx, settings or ctx.config.ams)
 
 
 def one_time(ctx: Context) -> SessionScheme:
@@ -150,15 +138,15 @@ def one_time(ctx: Context) -> SessionScheme:
     training = ams_settings.training.model_copy(
         update={"gamma": 1.0, "iterations": settings.iterations, "lr": settings.lr}
     )
-    return SessionScheme(
-        ctx,
-        training,
-        AsrConfig(enabled=False),  # 1 fps throughout
-        AtrConfig(enabled=False),
-        GateConfig(enabled=False),  # one phase, on every sample of the window
+    once = AmsSettings(
+        training=training,
+        asr=AsrConfig(enabled=False),  # 1 fps throughout
+        atr=AtrConfig(enabled=False),
+        gate=GateConfig(enabled=False),  # one phase, on every sample of the window
+        rebase=RebaseConfig(enabled=False),
         segment_kbps=ams_settings.segment_kbps,
-        window_s=settings.window_s,
     )
+    return SessionScheme(ctx, once, window_s=settings.window_s)
 
 
 def no_custom(ctx: Context) -> ModelScheme:
