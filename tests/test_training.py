@@ -67,6 +67,37 @@ def test_phases_lower_the_loss(shared_dir, labelled):
     assert optimizer.phase == 4 and optimizer.step_count == 20
 
 
+def test_the_phase_lr_warms_up_then_decays_by_the_cosine():
+    import math
+
+    from cloud_trainer.ams.training import phase_lr
+
+    flat = TrainingConfig(lr=1e-3, iterations=10)
+    assert [phase_lr(flat, k) for k in range(10)] == [1e-3] * 10
+    warm = TrainingConfig(lr=1e-3, iterations=10, warmup_steps=3)
+    warmed = [phase_lr(warm, k) for k in range(5)]
+    assert warmed == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+    cosine = TrainingConfig(lr=1e-3, iterations=10, warmup_steps=2, decay="cosine")
+    # after the warm-up, η = ½ η_max (1 + cos(π t / T)), t counted from the warm-up's end
+    for k in range(2, 10):
+        t = (k - 2) / 8
+        assert phase_lr(cosine, k) == pytest.approx(0.5e-3 * (1 + math.cos(math.pi * t)))
+    assert phase_lr(cosine, 9) < phase_lr(cosine, 5) < phase_lr(cosine, 2)
+
+
+def test_the_loss_counts_other_classes_only_without_the_subset(shared_dir, labelled):
+    buffer, _, _ = labelled
+    first = {}
+    for subset in (True, False):
+        student = import_tflite(shared_dir / STUDENT)
+        config = TrainingConfig(iterations=1, batch_size=2, resolution=RES, class_subset=subset)
+        optimizer = new_optimizer(student, config)
+        # only class 15 counts: the loss on the subset differs from the loss on all classes
+        result = train_phase(student, optimizer, buffer, (15,), config, np.random.default_rng(3))
+        first[subset] = result.first_loss
+    assert first[True] != pytest.approx(first[False], rel=1e-3)
+
+
 def _bare_labels(model: bytes, rgb: np.ndarray) -> np.ndarray:
     interpreter = Interpreter(model_content=model, num_threads=2)
     interpreter.allocate_tensors()

@@ -8,9 +8,10 @@ quantization at its frozen scales, so what it learns survives the write-back to 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -35,6 +36,10 @@ class TrainingConfig(BaseModel):
     gamma: float = Field(0.05, gt=0.0, le=1.0)  # fraction of parameters each phase updates
     iterations: int = Field(20, ge=1, le=10_000)  # K
     lr: float = Field(1e-4, gt=0.0)
+    # the lr within a phase: linear warm-up over its first steps, then constant or a cosine
+    # decay to zero at step K (the sweep in README, "Training settings")
+    warmup_steps: int = Field(0, ge=0, le=10_000)
+    decay: Literal["constant", "cosine"] = "constant"
     betas: tuple[float, float] = (0.9, 0.999)
     batch_size: int = Field(4, ge=1, le=512)
     # (height, width) samples are kept at; None: the student's input size (`for_student`)
@@ -42,6 +47,8 @@ class TrainingConfig(BaseModel):
     resolution: tuple[_Side, _Side] = (321, 321)  # (height, width) of the crops trained on
     horizon_s: float = Field(240.0, gt=0.0)  # T_horizon
     selection: Selection = Selection.GRADIENT
+    # the loss counts only the stream's classes (other pixels are ignored); False: all of them
+    class_subset: bool = True
     device: str = "cpu"  # "cuda" where a GPU is available
     seed: int = 0
 
@@ -79,6 +86,15 @@ def class_weights(classes: tuple[int, ...], num_classes: int, device: str) -> to
     return weights
 
 
+def phase_lr(config: TrainingConfig, step: int) -> float:
+    """The lr of a phase's ``step`` (0 to K-1): warm-up to ``lr``, then ``decay``."""
+    warm = min(1.0, (step + 1) / (config.warmup_steps + 1))
+    if config.decay == "constant":
+        return config.lr * warm
+    done = max(0, step - config.warmup_steps) / max(1, config.iterations - config.warmup_steps)
+    return config.lr * warm * 0.5 * (1.0 + math.cos(math.pi * done))  # SGDR eq. 5, η_min 0
+
+
 def train_phase(
     student: torch.nn.Module,
     optimizer: CoordinateAdam,
@@ -94,15 +110,16 @@ def train_phase(
     optimizer.begin_phase()
     weights: torch.Tensor | None = None
     losses = []
-    for _ in range(config.iterations):
+    for step in range(config.iterations):
         rgb, labels = buffer.batch(config.batch_size, rng, config.resolution, held_out)
         logits = student(torch.from_numpy(rgb).to(config.device))
-        if weights is None:
+        if weights is None and config.class_subset:
             weights = class_weights(classes, logits.shape[1], config.device)
         target = torch.from_numpy(labels.astype(np.int64)).to(config.device)
         loss = F.cross_entropy(logits, target, weight=weights)
         student.zero_grad(set_to_none=True)
         loss.backward()
+        optimizer.lr = phase_lr(config, step)
         optimizer.step()
         losses.append(float(loss.detach()))
     student.eval()

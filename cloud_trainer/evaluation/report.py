@@ -216,7 +216,8 @@ def _settings(config: dict) -> list[str]:
         "## Settings",
         "",
         f"- AMS: γ {train['gamma']:g}, {train['selection']} selection, K {train['iterations']},"
-        f" batch {train['batch_size']} of {crop} crops of {kept} samples, lr {train['lr']:g},"
+        f" batch {train['batch_size']} of {crop} crops of {kept} samples, lr {train['lr']:g}"
+        f" ({_schedule(train)}), loss over {_loss_classes(train)},"
         f" T_horizon {train['horizon_s']:g} s, T_update {ams['atr']['tau_min_s']:g} s (ATR"
         f" {'on' if ams['atr']['enabled'] else 'off'}), ASR {ams['asr']['min_fps']:g}-"
         f"{ams['asr']['max_fps']:g} fps every {ams['asr']['interval_s']:g} s, segments"
@@ -246,6 +247,15 @@ def _settings(config: dict) -> list[str]:
         " with verify_and_apply from each update's arrival: end of its interval (or its key"
         " frame's arrival) + charged compute + transfer on the downlink.",
     ]
+
+
+def _schedule(train: dict) -> str:
+    warmup = train.get("warmup_steps", 0)
+    return train.get("decay", "constant") + (f" after {warmup} warm-up steps" if warmup else "")
+
+
+def _loss_classes(train: dict) -> str:
+    return "the stream's classes" if train.get("class_subset", True) else "all classes"
 
 
 def _rebase_setting(rebase: dict) -> str:
