@@ -242,7 +242,8 @@ def test_report_shows_the_oracles_headroom_the_variants_and_the_targets(tmp_path
     _fake_run("ams", signature, 2, updates=(10.0,)).save(tmp_path / RUNS)
     _fake_run("oracle", signature, 4).save(tmp_path / RUNS)
     variant = _fake_run("lr3e-4", signature, 3, updates=(10.0,))
-    variant.extra = {"overrides": {"training.lr": 0.0003}, "phases_gated": 2}
+    variant.extra = {"overrides": {"training.lr": 0.0003}, "phases_gated": 2, "rebases": 1,
+                     "rebased_at": [10.0]}  # fmt: skip
     variant.save(tmp_path / VARIANTS)
     _fake_run("elsewhere", {**signature, "eval_stride": 2}, 3).save(tmp_path / VARIANTS)
     config = preset("quick", tmp_path / "student.tflite", tmp_path / "teacher.tflite")
@@ -256,10 +257,13 @@ def test_report_shows_the_oracles_headroom_the_variants_and_the_targets(tmp_path
     lr = results["variants"]["lr3e-4"]
     assert lr["share_of_oracle_gain"] == pytest.approx((miou[3] - miou[1]) / (miou[4] - miou[1]))
     assert lr["frames_better_than_no_custom"] == 1.0
+    assert lr["rebases"] == 1 and "rebased_at" not in lr  # a series for the plot, not a figure
     markdown = (tmp_path / "results.md").read_text()
     assert "| Outdoor Scenes (paper) | mIoU (%) | 63.68 | 74.26 | – |" in markdown
     gain = 100 * (miou[3] - miou[1])
     assert f"| lr3e-4 | training.lr=0.0003 | {100 * miou[3]:.2f} | {gain:+.2f} |" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| lr3e-4 |"))
+    assert row.endswith("| 2 | 1 |")  # gated phases, rebases
     assert "| mIoU ≥ No Customization + 5 points |" in markdown
     assert "| better than No Customization on ≥ 80 % of frames | 100.0% | yes |" in markdown
 

@@ -402,11 +402,14 @@ def _plot_miou(path: Path, runs: dict[str, SchemeRun], info: StreamInfo) -> None
         ax.plot(t, 100 * smooth, lw=1.2, color=_color(name), label=TITLES[SchemeName(name)])
         arrived = [u for u in run.updates if u <= t[-1]]
         ax.plot(arrived, np.full(len(arrived), -3 - 3 * i), "|", ms=7, color=_color(name))
+        rebased = run.extra.get("rebased_at", [])
+        ax.plot(rebased, np.full(len(rebased), -3 - 3 * i), "v", ms=6, color=_color(name))
     for start in _video_starts(next(iter(runs.values()))):
         ax.axvline(start, color="grey", ls="--", lw=0.8)
     ax.set(xlabel="virtual time (s)", ylabel="mIoU (%), ~5 s mean", ylim=(-3 - 3 * len(runs), 100))
     ax.set_yticks(range(0, 101, 20))
-    ax.set_title("mIoU over time; ticks below: updates taking effect; dashed: next video")
+    ax.set_title("mIoU over time; ticks below: updates taking effect (triangles: AMS rebased);"
+                 " dashed: next video")  # fmt: skip
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -71,6 +71,7 @@ class SessionScheme(ModelScheme):
         ctx.run.extra["ams_fp16_bytes"] = 0
         ctx.run.extra["phases_gated"] = 0
         ctx.run.extra["rebases"] = 0
+        ctx.run.extra["rebased_at"] = []  # end of the interval whose phase rebased
         ctx.run.extra["saturated_weights"] = 0  # trained values the int8 grid clamps, at the end
         ctx.run.extra["sampling_fps"] = [(0.0, self.sampler.rate_fps)]
         ctx.run.extra["t_update_s"] = [(0.0, self.t_update_s)]
@@ -101,6 +102,8 @@ class SessionScheme(ModelScheme):
             while self.session.has_work:
                 replies += self.session.step()
         self.ctx.run.extra["phases_gated"] = self.session.stats.phases_gated
+        if self.session.stats.rebases > self.ctx.run.extra["rebases"]:
+            self.ctx.run.extra["rebased_at"].append(end_s)
         self.ctx.run.extra["rebases"] = self.session.stats.rebases
         self.ctx.run.extra["saturated_weights"] = saturated_weights(self.session.student)
         fp16 = [self._ams_fp16_size(r.msg) for r in replies if isinstance(r.msg, Update)]
