@@ -138,6 +138,15 @@ class TrainerConfig(_Section):
             return training  # an invalid [student]: pydantic reports that section
         return training.for_student(read_model(student.model).input_size)
 
+    @model_validator(mode="after")
+    def _scores_for_kl(self) -> TrainerConfig:
+        if self.training.distillation == "kl" and self.teacher.kind != "torch":
+            raise ValueError(
+                '[training] distillation = "kl" needs the teacher\'s scores: set [teacher]'
+                ' kind = "torch" (or distillation = "labels")'
+            )
+        return self
+
 
 def read_model(path: Path) -> TFLiteFile:
     """A model file named by the config, parsed (once while it is unchanged); unreadable or

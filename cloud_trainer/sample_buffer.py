@@ -9,8 +9,11 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from edge_runtime.frames import Frame
 
@@ -20,6 +23,14 @@ class Sample:
     timestamp: float  # the frame's time on the device's clock
     rgb: np.ndarray  # (H, W, 3) uint8 at the student's input size
     labels: np.ndarray  # (H, W) uint8 teacher labels, the same size
+    # (C, h, w) float16 teacher logits on a coarse grid (``Teacher.scores``), for KL distillation
+    soft: np.ndarray | None = None
+
+
+class Batch(NamedTuple):
+    rgb: np.ndarray  # (N, h, w, 3) uint8
+    labels: np.ndarray  # (N, h, w) uint8
+    soft: torch.Tensor | None  # (N, C, h, w) float32 teacher logits, where the samples have them
 
 
 class SampleBuffer:
@@ -62,7 +73,7 @@ class SampleBuffer:
         rng: np.random.Generator,
         crop: tuple[int, int] | None = None,
         held_out: int = 0,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> Batch:
         """A mini-batch drawn uniformly (with replacement when the buffer is smaller) from all
         but the ``held_out`` newest samples; with ``crop`` (height, width), a window at a
         uniformly random place in each sample."""
@@ -71,28 +82,47 @@ class SampleBuffer:
             raise ValueError("the buffer holds nothing to draw from")
         picks = rng.choice(pool, size=size, replace=size > pool)
         windows = [_window(self._samples[i], crop, rng) for i in picks]
-        return np.stack([rgb for rgb, _ in windows]), np.stack([lab for _, lab in windows])
+        soft = [s for _, _, s in windows]
+        return Batch(
+            np.stack([rgb for rgb, _, _ in windows]),
+            np.stack([lab for _, lab, _ in windows]),
+            None if any(s is None for s in soft) else torch.stack(soft),  # type: ignore[arg-type]
+        )
 
 
 def _window(
     sample: Sample, crop: tuple[int, int] | None, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None]:
     height, width = sample.labels.shape
-    if crop is None:
-        return sample.rgb, sample.labels
-    h, w = min(crop[0], height), min(crop[1], width)
-    top, left = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
-    return sample.rgb[top : top + h, left : left + w], sample.labels[top : top + h, left : left + w]
+    top = left = 0
+    h, w = (height, width) if crop is None else (min(crop[0], height), min(crop[1], width))
+    if crop is not None:
+        top, left = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
+    rows, cols = slice(top, top + h), slice(left, left + w)
+    soft = None if sample.soft is None else soft_logits(sample.soft, height, width)[:, rows, cols]
+    return sample.rgb[rows, cols], sample.labels[rows, cols], soft
+
+
+def soft_logits(coarse: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """(C, height, width) float32 logits from the teacher's coarse grid: bilinear, corners
+    aligned, as DeepLab upsamples its own logits."""
+    grid = torch.from_numpy(coarse.astype(np.float32))[None]
+    return F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=True)[0]
 
 
 def labelled_samples(
-    frames: Sequence[Frame], labels: np.ndarray, size: tuple[int, int]
+    frames: Sequence[Frame],
+    labels: np.ndarray,
+    size: tuple[int, int],
+    soft: np.ndarray | None = None,
 ) -> list[Sample]:
-    """Samples of decoded frames and their teacher labels, both at ``size`` (height, width)."""
+    """Samples of decoded frames and their teacher labels, both at ``size`` (height, width),
+    with the teacher's coarse logits where given."""
     height, width = size
+    scores = [None] * len(frames) if soft is None else list(soft)
     return [
-        Sample(frame.timestamp, frame.rgb(width, height), resize_labels(lab, height, width))
-        for frame, lab in zip(frames, labels, strict=True)
+        Sample(frame.timestamp, frame.rgb(width, height), resize_labels(lab, height, width), s)
+        for frame, lab, s in zip(frames, labels, scores, strict=True)
     ]
 
 

@@ -141,6 +141,9 @@ class _Archived:
     segment: Segment
     h264: bytes
     labels: bytes  # zstd of the (N, H, W) uint8 labels at the training frame size
+    # the teacher's scores (``_pack_scores``), where training uses them; None, not b"": an
+    # empty bytes pickles as a call, which the checkpoint's weights-only loader refuses
+    soft: bytes | None = None
 
 
 class Session:
@@ -470,10 +473,12 @@ class Session:
             )
             return [Outgoing(reject)]
         height, width = self._teacher.input_size
-        teacher_labels = self._teacher.label(np.stack([f.rgb(width, height) for f in frames]))
-        samples = labelled_samples(frames, teacher_labels, self.config.training.frame_size)
+        rgb = np.stack([f.rgb(width, height) for f in frames])
+        teacher_labels = self._teacher.label(rgb)
+        soft = self._teacher.scores(rgb) if self.config.training.distillation == "kl" else None
+        samples = labelled_samples(frames, teacher_labels, self.config.training.frame_size, soft)
         self._add_samples(samples)
-        self._archive_segment(segment, envelope.body, np.stack([s.labels for s in samples]))
+        self._archive_segment(segment, envelope.body, np.stack([s.labels for s in samples]), soft)
         self.stats.segments += 1
         self.stats.frames += len(frames)
         self.stats.bytes_up += len(envelope.body)
@@ -610,9 +615,11 @@ class Session:
             **{k: v for k, v in asdict(self.stats).items() if k != "training_seconds"},
         }
 
-    def _archive_segment(self, segment: Segment, h264: bytes, labels: np.ndarray) -> None:
+    def _archive_segment(
+        self, segment: Segment, h264: bytes, labels: np.ndarray, soft: np.ndarray | None
+    ) -> None:
         packed = zstandard.ZstdCompressor(level=3).compress(labels.tobytes())
-        self._archive.append(_Archived(segment, h264, packed))
+        self._archive.append(_Archived(segment, h264, packed, _pack_scores(soft)))
         self._forget_archived()
 
     def _forget_archived(self) -> None:
@@ -634,7 +641,9 @@ class Session:
             "subset": torch.from_numpy(self.subset.counts.copy()),
             "device": asdict(self.device),
             "stats": asdict(self.stats),
-            "archive": [(a.segment.model_dump_json(), a.h264, a.labels) for a in self._archive],
+            "archive": [
+                (a.segment.model_dump_json(), a.h264, a.labels, a.soft) for a in self._archive
+            ],
             "previous_labels": _tensor_or_none(self._previous_labels),
             "fresh": self._fresh,
             "buffer_start": self.buffer.start,
@@ -690,8 +699,9 @@ class Session:
         self._clock.load_state_dict(state["clock"])
         self._rng.bit_generator.state = state["rng"]
         self.buffer.start = float(state.get("buffer_start", -float("inf")))  # since the rebase
-        for segment_json, h264, packed in state["archive"]:
-            self._restore_segment(Segment.model_validate_json(segment_json), h264, packed)
+        for segment_json, h264, packed, *soft in state["archive"]:  # no scores before KL
+            segment = Segment.model_validate_json(segment_json)
+            self._restore_segment(segment, h264, packed, soft[0] if soft else None)
         # The weights of the mirror's last version, or of the next one, killed before its file
         # was written (never sent: the next update still starts from the last file sent).
         if state.get("mirror_version") in (self.mirror.version, self.mirror.version + 1):
@@ -706,14 +716,16 @@ class Session:
             self.stats.stale_checkpoints += 1
             self._train_from_mirror()
 
-    def _restore_segment(self, segment: Segment, h264: bytes, packed: bytes) -> None:
+    def _restore_segment(
+        self, segment: Segment, h264: bytes, packed: bytes, soft: bytes | None
+    ) -> None:
         size = self.config.training.frame_size
         raw = zstandard.ZstdDecompressor().decompress(packed)
         labels = np.frombuffer(raw, np.uint8).reshape(-1, *size)
         frames = decode_frames(h264, segment.timestamps, size=(segment.width, segment.height))
-        for sample in labelled_samples(frames, labels, size):
+        for sample in labelled_samples(frames, labels, size, _unpack_scores(soft)):
             self.buffer.add(sample)
-        self._archive.append(_Archived(segment, h264, packed))
+        self._archive.append(_Archived(segment, h264, packed, soft))
 
 
 def open_inbox(directory: Path, config: TrainerConfig) -> Spool:
@@ -730,6 +742,22 @@ def store_segment(inbox: Spool, envelope: Envelope) -> SpoolEntry:
         body=envelope.body,
     )  # fmt: skip
     return inbox.put(MessageType.SEGMENT, encoded)
+
+
+def _pack_scores(soft: np.ndarray | None) -> bytes | None:
+    """The teacher's scores as zstd of an .npy (dtype and shape with them, no pickle)."""
+    if soft is None:
+        return None
+    raw = io.BytesIO()
+    np.save(raw, soft, allow_pickle=False)
+    return zstandard.ZstdCompressor(level=3).compress(raw.getvalue())
+
+
+def _unpack_scores(packed: bytes | None) -> np.ndarray | None:
+    if packed is None:
+        return None
+    raw = zstandard.ZstdDecompressor().decompress(packed)
+    return np.load(io.BytesIO(raw), allow_pickle=False)
 
 
 def _to_cpu(state: dict[str, object]) -> dict[str, object]:

@@ -9,8 +9,9 @@ imported TFLite teacher on a GPU). All are chosen by a typed config.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,6 +20,11 @@ from edge_runtime.backends.base import Engine
 
 if TYPE_CHECKING:
     from cloud_trainer.student import TFLiteStudent
+
+# Soft scores are kept at 1/8 of the teacher's input on each side: DeepLab's logits are bilinear
+# upsamplings of an output-stride-16 grid, so little is lost, and 21x65x65 float16 is 177 KB a
+# sample where the full 513x513 would be 11 MB.
+SOFT_STRIDE = 8
 
 
 class Teacher(ABC):
@@ -30,6 +36,12 @@ class Teacher(ABC):
     @abstractmethod
     def label(self, rgb: np.ndarray) -> np.ndarray:
         """(N, H, W) int64 labels for an (N, H, W, 3) uint8 RGB batch at ``input_size``."""
+
+    def scores(self, rgb: np.ndarray) -> np.ndarray:
+        """(N, C, ceil(H/8), ceil(W/8)) float16 logits, area-averaged, for KL distillation."""
+        raise NotImplementedError(
+            'this teacher gives labels only: set [teacher] kind = "torch" for its scores'
+        )
 
 
 class _EngineTeacher(Teacher):
@@ -58,13 +70,23 @@ class _TorchTeacher(Teacher):
         return self._module.input_size
 
     def label(self, rgb: np.ndarray) -> np.ndarray:
+        return np.concatenate(self._chunks(rgb, self._module.labels)).astype(np.int64)
+
+    def scores(self, rgb: np.ndarray) -> np.ndarray:
+        height, width = self.input_size
+        grid = (-(-height // SOFT_STRIDE), -(-width // SOFT_STRIDE))
+        pool = self._torch.nn.functional.adaptive_avg_pool2d
+        chunks = self._chunks(rgb, lambda x: pool(self._module(x), grid).half())
+        return np.concatenate(chunks)
+
+    def _chunks(self, rgb: np.ndarray, run: Callable[[Any], Any]) -> list[np.ndarray]:
         torch = self._torch
         out = []
         with torch.inference_mode():
             for start in range(0, len(rgb), self._batch):
                 chunk = torch.from_numpy(np.ascontiguousarray(rgb[start : start + self._batch]))
-                out.append(self._module.labels(chunk.to(self._device)).cpu().numpy())
-        return np.concatenate(out).astype(np.int64)
+                out.append(run(chunk.to(self._device)).cpu().numpy())
+        return out
 
 
 class TeacherConfig(BaseModel):

@@ -30,7 +30,7 @@ def test_crops_are_aligned_random_windows_at_the_kept_scale():
     buffer = SampleBuffer(horizon_s=100.0)
     for t in range(5):
         buffer.add(_sample(float(t)))
-    rgb, labels = buffer.batch(64, np.random.default_rng(0), crop=(16, 24))
+    rgb, labels, _ = buffer.batch(64, np.random.default_rng(0), crop=(16, 24))
     assert rgb.shape == (64, 16, 24, 3) and labels.shape == (64, 16, 24)
     tops, lefts = rgb[:, 0, 0, 0], rgb[:, 0, 0, 1]
     # unscaled: one pixel per pixel, and the labels are those of the same window
@@ -48,9 +48,9 @@ def test_crops_are_aligned_random_windows_at_the_kept_scale():
 def test_a_crop_larger_than_the_frame_takes_the_whole_frame():
     buffer = SampleBuffer(horizon_s=100.0)
     buffer.add(_sample(1.0))
-    rgb, labels = buffer.batch(2, np.random.default_rng(0), crop=(321, 321))
+    rgb, labels, _ = buffer.batch(2, np.random.default_rng(0), crop=(321, 321))
     assert rgb.shape == (2, 40, 60, 3) and labels.shape == (2, 40, 60)
-    whole, _ = buffer.batch(1, np.random.default_rng(0))
+    whole, _, _ = buffer.batch(1, np.random.default_rng(0))
     assert np.array_equal(whole[0], _sample(1.0).rgb)
 
 
@@ -65,7 +65,7 @@ def test_held_out_samples_are_never_drawn_and_are_the_newest():
         buffer.add(_sample(t))
     assert [s.timestamp for s in buffer.newest(2)] == [3.0, 4.0]
     assert buffer.newest(0) == []
-    rgb, _ = buffer.batch(200, np.random.default_rng(0), held_out=2)
+    rgb, _, _ = buffer.batch(200, np.random.default_rng(0), held_out=2)
     assert set(rgb[:, 0, 0, 2]) == {0, 1, 2}
     with pytest.raises(ValueError, match="nothing to draw from"):
         buffer.batch(1, np.random.default_rng(0), held_out=5)

@@ -15,44 +15,25 @@ from cloud_trainer.device_clock import RESTART_GAP_S, DeviceClock
 from cloud_trainer.session import Session
 from cloud_trainer.student import import_tflite
 from cloud_trainer.teacher import load_teacher
-from edge_runtime.h264 import encode_segment
-from edge_runtime.sources import open_source
 from shared_schema.envelope import decode, encode, sha256_hex
 from shared_schema.messages import (
     Ack,
     AckReason,
     Control,
-    EncoderKnobs,
     Hello,
     Model,
-    Segment,
     Update,
     UpdateFormat,
 )
 from shared_schema.update_formats import apply_update
-from tests.trainer_helpers import trainer_config, trainer_raw
+from tests.trainer_helpers import trainer_config, trainer_raw, vtest_segments
 
 BOOT = "1" * 16
 
 
 @pytest.fixture(scope="module")
 def segments(shared_dir):
-    """Four 1 fps segments of vtest.avi, 3 frames each, as the device would upload them."""
-    with open_source(str(shared_dir / "videos/vtest.avi")) as source:
-        frames = [f for i, f in zip(range(120), source, strict=False) if i % 10 == 0]
-    out = []
-    for start in range(0, 12, 3):
-        chunk = frames[start : start + 3]
-        h264 = encode_segment(chunk, EncoderKnobs(bitrate_kbps=200), fps=1.0)
-        msg = Segment(
-            width=768,
-            height=576,
-            timestamps=tuple(f.timestamp for f in chunk),
-            sampling_rate_fps=1.0,
-            bitrate_kbps=200.0,
-        )
-        out.append((msg, h264))
-    return out
+    return vtest_segments(shared_dir)
 
 
 _seq = iter(range(10**6))

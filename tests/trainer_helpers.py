@@ -8,7 +8,10 @@ from pathlib import Path
 import tomli_w
 
 from cloud_trainer.config import DEFAULT_CONFIG, PATH_KEYS, TrainerConfig
+from edge_runtime.h264 import encode_segment
+from edge_runtime.sources import open_source
 from shared_schema.config_files import expand_paths
+from shared_schema.messages import EncoderKnobs, Segment
 
 
 def trainer_raw(tmp_path: Path, broker=None, **training) -> dict:
@@ -38,3 +41,22 @@ def _plain(node: object) -> object:
     if isinstance(node, list | tuple):
         return [_plain(v) for v in node]
     return str(node) if isinstance(node, Path) else node
+
+
+def vtest_segments(shared_dir: Path) -> list[tuple[Segment, bytes]]:
+    """Four 1 fps segments of vtest.avi, 3 frames each, as the device would upload them."""
+    with open_source(str(shared_dir / "videos/vtest.avi")) as source:
+        frames = [f for i, f in zip(range(120), source, strict=False) if i % 10 == 0]
+    out = []
+    for start in range(0, 12, 3):
+        chunk = frames[start : start + 3]
+        h264 = encode_segment(chunk, EncoderKnobs(bitrate_kbps=200), fps=1.0)
+        msg = Segment(
+            width=768,
+            height=576,
+            timestamps=tuple(f.timestamp for f in chunk),
+            sampling_rate_fps=1.0,
+            bitrate_kbps=200.0,
+        )
+        out.append((msg, h264))
+    return out

@@ -49,6 +49,10 @@ class TrainingConfig(BaseModel):
     selection: Selection = Selection.GRADIENT
     # the loss counts only the stream's classes (other pixels are ignored); False: all of them
     class_subset: bool = True
+    # "labels": cross-entropy on the teacher's labels; "kl": KL divergence from the teacher's
+    # scores at ``temperature`` (needs a teacher that gives them: [teacher] kind = "torch")
+    distillation: Literal["labels", "kl"] = "labels"
+    temperature: float = Field(1.0, gt=0.0, le=100.0)
     device: str = "cpu"  # "cuda" where a GPU is available
     seed: int = 0
 
@@ -86,6 +90,28 @@ def class_weights(classes: tuple[int, ...], num_classes: int, device: str) -> to
     return weights
 
 
+def kl_loss(
+    logits: torch.Tensor,
+    teacher: torch.Tensor,
+    labels: torch.Tensor,
+    classes: tuple[int, ...] | None,
+    temperature: float,
+) -> torch.Tensor:
+    """Hinton et al. 2015: T² KL(softmax(z_t/T) ‖ softmax(z_s/T)), the mean over pixels, with
+    both distributions over ``classes`` (None: all) and only pixels the teacher labels one of
+    them, as the cross-entropy ignores the others."""
+    if classes is not None:
+        index = torch.tensor(classes, device=logits.device)
+        logits, teacher = logits.index_select(1, index), teacher.index_select(1, index)
+        keep = torch.isin(labels, index)
+    else:
+        keep = torch.ones_like(labels, dtype=torch.bool)
+    log_t = F.log_softmax(teacher / temperature, dim=1)
+    log_s = F.log_softmax(logits / temperature, dim=1)
+    per_pixel = (log_t.exp() * (log_t - log_s)).sum(dim=1)
+    return temperature**2 * per_pixel[keep].sum() / keep.sum().clamp(min=1)
+
+
 def phase_lr(config: TrainingConfig, step: int) -> float:
     """The lr of a phase's ``step`` (0 to K-1): warm-up to ``lr``, then ``decay``."""
     warm = min(1.0, (step + 1) / (config.warmup_steps + 1))
@@ -110,13 +136,19 @@ def train_phase(
     optimizer.begin_phase()
     weights: torch.Tensor | None = None
     losses = []
+    subset = classes if config.class_subset else None
     for step in range(config.iterations):
-        rgb, labels = buffer.batch(config.batch_size, rng, config.resolution, held_out)
+        rgb, labels, soft = buffer.batch(config.batch_size, rng, config.resolution, held_out)
         logits = student(torch.from_numpy(rgb).to(config.device))
-        if weights is None and config.class_subset:
-            weights = class_weights(classes, logits.shape[1], config.device)
         target = torch.from_numpy(labels.astype(np.int64)).to(config.device)
-        loss = F.cross_entropy(logits, target, weight=weights)
+        if config.distillation == "kl":
+            if soft is None:
+                raise ValueError("KL distillation: the buffer's samples carry no teacher scores")
+            loss = kl_loss(logits, soft.to(config.device), target, subset, config.temperature)
+        else:
+            if weights is None and subset is not None:
+                weights = class_weights(subset, logits.shape[1], config.device)
+            loss = F.cross_entropy(logits, target, weight=weights)
         student.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.lr = phase_lr(config, step)

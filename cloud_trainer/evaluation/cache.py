@@ -125,3 +125,22 @@ class CachedTeacher(Teacher):
         self.wall_s += time.perf_counter() - started
         self.charged_s += len(rgb) * self.cache.seconds_per_map
         return labels.astype(np.int64)
+
+
+class ScoringTeacher(Teacher):
+    """Labels from the cache, scores from ``scorer`` (the same teacher file imported into
+    torch): what KL distillation needs in the evaluation. Scoring is trainer compute, uncached."""
+
+    def __init__(self, labels: CachedTeacher, scorer: Teacher) -> None:
+        self._labels = labels
+        self._scorer = scorer
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self._labels.input_size
+
+    def label(self, rgb: np.ndarray) -> np.ndarray:
+        return self._labels.label(rgb)
+
+    def scores(self, rgb: np.ndarray) -> np.ndarray:
+        return self._scorer.scores(rgb)

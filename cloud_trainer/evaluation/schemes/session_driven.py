@@ -21,13 +21,14 @@ from cloud_trainer.ams.atr import AtrConfig
 from cloud_trainer.ams.gate import GateConfig
 from cloud_trainer.ams.rebase import RebaseConfig
 from cloud_trainer.config import CheckpointConfig, StudentConfig, TrainerConfig, UpdatesConfig
+from cloud_trainer.evaluation.cache import ScoringTeacher
 from cloud_trainer.evaluation.config import AmsSettings
 from cloud_trainer.evaluation.schemes.base import DEVICE_ID, Context, ModelScheme
 from cloud_trainer.evaluation.stream import StreamFrame
 from cloud_trainer.mirror import ModelMirror
 from cloud_trainer.session import Session
 from cloud_trainer.student import saturated_weights
-from cloud_trainer.teacher import TeacherConfig
+from cloud_trainer.teacher import TeacherConfig, load_teacher
 from edge_runtime.frames import Frame
 from edge_runtime.h264 import encode_segment
 from edge_runtime.sampler import Sampler
@@ -44,9 +45,15 @@ class SessionScheme(ModelScheme):
     ) -> None:
         super().__init__(ctx)
         asr, atr = settings.asr, settings.atr
+        kl = settings.training.distillation == "kl"
+        teacher = TeacherConfig(
+            kind="torch" if kl else "litert",
+            model=ctx.config.teacher_model,
+            threads=ctx.config.threads,
+        )
         config = TrainerConfig(
             student=StudentConfig(model=ctx.config.student_model),
-            teacher=TeacherConfig(model=ctx.config.teacher_model, threads=ctx.config.threads),
+            teacher=teacher,
             training=settings.training,
             asr=asr,
             atr=atr,
@@ -57,8 +64,10 @@ class SessionScheme(ModelScheme):
             # network, so there is nothing to sign.
             updates=UpdatesConfig(allow_unsigned=True),
         )
+        # labels from the cache; KL's scores from the teacher file in torch, on the samples
+        labels = ScoringTeacher(ctx.teacher, load_teacher(teacher)) if kl else ctx.teacher
         self.session = Session(
-            DEVICE_ID, config, ctx.teacher, ctx.initial_model, directory=ctx.workdir / DEVICE_ID
+            DEVICE_ID, config, labels, ctx.initial_model, directory=ctx.workdir / DEVICE_ID
         )
         self.sampler = Sampler(asr.initial_fps, min_fps=asr.min_fps, max_fps=asr.max_fps)
         self.t_update_s = atr.tau_min_s if window_s is None else window_s
