@@ -109,3 +109,19 @@ def test_a_kl_session_trains_on_the_scores_and_keeps_them_across_a_restart(tmp_p
     before, after = session.buffer.samples(), resumed.buffer.samples()
     assert len(after) == len(before) == 3
     assert all(np.array_equal(a.soft, b.soft) for a, b in zip(after, before, strict=True))
+
+
+def test_kl_trains_on_the_labels_of_samples_that_have_no_scores(shared_dir):
+    from cloud_trainer.ams.training import TrainingConfig, new_optimizer, train_phase
+    from cloud_trainer.student import import_tflite
+
+    student = import_tflite(shared_dir / "models/coral/deeplabv3_mnv2_dm05_pascal_quant.tflite")
+    labels = np.zeros((65, 65), np.uint8)
+    labels[20:40, 20:40] = 15
+    buffer = SampleBuffer(10.0)  # restored from a checkpoint written before KL was turned on
+    buffer.add(Sample(0.0, np.full((65, 65, 3), 128, np.uint8), labels))
+    config = TrainingConfig(iterations=1, batch_size=1, resolution=(65, 65), distillation="kl")
+    result = train_phase(
+        student, new_optimizer(student, config), buffer, (0, 15), config, np.random.default_rng(0)
+    )
+    assert math.isfinite(result.first_loss) and result.first_loss > 0

@@ -141,11 +141,9 @@ def train_phase(
         rgb, labels, soft = buffer.batch(config.batch_size, rng, config.resolution, held_out)
         logits = student(torch.from_numpy(rgb).to(config.device))
         target = torch.from_numpy(labels.astype(np.int64)).to(config.device)
-        if config.distillation == "kl":
-            if soft is None:
-                raise ValueError("KL distillation: the buffer's samples carry no teacher scores")
+        if config.distillation == "kl" and soft is not None:
             loss = kl_loss(logits, soft.to(config.device), target, subset, config.temperature)
-        else:
+        else:  # also a batch holding samples labelled before KL was on (an older checkpoint)
             if weights is None and subset is not None:
                 weights = class_weights(subset, logits.shape[1], config.device)
             loss = F.cross_entropy(logits, target, weight=weights)
