@@ -64,8 +64,8 @@ class SampleBuffer:
         return list(self._samples)
 
     def newest(self, count: int) -> list[Sample]:
-        """The ``count`` newest samples, oldest first."""
-        return self._samples[len(self._samples) - count :] if count > 0 else []
+        """The ``count`` newest samples (all of them, if there are fewer), oldest first."""
+        return self._samples[max(0, len(self._samples) - count) :] if count > 0 else []
 
     def batch(
         self,
@@ -94,9 +94,10 @@ def _window(
     sample: Sample, crop: tuple[int, int] | None, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None]:
     height, width = sample.labels.shape
-    top = left = 0
-    h, w = (height, width) if crop is None else (min(crop[0], height), min(crop[1], width))
-    if crop is not None:
+    if crop is None:
+        top, left, h, w = 0, 0, height, width
+    else:
+        h, w = min(crop[0], height), min(crop[1], width)
         top, left = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
     rows, cols = slice(top, top + h), slice(left, left + w)
     soft = None if sample.soft is None else soft_logits(sample.soft, height, width)[:, rows, cols]

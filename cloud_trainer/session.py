@@ -549,7 +549,7 @@ class Session:
         rule = self.config.rebase
         if not rule.enabled or fresh == 0 or self.mirror.data == self._base:
             return
-        new = self.buffer.newest(min(fresh, len(self.buffer)))
+        new = self.buffer.newest(fresh)
         judged, classes = new[-rule.samples :], self.subset.classes
         base = self._judge.score(self._base, judged, classes)
         running = self._judge.score(self.mirror.data, judged, classes)

@@ -65,6 +65,7 @@ def test_held_out_samples_are_never_drawn_and_are_the_newest():
         buffer.add(_sample(t))
     assert [s.timestamp for s in buffer.newest(2)] == [3.0, 4.0]
     assert buffer.newest(0) == []
+    assert [s.timestamp for s in buffer.newest(9)] == [0.0, 1.0, 2.0, 3.0, 4.0]  # all there is
     rgb, _, _ = buffer.batch(200, np.random.default_rng(0), held_out=2)
     assert set(rgb[:, 0, 0, 2]) == {0, 1, 2}
     with pytest.raises(ValueError, match="nothing to draw from"):
