@@ -25,6 +25,7 @@ from cloud_trainer.ams.atr import AtrConfig
 from cloud_trainer.ams.gate import GateConfig
 from cloud_trainer.ams.rebase import RebaseConfig
 from cloud_trainer.ams.training import TrainingConfig
+from cloud_trainer.student.float16 import Precision
 from cloud_trainer.teacher import TeacherConfig
 from shared_schema.config_files import (
     ConfigFileError,
@@ -48,6 +49,10 @@ class _Section(BaseModel):
 
 class StudentConfig(_Section):
     model: Path  # the quantized .tflite every new device starts from
+    # What devices run and the trainer trains: the file at its frozen integer scales ("int8"),
+    # or its float16 form (student/float16.py), trained in float; a device flashed with the
+    # other file gets the full model first.
+    precision: Precision = "int8"
     # How many classes the model scores: read from the file. Older trainer.toml files state it;
     # they still load, where the number agrees with the file.
     num_classes: int | None = Field(None, ge=2, le=256, validate_default=True)

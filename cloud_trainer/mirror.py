@@ -1,10 +1,11 @@
 """The trainer's mirror of one device's model file, version by version (SPEC §5).
 
-A new version is made only by writing the student's float master weights back at the frozen
-scales (``quantized_weights``) and applying the resulting update body with the very code the
-device runs (``apply_update``), so the mirror and the device hold bit-identical files. The
-mirror keeps the last few versions, to answer a device's resync request with a delta from
-the version it has; older ones get the full model.
+A new version is made only by writing the student's float master weights back as the file
+stores them (``stored_weights``: at the frozen scales, or as float16 in a float16 model) and
+applying the resulting update body with the very code the device runs (``apply_update``), so
+the mirror and the device hold bit-identical files. The mirror keeps the last few versions,
+to answer a device's resync request with a delta from the version it has; older ones get the
+full model.
 
 With a ``directory``, every version is written to disk (atomically) before its update can be
 sent, and a new mirror over the same directory resumes from it: after a crash of the trainer
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from cloud_trainer.outgoing import Outgoing
-from cloud_trainer.student import TFLiteStudent, quantized_weights
+from cloud_trainer.student import TFLiteStudent, stored_weights
 from edge_runtime.durable import atomic_write, remove_partial_writes
 from shared_schema.envelope import sha256_hex
 from shared_schema.messages import Model, ModelFormat, Update, UpdateFormat
@@ -98,13 +99,13 @@ class ModelMirror:
             return ams_fp16.encode(base, _selected_values(student, mask))
         if fmt == UpdateFormat.ZPATCH:
             return zpatch.encode(self.data, self.candidate(student))
-        return qdelta.encode(base, quantized_weights(student))
+        return qdelta.encode(base, stored_weights(student, base))
 
     def candidate(self, student: TFLiteStudent) -> bytes:
         """The file ``advance`` would make of ``student`` (in qdelta or zpatch), without making
         a version."""
         base = self._layout.with_data(self.data)
-        body = qdelta.encode(base, quantized_weights(student))
+        body = qdelta.encode(base, stored_weights(student, base))
         return apply_update(UpdateFormat.QDELTA, base, body)
 
     def update_since(self, version: int, fmt: UpdateFormat) -> Outgoing | None:
@@ -226,6 +227,6 @@ def _selected_values(
         chosen = by_param[id(const.master)].detach().cpu().numpy().transpose(layout).ravel()
         positions = np.flatnonzero(chosen)
         if positions.size:
-            values = const.master.detach().cpu().numpy().transpose(layout).ravel()
-            selected[const.spec.tensor_index] = (positions, values[positions].astype(np.float64))
+            values = const.real().ravel()[positions].astype(np.float64)
+            selected[const.spec.tensor_index] = (positions, values)
     return selected

@@ -34,7 +34,8 @@ from cloud_trainer.metrics import ClassSubset
 from cloud_trainer.mirror import ModelMirror
 from cloud_trainer.outgoing import Outgoing
 from cloud_trainer.sample_buffer import Sample, SampleBuffer, labelled_samples
-from cloud_trainer.student import import_tflite
+from cloud_trainer.student import TFLiteStudent, student_from
+from cloud_trainer.student.float16 import for_precision
 from cloud_trainer.teacher import Teacher
 from edge_runtime.durable import atomic_write
 from edge_runtime.h264 import SegmentDecodeError, decode_frames
@@ -163,13 +164,15 @@ class Session:
         self._signer = signer
         self.directory = directory
         self._teacher = teacher
-        self._base = initial_model  # the pretrained student: what a rebase returns to
+        self._graph = initial_model  # the quantized student file: the truth of its graph
+        # the pretrained student as devices run it: what a rebase returns to
+        self._base = for_precision(initial_model, config.student.precision)
         training = config.training
         self.buffer = SampleBuffer(training.horizon_s)
         self.asr = AdaptiveSamplingRate(config.asr)
         self.atr = AdaptiveTrainingRate(config.atr)
         self.mirror = ModelMirror(
-            initial_model,
+            self._base,
             device_id=device_id,
             history=config.updates.history,
             signer=signer,
@@ -177,7 +180,7 @@ class Session:
         )
         # The last file sent is the truth (the initial model, for a new device); a checkpoint
         # of the very weights that made it replaces these in restore().
-        self.student = import_tflite(self.mirror.data).to(training.device)
+        self.student = self._student_of(self.mirror.data)
         self.optimizer = new_optimizer(self.student, training)
         self._judge = FileJudge(config.teacher.threads)  # for the gate and the rebase rule
         # the weights of the last model sent, kept only where a gated phase returns to them
@@ -383,9 +386,15 @@ class Session:
     def _train_from(self, data: bytes) -> None:
         """The student takes the weights of the model file ``data``, with fresh optimizer
         state."""
-        restored = import_tflite(data).to(self.config.training.device)
-        self.student.load_state_dict(restored.state_dict())
+        self.student.load_state_dict(self._student_of(data).state_dict())
         self.optimizer = new_optimizer(self.student, self.config.training)
+
+    def _student_of(self, data: bytes) -> TFLiteStudent:
+        """The student holding the weights of the model file ``data``; a float16 device's is
+        trained in float, an int8 one's on the file's frozen grids."""
+        student = student_from(self._graph, data).to(self.config.training.device)
+        student.fake_quant = self.config.student.precision == "int8"
+        return student
 
     def _remember_sent(self) -> None:
         """Copy the weights of the model just sent, if a gated phase is to return to them

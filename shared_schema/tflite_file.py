@@ -1,7 +1,9 @@
-"""Read and patch the constant tensors of a quantized .tflite flatbuffer, without a converter.
+"""Read and patch the constant tensors of a .tflite flatbuffer, without a converter.
 
 Model updates change the *values* of weight and bias tensors, never their number, type or the
-graph, so a new model is the old file with some bytes of some buffers overwritten. Both the
+graph, so a new model is the old file with some bytes of some buffers overwritten. The trainable
+constants are quantized (int8, uint8, int32 at frozen scales) or, in a float model, float16
+constants that a DEQUANTIZE op turns into the float32 operand (TFLite's float16 form). Both the
 trainer (on its mirror of a device's model) and the device (on its standby slot) patch through
 this module, which is what makes the two files bit-identical.
 
@@ -18,17 +20,21 @@ from functools import cached_property
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-# Storage dtypes of the integer tensor types; flatbuffers are little-endian whatever the host.
+# Storage dtypes of the tensor types read here; flatbuffers are little-endian whatever the host.
+FLOAT16 = np.dtype("<f2")
 _DTYPES = {
     schema.TensorType.UINT8: np.dtype("<u1"),
     schema.TensorType.INT8: np.dtype("<i1"),
     schema.TensorType.INT16: np.dtype("<i2"),
     schema.TensorType.INT32: np.dtype("<i4"),
     schema.TensorType.INT64: np.dtype("<i8"),
+    schema.TensorType.FLOAT16: FLOAT16,
 }
 # What the constants updates patch are stored in: quantized weights and biases of up to 32 bits
-# (int64 constants are shapes and axes here).
-_PATCHABLE_DTYPES = frozenset(d for d in _DTYPES.values() if d.itemsize <= 4)
+# (int64 constants are shapes and axes here), or float16 values.
+_QUANTIZED_DTYPES = frozenset(d for d in _DTYPES.values() if d.kind in "iu" and d.itemsize <= 4)
+# The integer of the same width as each storage dtype: the words qdelta takes differences of.
+_WORDS = {d: d if d.kind in "iu" else np.dtype(f"<u{d.itemsize}") for d in _DTYPES.values()}
 # The ops whose filter (input 1) and bias (input 2) are the trainable constants.
 _TRAINABLE_OPS = {
     schema.BuiltinOperator.CONV_2D,
@@ -37,6 +43,12 @@ _TRAINABLE_OPS = {
     schema.BuiltinOperator.TRANSPOSE_CONV,
 }
 _BUFFER_DATA_FIELD = 4  # vtable offset of Buffer.data
+
+
+def nearest_float16(x: np.ndarray) -> np.ndarray:
+    """The nearest finite float16 of each value: beyond its range, the largest one."""
+    limit = np.finfo(FLOAT16).max
+    return np.clip(x, -limit, limit).astype(FLOAT16)
 
 
 def round_half_away(x: np.ndarray) -> np.ndarray:
@@ -55,7 +67,7 @@ class TensorInfo:
 
     index: int  # tensor index in subgraph 0: the id updates use
     name: str
-    dtype: np.dtype | None  # storage dtype; None for the types read nowhere (floats, strings)
+    dtype: np.dtype | None  # storage dtype; None for the types read nowhere (float32, strings)
     shape: tuple[int, ...]
     scale: np.ndarray  # float32, one per tensor or one per channel; empty when not quantized
     zero_point: np.ndarray  # int64, same length as scale
@@ -77,12 +89,33 @@ class ConstTensor(TensorInfo):
     def nbytes(self) -> int:
         return self.size * self.dtype.itemsize
 
+    @property
+    def is_float(self) -> bool:
+        """A float16 constant: it stores real values, on no grid."""
+        return self.dtype == FLOAT16
+
+    @property
+    def word(self) -> np.dtype:
+        """The integer dtype of the storage's width (the storage dtype itself for integers)."""
+        return _WORDS[self.dtype]
+
     def quantize(self, real: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """Real values at flat ``positions`` on this tensor's frozen grid, in its storage dtype."""
+        """Real values at flat ``positions`` on this tensor's frozen grid, in its storage dtype
+        (float16 constants: the nearest finite float16)."""
+        if self.is_float:
+            return nearest_float16(real)
         channel = self._channel_of(positions)
         q = round_half_away(real / self.scale[channel])
         info = np.iinfo(self.dtype)
         return np.clip(q + self.zero_point[channel], info.min, info.max).astype(self.dtype)
+
+    def dequantize(self, stored: np.ndarray) -> np.ndarray:
+        """The real values (float64) of this tensor's stored values, flat."""
+        stored = np.asarray(stored).ravel()
+        if self.is_float:
+            return stored.astype(np.float64)
+        channel = self._channel_of(np.arange(stored.size))
+        return (stored.astype(np.float64) - self.zero_point[channel]) * self.scale[channel]
 
     def _channel_of(self, positions: np.ndarray) -> np.ndarray:
         if self.scale.size == 1:
@@ -160,6 +193,8 @@ class TFLiteFile:
                 raise TFLiteFormatError(
                     f"tensor {index} has {tensor.size} values, update gives {values.size}"
                 )
+            if tensor.is_float and not np.isfinite(values).all():
+                raise TFLiteFormatError(f"tensor {index} would hold non-finite values")
             out[tensor.start : tensor.start + tensor.nbytes] = values.tobytes()
         return bytes(out)
 
@@ -260,11 +295,18 @@ class TFLiteFile:
         )
 
     def _find_trainable(self) -> tuple[ConstTensor, ...]:
+        # A float16 model's filters and biases reach their op through a DEQUANTIZE.
+        dequantized = {
+            op.outputs[0]: op.inputs[0]
+            for op in self.operators
+            if op.code == schema.BuiltinOperator.DEQUANTIZE and len(op.inputs) == 1
+        }
         seen: dict[int, ConstTensor] = {}
         for op in self.operators:
             if op.code not in _TRAINABLE_OPS:
                 continue
-            for index in op.inputs[1:3]:
+            for operand in op.inputs[1:3]:
+                index = dequantized.get(operand, operand)
                 if index >= 0 and index not in seen:
                     tensor = self._const_tensor(index)
                     if tensor is not None:
@@ -273,8 +315,9 @@ class TFLiteFile:
 
     def _const_tensor(self, index: int) -> ConstTensor | None:
         tensor = self.tensor(index)
-        if tensor.dtype not in _PATCHABLE_DTYPES or tensor.scale.size == 0:
-            return None  # float or unquantized constants are not patched as quantized values
+        quantized = tensor.dtype in _QUANTIZED_DTYPES and tensor.scale.size > 0
+        if not quantized and tensor.dtype != FLOAT16:
+            return None  # float32 or unquantized integer constants are not patched
         start, length = self._data_span(tensor)
         if length == 0:
             return None  # a variable or an input, not a constant

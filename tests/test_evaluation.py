@@ -160,6 +160,8 @@ def test_quick_preset_end_to_end(shared_dir, tmp_path):
         str(out),
         "--cache-dir",
         str(tmp_path / "cache"),
+        "--variant",  # the float16 device path: a float TFLite, fp16 updates
+        "f16:precision=float16,update_format=ams-fp16",
     ]
     assert run_command(parser, argv) == 0
     for name in ("results.md", "miou_over_time.png", "bandwidth.png", "miou_gain_cdf.png"):
@@ -180,6 +182,11 @@ def test_quick_preset_end_to_end(shared_dir, tmp_path):
     assert schemes["oracle"]["miou"] > schemes["ams"]["miou"]
     assert schemes["oracle"]["share_of_oracle_gain"] == pytest.approx(1.0)
     assert 0.0 < schemes["ams"]["share_of_oracle_gain"] < 1.0
+    f16 = results["variants"]["f16"]
+    assert f16["updates"] >= 1 and f16["miou"] > schemes["no_custom"]["miou"] - 0.02
+    # fp16 values of 5 % of the weights cost more bytes than qdelta's changed int8 steps
+    assert f16["downlink_kbps"] == pytest.approx(f16["ams_fp16_kbps"])
+    assert f16["downlink_kbps"] > 2 * schemes["ams"]["downlink_kbps"]
     assert results["config"]["preset"] == "quick"
     assert results["config"]["charge_compute"] == 0.0
     assert "| this stream | mIoU (%) |" in (out / "results.md").read_text()

@@ -36,3 +36,16 @@ def test_an_unreadable_student_model_names_it(tmp_path):
     raw["student"]["model"] = str(tmp_path / "missing.tflite")
     with pytest.raises(ConfigError, match=r"cannot read .*missing\.tflite"):
         load_config(write_toml(raw, tmp_path / "trainer.toml"))
+
+
+def test_the_student_precision_is_int8_or_float16(shared_dir, tmp_path):
+    assert (
+        load_config(write_toml(trainer_raw(tmp_path), tmp_path / "a.toml")).student.precision
+        == "int8"
+    )
+    raw = trainer_raw(tmp_path)
+    raw["student"]["precision"] = "float16"
+    assert load_config(write_toml(raw, tmp_path / "b.toml")).student.precision == "float16"
+    raw["student"]["precision"] = "float32"
+    with pytest.raises(ConfigError, match=r"student\.precision: .*'int8' or 'float16'"):
+        load_config(write_toml(raw, tmp_path / "c.toml"))

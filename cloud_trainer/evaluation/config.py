@@ -18,7 +18,9 @@ from cloud_trainer.ams.gate import GateConfig
 from cloud_trainer.ams.rebase import RebaseConfig
 from cloud_trainer.ams.training import TrainingConfig
 from cloud_trainer.evaluation.names import PRESETS
+from cloud_trainer.student.float16 import Precision
 from shared_schema.config_files import ConfigFileError, validation_message
+from shared_schema.messages import UpdateFormat
 from shared_schema.tflite_file import TFLiteFile, TFLiteFormatError
 
 
@@ -88,6 +90,9 @@ class AmsSettings(_Settings):
     gate: GateConfig = GateConfig()
     rebase: RebaseConfig = RebaseConfig()
     segment_kbps: float = Field(200.0, ge=10.0)
+    # what the device runs ([student] precision) and how updates reach it ([updates] format)
+    precision: Precision = "int8"
+    update_format: UpdateFormat = UpdateFormat.QDELTA
 
 
 class OneTimeSettings(_Settings):

@@ -22,13 +22,16 @@ class UpdateMismatch(RuntimeError):
 
 
 class DeviceModel:
-    def __init__(self, initial: bytes, pretrained: LabelCache, threads: int) -> None:
+    def __init__(self, initial: bytes, pretrained: LabelCache | None, threads: int) -> None:
         self.data = initial
         self._initial_sha = sha256_hex(initial)
         self._sha = self._initial_sha
-        self._pretrained = pretrained  # the initial file's labels, cached across schemes
+        # the initial file's labels, cached across schemes; None: the file runs from the start
+        self._pretrained = pretrained
         self._backend = LiteRtConfig(threads=threads)
         self._engine: Engine | None = None
+        if pretrained is None:
+            self._engine = self._backend.open(initial)
         self._pending: list[tuple[float, int, Update, bytes]] = []
         self._order = itertools.count()  # same arrival time: in the order they were sent
         self.applied: list[float] = []  # arrival times of the updates applied so far
@@ -56,7 +59,7 @@ class DeviceModel:
 
     def labels(self, rgb: np.ndarray) -> np.ndarray:
         """The device's label map for a frame at the model's input size."""
-        if self._sha == self._initial_sha:
+        if self._pretrained is not None and self._sha == self._initial_sha:
             return self._pretrained(rgb[None])[0]
         assert self._engine is not None
         return self._engine.infer(rgb).astype(np.uint8)

@@ -12,6 +12,8 @@ from cloud_trainer.student.tflite.student import (
     import_tflite,
     quantized_weights,
     saturated_weights,
+    stored_weights,
+    student_from,
     tensor_buffer_indices,
 )
 
@@ -24,5 +26,7 @@ __all__ = [
     "import_tflite",
     "quantized_weights",
     "saturated_weights",
+    "stored_weights",
+    "student_from",
     "tensor_buffer_indices",
 ]

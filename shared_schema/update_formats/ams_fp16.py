@@ -14,7 +14,7 @@ import zlib
 
 import numpy as np
 
-from shared_schema.tflite_file import TFLiteFile
+from shared_schema.tflite_file import TFLiteFile, nearest_float16
 from shared_schema.update_formats.errors import UpdateFormatError
 from shared_schema.update_formats.framing import Reader, parse_model
 
@@ -30,7 +30,7 @@ def encode(base: TFLiteFile, selected: dict[int, tuple[np.ndarray, np.ndarray]])
         if tensor.index in selected:
             positions, real = selected[tensor.index]
             mask[offset + positions] = True
-            values[offset + positions] = real
+            values[offset + positions] = nearest_float16(real)
         offset += tensor.size
     packed = gzip.compress(np.packbits(mask, bitorder="little").tobytes(), mtime=0)
     return (

@@ -2,10 +2,12 @@
 
 The trainer writes its float master weights back at the frozen scales (the only way a new model
 is made) and sends, for each trainable tensor whose stored values changed, the changed positions
-and the differences from the base values, modulo the storage dtype. Layout before zstd:
+and the differences from the base values, modulo the storage dtype. A float16 model's values are
+differenced as their 16-bit words (``ConstTensor.word``), so that the result is exact too.
+Layout before zstd:
 
     b"QD1" | u32 n | n × (u32 tensor index, u32 changes)
-    | position gaps (u32, byte planes) | differences (storage dtype, byte planes, per tensor)
+    | position gaps (u32, byte planes) | differences (storage words, byte planes, per tensor)
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import zstandard
 
-from shared_schema.tflite_file import TFLiteFile
+from shared_schema.tflite_file import TFLiteFile, TFLiteFormatError
 from shared_schema.update_formats.errors import UpdateFormatError
 from shared_schema.update_formats.framing import (
     Reader,
@@ -33,8 +35,8 @@ def encode(base: TFLiteFile, new_values: dict[int, np.ndarray]) -> bytes:
     table, gaps, diffs = [], [], []
     for index in sorted(new_values):
         tensor = base.by_index[index]
-        old = base.values(tensor)
-        new = np.ascontiguousarray(new_values[index], tensor.dtype).ravel()
+        old = base.values(tensor).view(tensor.word)
+        new = np.ascontiguousarray(new_values[index], tensor.dtype).ravel().view(tensor.word)
         if new.size != old.size:
             raise ValueError(f"tensor {index}: {new.size} values for {old.size}")
         changed = np.flatnonzero(new != old)
@@ -42,7 +44,7 @@ def encode(base: TFLiteFile, new_values: dict[int, np.ndarray]) -> bytes:
             continue
         table.append((index, changed.size))
         gaps.append(np.diff(changed, prepend=0).astype("<u4"))
-        diffs.append(planes((new[changed] - old[changed]).astype(tensor.dtype)))
+        diffs.append(planes((new[changed] - old[changed]).astype(tensor.word)))
     header = MAGIC + np.array([len(table)], "<u4").tobytes()
     header += np.array(table, "<u4").tobytes() if table else b""
     all_gaps = planes(np.concatenate(gaps)) if gaps else b""
@@ -59,12 +61,15 @@ def apply(base: bytes | TFLiteFile, body: bytes) -> bytes:
     updates = {}
     for (index, changes), where in zip(table, positions, strict=True):
         tensor = model.by_index[int(index)]
-        diff = unplanes(reader.take(int(changes) * tensor.dtype.itemsize), tensor.dtype, changes)
-        values = model.values(tensor).copy()
-        values[where] += diff  # wraps modulo the storage dtype, as the differences were taken
-        updates[int(index)] = values
+        diff = unplanes(reader.take(int(changes) * tensor.word.itemsize), tensor.word, changes)
+        values = model.values(tensor).view(tensor.word).copy()
+        values[where] += diff  # wraps modulo the storage word, as the differences were taken
+        updates[int(index)] = values.view(tensor.dtype)
     reader.done()
-    return model.patched(updates)
+    try:
+        return model.patched(updates)
+    except TFLiteFormatError as exc:  # a float16 word that is no finite number
+        raise UpdateFormatError(str(exc)) from exc
 
 
 def _positions(model: TFLiteFile, table: np.ndarray, reader: Reader) -> list[np.ndarray]:

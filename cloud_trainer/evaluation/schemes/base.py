@@ -78,9 +78,13 @@ class Scheme(ABC):
 class ModelScheme(Scheme):
     """A scheme whose device runs the student file, patched by the updates it receives."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, flashed: bytes | None = None) -> None:
+        """The device starts with the pretrained student, or with the file ``flashed``."""
         super().__init__(ctx)
-        self.device = DeviceModel(ctx.initial_model, ctx.pretrained, ctx.config.threads)
+        initial, pretrained = (
+            (ctx.initial_model, ctx.pretrained) if flashed is None else (flashed, None)
+        )
+        self.device = DeviceModel(initial, pretrained, ctx.config.threads)
 
     def step(self, frame: StreamFrame) -> None:
         self.observe(frame)

@@ -28,13 +28,15 @@ from cloud_trainer.evaluation.stream import StreamFrame
 from cloud_trainer.mirror import ModelMirror
 from cloud_trainer.session import Session
 from cloud_trainer.student import saturated_weights
+from cloud_trainer.student.float16 import for_precision
 from cloud_trainer.teacher import TeacherConfig, load_teacher
 from edge_runtime.frames import Frame
 from edge_runtime.h264 import encode_segment
+from edge_runtime.runtime import UPDATE_FORMATS
 from edge_runtime.sampler import Sampler
 from edge_runtime.segment_buffer import EncodedSegment
 from shared_schema.envelope import decode, encode
-from shared_schema.messages import Control, EncoderKnobs, Update, UpdateFormat
+from shared_schema.messages import Control, EncoderKnobs, ModelFormat, Update, UpdateFormat
 
 _BOOT_ID = "e0a1" * 4
 
@@ -43,7 +45,8 @@ class SessionScheme(ModelScheme):
     def __init__(
         self, ctx: Context, settings: AmsSettings, *, window_s: float | None = None
     ) -> None:
-        super().__init__(ctx)
+        # flashed with the student as the trainer has it run: the int8 file or its float16 form
+        super().__init__(ctx, for_precision(ctx.initial_model, settings.precision))
         asr, atr = settings.asr, settings.atr
         kl = settings.training.distillation == "kl"
         teacher = TeacherConfig(
@@ -52,7 +55,7 @@ class SessionScheme(ModelScheme):
             threads=ctx.config.threads,
         )
         config = TrainerConfig(
-            student=StudentConfig(model=ctx.config.student_model),
+            student=StudentConfig(model=ctx.config.student_model, precision=settings.precision),
             teacher=teacher,
             training=settings.training,
             asr=asr,
@@ -62,13 +65,16 @@ class SessionScheme(ModelScheme):
             checkpoint=CheckpointConfig(directory=ctx.workdir),
             # Trace-driven: update bodies go to the evaluation's device model, not over a
             # network, so there is nothing to sign.
-            updates=UpdatesConfig(allow_unsigned=True),
+            updates=UpdatesConfig(allow_unsigned=True, format=settings.update_format),
         )
         # labels from the cache; KL's scores from the teacher file in torch, on the samples
         labels = ScoringTeacher(ctx.teacher, load_teacher(teacher)) if kl else ctx.teacher
         self.session = Session(
             DEVICE_ID, config, labels, ctx.initial_model, directory=ctx.workdir / DEVICE_ID
         )
+        # what the runtime's hello says a TFLite device applies
+        accepted = UPDATE_FORMATS[ModelFormat.TFLITE]
+        self.session.device.update_formats = tuple(f.value for f in accepted)
         self.sampler = Sampler(asr.initial_fps, min_fps=asr.min_fps, max_fps=asr.max_fps)
         self.t_update_s = atr.tau_min_s if window_s is None else window_s
         self.window_s = window_s
@@ -114,7 +120,8 @@ class SessionScheme(ModelScheme):
         if self.session.stats.rebases > self.ctx.run.extra["rebases"]:
             self.ctx.run.extra["rebased_at"].append(end_s)
         self.ctx.run.extra["rebases"] = self.session.stats.rebases
-        self.ctx.run.extra["saturated_weights"] = saturated_weights(self.session.student)
+        if self.session.config.student.precision == "int8":  # float16 files clamp nothing
+            self.ctx.run.extra["saturated_weights"] = saturated_weights(self.session.student)
         fp16 = [self._ams_fp16_size(r.msg) for r in replies if isinstance(r.msg, Update)]
         self.ctx.run.extra["ams_fp16_bytes"] += sum(fp16)
         for reply in replies:

@@ -111,6 +111,18 @@ class QuantizedConstant(nn.Module):
         layout = np.argsort(self.spec.permutation)
         return q.cpu().numpy().transpose(layout).astype(self.spec.dtype)
 
+    def real(self) -> np.ndarray:
+        """The master values themselves (float32, TFLite layout), on no grid."""
+        layout = np.argsort(self.spec.permutation)
+        return self.master.detach().cpu().numpy().transpose(layout)
+
+    @torch.no_grad()
+    def load(self, real: np.ndarray) -> None:
+        """Take these real values (TFLite layout, flat or shaped) as the master values."""
+        values = np.asarray(real, np.float64).reshape(self.spec.shape)
+        master = torch.from_numpy(values.transpose(self.spec.permutation).astype(np.float32))
+        self.master.copy_(master)
+
 
 @dataclass(frozen=True)
 class ActQuant:

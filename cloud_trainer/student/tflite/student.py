@@ -15,7 +15,7 @@ from cloud_trainer.student.tflite.builders import BUILDERS, UnsupportedOpsError
 from cloud_trainer.student.tflite.graph import Graph
 from cloud_trainer.student.tflite.ops import Env, Node, Op
 from cloud_trainer.student.tflite.quantization import ActQuant, QuantizedConstant
-from shared_schema.tflite_file import TFLiteFile
+from shared_schema.tflite_file import TFLiteFile, TFLiteFormatError
 
 
 class TFLiteStudent(nn.Module):
@@ -171,6 +171,33 @@ def quantized_weights(student: TFLiteStudent) -> dict[int, np.ndarray]:
     the tensor's buffer; unchanged master weights give back the original bytes exactly.
     """
     return {c.spec.tensor_index: c.stored() for c in student.constants()}
+
+
+def stored_weights(student: TFLiteStudent, layout: TFLiteFile) -> dict[int, np.ndarray]:
+    """Every weight and bias as the model file ``layout`` stores it, keyed by tensor index: at
+    its frozen scale (``quantized_weights``), or the nearest float16 in a float16 model."""
+    out = {}
+    for c in student.constants():
+        tensor = layout.by_index[c.spec.tensor_index]
+        if tensor.is_float:
+            out[tensor.index] = tensor.quantize(c.real().ravel(), np.arange(tensor.size))
+        else:
+            out[tensor.index] = c.stored()
+    return out
+
+
+def student_from(graph: bytes, weights: bytes) -> TFLiteStudent:
+    """The student of the quantized file ``graph`` holding the weights of ``weights``: that
+    file itself, or a file of the same constants in another precision (``float16_model``)."""
+    student = import_tflite(graph)
+    if weights != graph:
+        file = TFLiteFile(weights)
+        for c in student.constants():
+            tensor = file.by_index.get(c.spec.tensor_index)
+            if tensor is None or tensor.shape != c.spec.shape:
+                raise TFLiteFormatError(f"{c.spec.name}: not a constant of the student's graph")
+            c.load(tensor.dequantize(file.values(tensor)))
+    return student
 
 
 def saturated_weights(student: TFLiteStudent) -> int:
