@@ -85,17 +85,29 @@ class TFLiteStudent(nn.Module):
         tensor's scale and zero point), or floats already in the real-valued domain of the input
         tensor, i.e. scale * (pixel - zero_point), such as [-1, 1) for the Coral DeepLab models.
         """
+        (logits,) = self.activations(x, (self.logits_index,))
+        return logits
+
+    def activations(self, x: Tensor | np.ndarray, tensors: Sequence[int]) -> list[Tensor]:
+        """The values of these tensors (TFLite indices; NCHW where 4-D) for an NHWC batch,
+        taken as the graph computes them (see ``forward`` for ``x``)."""
         env = Env(self.fake_quant)
         table = {self.input_index: self._prepare_input(x)}
         env.sizes[self.input_index] = tuple(table[self.input_index].shape[2:])
+        taken = {t: table[t] for t in tensors if t in table}
         for op, release in zip(self.ops, self._release, strict=True):
             y = op([table[t] for t in op.inputs], env)
             table[op.output] = y
+            if op.output in tensors:
+                taken[op.output] = y
             if y.ndim == 4:
                 env.sizes[op.output] = (y.shape[2], y.shape[3])
             for t in release:
                 del table[t]
-        return table[self.logits_index]
+        missing = [t for t in tensors if t not in taken]
+        if missing:
+            raise ValueError(f"tensors {missing} are not computed by the student's graph")
+        return [taken[t] for t in tensors]
 
     @torch.no_grad()
     def labels(self, x: Tensor | np.ndarray) -> Tensor:

@@ -1,0 +1,199 @@
+"""RECL's model zoo (seed 003 §6.3.1, §6.3.3): expert students shared by every device.
+
+An expert is an int8 student at the base model's frozen scales, stored as the qdelta that takes
+the base file to it (the values its training moved, zstd'd: tens of KB where the file is
+760 KB), beside a manifest of what is known about it: where and when it was trained, the
+classes it saw, how often it was picked. The manifest is written atomically after every change,
+each expert file before the manifest names it, so a power cut leaves the zoo as it was before or
+after the change. At load an expert whose file is missing, fails to apply or gives a file other
+than its recorded hash is refused (counted, set aside as ``.damaged``); the zoo works on without
+it. The zoo holds at most ``capacity`` experts: adding one more evicts the least picked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edge_runtime.durable import atomic_write, remove_partial_writes
+from shared_schema.envelope import sha256_hex
+from shared_schema.messages import UpdateFormat
+from shared_schema.tflite_file import TFLiteFile
+from shared_schema.update_formats import UpdateFormatError, apply_update, qdelta
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "zoo.json"
+_SUFFIX = ".qdelta"
+_MATERIALIZED = 4  # expert files kept built in memory (the candidates of one selection)
+
+
+@dataclass
+class Expert:
+    """What the manifest records of one expert."""
+
+    id: str  # the first 16 hex digits of its file's sha256
+    sha256: str
+    origin: str  # the device whose frames trained it
+    classes: list[int]  # the classes of the samples it was trained on
+    created_s: float  # wall-clock time it joined the zoo
+    picks: int = 0  # how often a selection sent it
+    joined_at: int = 0  # the zoo's selection count when it joined (pruning spares it for q)
+    extra: dict[str, float] = field(default_factory=dict)  # e.g. the accuracy that admitted it
+
+
+class ExpertZoo:
+    def __init__(
+        self, directory: Path, base: bytes, *, capacity: int = 32, window: int = 3000
+    ) -> None:
+        """``window``: how many of the latest selections the zoo remembers (pruning's q)."""
+        self.directory = directory
+        self.capacity = capacity
+        self.recent: deque[str] = deque(maxlen=window)  # expert picked per selection; "": none
+        self._base = TFLiteFile(base)
+        self._experts: OrderedDict[str, Expert] = OrderedDict()
+        self._files: OrderedDict[str, bytes] = OrderedDict()  # materialized, least recent first
+        self.selections = 0  # selections made with this zoo, over its whole life
+        self.refused = 0  # expert files refused at load
+        self.evicted = 0
+        directory.mkdir(parents=True, exist_ok=True)
+        self._load()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._experts)
+
+    def __contains__(self, expert_id: object) -> bool:
+        return expert_id in self._experts
+
+    @property
+    def experts(self) -> list[Expert]:
+        """Every expert, oldest first."""
+        return list(self._experts.values())
+
+    def get(self, expert_id: str) -> Expert:
+        return self._experts[expert_id]
+
+    def file(self, expert_id: str) -> bytes:
+        """The expert's model file, built from the base and its delta."""
+        if expert_id in self._files:
+            self._files.move_to_end(expert_id)
+            return self._files[expert_id]
+        data = self._built(self._experts[expert_id])
+        self._remember(expert_id, data)
+        return data
+
+    def find(self, data: bytes) -> str | None:
+        """The id of the expert whose file is ``data``, if one is."""
+        sha = sha256_hex(data)
+        return next((e.id for e in self._experts.values() if e.sha256 == sha), None)
+
+    # -- changing ------------------------------------------------------------------------------
+
+    def add(self, data: bytes, *, origin: str, classes: Iterable[int], **extra: float) -> Expert:
+        """Admit the model file ``data`` (of the base's layout); the least picked expert leaves
+        first if the zoo is full. A file already in the zoo is that expert."""
+        known = self.find(data)
+        if known is not None:
+            return self._experts[known]
+        layout = self._base.with_data(data)  # refuses a file of another layout
+        body = qdelta.encode(self._base, {t.index: layout.values(t) for t in layout.trainable})
+        sha = sha256_hex(data)
+        expert = Expert(sha[:16], sha, origin, sorted(int(c) for c in classes), time.time(),
+                        joined_at=self.selections, extra=dict(extra))  # fmt: skip
+        while len(self._experts) >= self.capacity:
+            self._drop(self._least_picked(), evicted=True)
+        atomic_write(self._path(expert.id), body)
+        self._experts[expert.id] = expert
+        self._remember(expert.id, bytes(data))
+        self._save()
+        return expert
+
+    def record_selection(self, expert_id: str | None) -> None:
+        """A selection was made; ``expert_id`` is the expert it sent (None: none of the zoo's)."""
+        self.selections += 1
+        self.recent.append(expert_id or "")
+        if expert_id is not None:
+            self._experts[expert_id].picks += 1
+        self._save()
+
+    def remove(self, expert_ids: Iterable[str]) -> None:
+        for expert_id in list(expert_ids):
+            self._drop(expert_id, evicted=False)
+        self._save()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _least_picked(self) -> str:
+        return min(self._experts.values(), key=lambda e: (e.picks, e.created_s)).id
+
+    def _drop(self, expert_id: str, *, evicted: bool) -> None:
+        self._experts.pop(expert_id)
+        self._files.pop(expert_id, None)
+        self._path(expert_id).unlink(missing_ok=True)
+        self.evicted += evicted
+
+    def _remember(self, expert_id: str, data: bytes) -> None:
+        self._files[expert_id] = data
+        while len(self._files) > _MATERIALIZED:
+            self._files.popitem(last=False)
+
+    def _built(self, expert: Expert) -> bytes:
+        body = self._path(expert.id).read_bytes()
+        data = apply_update(UpdateFormat.QDELTA, self._base, body)
+        if sha256_hex(data) != expert.sha256:
+            raise UpdateFormatError("its delta does not make the file the manifest records")
+        return data
+
+    def _path(self, expert_id: str) -> Path:
+        return self.directory / f"{expert_id}{_SUFFIX}"
+
+    def _save(self) -> None:
+        manifest = {
+            "selections": self.selections,
+            "recent": list(self.recent),
+            "base_sha256": sha256_hex(self._base.data),
+            "experts": [asdict(e) for e in self._experts.values()],
+        }
+        atomic_write(self.directory / MANIFEST, json.dumps(manifest, indent=1).encode())
+
+    def _load(self) -> None:
+        remove_partial_writes(self.directory)
+        path = self.directory / MANIFEST
+        if not path.exists():
+            return
+        try:
+            manifest = json.loads(path.read_bytes())
+            if manifest["base_sha256"] != sha256_hex(self._base.data):
+                raise ValueError("its experts were trained from another base model")
+            self.selections = int(manifest["selections"])
+            self.recent.extend(str(r) for r in manifest["recent"])
+            experts = [Expert(**e) for e in manifest["experts"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            self.refused += 1
+            path.rename(path.with_name(path.name + ".damaged"))
+            log.error("model zoo %s refused (%s); starting an empty zoo", path, exc)
+            return
+        for expert in experts:
+            self._adopt(expert)
+        if self.refused:
+            self._save()
+
+    def _adopt(self, expert: Expert) -> None:
+        try:
+            self._remember(expert.id, self._built(expert))
+        except (OSError, UpdateFormatError) as exc:
+            self.refused += 1
+            damaged = self._path(expert.id)
+            if damaged.exists():
+                damaged.rename(damaged.with_name(damaged.name + ".damaged"))
+            log.error("expert %s of the model zoo refused (%s); the zoo goes on without it",
+                      expert.id, exc)  # fmt: skip
+            return
+        self._experts[expert.id] = expert

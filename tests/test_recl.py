@@ -1,0 +1,255 @@
+"""RECL's parts (seed 003 §6.3): the expert zoo, admission and pruning, the gating network, the
+safety check and Algorithm 4's scheduler, on the real student and real frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cloud_trainer.ams.judging import FileJudge
+from cloud_trainer.mirror import ModelMirror
+from cloud_trainer.recl.admission import AdmissionQueue, Candidate, promising, to_prune
+from cloud_trainer.recl.gating import FrameFeatures, GatingData, GatingNetwork, train_gating
+from cloud_trainer.recl.scheduler import MarginalGain
+from cloud_trainer.recl.selection import CURRENT, safety_check
+from cloud_trainer.recl.zoo import MANIFEST, ExpertZoo
+from cloud_trainer.sample_buffer import Sample
+from cloud_trainer.student import import_tflite
+from cloud_trainer.teacher import TeacherConfig, load_teacher
+from edge_runtime.sources import open_source
+
+
+@pytest.fixture(scope="module")
+def base(shared_dir) -> bytes:
+    return (shared_dir / "models/coral/deeplabv3_mnv2_dm05_pascal_quant.tflite").read_bytes()
+
+
+def _expert(base: bytes, seed: int, scale: float = 2e-3) -> bytes:
+    """The base with a few tensors moved: a file of the base's layout, as training makes."""
+    student = import_tflite(base)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in list(student.parameters())[-4:]:
+            p.add_(torch.randn(p.shape, generator=generator) * scale * p.abs().mean())
+    return ModelMirror(base, device_id="x").candidate(student)
+
+
+@pytest.fixture(scope="module")
+def experts(base) -> list[bytes]:
+    return [_expert(base, seed) for seed in range(4)]
+
+
+# -- the zoo ---------------------------------------------------------------------------------
+
+
+def test_experts_are_small_deltas_that_survive_a_restart(tmp_path, base, experts):
+    zoo = ExpertZoo(tmp_path, base)
+    a = zoo.add(experts[0], origin="cam-1", classes=[0, 15], accuracy=0.8)
+    zoo.record_selection(a.id)
+    assert zoo.find(experts[0]) == a.id and zoo.add(experts[0], origin="x", classes=[]) is a
+    delta = (tmp_path / f"{a.id}.qdelta").stat().st_size
+    assert delta < len(base) / 10  # a sparse delta from the base, not a copy of the model
+    again = ExpertZoo(tmp_path, base)
+    assert again.file(a.id) == experts[0] and again.refused == 0
+    kept = again.get(a.id)
+    assert (kept.origin, kept.classes, kept.picks, kept.extra) == (
+        "cam-1",
+        [0, 15],
+        1,
+        {"accuracy": 0.8},
+    )
+    assert again.selections == 1 and list(again.recent) == [a.id]
+
+
+def test_the_zoo_is_bounded_and_evicts_the_least_picked(tmp_path, base, experts):
+    zoo = ExpertZoo(tmp_path, base, capacity=2)
+    a = zoo.add(experts[0], origin="cam-1", classes=[0])
+    b = zoo.add(experts[1], origin="cam-2", classes=[0])
+    zoo.record_selection(a.id)
+    c = zoo.add(experts[2], origin="cam-1", classes=[0])
+    assert [e.id for e in zoo.experts] == [a.id, c.id] and zoo.evicted == 1
+    assert not (tmp_path / f"{b.id}.qdelta").exists()
+    assert [e.id for e in ExpertZoo(tmp_path, base, capacity=2).experts] == [a.id, c.id]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_a_damaged_expert_file_is_refused_and_the_zoo_works_on(tmp_path, base, experts, damage):
+    zoo = ExpertZoo(tmp_path, base)
+    good = zoo.add(experts[0], origin="cam-1", classes=[0])
+    bad = zoo.add(experts[1], origin="cam-1", classes=[0])
+    path = tmp_path / f"{bad.id}.qdelta"
+    body = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(body[: len(body) // 2])
+    elif damage == "flip":
+        path.write_bytes(body[:-8] + bytes(b ^ 0x5A for b in body[-8:]))
+    else:
+        path.unlink()
+    again = ExpertZoo(tmp_path, base)
+    assert again.refused == 1 and [e.id for e in again.experts] == [good.id]
+    assert again.file(good.id) == experts[0]
+    assert again.add(experts[2], origin="cam-2", classes=[0]).id in again
+    assert ExpertZoo(tmp_path, base).refused == 0  # the refusal was written down once
+
+
+def test_a_damaged_manifest_or_another_base_leaves_an_empty_zoo(
+    tmp_path, base, experts, shared_dir
+):
+    ExpertZoo(tmp_path, base).add(experts[0], origin="cam-1", classes=[0])
+    (tmp_path / MANIFEST).write_bytes(b"{not json")
+    zoo = ExpertZoo(tmp_path, base)
+    assert len(zoo) == 0 and zoo.refused == 1 and (tmp_path / (MANIFEST + ".damaged")).exists()
+    zoo.add(experts[0], origin="cam-1", classes=[0])
+    other = (shared_dir / "models/coral/deeplabv3_mnv2_pascal_quant.tflite").read_bytes()
+    assert len(ExpertZoo(tmp_path, other)) == 0
+
+
+def test_a_file_of_another_layout_is_not_admitted(tmp_path, base, shared_dir):
+    other = (shared_dir / "models/coral/deeplabv3_mnv2_pascal_quant.tflite").read_bytes()
+    with pytest.raises(ValueError):
+        ExpertZoo(tmp_path, base).add(other, origin="cam-1", classes=[0])
+
+
+# -- admission and pruning -------------------------------------------------------------------
+
+
+def test_a_retrained_model_is_promising_only_above_every_other_candidate_by_alpha():
+    assert promising(0.85, [0.80, 0.82], alpha=0.02)
+    assert not promising(0.83, [0.80, 0.82], alpha=0.02)  # 1 point above the best: not enough
+    assert promising(0.5, [], alpha=0.02)  # nothing to beat
+
+
+def test_promising_models_join_together_once_the_queue_is_full():
+    queue = AdmissionQueue(size=2)
+    first, second = (Candidate(bytes([i]), "cam", (0,), 0.8) for i in range(2))
+    assert queue.offer(first) == [] and queue.waiting == [first]
+    assert queue.offer(second) == [first, second] and queue.waiting == []
+
+
+def test_experts_picked_fewer_than_eta_times_in_the_last_q_selections_leave(
+    tmp_path, base, experts
+):
+    zoo = ExpertZoo(tmp_path, base, window=4)
+    a = zoo.add(experts[0], origin="cam-1", classes=[0])
+    b = zoo.add(experts[1], origin="cam-1", classes=[0])
+    for _ in range(3):
+        zoo.record_selection(a.id)
+    assert to_prune(zoo, eta=1) == []  # fewer than q selections yet
+    c = zoo.add(experts[2], origin="cam-2", classes=[0])  # joins now: spared for q selections
+    zoo.record_selection(None)
+    assert to_prune(zoo, eta=1) == [b.id]
+    assert to_prune(zoo, eta=4) == [a.id, b.id]  # a: 3 picks of 4
+    zoo.remove([b.id])
+    assert b.id not in ExpertZoo(tmp_path, base, window=4) and c.id in zoo
+
+
+# -- the gating network ----------------------------------------------------------------------
+
+
+def test_a_new_expert_gets_a_unit_from_its_peers_and_the_others_keep_theirs():
+    net = GatingNetwork(feature_dim=8, hidden=16)
+    net.add("a")
+    net.add("b")
+    with torch.no_grad():
+        net.weight.copy_(torch.stack([torch.full((16,), 1.0), torch.full((16,), 3.0)]))
+    before = net.weight.detach().clone()
+    net.add("c")
+    assert net.experts == ["a", "b", "c"] and torch.equal(net.weight[:2], before)
+    deviation = net.weight[2].detach() - 2.0  # drawn around the peers' mean 2, spread 1
+    assert 0 < deviation.abs().max() <= 4.0 and abs(float(deviation.mean())) < 1.0
+    net.remove("a")
+    assert net.experts == ["b", "c"] and torch.equal(net.weight[0], before[1])
+
+
+def test_the_gating_network_learns_which_expert_fits_which_frames():
+    rng = np.random.default_rng(0)
+    data = GatingData(capacity=64)
+    for i in range(64):  # two kinds of frames; expert "x" does well on the first, "y" on the other
+        kind = i % 2
+        features = rng.normal(size=8).astype(np.float32) + 3.0 * kind
+        data.add(features, {"x": 0.9 - 0.4 * kind, "y": 0.5 + 0.4 * kind})
+    net = GatingNetwork(feature_dim=8)
+    net.add("x")
+    net.add("y")
+    train_gating(net, data, steps=300)
+    first = rng.normal(size=(4, 8)).astype(np.float32)
+    assert net.top_k(first, 1) == ["x"] and net.top_k(first + 3.0, 1) == ["y"]
+    predicted = net.predict(first)
+    assert abs(predicted["x"] - 0.9) < 0.1 and abs(predicted["y"] - 0.5) < 0.1
+
+
+def test_gating_data_stays_bounded_and_learns_a_new_experts_accuracy():
+    data = GatingData(capacity=3)
+    for i in range(5):
+        data.add(np.full(2, i, np.float32), {"x": 0.5})
+    assert len(data) == 3
+    data.measure("z", [0.1, 0.2, 0.3])
+    x, y, known = data.tensors(["x", "z"])
+    assert (
+        x.shape == (3, 2) and known.all() and torch.allclose(y[:, 1], torch.tensor([0.1, 0.2, 0.3]))
+    )
+    data.forget("x")
+    assert not data.tensors(["x", "z"])[2][:, 0].any()
+
+
+@pytest.fixture(scope="module")
+def frames(shared_dir) -> list[np.ndarray]:
+    with open_source(str(shared_dir / "videos/vtest.avi")) as source:
+        picked = [f for i, f in zip(range(200), source, strict=False) if i % 50 == 0]
+    return [f.rgb(513, 513) for f in picked]
+
+
+def test_frame_features_are_the_students_view_of_the_frame(base, frames):
+    features = FrameFeatures(base)
+    out = features(np.stack(frames[:2]))
+    assert out.shape == (2, features.dim) and features.dim == 21 + 160
+    assert np.allclose(out[:, :21].sum(1), 1.0, atol=1e-4)  # mean class probabilities
+    assert not np.allclose(out[0], out[1])
+
+
+# -- the safety check ------------------------------------------------------------------------
+
+
+def test_the_safety_check_picks_the_candidate_that_labels_the_frames_best(base, frames, shared_dir):
+    teacher = load_teacher(TeacherConfig(
+        kind="litert", model=shared_dir / "models/coral/deeplabv3_mnv2_pascal_quant.tflite"
+    ))  # fmt: skip
+    samples = [Sample(float(i), f, teacher.label(f[None])[0].astype(np.uint8))
+               for i, f in enumerate(frames)]  # fmt: skip
+    wrecked = _expert(base, seed=9, scale=2.0)
+    judge = FileJudge(threads=2)
+    score = lambda data: judge.score(data, samples, range(21))  # noqa: E731
+    verdict = safety_check({CURRENT: wrecked, "zoo:base": base, "wrecked2": wrecked}, score, 0.01)
+    assert verdict.best == "zoo:base" and verdict.switch and verdict.gain > 0.01
+    assert verdict.scores["zoo:base"] == max(verdict.scores.values())
+    # the device's own model wins a tie, and nothing is sent
+    same = safety_check({CURRENT: base, "copy": base}, score, 0.0)
+    assert same.best == CURRENT and not same.switch
+    judge.close()
+
+
+# -- Algorithm 4 -----------------------------------------------------------------------------
+
+
+def test_the_scheduler_measures_each_session_then_trains_the_fastest_learner():
+    scheduler = MarginalGain(max_wait=100)
+    ready = ["a", "b", "c"]
+    for session, gain in (("a", 0.01), ("b", 0.05), ("c", 0.02)):
+        assert scheduler.pick(ready) == session  # lines 10-12: one micro-window each first
+        scheduler.record(session, gain, 1.0)
+    assert scheduler.pick(ready) == "b"
+    scheduler.record("b", 0.001, 1.0)  # b's curve flattened: the next best goes
+    assert scheduler.pick(ready) == "c"
+    assert scheduler.seconds == {"a": 1.0, "b": 2.0, "c": 1.0}
+
+
+def test_no_session_starves():
+    scheduler = MarginalGain(max_wait=3)
+    for session in ("fast", "slow"):
+        scheduler.pick([session])
+        scheduler.record(session, 0.1 if session == "fast" else 0.0, 1.0)
+    picks = [scheduler.pick(["fast", "slow"]) for _ in range(8)]
+    assert picks.count("slow") == 2 and "slow" in picks[:4]
+    with pytest.raises(ValueError):
+        scheduler.pick([])
