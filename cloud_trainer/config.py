@@ -25,6 +25,7 @@ from cloud_trainer.ams.atr import AtrConfig
 from cloud_trainer.ams.gate import GateConfig
 from cloud_trainer.ams.rebase import RebaseConfig
 from cloud_trainer.ams.training import TrainingConfig
+from cloud_trainer.recl.config import ReclConfig
 from cloud_trainer.student.float16 import Precision
 from cloud_trainer.teacher import TeacherConfig
 from shared_schema.config_files import (
@@ -127,6 +128,7 @@ class TrainerConfig(_Section):
     atr: AtrConfig = AtrConfig()
     gate: GateConfig = GateConfig()
     rebase: RebaseConfig = RebaseConfig()
+    recl: ReclConfig = ReclConfig()
     updates: UpdatesConfig  # no default: a deployment names its signing key
     checkpoint: CheckpointConfig
     metrics: MetricsConfig = MetricsConfig()
@@ -151,6 +153,21 @@ class TrainerConfig(_Section):
                 ' kind = "torch" (or distillation = "labels")'
             )
         return self
+
+    @model_validator(mode="after")
+    def _int8_experts(self) -> TrainerConfig:
+        if self.recl.enabled and self.student.precision != "int8":
+            raise ValueError(
+                "[recl] keeps int8 experts at the student's frozen scales: set [student]"
+                ' precision = "int8", or [recl] enabled = false'
+            )
+        return self
+
+    @property
+    def zoo_directory(self) -> Path:
+        """Where the expert zoo lives: ``[recl] directory``, or beside the sessions (under a
+        name no device id can take: those start with a letter or digit)."""
+        return self.recl.directory or self.checkpoint.directory / "_zoo"
 
 
 def read_model(path: Path) -> TFLiteFile:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.outgoing import Outgoing
+from cloud_trainer.recl.reuse import ModelReuse
 from cloud_trainer.scheduler import RoundRobin
 from cloud_trainer.session import CHECKPOINT, Session, open_inbox, store_segment
 from cloud_trainer.teacher import load_teacher
@@ -54,6 +55,10 @@ class TrainerDaemon:
         self._inboxes: dict[str, Spool] = {}  # admitted: segments on disk before its session
         self._lock = threading.Lock()
         self.online: dict[str, bool] = {}
+        self.reuse = None  # RECL's one zoo for every device, where [recl] is on
+        if config.recl.enabled:
+            threads = config.teacher.threads
+            self.reuse = ModelReuse(config.recl, self._initial_model, config.zoo_directory, threads)
         self.scheduler = RoundRobin(self._step)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -172,6 +177,7 @@ class TrainerDaemon:
             directory=self._directory(device_id),
             signer=self._signer,
             inbox=self._inboxes.pop(device_id, None),
+            reuse=self.reuse,
         )
         resumed = session.restore()
         log.info(
@@ -269,6 +275,10 @@ class TrainerDaemon:
             fields = {k: v for k, v in figures.items() if k in Metrics.model_fields}
             self.endpoint.send(session.device_id, Metrics(**fields))
             self._prometheus.update(figures)
+        if self.reuse is not None:
+            zoo = self.reuse.metrics()
+            log.info("metrics model zoo %s", zoo)
+            self._prometheus.update_trainer(zoo)
         return reports
 
 
@@ -297,6 +307,7 @@ class _Prometheus:
         "phases",
         "phases_gated",
         "rebases",
+        "reuses",
         "updates_sent",
         "updates_acked",
         "updates_rejected",
@@ -306,19 +317,33 @@ class _Prometheus:
 
     def __init__(self, port: int | None) -> None:
         self._gauges: dict[str, object] = {}
+        self._registry = None
         if port is None:
             return
         import prometheus_client
 
-        registry = prometheus_client.CollectorRegistry()
+        registry = self._registry = prometheus_client.CollectorRegistry()
         for name in self._NUMERIC:
             self._gauges[name] = prometheus_client.Gauge(
                 f"amstream_{name}", f"trainer session {name}", ["device"], registry=registry
             )
         prometheus_client.start_http_server(port, registry=registry)
 
+    def update_trainer(self, figures: dict[str, float]) -> None:
+        """Trainer-wide figures (the model zoo's), one gauge each, made on first sight."""
+        if self._registry is None:
+            return
+        import prometheus_client
+
+        for name, value in figures.items():
+            if name not in self._gauges:
+                self._gauges[name] = prometheus_client.Gauge(
+                    f"amstream_{name}", f"trainer {name}", registry=self._registry
+                )
+            self._gauges[name].set(value)  # type: ignore[attr-defined]
+
     def update(self, figures: dict[str, object]) -> None:
-        for name, gauge in self._gauges.items():
-            value = figures.get(name)
-            if value is not None:
+        for name in self._NUMERIC:
+            gauge, value = self._gauges.get(name), figures.get(name)
+            if gauge is not None and value is not None:
                 gauge.labels(device=figures["device_id"]).set(value)  # type: ignore[attr-defined]

@@ -33,6 +33,8 @@ from cloud_trainer.device_clock import DeviceClock
 from cloud_trainer.metrics import ClassSubset
 from cloud_trainer.mirror import ModelMirror
 from cloud_trainer.outgoing import Outgoing
+from cloud_trainer.recl.reuse import BASE, ModelReuse
+from cloud_trainer.recl.selection import CURRENT
 from cloud_trainer.sample_buffer import Sample, SampleBuffer, labelled_samples
 from cloud_trainer.student import TFLiteStudent, student_from
 from cloud_trainer.student.float16 import for_precision
@@ -123,6 +125,7 @@ class SessionStats:
     phases: int = 0
     phases_gated: int = 0  # their model scored worse than the device's: not sent
     rebases: int = 0  # the base model did better on new samples: training restarted from it
+    reuses: int = 0  # an expert of the zoo did: training went on from it (RECL)
     updates_sent: int = 0
     updates_acked: int = 0
     updates_rejected: int = 0
@@ -158,8 +161,11 @@ class Session:
         directory: Path,
         signer: Signer | None = None,
         inbox: Spool | None = None,
+        reuse: ModelReuse | None = None,
     ) -> None:
+        """``reuse``: the trainer's expert zoo (RECL), where ``[recl]`` is on."""
         self.device_id = device_id
+        self._reuse = reuse
         self.config = config
         self._signer = signer
         self.directory = directory
@@ -520,7 +526,10 @@ class Session:
         if len(self.buffer) == 0:
             return []
         fresh, self._fresh = self._fresh, 0
-        self._rebase_if_better(fresh)
+        if self._reuse is not None:
+            self._reuse_if_better(fresh)
+        else:
+            self._rebase_if_better(fresh)
         held_out = self.config.gate.held_out(fresh, len(self.buffer))
         result: PhaseResult = train_phase(
             self.student,
@@ -564,13 +573,37 @@ class Session:
         running = self._judge.score(self.mirror.data, judged, classes)
         if not should_rebase(base, running, rule.margin):
             return
-        self._train_from(self._base)
-        self.buffer.restart(new[0].timestamp)
-        self._forget_archived()
+        self._restart_from(self._base, new[0].timestamp)
         self.stats.rebases += 1
         log.info("%s: rebased before phase %d: the base model scored %.3f against the device's"
                  " %.3f on %d new samples; %d samples kept", self.device_id,
                  self.stats.phases + 1, base, running, len(judged), len(self.buffer))  # fmt: skip
+
+    def _reuse_if_better(self, fresh: int) -> None:
+        """RECL's selection (``recl.reuse``): the base or an expert of the zoo, where one labels
+        the ``fresh`` samples better than the device's model; the rebase is its zoo of one."""
+        if fresh == 0:
+            return
+        assert self._reuse is not None
+        new = self.buffer.newest(fresh)
+        choice = self._reuse.select(self.device_id, self.mirror.data, new, self.subset.classes)
+        if choice is None:
+            return
+        self._restart_from(choice.data, new[0].timestamp)
+        if choice.name == BASE:
+            self.stats.rebases += 1
+        else:
+            self.stats.reuses += 1
+        log.info("%s: before phase %d, %s scored %.3f against the device's %.3f: training"
+                 " goes on from it", self.device_id, self.stats.phases + 1, choice.name,
+                 choice.verdict.scores[choice.name], choice.verdict.scores[CURRENT])  # fmt: skip
+
+    def _restart_from(self, data: bytes, since: float) -> None:
+        """Train on from the model file ``data`` on the samples from ``since`` alone: those of
+        the scene it was chosen for."""
+        self._train_from(data)
+        self.buffer.restart(since)
+        self._forget_archived()
 
     def _passes_gate(self, held_out: int) -> bool:
         """Whether the phase's model may go (see ``ams.gate``); if not, with ``revert``,

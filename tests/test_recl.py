@@ -219,12 +219,14 @@ def test_the_safety_check_picks_the_candidate_that_labels_the_frames_best(base, 
                for i, f in enumerate(frames)]  # fmt: skip
     wrecked = _expert(base, seed=9, scale=2.0)
     judge = FileJudge(threads=2)
-    score = lambda data: judge.score(data, samples, range(21))  # noqa: E731
-    verdict = safety_check({CURRENT: wrecked, "zoo:base": base, "wrecked2": wrecked}, score, 0.01)
+    candidates = {CURRENT: wrecked, "zoo:base": base, "wrecked2": wrecked}
+    scores = {name: judge.score(data, samples, range(21)) for name, data in candidates.items()}
+    verdict = safety_check(scores, 0.01)
     assert verdict.best == "zoo:base" and verdict.switch and verdict.gain > 0.01
     assert verdict.scores["zoo:base"] == max(verdict.scores.values())
     # the device's own model wins a tie, and nothing is sent
-    same = safety_check({CURRENT: base, "copy": base}, score, 0.0)
+    tie = judge.score(base, samples, range(21))
+    same = safety_check({"copy": tie, CURRENT: tie}, 0.0)
     assert same.best == CURRENT and not same.switch
     judge.close()
 
@@ -253,3 +255,75 @@ def test_no_session_starves():
     assert picks.count("slow") == 2 and "slow" in picks[:4]
     with pytest.raises(ValueError):
         scheduler.pick([])
+
+
+# -- sessions sharing one zoo ----------------------------------------------------------------
+
+
+def _reuse_config(tmp_path):
+    from cloud_trainer.config import TrainerConfig
+    from tests.trainer_helpers import trainer_raw
+
+    raw = trainer_raw(tmp_path, iterations=10, lr=1e-4, batch_size=2)
+    # any model no worse than the others joins; any strictly better one is taken
+    raw["recl"] = {"enabled": True, "margin": 0.0, "top_k": 2, "samples": 3,
+                   "admission": {"alpha": 0.0}}  # fmt: skip
+    return TrainerConfig.model_validate(raw)
+
+
+def _phases(session, segments):
+    from shared_schema.envelope import decode, encode
+    from shared_schema.messages import Update
+
+    updates = []
+    for i, (msg, h264) in enumerate(segments):
+        env = encode(msg, device_id=session.device_id, seq=1000 + i, boot="3" * 16, body=h264)
+        session.deliver(decode(env))
+        while session.has_work:
+            updates += [o for o in session.step() if isinstance(o.msg, Update)]
+    return updates
+
+
+def test_a_second_device_trains_on_from_an_expert_the_first_one_trained(tmp_path, shared_dir):
+    from cloud_trainer.recl.reuse import ModelReuse
+    from cloud_trainer.session import Session
+    from tests.trainer_helpers import vtest_segments
+
+    config = _reuse_config(tmp_path)
+    initial = config.student.model.read_bytes()
+    teacher = load_teacher(config.teacher)
+    reuse = ModelReuse(config.recl, initial, config.zoo_directory, threads=2)
+    segments = vtest_segments(shared_dir)
+
+    def session(name):
+        return Session(name, config, teacher, initial, directory=tmp_path / name, reuse=reuse)
+
+    first = session("cam-a")
+    _phases(first, segments[:3])
+    assert reuse.stats.admitted >= 1 and len(reuse.zoo) >= 1
+    expert = reuse.zoo.experts[0]
+    assert expert.origin == "cam-a" and 15 in expert.classes  # it saw people
+    second = session("cam-b")
+    updates = _phases(second, segments[:2])
+    assert second.stats.reuses >= 1 and reuse.stats.reused >= 1
+    assert sum(e.picks for e in reuse.zoo.experts) >= 1
+    assert updates and all(u.msg.format == "qdelta" for u in updates)
+    figures = reuse.metrics()
+    assert figures["zoo_experts"] == len(reuse.zoo) and 0 < figures["reuse_rate"] <= 1
+    # the zoo is on disk: a restarted trainer has the same experts
+    again = ModelReuse(config.recl, initial, config.zoo_directory, threads=2)
+    assert [e.id for e in again.zoo.experts] == [e.id for e in reuse.zoo.experts]
+    assert again.gating.experts == [e.id for e in reuse.zoo.experts]
+    reuse.close()
+    again.close()
+
+
+def test_recl_refuses_a_float16_student(tmp_path):
+    from cloud_trainer.config import TrainerConfig
+    from tests.trainer_helpers import trainer_raw
+
+    raw = trainer_raw(tmp_path)
+    raw["recl"] = {"enabled": True}
+    raw["student"]["precision"] = "float16"
+    with pytest.raises(ValueError, match=r"\[recl\] keeps int8 experts"):
+        TrainerConfig.model_validate(raw)

@@ -20,12 +20,18 @@ from shared_schema.envelope import sha256_hex
 _OPEN_FILES = 3
 
 
+def per_sample_miou(
+    labels: Sequence[np.ndarray], samples: Sequence[Sample], classes: Sequence[int]
+) -> list[float]:
+    """The mIoU of each of ``labels`` (one map per sample) against the sample's teacher labels."""
+    return [miou(p, s.labels, classes) for p, s in zip(labels, samples, strict=True)]
+
+
 def mean_miou(
     labels: Sequence[np.ndarray], samples: Sequence[Sample], classes: Sequence[int]
 ) -> float:
-    """Mean over ``samples`` of the mIoU of ``labels`` (one map each) against the teacher's."""
-    pairs = zip(labels, samples, strict=True)
-    return float(np.mean([miou(p, s.labels, classes) for p, s in pairs]))
+    """A file's score: the mean over ``samples`` of ``per_sample_miou``."""
+    return float(np.mean(per_sample_miou(labels, samples, classes)))
 
 
 class FileJudge:
@@ -36,8 +42,16 @@ class FileJudge:
         self._open: OrderedDict[str, Engine] = OrderedDict()  # by sha256, least recent first
 
     def score(self, data: bytes, samples: Sequence[Sample], classes: Sequence[int]) -> float:
+        return mean_miou(self._labels(data, samples), samples, classes)
+
+    def per_sample(
+        self, data: bytes, samples: Sequence[Sample], classes: Sequence[int]
+    ) -> list[float]:
+        return per_sample_miou(self._labels(data, samples), samples, classes)
+
+    def _labels(self, data: bytes, samples: Sequence[Sample]) -> list[np.ndarray]:
         engine = self._engine(data)
-        return mean_miou([engine.infer(s.rgb) for s in samples], samples, classes)
+        return [engine.infer(s.rgb) for s in samples]
 
     def _engine(self, data: bytes) -> Engine:
         sha = sha256_hex(data)

@@ -13,18 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from cloud_trainer.recl.zoo import ExpertZoo
-
-
-class AdmissionConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    alpha: float = Field(0.02, ge=0.0, le=1.0)  # mIoU above every other candidate (0.02: 2 points)
-    queue: int = Field(1, ge=1, le=64)  # promising models that join together
-    eta: int = Field(1, ge=0)  # picks in the last q selections an expert needs to stay
-    q: int = Field(3000, ge=1)  # selections the pruning rule looks back over (~a day, §6.3.3)
 
 
 def promising(retrained: float, others: Sequence[float], alpha: float) -> bool:

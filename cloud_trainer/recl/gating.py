@@ -117,17 +117,21 @@ class GatingData:
         self.capacity = capacity
         self.features: list[np.ndarray] = []
         self.accuracy: list[dict[str, float]] = []  # per frame: expert id → measured mIoU
+        self.frames: list[object] = []  # per frame: what a new expert is measured on
         self._rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
         return len(self.features)
 
-    def add(self, features: np.ndarray, accuracy: Mapping[str, float]) -> None:
+    def add(
+        self, features: np.ndarray, accuracy: Mapping[str, float], frame: object = None
+    ) -> None:
         if len(self.features) >= self.capacity:
             drop = int(self._rng.integers(len(self.features)))
-            del self.features[drop], self.accuracy[drop]
+            del self.features[drop], self.accuracy[drop], self.frames[drop]
         self.features.append(np.asarray(features, np.float32))
         self.accuracy.append(dict(accuracy))
+        self.frames.append(frame)
 
     def measure(self, expert_id: str, accuracy: Sequence[float]) -> None:
         """A new expert's measured mIoU on every frame held, in order."""

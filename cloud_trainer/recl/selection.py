@@ -5,7 +5,7 @@ device's model by ``margin``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 CURRENT = "current"  # the candidate name of the device's model
@@ -22,13 +22,11 @@ class Verdict:
         return self.scores[self.best] - self.scores[CURRENT]
 
 
-def safety_check(
-    candidates: Mapping[str, bytes], score: Callable[[bytes], float], margin: float
-) -> Verdict:
-    """``candidates`` by name, the device's model under ``CURRENT``; ``score(file)`` is the
-    file's mIoU on the judged frames."""
-    if CURRENT not in candidates:
+def safety_check(scores: Mapping[str, float], margin: float) -> Verdict:
+    """``scores``: each candidate's mIoU on the judged frames, by name, the device's model
+    under ``CURRENT``."""
+    if CURRENT not in scores:
         raise ValueError("the safety check needs the device's current model")
-    scores = {name: score(data) for name, data in candidates.items()}
+    scores = dict(scores)
     best = max(scores, key=lambda name: (scores[name], name == CURRENT))
     return Verdict(scores, best, best != CURRENT and scores[best] > scores[CURRENT] + margin)

@@ -1,0 +1,30 @@
+"""``[recl]`` in trainer.toml: RECL's settings (seed 003 §6.3), off by default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class AdmissionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alpha: float = Field(0.02, ge=0.0, le=1.0)  # mIoU above every other candidate (0.02: 2 points)
+    queue: int = Field(1, ge=1, le=64)  # promising models that join together
+    eta: int = Field(1, ge=0)  # picks in the last q selections an expert needs to stay
+    q: int = Field(3000, ge=1)  # selections the pruning rule looks back over (~a day, §6.3.3)
+
+
+class ReclConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    directory: Path | None = None  # the zoo's; default: "_zoo" beside the sessions' checkpoints
+    capacity: int = Field(32, ge=1, le=4096)  # experts kept; one more evicts the least picked
+    top_k: int = Field(4, ge=1, le=64)  # experts the gating network sends to the safety check
+    samples: int = Field(4, ge=1, le=64)  # newest samples the safety check judges on
+    margin: float = Field(0.02, ge=0.0, le=1.0)  # mIoU a switch must gain (0.02: two points)
+    gating_frames: int = Field(32, ge=1, le=1024)  # frames the gating network learns from
+    gating_steps: int = Field(100, ge=1, le=10_000)  # Adam steps per gating update
+    admission: AdmissionConfig = AdmissionConfig()

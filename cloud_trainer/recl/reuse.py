@@ -1,0 +1,180 @@
+"""Model reuse for every session of one trainer (seed 003 §6.3.1, §6.3.3): one zoo, one gating
+network, one admission queue, shared by all devices.
+
+Before a session's phase, ``select`` runs the safety check on the samples labelled since its
+last phase (which no candidate trained on): the device's model (in AMS, the last one retrained
+for it), the base student (the rebase rule, a zoo of one, is this special case) and the gating
+network's top K experts. The best is returned when it beats the device's model by the margin;
+the session then trains on from it and its update takes the device there. What the check
+measured teaches the gating network, and a device model that beats every other candidate by α
+is promising: it waits in the admission queue, then joins the zoo.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cloud_trainer.ams.judging import FileJudge
+from cloud_trainer.recl.admission import (
+    AdmissionQueue,
+    Candidate,
+    promising,
+    to_prune,
+)
+from cloud_trainer.recl.config import ReclConfig
+from cloud_trainer.recl.gating import FrameFeatures, GatingData, GatingNetwork, train_gating
+from cloud_trainer.recl.selection import CURRENT, Verdict, safety_check
+from cloud_trainer.recl.zoo import ExpertZoo
+from cloud_trainer.sample_buffer import Sample
+
+log = logging.getLogger(__name__)
+
+BASE = "base"  # the candidate name of the pretrained student
+_ZOO = "zoo:"  # candidate names of experts: the prefix, then the expert's id
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The model a session should train on from, and why."""
+
+    data: bytes
+    name: str  # BASE, or "zoo:" and the expert's id
+    verdict: Verdict
+
+
+@dataclass
+class ReuseStats:
+    selections: int = 0
+    switches: int = 0  # selections that sent another model
+    reused: int = 0  # of them, to an expert of the zoo
+    gate_hits: int = 0  # the gating network's first pick was the check's best expert
+    gated_checks: int = 0  # checks with at least one expert from the gating network
+    admitted: int = 0
+    pruned: int = 0
+
+
+class ModelReuse:
+    def __init__(self, config: ReclConfig, base: bytes, directory: Path, threads: int) -> None:
+        self.config = config
+        self._base = base
+        self.zoo = ExpertZoo(directory, base, capacity=config.capacity,
+                             window=config.admission.q)  # fmt: skip
+        self._features = FrameFeatures(base)
+        self.gating = GatingNetwork(self._features.dim)
+        for expert in self.zoo.experts:
+            self.gating.add(expert.id)
+        # each frame kept with the classes it was judged over, for new experts to be measured on
+        self._data = GatingData(config.gating_frames)
+        self._queue = AdmissionQueue(config.admission.queue)
+        self._judge = FileJudge(threads)
+        self.stats = ReuseStats()
+
+    def select(
+        self, device_id: str, current: bytes, samples: Sequence[Sample], classes: Sequence[int]
+    ) -> Choice | None:
+        """The model ``device_id`` should move to from ``current``, judged on ``samples``
+        (the newest ``config.samples`` of them); None to train on from ``current``."""
+        judged = list(samples)[-self.config.samples :]
+        features = self._features(np.stack([s.rgb for s in judged]))
+        top = self.gating.top_k(features, self.config.top_k)
+        files = {CURRENT: current, BASE: self._base}
+        files.update({_ZOO + e: self.zoo.file(e) for e in top})
+        per_frame = {name: self._judge.per_sample(data, judged, classes)
+                     for name, data in files.items()}  # fmt: skip
+        verdict = safety_check({n: float(np.mean(v)) for n, v in per_frame.items()},
+                               self.config.margin)  # fmt: skip
+        self._learn(features, judged, classes, per_frame, current)
+        self._count(verdict, top)
+        self._admit(device_id, current, classes, verdict)
+        if not verdict.switch:
+            return None
+        return Choice(files[verdict.best], verdict.best, verdict)
+
+    def metrics(self) -> dict[str, float]:
+        """The zoo's figures: its size, the selections and how often they reused an expert,
+        how often the gating network's first pick was the safety check's best expert."""
+        stats = self.stats
+        return {
+            "zoo_experts": len(self.zoo),
+            "zoo_refused": self.zoo.refused,
+            **asdict(stats),
+            "reuse_rate": stats.reused / stats.selections if stats.selections else 0.0,
+            "gate_hit_rate": stats.gate_hits / stats.gated_checks if stats.gated_checks else 0.0,
+        }
+
+    def close(self) -> None:
+        self._judge.close()
+
+    # -- the gating network and the zoo --------------------------------------------------------
+
+    def _learn(
+        self,
+        features: np.ndarray,
+        judged: Sequence[Sample],
+        classes: Sequence[int],
+        per_frame: dict[str, list[float]],
+        current: bytes,
+    ) -> None:
+        """Every measured (frame, expert) accuracy joins the gating network's data."""
+        by_expert = {name.removeprefix(_ZOO): v for name, v in per_frame.items()
+                     if name.startswith(_ZOO)}  # fmt: skip
+        own = self.zoo.find(current)
+        if own is not None:
+            by_expert[own] = per_frame[CURRENT]
+        for i, sample in enumerate(judged):
+            self._data.add(features[i], {e: v[i] for e, v in by_expert.items()}, (sample, classes))
+        if by_expert:
+            train_gating(self.gating, self._data, self.config.gating_steps)
+
+    def _count(self, verdict: Verdict, top: list[str]) -> None:
+        stats = self.stats
+        stats.selections += 1
+        picked = verdict.best.removeprefix(_ZOO) if verdict.best.startswith(_ZOO) else None
+        self.zoo.record_selection(picked if verdict.switch else None)
+        if verdict.switch:
+            stats.switches += 1
+            stats.reused += picked is not None
+        if top:
+            stats.gated_checks += 1
+            experts = [n for n in verdict.scores if n.startswith(_ZOO)]
+            best_expert = max(experts, key=verdict.scores.__getitem__)
+            stats.gate_hits += best_expert == _ZOO + top[0]
+
+    def _admit(
+        self, device_id: str, current: bytes, classes: Sequence[int], verdict: Verdict
+    ) -> None:
+        """§6.3.3: the device's model (the last retrained) joins when it beats the rest by α."""
+        others = [s for n, s in verdict.scores.items() if n != CURRENT]
+        mine = verdict.scores[CURRENT]
+        if current == self._base or self.zoo.find(current) is not None:
+            return
+        if not promising(mine, others, self.config.admission.alpha):
+            return
+        ready = self._queue.offer(Candidate(current, device_id, tuple(classes), mine))
+        for candidate in ready:
+            expert = self.zoo.add(candidate.data, origin=candidate.origin,
+                                  classes=candidate.classes, accuracy=candidate.score)  # fmt: skip
+            self.gating.add(expert.id)
+            self._data.measure(expert.id, [self._judge.per_sample(candidate.data, [s], c)[0]
+                                           for s, c in self._data.frames])  # fmt: skip
+            self.stats.admitted += 1
+            log.info("expert %s from %s joined the zoo (mIoU %.3f; %d experts)", expert.id,
+                     candidate.origin, candidate.score, len(self.zoo))  # fmt: skip
+        if ready:
+            train_gating(self.gating, self._data, self.config.gating_steps)
+        self._prune()
+
+    def _prune(self) -> None:
+        gone = to_prune(self.zoo, self.config.admission.eta)
+        if not gone:
+            return
+        self.zoo.remove(gone)
+        for expert_id in gone:
+            self.gating.remove(expert_id)
+            self._data.forget(expert_id)
+        self.stats.pruned += len(gone)
