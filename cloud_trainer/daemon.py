@@ -21,6 +21,7 @@ from pathlib import Path
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.outgoing import Outgoing
 from cloud_trainer.recl.reuse import ModelReuse
+from cloud_trainer.recl.scheduler import MarginalGain
 from cloud_trainer.scheduler import RoundRobin
 from cloud_trainer.session import CHECKPOINT, Session, open_inbox, store_segment
 from cloud_trainer.teacher import load_teacher
@@ -59,7 +60,9 @@ class TrainerDaemon:
         if config.recl.enabled:
             threads = config.teacher.threads
             self.reuse = ModelReuse(config.recl, self._initial_model, config.zoo_directory, threads)
-        self.scheduler = RoundRobin(self._step)
+        self._gains = MarginalGain(config.recl.max_wait)
+        marginal = config.recl.scheduler == "marginal-gain"
+        self.scheduler = RoundRobin(self._step, self._choose if marginal else None)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._prometheus = _Prometheus(config.metrics.prometheus_port)
@@ -148,9 +151,21 @@ class TrainerDaemon:
 
     def _step(self, device_id: str) -> bool:
         session = self._session(device_id)
+        session.last_phase = None
         for outgoing in session.step():
             self._send(session, outgoing)
+        if session.last_phase is not None:
+            self._gains.record(device_id, *session.last_phase)
         return session.has_work
+
+    def _choose(self, queued: list[str]) -> str:
+        """The marginal-gain scheduler: work from devices first, in turn (it is short and keeps
+        them answered); then, among phases, the one Algorithm 4 picks."""
+        with self._lock:
+            sessions = {d: self.sessions.get(d) for d in queued}
+        phases = [d for d, s in sessions.items() if s is not None and s.trains_next]
+        others = [d for d in queued if d not in phases]
+        return others[0] if others else self._gains.pick(phases)
 
     def _session(self, device_id: str) -> Session:
         with self._lock:
@@ -219,6 +234,7 @@ class TrainerDaemon:
             ]
             for session in idle:
                 self._heard.pop(session.device_id, None)
+                self._gains.forget(session.device_id)
         for session in idle:
             self._save(session)
             self.endpoint.counters.inc("trainer.sessions_unloaded")

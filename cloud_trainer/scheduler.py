@@ -4,6 +4,8 @@ Sessions with work queue up; the worker gives the session at the front one step 
 labelled, or one training phase) and sends it to the back if it has more. A slow session
 therefore delays each other session by at most one of its steps per round, never more.
 Housekeeping that must not race a step (checkpoints) is queued as a call between steps.
+With ``choose``, the worker asks it which of the queued sessions goes next (RECL's
+marginal-gain scheduler, ``recl.scheduler``); calls still run as they come.
 """
 
 from __future__ import annotations
@@ -17,9 +19,15 @@ log = logging.getLogger(__name__)
 
 
 class RoundRobin:
-    def __init__(self, step: Callable[[str], bool]) -> None:
-        """``step(session_id)`` does one piece of work and says whether more is waiting."""
+    def __init__(
+        self,
+        step: Callable[[str], bool],
+        choose: Callable[[list[str]], str] | None = None,
+    ) -> None:
+        """``step(session_id)`` does one piece of work and says whether more is waiting;
+        ``choose(queued)`` picks the next session among those queued (default: the first)."""
         self._step = step
+        self._choose = choose
         self._ready: deque[str | Callable[[], None]] = deque()
         self._queued: set[str] = set()
         self._cond = threading.Condition()
@@ -74,8 +82,15 @@ class RoundRobin:
                 self._cond.wait()
             if self._stopped:
                 return None
-            item = self._ready.popleft()
+            item = self._ready[0]
+            queued = [i for i in self._ready if isinstance(i, str)]
+            self._busy = True
+        if isinstance(item, str) and self._choose is not None and len(queued) > 1:
+            # outside the lock: choosing looks into sessions, whose threads notify this one;
+            # only this worker takes items out, so the chosen one is still queued after
+            item = self._choose(queued)
+        with self._cond:
+            self._ready.remove(item)
             if isinstance(item, str):
                 self._queued.discard(item)
-            self._busy = True
             return item

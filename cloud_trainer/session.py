@@ -166,6 +166,7 @@ class Session:
         """``reuse``: the trainer's expert zoo (RECL), where ``[recl]`` is on."""
         self.device_id = device_id
         self._reuse = reuse
+        self.last_phase: tuple[float, float] | None = None  # (mIoU gain, seconds), measured
         self.config = config
         self._signer = signer
         self.directory = directory
@@ -255,6 +256,12 @@ class Session:
         """Something to do now: queued messages, a phase, or an offer that is due."""
         due = self._full_model_due or self._unanswered or self._resumed
         return self.has_queued_work or due
+
+    @property
+    def trains_next(self) -> bool:
+        """Its next step is a training phase (nothing from the device waits before it)."""
+        with self._lock:
+            return self._phase_due and not (self._events or self._segments)
 
     @property
     def has_queued_work(self) -> bool:
@@ -556,10 +563,22 @@ class Session:
         # The weights and optimizer state that make the next version are on disk before it is:
         # a trainer killed at any instant resumes exactly on them (see _restore).
         self.save(making=self.mirror.version + 1)
+        before = self.mirror.data
         update = self.mirror.advance(self.student, fmt, mask=self.optimizer.mask)
         self._remember_sent()
         self.stats.updates_sent += 1
+        self._measure_gain(before, result.seconds)
         return self._counted_downlink([update])
+
+    def _measure_gain(self, before: bytes, seconds: float) -> None:
+        """For the marginal-gain scheduler (Algorithm 4 lines 4-9): the phase's mIoU gain on
+        the newest samples, the device's file before it against the one it made."""
+        if self.config.recl.scheduler != "marginal-gain":
+            return
+        judged, classes = self.buffer.newest(self.config.rebase.samples), self.subset.classes
+        gain = self._judge.score(self.mirror.data, judged, classes)
+        gain -= self._judge.score(before, judged, classes)
+        self.last_phase = (gain, seconds)
 
     def _rebase_if_better(self, fresh: int) -> None:
         """Back to the base model and the ``fresh`` samples' scene alone, if the base labels

@@ -327,3 +327,38 @@ def test_recl_refuses_a_float16_student(tmp_path):
     raw["student"]["precision"] = "float16"
     with pytest.raises(ValueError, match=r"\[recl\] keeps int8 experts"):
         TrainerConfig.model_validate(raw)
+
+
+def test_with_the_marginal_gain_scheduler_a_phase_measures_its_gain(tmp_path, shared_dir):
+    from cloud_trainer.config import TrainerConfig
+    from cloud_trainer.session import Session
+    from tests.trainer_helpers import trainer_raw, vtest_segments
+
+    raw = trainer_raw(tmp_path)
+    raw["recl"] = {"scheduler": "marginal-gain"}
+    config = TrainerConfig.model_validate(raw)
+    initial = config.student.model.read_bytes()
+    session = Session("cam-1", config, load_teacher(config.teacher), initial,
+                      directory=tmp_path / "s")  # fmt: skip
+    assert _phases(session, vtest_segments(shared_dir)[:1])
+    gain, seconds = session.last_phase
+    assert seconds > 0 and -1.0 <= gain <= 1.0 and session.mirror.version == 1
+
+
+def test_the_daemon_serves_device_work_first_then_the_fastest_learning_phase(tmp_path):
+    from types import SimpleNamespace
+
+    from cloud_trainer.config import TrainerConfig
+    from cloud_trainer.daemon import TrainerDaemon
+    from tests.trainer_helpers import trainer_raw
+
+    raw = trainer_raw(tmp_path)
+    raw["recl"] = {"scheduler": "marginal-gain"}
+    daemon = TrainerDaemon(TrainerConfig.model_validate(raw))
+    daemon.sessions = {d: SimpleNamespace(trains_next=d != "busy") for d in ("a", "b", "busy")}
+    assert daemon._choose(["a", "b", "busy"]) == "busy"  # a segment or an ack waits there
+    assert daemon._choose(["a", "b"]) == "a"  # no estimates yet: each in turn
+    daemon._gains.record("a", 0.01, 2.0)
+    assert daemon._choose(["a", "b"]) == "b"
+    daemon._gains.record("b", 0.02, 2.0)
+    assert daemon._choose(["a", "b"]) == "b"  # 0.01 mIoU per second against 0.005

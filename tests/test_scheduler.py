@@ -65,3 +65,20 @@ def test_a_failing_step_does_not_stop_the_worker():
     scheduler.stop()
     worker.join(2)
     assert seen == ["bad", "good"]
+
+
+def test_a_chooser_picks_among_the_queued_sessions_and_calls_keep_their_turn():
+    seen = []
+    scheduler = RoundRobin(lambda sid: seen.append(sid) or False, choose=lambda q: q[-1])
+    for sid in ("a", "b", "c"):
+        scheduler.notify(sid)
+    scheduler.call(lambda: seen.append("checkpoint"))
+    worker = threading.Thread(target=scheduler.run)
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not scheduler.idle and time.monotonic() < deadline:
+        time.sleep(0.01)
+    scheduler.stop()
+    worker.join()
+    # the last queued session first, each time; the call when it reaches the front
+    assert seen == ["c", "b", "a", "checkpoint"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,7 +20,12 @@ class AdmissionConfig(BaseModel):
 class ReclConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    enabled: bool = False
+    enabled: bool = False  # the zoo, its gating network and the safety check
+    # who gets the training slot when several sessions have a phase due: in turn, or the one
+    # that gained most mIoU per second of training in its last phase (Algorithm 4), none
+    # passed over more than max_wait times in a row
+    scheduler: Literal["round-robin", "marginal-gain"] = "round-robin"
+    max_wait: int = Field(8, ge=1, le=1000)
     directory: Path | None = None  # the zoo's; default: "_zoo" beside the sessions' checkpoints
     capacity: int = Field(32, ge=1, le=4096)  # experts kept; one more evicts the least picked
     top_k: int = Field(4, ge=1, le=64)  # experts the gating network sends to the safety check
