@@ -91,6 +91,8 @@ class TrainerDaemon:
         for thread in self._threads:
             thread.join(timeout)
         self._save_all()
+        if self.reuse is not None:
+            self.reuse.close()
         self.endpoint.stop()
 
     def wait_idle(self, timeout: float) -> bool:

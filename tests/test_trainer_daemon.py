@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from cloud_trainer.config import TrainerConfig
 from cloud_trainer.daemon import TrainerDaemon
 from cloud_trainer.tools.emulation import EmulatedDevice, local_profile
 from shared_schema.envelope import decode, sha256_hex
@@ -142,3 +143,31 @@ def test_a_killed_trainer_resumes_without_resending_full_models(tmp_path, broker
             trainer.wait(30)
         except subprocess.TimeoutExpired:
             trainer.kill()
+
+
+def test_a_second_device_receives_an_expert_the_first_one_trained(tmp_path, broker, shared_dir):
+    raw = trainer_raw(tmp_path, broker, iterations=10, lr=1e-4, batch_size=2)
+    # any device model no worse than the other candidates joins the zoo; any better one is taken
+    raw["recl"] = {"enabled": True, "margin": 0.0, "top_k": 2, "samples": 3,
+                   "admission": {"alpha": 0.0}}  # fmt: skip
+    daemon = TrainerDaemon(TrainerConfig.model_validate(raw))
+    daemon.start()
+    assert daemon.endpoint.wait_connected(10)
+    video = str(shared_dir / "videos/vtest.avi")
+    devices = [start_device(tmp_path, broker, "cam-a", video)]
+    try:
+        wait_until(lambda: daemon.reuse.stats.admitted >= 1, timeout=240,
+                   what="an expert of cam-a in the zoo")  # fmt: skip
+        devices.append(start_device(tmp_path, broker, "cam-b", video))
+        wait_until(lambda: "cam-b" in daemon.sessions and daemon.sessions["cam-b"].stats.reuses,
+                   timeout=240, what="cam-b trained on from an expert")  # fmt: skip
+        wait_until(lambda: devices[1].swaps >= 1, timeout=120, what="cam-b's hot swap")
+        picked = [e for e in daemon.reuse.zoo.experts if e.picks]
+        assert picked and picked[0].origin == "cam-a"
+        assert devices[1].runtime.counters.get("slots.rejected.bad_hash") == 0
+        assert daemon.sessions["cam-b"].stats.full_models == 0  # an ordinary signed update
+        assert (tmp_path / "ckpt" / "_zoo" / "zoo.json").exists()
+    finally:
+        for device in devices:
+            device.close()
+        daemon.stop()
