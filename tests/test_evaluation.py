@@ -96,6 +96,33 @@ def test_concatenated_stream_runs_on_one_clock(shared_dir):
     assert looped.names == ["bottle-detection.mp4", "vtest.avi", "bottle-detection.mp4 (2)"]
 
 
+def test_a_rotation_replays_the_next_segment_of_each_video_in_turn(shared_dir):
+    from cloud_trainer.evaluation.stream import ReplayStream, rotation
+
+    videos = [shared_dir / "videos/car-detection.mp4", shared_dir / "videos/vtest.avi"]
+    parts = rotation(videos, segment_s=0.5, rounds=2, first=1)
+    assert [(p.path.name, p.start_s, p.duration_s) for p in parts] == [
+        ("vtest.avi", 0.0, 0.5), ("car-detection.mp4", 0.0, 0.5),
+        ("vtest.avi", 0.5, 0.5), ("car-detection.mp4", 0.5, 0.5),
+    ]  # fmt: skip
+    stream = ReplayStream([], size=(65, 65), parts=parts)
+    frames = list(stream)
+    assert stream.names == ["vtest.avi", "car-detection.mp4", "vtest.avi@0.5s",
+                            "car-detection.mp4@0.5s"]  # fmt: skip
+    times = [f.t for f in frames]
+    assert times == sorted(times) and len(set(times)) == len(times)  # one clock across parts
+    third = [f for f in frames if f.video == 2]
+    assert len(third) == 5 and third[0].frame.timestamp == pytest.approx(0.5)  # vtest: 10 fps
+    assert [facts(f) for f in stream.replay_video(third[0])] == [facts(f) for f in third]
+    # a video shorter than the rounds ask for starts over
+    looped = rotation(videos[:1], segment_s=20.0, rounds=3)  # 30.2 s: 20 s, then 10.2 s
+    assert [(p.start_s, round(p.duration_s, 1)) for p in looped] == [(0, 20), (20, 10.2), (0, 20)]
+
+
+def facts(f):
+    return (f.index, f.video, f.t, f.evaluated, f.rgb.tobytes())
+
+
 def test_a_video_replayed_gives_the_frames_the_stream_gave(shared_dir):
     from cloud_trainer.evaluation.stream import ReplayStream
 
@@ -104,10 +131,6 @@ def test_a_video_replayed_gives_the_frames_the_stream_gave(shared_dir):
     frames = list(stream)
     first = next(f for f in frames if f.video == 1)
     again = list(stream.replay_video(first))
-
-    def facts(f):
-        return (f.index, f.video, f.t, f.evaluated, f.rgb.tobytes())
-
     assert [facts(f) for f in again] == [facts(f) for f in frames if f.video == 1]
 
 
@@ -347,3 +370,23 @@ def test_the_float_oracle_scores_the_float_network_not_the_int8_file(shared_dir,
         assert np.array_equal(counts, iou_counts(float_labels, target, 21))
         int8 = iou_counts(evaluation.pretrained_labels(frame.rgb[None])[0], target, 21)
         assert not np.array_equal(counts, int8)  # the float network labels differently
+
+
+def test_evaluate_runs_on_a_stream_of_recurring_scenes(shared_dir, tmp_path):
+    from cloud_trainer.evaluation.command import add_evaluate_parser
+    from edge_runtime.cli import command_parser, run_command
+
+    parser, sub = command_parser("cloud-trainer", "test")
+    add_evaluate_parser(sub)
+    out = tmp_path / "out"
+    videos = ["car-detection.mp4", "vtest.avi"]
+    argv = ["--log-level=WARNING", "evaluate", "--preset", "quick", "--schemes", "no_custom",
+            "--rotation", "1", "--rounds", "2", "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    for video in videos:
+        argv += ["--video", str(shared_dir / "videos" / video)]
+    assert run_command(parser, argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["schemes"]["no_custom"]["per_video"]) == [
+        "car-detection.mp4", "vtest.avi", "car-detection.mp4@1s", "vtest.avi@1s"]  # fmt: skip
+    assert results["config"]["stream"]["rotation_s"] == 1.0

@@ -38,6 +38,9 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument("--preset", choices=PRESETS, default="quick")
     parser.add_argument("--eval-stride", type=int, help="score every k-th frame")
     parser.add_argument("--clip", type=float, help="seconds kept from the start of each video")
+    parser.add_argument("--rotation", type=float, metavar="SECONDS",
+                        help="recurring scenes: each video's next SECONDS in turn")  # fmt: skip
+    parser.add_argument("--rounds", type=int, help="how many times --rotation goes round")
     parser.add_argument("--charge-compute", type=float, metavar="F",
                         help="add measured trainer compute × F before replies leave")  # fmt: skip
     parser.add_argument("--uplink-mbps", type=float)
@@ -72,7 +75,8 @@ def build_config(args: argparse.Namespace) -> EvalConfig:
         student = student or shared / _STUDENT
         teacher = teacher or shared / _TEACHER
     config = preset(args.preset, student, teacher)
-    stream = {k: v for k, v in (("eval_stride", args.eval_stride), ("clip_s", args.clip))
+    stream = {k: v for k, v in (("eval_stride", args.eval_stride), ("clip_s", args.clip),
+                                ("rotation_s", args.rotation), ("rounds", args.rounds))
               if v is not None}  # fmt: skip
     link = {k: v for k, v in (("charge_compute", args.charge_compute),
                               ("uplink_mbps", args.uplink_mbps),

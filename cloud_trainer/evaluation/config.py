@@ -66,6 +66,10 @@ class _Settings(BaseModel):
 
 class StreamSettings(_Settings):
     clip_s: float | None = Field(None, gt=0.0)  # keep only the first clip_s seconds of each video
+    # recurring scenes (``stream.rotation``): the next rotation_s of each video in turn, rounds
+    # times over; None: each video once, whole (or its clip)
+    rotation_s: float | None = Field(None, gt=0.0)
+    rounds: int = Field(2, ge=1, le=1000)
     eval_stride: int = Field(1, ge=1)  # score every k-th frame of the stream
 
 

@@ -129,6 +129,8 @@ def _config(config: EvalConfig, info: StreamInfo, runs: dict[str, SchemeRun]) ->
             "classes": list(info.classes),
             "size": list(info.size),  # (height, width) of the device model and label maps
             **info.signature,
+            "rotation_s": config.stream.rotation_s,
+            "rounds": config.stream.rounds if config.stream.rotation_s else None,
         },
         "formats": {
             "model_updates": "qdelta (real update bodies, applied with verify_and_apply)",

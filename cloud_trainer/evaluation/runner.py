@@ -34,7 +34,7 @@ from cloud_trainer.evaluation.record import SchemeRun
 from cloud_trainer.evaluation.schemes import Context, Scheme
 from cloud_trainer.evaluation.schemes.session_driven import ams
 from cloud_trainer.evaluation.scoring import iou_counts
-from cloud_trainer.evaluation.stream import ReplayStream
+from cloud_trainer.evaluation.stream import ReplayStream, rotation
 from cloud_trainer.metrics import ClassSubset
 from cloud_trainer.teacher import Teacher, TeacherConfig, load_teacher
 from edge_runtime.backends.litert import LiteRtConfig
@@ -88,7 +88,10 @@ class Evaluation:
         self.initial = config.student_model.read_bytes()
         teacher_model = config.teacher_model.read_bytes()
         size = self.geometry.input_size
-        self.stream = ReplayStream(videos, size, config.stream.clip_s, config.stream.eval_stride)
+        settings = config.stream
+        parts = [] if settings.rotation_s is None else rotation(videos, settings.rotation_s,
+                                                                   settings.rounds)  # fmt: skip
+        self.stream = ReplayStream(videos, size, settings.clip_s, settings.eval_stride, parts)
         self._teacher: Teacher = load_teacher(
             TeacherConfig(model=config.teacher_model, threads=config.threads)
         )
