@@ -390,3 +390,43 @@ def test_evaluate_runs_on_a_stream_of_recurring_scenes(shared_dir, tmp_path):
     assert list(results["schemes"]["no_custom"]["per_video"]) == [
         "car-detection.mp4", "vtest.avi", "car-detection.mp4@1s", "vtest.avi@1s"]  # fmt: skip
     assert results["config"]["stream"]["rotation_s"] == 1.0
+
+
+def test_time_to_accuracy_is_when_the_smoothed_miou_reaches_the_scenes_steady_level():
+    from cloud_trainer.evaluation.fleet import time_to_accuracy
+
+    t = np.arange(0.0, 30.0, 0.5)
+    miou = np.where(t < 10.0, 0.6, 0.8)  # learnt at 10 s; steady at 0.8 after it
+    assert time_to_accuracy(t, miou) == pytest.approx(12.0)  # its last 2 s are all learnt
+    assert time_to_accuracy(t, np.full(t.shape, 0.7)) == 0.0  # at its level from the start
+    assert np.isnan(time_to_accuracy(np.zeros(0), np.zeros(0)))
+
+
+def test_a_fleet_shares_one_trainer_budget_between_its_devices(shared_dir, tmp_path):
+    from cloud_trainer.evaluation.command import add_evaluate_parser
+    from edge_runtime.cli import command_parser, run_command
+
+    parser, sub = command_parser("cloud-trainer", "test")
+    add_evaluate_parser(sub)
+    out = tmp_path / "out"
+    argv = ["--log-level=WARNING", "evaluate", "--preset", "quick", "--fleet", "2",
+            "--budget", "2", "--step-s", "0.25", "--rotation", "3", "--rounds", "2",
+            "--schemes", "ams,recl", "--out", str(out),
+            "--cache-dir", str(tmp_path / "c")]  # fmt: skip
+    for video in ("car-detection.mp4", "vtest.avi"):
+        argv += ["--video", str(shared_dir / "videos" / video)]
+    assert run_command(parser, argv) == 0
+    results = json.loads((out / "fleet.json").read_text())
+    assert results["fleet"] == {"devices": 2, "budget": 2.0, "step_s": 0.25}
+    ams, recl = results["schemes"]["ams"], results["schemes"]["recl"]
+    for summary in (ams, recl):
+        assert len(summary["per_device"]) == 2 and 0 < summary["miou"] <= 1
+        # every phase costs K steps of 0.25 s of a trainer that has 2 s of them per second
+        assert summary["training_s"] == [p * 16 * 0.25 for p in summary["phases"]]
+        # 2 devices × 2 rounds × 2 videos × 3 s: 12 s each, 24 s of training at most, and
+        # the phase the last instant starts
+        assert sum(summary["training_s"]) <= 2 * 12.0 + 16 * 0.25
+        assert summary["time_to_accuracy_return_s"] is not None
+    assert all(p >= 1 for p in ams["phases"]) and ams["downlink_kbps"] > 0
+    assert recl["zoo"]["selections"] >= 1 and "ams" not in results["schemes"]["recl"]
+    assert "| recl |" in (out / "fleet.md").read_text()

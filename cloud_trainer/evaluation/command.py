@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cloud_trainer.evaluation.names import DEFAULT_SCHEMES, PRESETS, SchemeName
+from cloud_trainer.evaluation.names import DEFAULT_SCHEMES, FLEET_SCHEMES, PRESETS, SchemeName
 from shared_schema.config_files import find_shared_dir
 
 if TYPE_CHECKING:
@@ -55,6 +55,14 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                         help="also run AMS with these settings changed, keys dotted under the"
                         " AMS settings (e.g. lr3e-4:training.lr=3e-4, nogate:gate.enabled=false);"
                         " repeat for more; saved under variants/")  # fmt: skip
+    parser.add_argument("--fleet", type=int, metavar="N",
+                        help="N devices, each on its own --rotation of the videos, on one"
+                        " trainer of --budget training seconds per second; --schemes from: "
+                        + ", ".join(FLEET_SCHEMES))  # fmt: skip
+    parser.add_argument("--budget", type=float, help="the fleet trainer's training s per s")
+    parser.add_argument(
+        "--step-s", type=float, help="what one training step costs the fleet's trainer"
+    )
     parser.add_argument("--oracle-steps", type=int, help="Adam steps of the oracle per video")
     parser.add_argument("--threads", type=int, help="LiteRT threads (teacher, device)")
     parser.add_argument("--cache-dir", type=Path, help="label cache (default: ~/.cache/amstream)")
@@ -109,15 +117,14 @@ def evaluate(args: argparse.Namespace) -> int:
     from cloud_trainer.evaluation.schemes import SCHEMES
 
     config = build_config(args)
+    if args.fleet:
+        return evaluate_fleet(args, config)
     schemes = parse_schemes(args.schemes)
     variants = [Variant.parse(text, config.ams) for text in args.variant]
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # a line per training phase would tear the progress bars apart
         logging.getLogger("cloud_trainer.session").setLevel(logging.WARNING)
-    cache = args.cache_dir or Path(
-        os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "amstream", "labels"
-    )
-    evaluation = Evaluation(config, args.video, args.out, cache)
+    evaluation = Evaluation(config, args.video, args.out, _cache_dir(args))
     with evaluation.progress:
         info = evaluation.stream_info()
         for name in schemes:
@@ -136,5 +143,42 @@ def evaluate(args: argparse.Namespace) -> int:
         gated = summary.get("phases_gated", 0)
         print(f"{'ams:' + name:>16}: mIoU {100 * summary['miou']:6.2f} %  down"
               f" {summary['downlink_kbps']:8.1f} Kbps  gated {gated}")  # fmt: skip
+    print(f"results in {args.out}")
+    return 0
+
+
+def _cache_dir(args: argparse.Namespace) -> Path:
+    return args.cache_dir or Path(
+        os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "amstream", "labels"
+    )
+
+
+def evaluate_fleet(args: argparse.Namespace, config: EvalConfig) -> int:
+    from cloud_trainer.evaluation.fleet import Fleet, FleetSettings, summarise, write_fleet_report
+    from cloud_trainer.evaluation.runner import Evaluation, command_line
+
+    given = {"devices": args.fleet, "budget": args.budget, "step_s": args.step_s}
+    settings = FleetSettings(**{k: v for k, v in given.items() if v is not None})
+    default = args.schemes == ",".join(DEFAULT_SCHEMES)
+    schemes = list(FLEET_SCHEMES) if default else [s.strip() for s in args.schemes.split(",")]
+    unknown = [s for s in schemes if s not in FLEET_SCHEMES]
+    if unknown:
+        raise SystemExit(f"error: --schemes: {', '.join(unknown)}: with --fleet choose from"
+                         f" {', '.join(FLEET_SCHEMES)}")  # fmt: skip
+    evaluation = Evaluation(config, args.video, args.out, _cache_dir(args))
+    fleet = Fleet(evaluation, args.video, settings)
+    classes = fleet.classes()
+    summaries = {}
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in schemes:
+        summaries[name] = summarise(fleet.run(name, args.out), fleet.streams, classes)
+        s = summaries[name]
+        print(f"{name:>10}: mIoU {100 * s['miou']:6.2f} %  time to accuracy on a return"
+              f" {s['time_to_accuracy_return_s']} s  down {s['downlink_kbps']:.1f} Kbps"
+              f" per device  training {sum(s['training_s']):.0f} s")  # fmt: skip
+    stream = {"rotation_s": config.stream.rotation_s, "rounds": config.stream.rounds,
+              "videos": [v.name for v in args.video], "classes": list(classes)}  # fmt: skip
+    meta = {"command": command_line(), "fleet": settings.model_dump(), "stream": stream}
+    write_fleet_report(args.out, summaries, meta)
     print(f"results in {args.out}")
     return 0

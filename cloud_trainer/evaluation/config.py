@@ -18,6 +18,7 @@ from cloud_trainer.ams.gate import GateConfig
 from cloud_trainer.ams.rebase import RebaseConfig
 from cloud_trainer.ams.training import TrainingConfig
 from cloud_trainer.evaluation.names import PRESETS
+from cloud_trainer.recl.config import ReclConfig
 from cloud_trainer.student.float16 import Precision
 from shared_schema.config_files import ConfigFileError, validation_message
 from shared_schema.messages import UpdateFormat
@@ -97,6 +98,7 @@ class AmsSettings(_Settings):
     # what the device runs ([student] precision) and how updates reach it ([updates] format)
     precision: Precision = "int8"
     update_format: UpdateFormat = UpdateFormat.QDELTA
+    recl: ReclConfig = ReclConfig()  # the zoo and the scheduler (fleet runs share one zoo)
 
 
 class OneTimeSettings(_Settings):

@@ -19,3 +19,6 @@ class SchemeName(StrEnum):
 # What ``evaluate`` runs unless told: all but the float oracle (a precision study).
 DEFAULT_SCHEMES = tuple(s for s in SchemeName if s != SchemeName.ORACLE_FLOAT)
 PRESETS = ("quick", "paper")
+
+# What ``evaluate --fleet`` runs: the pretrained student, AMS, AMS with RECL's zoo, RECL.
+FLEET_SCHEMES = ("no_custom", "ams", "ams_zoo", "recl")

@@ -26,6 +26,8 @@ from cloud_trainer.evaluation.config import AmsSettings
 from cloud_trainer.evaluation.schemes.base import DEVICE_ID, Context, ModelScheme
 from cloud_trainer.evaluation.stream import StreamFrame
 from cloud_trainer.mirror import ModelMirror
+from cloud_trainer.outgoing import Outgoing
+from cloud_trainer.recl.reuse import ModelReuse
 from cloud_trainer.session import Session
 from cloud_trainer.student import saturated_weights
 from cloud_trainer.student.float16 import for_precision
@@ -43,8 +45,16 @@ _BOOT_ID = "e0a1" * 4
 
 class SessionScheme(ModelScheme):
     def __init__(
-        self, ctx: Context, settings: AmsSettings, *, window_s: float | None = None
+        self,
+        ctx: Context,
+        settings: AmsSettings,
+        *,
+        window_s: float | None = None,
+        device_id: str = DEVICE_ID,
+        reuse: ModelReuse | None = None,
     ) -> None:
+        """``reuse``: the zoo shared by a fleet's devices; with ``recl.enabled`` and none given,
+        the device has a zoo of its own."""
         # flashed with the student as the trainer has it run: the int8 file or its float16 form
         super().__init__(ctx, for_precision(ctx.initial_model, settings.precision))
         asr, atr = settings.asr, settings.atr
@@ -62,6 +72,7 @@ class SessionScheme(ModelScheme):
             atr=atr,
             gate=settings.gate,
             rebase=settings.rebase,
+            recl=settings.recl,
             checkpoint=CheckpointConfig(directory=ctx.workdir),
             # Trace-driven: update bodies go to the evaluation's device model, not over a
             # network, so there is nothing to sign.
@@ -69,9 +80,14 @@ class SessionScheme(ModelScheme):
         )
         # labels from the cache; KL's scores from the teacher file in torch, on the samples
         labels = ScoringTeacher(ctx.teacher, load_teacher(teacher)) if kl else ctx.teacher
-        self.session = Session(
-            DEVICE_ID, config, labels, ctx.initial_model, directory=ctx.workdir / DEVICE_ID
-        )
+        self._own_zoo = None
+        if reuse is None and settings.recl.enabled:
+            reuse = self._own_zoo = ModelReuse(
+                settings.recl, ctx.initial_model, config.zoo_directory, ctx.config.threads
+            )
+        self.device_id = device_id
+        self.session = Session(device_id, config, labels, ctx.initial_model,
+                               directory=ctx.workdir / device_id, reuse=reuse)  # fmt: skip
         # what the runtime's hello says a TFLite device applies
         accepted = UPDATE_FORMATS[ModelFormat.TFLITE]
         self.session.device.update_formats = tuple(f.value for f in accepted)
@@ -86,6 +102,7 @@ class SessionScheme(ModelScheme):
         ctx.run.extra["ams_fp16_bytes"] = 0
         ctx.run.extra["phases_gated"] = 0
         ctx.run.extra["rebases"] = 0
+        ctx.run.extra["reuses"] = 0  # training went on from an expert of the zoo (RECL)
         ctx.run.extra["rebased_at"] = []  # end of the interval whose phase rebased
         ctx.run.extra["saturated_weights"] = 0  # trained values the int8 grid clamps, at the end
         ctx.run.extra["sampling_fps"] = [(0.0, self.sampler.rate_fps)]
@@ -103,32 +120,50 @@ class SessionScheme(ModelScheme):
             self._samples.append(frame.on_clock())
 
     def _end_interval(self, end_s: float) -> None:
-        if not self._samples:
+        if not self._upload(end_s):
             return
+        with self.ctx.compute() as spent:
+            replies = self.work()
+        self.handle(end_s, spent[0], replies)
+
+    def _upload(self, end_s: float) -> bool:
+        """The interval's samples as one H.264 segment into the session; False if none."""
+        if not self._samples:
+            return False
         frames, self._samples = self._samples, []
         rate = self.sampler.rate_fps
         h264 = encode_segment(frames, self.knobs, fps=rate)
         segment = EncodedSegment.of(h264, frames, self.knobs, rate).message()
         self.ctx.run.uplink.append((end_s, len(h264)))
-        wire = encode(segment, device_id=DEVICE_ID, seq=next(self._seq), boot=_BOOT_ID, body=h264)
+        seq = next(self._seq)
+        wire = encode(segment, device_id=self.device_id, seq=seq, boot=_BOOT_ID, body=h264)
         self.session.deliver(decode(wire))
-        with self.ctx.compute() as spent:
-            replies = []
-            while self.session.has_work:
-                replies += self.session.step()
-        self.ctx.run.extra["phases_gated"] = self.session.stats.phases_gated
-        if self.session.stats.rebases > self.ctx.run.extra["rebases"]:
-            self.ctx.run.extra["rebased_at"].append(end_s)
-        self.ctx.run.extra["rebases"] = self.session.stats.rebases
+        return True
+
+    def work(self, *, until_phase: bool = False) -> list[Outgoing]:
+        """The session's steps while it has work (``until_phase``: stopping short of a phase,
+        which a fleet's trainer runs when its turn comes)."""
+        replies: list[Outgoing] = []
+        while self.session.has_work and not (until_phase and self.session.trains_next):
+            replies += self.session.step()
+        return replies
+
+    def handle(self, end_s: float, compute_s: float, replies: list[Outgoing]) -> None:
+        """The session's figures into the run; its controls and updates to the device."""
+        extra, stats = self.ctx.run.extra, self.session.stats
+        extra["phases_gated"] = stats.phases_gated
+        if stats.rebases + stats.reuses > extra["rebases"] + extra["reuses"]:
+            extra["rebased_at"].append(end_s)
+        extra["rebases"], extra["reuses"] = stats.rebases, stats.reuses
         if self.session.config.student.precision == "int8":  # float16 files clamp nothing
-            self.ctx.run.extra["saturated_weights"] = saturated_weights(self.session.student)
+            extra["saturated_weights"] = saturated_weights(self.session.student)
         fp16 = [self._ams_fp16_size(r.msg) for r in replies if isinstance(r.msg, Update)]
-        self.ctx.run.extra["ams_fp16_bytes"] += sum(fp16)
+        extra["ams_fp16_bytes"] += sum(fp16)
         for reply in replies:
             if isinstance(reply.msg, Control):
                 self._control(end_s, reply.msg)
             elif isinstance(reply.msg, Update):
-                self.send_update(end_s, spent[0], reply)
+                self.send_update(end_s, compute_s, reply)
 
     def _control(self, at_s: float, control: Control) -> None:
         """The device applies the trainer's rates from the next interval on."""
@@ -137,11 +172,16 @@ class SessionScheme(ModelScheme):
         self.ctx.run.extra["sampling_fps"].append((at_s, rate))
         self.ctx.run.extra["t_update_s"].append((at_s, self.t_update_s))
 
+    def close(self) -> None:
+        super().close()
+        if self._own_zoo is not None:
+            self._own_zoo.close()
+
     def _ams_fp16_size(self, update: Update) -> int:
         """The same update in seed 002's own encoding (fp16 values + gzip'd mask), for the
         report: the mirror's base version re-encoded with this phase's mask."""
         base = self.session.mirror.versions()[update.base_version]
-        mirror = ModelMirror(base, device_id=DEVICE_ID)
+        mirror = ModelMirror(base, device_id=self.device_id)
         mask = self.session.optimizer.mask
         return len(mirror.body_for(self.session.student, UpdateFormat.AMS_FP16, mask))
 

@@ -1,0 +1,261 @@
+"""A fleet on one trainer (seed 003 §6.5, issue 14): several devices, each replaying its own
+rotation of the same videos (recurring scenes: ``stream.rotation``, device d starting at video
+d), their sessions sharing one trainer whose training time is budgeted.
+
+Every device is AMS's own (``SessionScheme``: sampler, H.264 segments, a real ``Session``, the
+patched TFLite file); what the fleet adds is the trainer between them. Segments are labelled
+when they arrive; a phase waits until the trainer is free and its turn comes, round-robin or
+by Algorithm 4's marginal gain (``recl.scheduler``), and holds the trainer for
+``iterations × step_s / budget`` seconds of stream time, ``budget`` being the training seconds
+the trainer has per second. A phase's cost is a fixed figure per step, not the measured one,
+so that runs compare on the same budget whatever the machine's load. A device whose phase has
+not come by its next interval trains once on everything it then holds.
+
+Schemes: ``no_custom`` (the pretrained student throughout), ``ams`` (round-robin, the rebase
+rule), ``ams_zoo`` (the same, with RECL's shared zoo and safety check), ``recl`` (the zoo and
+the marginal-gain scheduler).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloud_trainer.evaluation.cache import CachedTeacher
+from cloud_trainer.evaluation.config import AmsSettings, EvalConfig
+from cloud_trainer.evaluation.record import SchemeRun
+from cloud_trainer.evaluation.schemes.base import Context
+from cloud_trainer.evaluation.schemes.session_driven import SessionScheme
+from cloud_trainer.evaluation.scoring import iou_counts, miou_from_counts
+from cloud_trainer.evaluation.stream import ReplayStream, StreamFrame, rotation
+from cloud_trainer.metrics import ClassSubset
+from cloud_trainer.recl.reuse import ModelReuse
+from cloud_trainer.recl.scheduler import MarginalGain
+
+ACCURACY_BAND = 0.01  # time to accuracy: within 1 point of the scene's steady level
+_SMOOTH_S = 2.0  # the per-frame mIoU is averaged over this much stream time first
+
+
+class FleetSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    devices: int = Field(4, ge=1, le=64)
+    budget: float = Field(1.0, gt=0.0)  # training seconds the trainer has per second
+    step_s: float = Field(0.5, gt=0.0)  # what one training step costs it (a phase: K of them)
+
+
+class FleetDevice(SessionScheme):
+    """One device of the fleet: its segments are labelled as they come, its phases wait for
+    the trainer (``train``)."""
+
+    waiting_since: float | None = None  # when its phase became due, until the trainer takes it
+
+    def _end_interval(self, end_s: float) -> None:
+        if not self._upload(end_s):
+            return
+        self.handle(end_s, 0.0, self.work(until_phase=True))
+        if self.session.trains_next and self.waiting_since is None:
+            self.waiting_since = end_s
+
+    def train(self, done_s: float) -> None:
+        """The phase, its update leaving when the trainer is done with it at ``done_s``."""
+        self.waiting_since = None
+        self.handle(done_s, 0.0, self.work())
+
+
+@dataclass
+class FleetRun:
+    name: str
+    runs: list[SchemeRun]  # one per device
+    training_s: list[float]  # training seconds the trainer gave each device
+    phases: list[int]
+    zoo: dict[str, float] = field(default_factory=dict)
+
+
+class Fleet:
+    def __init__(self, evaluation, videos: list[Path], settings: FleetSettings) -> None:
+        """``evaluation``: the ``runner.Evaluation`` whose models, caches and settings the
+        fleet uses."""
+        self.evaluation = evaluation
+        self.config: EvalConfig = evaluation.config
+        self.settings = settings
+        stream = self.config.stream
+        size = evaluation.geometry.input_size
+        self.streams = [
+            ReplayStream(videos, size, eval_stride=stream.eval_stride,
+                         parts=rotation(videos, stream.rotation_s or 30.0, stream.rounds, d))
+            for d in range(settings.devices)
+        ]  # fmt: skip
+
+    def classes(self) -> tuple[int, ...]:
+        """The scoring classes: every device replays the same segments, so device 0's."""
+        subset = ClassSubset(self.evaluation.geometry.num_classes)
+        for frame in self.streams[0]:
+            if frame.evaluated:
+                subset.observe(self.evaluation.teacher_labels(frame.rgb[None])[0])
+        return subset.classes
+
+    def run(self, name: str, workdir: Path) -> FleetRun:
+        settings = self._ams_settings(name)
+        with tempfile.TemporaryDirectory(prefix=f"fleet-{name}-", dir=workdir) as scratch:
+            root = Path(scratch)
+            reuse = None
+            if settings.recl.enabled:
+                reuse = ModelReuse(settings.recl, self.evaluation.initial, root / "_zoo",
+                                   self.config.threads)  # fmt: skip
+            devices = [self._device(d, settings, root, reuse) for d in range(len(self.streams))]
+            try:
+                result = self._replay(name, devices, settings)
+                result.zoo = {} if reuse is None else reuse.metrics()
+            finally:
+                for device in devices:
+                    device.close()
+                if reuse is not None:
+                    reuse.close()
+        return result
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _ams_settings(self, name: str) -> AmsSettings:
+        ams = self.config.ams
+        recl = ams.recl.model_copy(update={
+            "enabled": name in ("ams_zoo", "recl"),
+            "scheduler": "marginal-gain" if name == "recl" else "round-robin",
+        })  # fmt: skip
+        return ams.model_copy(update={"recl": recl})
+
+    def _device(
+        self, d: int, settings: AmsSettings, root: Path, reuse: ModelReuse | None
+    ) -> FleetDevice:
+        evaluation = self.evaluation
+        run = SchemeRun(f"device-{d}", self.streams[d].signature())
+        teacher = CachedTeacher(evaluation._teacher, evaluation.teacher_labels)
+        ctx = Context(self.config, evaluation.initial, teacher, evaluation.pretrained_labels,
+                      run, root / f"device-{d}", self.streams[d])  # fmt: skip
+        ctx.workdir.mkdir(parents=True)
+        return FleetDevice(ctx, settings, device_id=f"cam-{d}", reuse=reuse)
+
+    def _replay(self, name: str, devices: list[FleetDevice], settings: AmsSettings) -> FleetRun:
+        classes = self.evaluation.geometry.num_classes
+        trains = name != "no_custom"
+        training_s = [0.0] * len(devices)
+        phases = [0] * len(devices)
+        gains = MarginalGain(settings.recl.max_wait)
+        phase_s = settings.training.iterations * self.settings.step_s
+        free_at = 0.0
+        for t, d, frame in _merged(self.streams):
+            device = devices[d]
+            if trains:
+                device.observe(frame)
+            while trains and free_at <= t:
+                waiting = [i for i, x in enumerate(devices)
+                           if x.waiting_since is not None and x.waiting_since <= t]  # fmt: skip
+                if not waiting:
+                    break
+                chosen = self._pick(waiting, devices, gains, settings)
+                start = max(free_at, devices[chosen].waiting_since or 0.0)
+                free_at = start + phase_s / self.settings.budget
+                before = devices[chosen].session.stats.phases
+                devices[chosen].train(free_at)
+                if devices[chosen].session.stats.phases > before:
+                    training_s[chosen] += phase_s
+                    phases[chosen] += 1
+                    if devices[chosen].session.last_phase is not None:
+                        gains.record(str(chosen), devices[chosen].session.last_phase[0], phase_s)
+            device.device.advance_to(frame.t)
+            if frame.evaluated:
+                target = self.evaluation.teacher_labels(frame.rgb[None])[0]
+                counts = iou_counts(device.labels(frame), target, classes)
+                device.ctx.run.add_frame(frame.t, frame.video, counts)
+        for device, stream in zip(devices, self.streams, strict=True):
+            device.ctx.run.duration_s = stream.end_s
+        return FleetRun(name, [x.ctx.run for x in devices], training_s, phases)
+
+    @staticmethod
+    def _pick(
+        waiting: list[int], devices: list[FleetDevice], gains: MarginalGain, settings: AmsSettings
+    ) -> int:
+        if settings.recl.scheduler == "marginal-gain":
+            return int(gains.pick([str(i) for i in waiting]))
+        return min(waiting, key=lambda i: devices[i].waiting_since or 0.0)  # in turn: FIFO
+
+
+def _merged(streams: list[ReplayStream]) -> Iterator[tuple[float, int, StreamFrame]]:
+    """Every device's frames in the order of the stream time they come at."""
+
+    def frames(d: int) -> Iterator[tuple[float, int, StreamFrame]]:
+        return ((f.t, d, f) for f in streams[d])
+
+    return heapq.merge(*(frames(d) for d in range(len(streams))), key=lambda x: (x[0], x[1]))
+
+
+# -- what a run says ---------------------------------------------------------------------------
+
+
+def time_to_accuracy(t: np.ndarray, miou: np.ndarray) -> float:
+    """Seconds from a scene's first scored frame until its mIoU, averaged over the last
+    ``_SMOOTH_S``, first comes within ``ACCURACY_BAND`` of the scene's steady level (its mean
+    over the scene's last third)."""
+    if len(t) == 0:
+        return float("nan")
+    steady = float(np.mean(miou[len(miou) * 2 // 3 :]))
+    for i in range(len(t)):
+        recent = miou[(t >= t[i] - _SMOOTH_S) & (t <= t[i])]
+        if recent.mean() >= steady - ACCURACY_BAND:
+            return float(t[i] - t[0])
+    return float(t[-1] - t[0])
+
+
+def summarise(run: FleetRun, streams: list[ReplayStream], classes: tuple[int, ...]) -> dict:
+    scores, first, again, down = [], [], [], 0
+    for device, stream in zip(run.runs, streams, strict=True):
+        per_frame = np.asarray(miou_from_counts(np.stack(device.frame_counts), classes))
+        t, part = np.asarray(device.frame_t), np.asarray(device.frame_video)
+        scores.append(per_frame)
+        seen: set[str] = set()
+        for index, piece in enumerate(stream.parts):
+            mask = part == index
+            tta = time_to_accuracy(t[mask], per_frame[mask])
+            (again if piece.path.name in seen else first).append(tta)
+            seen.add(piece.path.name)
+        down += sum(n for _, n in device.downlink)
+    duration = max(r.duration_s for r in run.runs)
+    return {
+        "miou": float(np.mean(np.concatenate(scores))),
+        "per_device": [float(np.mean(s)) for s in scores],
+        "time_to_accuracy_first_s": float(np.nanmean(first)) if first else None,
+        "time_to_accuracy_return_s": float(np.nanmean(again)) if again else None,
+        "downlink_kbps": down * 8 / duration / 1000 / len(run.runs),  # per device
+        "training_s": run.training_s,
+        "phases": run.phases,
+        **({"zoo": run.zoo} if run.zoo else {}),
+    }
+
+
+def write_fleet_report(out: Path, summaries: dict[str, dict], meta: dict[str, object]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fleet.json").write_text(json.dumps({**meta, "schemes": summaries}, indent=1) + "\n")
+    lines = [
+        "| scheme | mIoU (%) | time to accuracy, first visit (s) | on a return (s) |"
+        " down (Kbps per device) | training s per device | phases |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, s in summaries.items():
+
+        def num(v: float | None) -> str:
+            return "–" if v is None else f"{v:.1f}"
+
+        lines.append(
+            f"| {name} | {100 * s['miou']:.2f} | {num(s['time_to_accuracy_first_s'])}"
+            f" | {num(s['time_to_accuracy_return_s'])} | {s['downlink_kbps']:.1f}"
+            f" | {', '.join(f'{x:.0f}' for x in s['training_s'])}"
+            f" | {', '.join(str(p) for p in s['phases'])} |"
+        )
+    (out / "fleet.md").write_text("\n".join(lines) + "\n")
