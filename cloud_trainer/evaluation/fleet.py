@@ -24,11 +24,11 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud_trainer.evaluation.cache import CachedTeacher
 from cloud_trainer.evaluation.config import AmsSettings, EvalConfig
 from cloud_trainer.evaluation.record import SchemeRun
 from cloud_trainer.evaluation.schemes.base import Context
@@ -38,6 +38,9 @@ from cloud_trainer.evaluation.stream import ReplayStream, StreamFrame, rotation
 from cloud_trainer.metrics import ClassSubset
 from cloud_trainer.recl.reuse import ModelReuse
 from cloud_trainer.recl.scheduler import MarginalGain
+
+if TYPE_CHECKING:
+    from cloud_trainer.evaluation.runner import Evaluation
 
 ACCURACY_BAND = 0.01  # time to accuracy: within 1 point of the scene's steady level
 _SMOOTH_S = 2.0  # the per-frame mIoU is averaged over this much stream time first
@@ -80,9 +83,8 @@ class FleetRun:
 
 
 class Fleet:
-    def __init__(self, evaluation, videos: list[Path], settings: FleetSettings) -> None:
-        """``evaluation``: the ``runner.Evaluation`` whose models, caches and settings the
-        fleet uses."""
+    def __init__(self, evaluation: Evaluation, videos: list[Path], settings: FleetSettings) -> None:
+        """``evaluation``: the one whose models, caches and settings the fleet uses."""
         self.evaluation = evaluation
         self.config: EvalConfig = evaluation.config
         self.settings = settings
@@ -136,9 +138,9 @@ class Fleet:
     ) -> FleetDevice:
         evaluation = self.evaluation
         run = SchemeRun(f"device-{d}", self.streams[d].signature())
-        teacher = CachedTeacher(evaluation._teacher, evaluation.teacher_labels)
-        ctx = Context(self.config, evaluation.initial, teacher, evaluation.pretrained_labels,
-                      run, root / f"device-{d}", self.streams[d])  # fmt: skip
+        ctx = Context(self.config, evaluation.initial, evaluation.cached_teacher(),
+                      evaluation.pretrained_labels, run, root / f"device-{d}",
+                      self.streams[d])  # fmt: skip
         ctx.workdir.mkdir(parents=True)
         return FleetDevice(ctx, settings, device_id=f"cam-{d}", reuse=reuse)
 

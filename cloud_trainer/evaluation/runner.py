@@ -109,6 +109,10 @@ class Evaluation:
             TimeRemainingColumn(),
         )
 
+    def cached_teacher(self) -> CachedTeacher:
+        """The teacher as a scheme's trainer sees it: labels from the cache, at its cost."""
+        return CachedTeacher(self._teacher, self.teacher_labels)
+
     def stream_info(self) -> StreamInfo:
         """The stream's class subset, from the teacher's labels of every scored frame (read
         back when an earlier run over the same frames found it)."""
@@ -151,7 +155,7 @@ class Evaluation:
         task = self.progress.add_task(name, total=self.stream.duration_s)
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"eval-{name}-") as scratch:
-            teacher = CachedTeacher(self._teacher, self.teacher_labels)
+            teacher = self.cached_teacher()
             ctx = Context(
                 self.config,
                 self.initial,
