@@ -63,7 +63,7 @@ def _version(name: str) -> str | None:
         return None
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     """The commit of the code that ran: its checkout's, or None for an installed wheel."""
     try:
         out = subprocess.run(
@@ -88,7 +88,7 @@ def write_result(name: str, results: dict[str, object], directory: Path | None =
             [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else []
         ),
         "date": now.isoformat(timespec="seconds"),
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "version": _version("amstream"),
         "machine": machine(),
         "results": results,

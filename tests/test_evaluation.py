@@ -418,6 +418,7 @@ def test_a_fleet_shares_one_trainer_budget_between_its_devices(shared_dir, tmp_p
     assert run_command(parser, argv) == 0
     results = json.loads((out / "fleet.json").read_text())
     assert results["fleet"] == {"devices": 2, "budget": 2.0, "step_s": 0.25}
+    assert {"command", "date", "commit", "machine"} <= set(results)
     ams, recl = results["schemes"]["ams"], results["schemes"]["recl"]
     for summary in (ams, recl):
         assert len(summary["per_device"]) == 2 and 0 < summary["miou"] <= 1

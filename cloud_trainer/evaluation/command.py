@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import os
 from pathlib import Path
@@ -156,6 +157,7 @@ def _cache_dir(args: argparse.Namespace) -> Path:
 def evaluate_fleet(args: argparse.Namespace, config: EvalConfig) -> int:
     from cloud_trainer.evaluation.fleet import Fleet, FleetSettings, summarise, write_fleet_report
     from cloud_trainer.evaluation.runner import Evaluation, command_line
+    from shared_schema.bench_results import git_commit, machine
 
     given = {"devices": args.fleet, "budget": args.budget, "step_s": args.step_s}
     settings = FleetSettings(**{k: v for k, v in given.items() if v is not None})
@@ -178,7 +180,9 @@ def evaluate_fleet(args: argparse.Namespace, config: EvalConfig) -> int:
               f" per device  training {sum(s['training_s']):.0f} s")  # fmt: skip
     stream = {"rotation_s": config.stream.rotation_s, "rounds": config.stream.rounds,
               "videos": [v.name for v in args.video], "classes": list(classes)}  # fmt: skip
-    meta = {"command": command_line(), "fleet": settings.model_dump(), "stream": stream}
+    meta = {"command": command_line(), "fleet": settings.model_dump(), "stream": stream,
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "commit": git_commit(), "machine": machine()}  # fmt: skip
     write_fleet_report(args.out, summaries, meta)
     print(f"results in {args.out}")
     return 0
