@@ -153,10 +153,10 @@ class TrainerDaemon:
 
     def _step(self, device_id: str) -> bool:
         session = self._session(device_id)
-        session.last_phase = None
+        phases = session.stats.phases
         for outgoing in session.step():
             self._send(session, outgoing)
-        if session.last_phase is not None:
+        if session.stats.phases > phases and session.last_phase is not None:
             self._gains.record(device_id, *session.last_phase)
         return session.has_work
 

@@ -166,7 +166,8 @@ class Session:
         """``reuse``: the trainer's expert zoo (RECL), where ``[recl]`` is on."""
         self.device_id = device_id
         self._reuse = reuse
-        self.last_phase: tuple[float, float] | None = None  # (mIoU gain, seconds), measured
+        # (mIoU gain, seconds) of the last phase, measured for the marginal-gain scheduler
+        self.last_phase: tuple[float, float] | None = None
         self.config = config
         self._signer = signer
         self.directory = directory
@@ -530,6 +531,7 @@ class Session:
 
     def _train(self) -> list[Outgoing]:
         self._phase_due = False
+        self.last_phase = None
         if len(self.buffer) == 0:
             return []
         fresh, self._fresh = self._fresh, 0
@@ -575,7 +577,7 @@ class Session:
         the newest samples, the device's file before it against the one it made."""
         if self.config.recl.scheduler != "marginal-gain":
             return
-        judged, classes = self.buffer.newest(self.config.rebase.samples), self.subset.classes
+        judged, classes = self.buffer.newest(self.config.recl.samples), self.subset.classes
         gain = self._judge.score(self.mirror.data, judged, classes)
         gain -= self._judge.score(before, judged, classes)
         self.last_phase = (gain, seconds)

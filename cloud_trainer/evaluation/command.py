@@ -167,6 +167,9 @@ def evaluate_fleet(args: argparse.Namespace, config: EvalConfig) -> int:
     if unknown:
         raise SystemExit(f"error: --schemes: {', '.join(unknown)}: with --fleet choose from"
                          f" {', '.join(FLEET_SCHEMES)}")  # fmt: skip
+    if config.stream.rotation_s is None:  # a fleet replays rotations: 30 s unless told
+        config = config.model_copy(update={"stream": config.stream.model_copy(
+            update={"rotation_s": 30.0})})  # fmt: skip
     evaluation = Evaluation(config, args.video, args.out, _cache_dir(args))
     fleet = Fleet(evaluation, args.video, settings)
     classes = fleet.classes()

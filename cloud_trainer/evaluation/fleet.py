@@ -35,7 +35,6 @@ from cloud_trainer.evaluation.schemes.base import Context
 from cloud_trainer.evaluation.schemes.session_driven import SessionScheme
 from cloud_trainer.evaluation.scoring import iou_counts, miou_from_counts
 from cloud_trainer.evaluation.stream import ReplayStream, StreamFrame, rotation
-from cloud_trainer.metrics import ClassSubset
 from cloud_trainer.recl.reuse import ModelReuse
 from cloud_trainer.recl.scheduler import MarginalGain
 
@@ -89,20 +88,19 @@ class Fleet:
         self.config: EvalConfig = evaluation.config
         self.settings = settings
         stream = self.config.stream
-        size = evaluation.geometry.input_size
+        if stream.rotation_s is None:
+            raise ValueError("a fleet replays rotations: set the stream's rotation_s")
+        rotation_s, size = stream.rotation_s, evaluation.geometry.input_size
         self.streams = [
             ReplayStream(videos, size, eval_stride=stream.eval_stride,
-                         parts=rotation(videos, stream.rotation_s or 30.0, stream.rounds, d))
+                         parts=rotation(videos, rotation_s, stream.rounds, d))
             for d in range(settings.devices)
         ]  # fmt: skip
 
     def classes(self) -> tuple[int, ...]:
-        """The scoring classes: every device replays the same segments, so device 0's."""
-        subset = ClassSubset(self.evaluation.geometry.num_classes)
-        for frame in self.streams[0]:
-            if frame.evaluated:
-                subset.observe(self.evaluation.teacher_labels(frame.rgb[None])[0])
-        return subset.classes
+        """The scoring classes: every device replays the same segments, those of the
+        evaluation's own stream (device 0's rotation), whose classes it knows."""
+        return self.evaluation.stream_info().classes
 
     def run(self, name: str, workdir: Path) -> FleetRun:
         settings = self._ams_settings(name)
@@ -146,31 +144,13 @@ class Fleet:
 
     def _replay(self, name: str, devices: list[FleetDevice], settings: AmsSettings) -> FleetRun:
         classes = self.evaluation.geometry.num_classes
-        trains = name != "no_custom"
-        training_s = [0.0] * len(devices)
-        phases = [0] * len(devices)
-        gains = MarginalGain(settings.recl.max_wait)
         phase_s = settings.training.iterations * self.settings.step_s
-        free_at = 0.0
+        trainer = _FleetTrainer(devices, settings, phase_s, self.settings.budget)
         for t, d, frame in _merged(self.streams):
             device = devices[d]
-            if trains:
+            if name != "no_custom":
                 device.observe(frame)
-            while trains and free_at <= t:
-                waiting = [i for i, x in enumerate(devices)
-                           if x.waiting_since is not None and x.waiting_since <= t]  # fmt: skip
-                if not waiting:
-                    break
-                chosen = self._pick(waiting, devices, gains, settings)
-                start = max(free_at, devices[chosen].waiting_since or 0.0)
-                free_at = start + phase_s / self.settings.budget
-                before = devices[chosen].session.stats.phases
-                devices[chosen].train(free_at)
-                if devices[chosen].session.stats.phases > before:
-                    training_s[chosen] += phase_s
-                    phases[chosen] += 1
-                    if devices[chosen].session.last_phase is not None:
-                        gains.record(str(chosen), devices[chosen].session.last_phase[0], phase_s)
+                trainer.serve(t)
             device.device.advance_to(frame.t)
             if frame.evaluated:
                 target = self.evaluation.teacher_labels(frame.rgb[None])[0]
@@ -178,15 +158,45 @@ class Fleet:
                 device.ctx.run.add_frame(frame.t, frame.video, counts)
         for device, stream in zip(devices, self.streams, strict=True):
             device.ctx.run.duration_s = stream.end_s
-        return FleetRun(name, [x.ctx.run for x in devices], training_s, phases)
+        training_s = [p * trainer.phase_s for p in trainer.phases]
+        return FleetRun(name, [x.ctx.run for x in devices], training_s, trainer.phases)
 
-    @staticmethod
-    def _pick(
-        waiting: list[int], devices: list[FleetDevice], gains: MarginalGain, settings: AmsSettings
-    ) -> int:
-        if settings.recl.scheduler == "marginal-gain":
-            return int(gains.pick([str(i) for i in waiting]))
-        return min(waiting, key=lambda i: devices[i].waiting_since or 0.0)  # in turn: FIFO
+
+class _FleetTrainer:
+    """The one trainer: a phase at a time, each holding it for ``phase_s / budget``."""
+
+    def __init__(
+        self, devices: list[FleetDevice], settings: AmsSettings, phase_s: float, budget: float
+    ) -> None:
+        self.devices = devices
+        self.marginal = settings.recl.scheduler == "marginal-gain"
+        self.gains = MarginalGain(settings.recl.max_wait)
+        self.phase_s, self.budget = phase_s, budget
+        self.phases = [0] * len(devices)
+        self.free_at = 0.0
+
+    def serve(self, t: float) -> None:
+        """Every phase the trainer can start by ``t``, one after the other."""
+        while self.free_at <= t:
+            waiting = [i for i, x in enumerate(self.devices)
+                       if x.waiting_since is not None and x.waiting_since <= t]  # fmt: skip
+            if not waiting:
+                return
+            chosen = self._pick(waiting)
+            device = self.devices[chosen]
+            self.free_at = max(self.free_at, device.waiting_since or 0.0)
+            self.free_at += self.phase_s / self.budget
+            before = device.session.stats.phases
+            device.train(self.free_at)
+            if device.session.stats.phases > before:
+                self.phases[chosen] += 1
+                if device.session.last_phase is not None:
+                    self.gains.record(str(chosen), device.session.last_phase[0], self.phase_s)
+
+    def _pick(self, waiting: list[int]) -> int:
+        if self.marginal:
+            return int(self.gains.pick([str(i) for i in waiting]))
+        return min(waiting, key=lambda i: self.devices[i].waiting_since or 0.0)  # in turn: FIFO
 
 
 def _merged(streams: list[ReplayStream]) -> Iterator[tuple[float, int, StreamFrame]]:

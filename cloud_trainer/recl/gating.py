@@ -43,7 +43,7 @@ class FrameFeatures:
         """(N, D) float32 features of an (N, H, W, 3) uint8 batch."""
         x = torch.as_tensor(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float()
         x = F.interpolate(x, size=(FEATURE_SIDE, FEATURE_SIDE), mode="area")
-        x = (x.permute(0, 2, 3, 1) - 128.0) / 128.0  # the student's input domain, [-1, 1)
+        x = self._student.input_quant.from_grid(x).permute(0, 2, 3, 1)  # as the file says
         logits, *pooled = self._student.activations(x, (self._student.logits_index, *self._taps))
         parts = [F.softmax(logits, 1).mean((2, 3))] + [p.flatten(1) for p in pooled]
         return torch.cat(parts, 1).numpy().astype(np.float32)

@@ -88,9 +88,12 @@ class ModelReuse:
                      for name, data in files.items()}  # fmt: skip
         verdict = safety_check({n: float(np.mean(v)) for n, v in per_frame.items()},
                                self.config.margin)  # fmt: skip
-        self._learn(features, judged, classes, per_frame, current)
+        own = self.zoo.find(current)  # the device runs an expert of the zoo, or not
+        self._learn(features, judged, classes, per_frame, own)
         self._count(verdict, top)
-        self._admit(device_id, current, classes, verdict)
+        if own is None and current != self._base:
+            self._admit(device_id, current, classes, verdict)
+        self._prune()
         if not verdict.switch:
             return None
         return Choice(files[verdict.best], verdict.best, verdict)
@@ -118,12 +121,12 @@ class ModelReuse:
         judged: Sequence[Sample],
         classes: Sequence[int],
         per_frame: dict[str, list[float]],
-        current: bytes,
+        own: str | None,
     ) -> None:
-        """Every measured (frame, expert) accuracy joins the gating network's data."""
+        """Every measured (frame, expert) accuracy joins the gating network's data (``own``:
+        the expert the device runs, if it runs one)."""
         by_expert = {name.removeprefix(_ZOO): v for name, v in per_frame.items()
                      if name.startswith(_ZOO)}  # fmt: skip
-        own = self.zoo.find(current)
         if own is not None:
             by_expert[own] = per_frame[CURRENT]
         for i, sample in enumerate(judged):
@@ -148,11 +151,10 @@ class ModelReuse:
     def _admit(
         self, device_id: str, current: bytes, classes: Sequence[int], verdict: Verdict
     ) -> None:
-        """§6.3.3: the device's model (the last retrained) joins when it beats the rest by α."""
+        """§6.3.3: the device's model (the last retrained, neither the base nor an expert)
+        joins when it beats the rest by α."""
         others = [s for n, s in verdict.scores.items() if n != CURRENT]
         mine = verdict.scores[CURRENT]
-        if current == self._base or self.zoo.find(current) is not None:
-            return
         if not promising(mine, others, self.config.admission.alpha):
             return
         ready = self._queue.offer(Candidate(current, device_id, tuple(classes), mine))
@@ -167,7 +169,6 @@ class ModelReuse:
                      candidate.origin, candidate.score, len(self.zoo))  # fmt: skip
         if ready:
             train_gating(self.gating, self._data, self.config.gating_steps)
-        self._prune()
 
     def _prune(self) -> None:
         gone = to_prune(self.zoo, self.config.admission.eta)

@@ -17,7 +17,7 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from shared_schema.tflite_file import FLOAT16, TFLiteFile
+from shared_schema.tflite_file import TFLiteFile, nearest_float16
 
 # What a device runs of a quantized student: the file at its integer grids, or its float16 form.
 Precision = Literal["int8", "float16"]
@@ -45,8 +45,8 @@ def float16_model(data: bytes) -> bytes:
     head: list[schema.OperatorT] = []
     for index, const in trainable.items():
         tensor = graph.tensors[index]
-        real = const.dequantize(file.values(const)).reshape(const.shape)
-        model.buffers[tensor.buffer].data = np.frombuffer(real.astype(FLOAT16).tobytes(), np.uint8)
+        real = nearest_float16(const.dequantize(file.values(const)))
+        model.buffers[tensor.buffer].data = np.frombuffer(real.tobytes(), np.uint8)
         replaced[index] = _append_float_tensor(graph, tensor, b"/dequantized")
         tensor.type, tensor.quantization = schema.TensorType.FLOAT16, None
         head.append(_op(dequantize, index, replaced[index]))
