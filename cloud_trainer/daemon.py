@@ -286,17 +286,18 @@ class TrainerDaemon:
     def report(self) -> list[dict[str, object]]:
         """Every session's metrics: logged, published retained, and exported."""
         reports = []
+        zoo = None
+        if self.reuse is not None:
+            zoo = self.reuse.metrics()
+            log.info("metrics model zoo %s", zoo.model_dump())
+            self._prometheus.update_trainer(zoo.model_dump())
         for session in list(self.sessions.values()):
             figures = session.metrics()
             reports.append(figures)
             log.info("metrics %s", figures)
             fields = {k: v for k, v in figures.items() if k in Metrics.model_fields}
-            self.endpoint.send(session.device_id, Metrics(**fields))
+            self.endpoint.send(session.device_id, Metrics(**fields, zoo=zoo))
             self._prometheus.update(figures)
-        if self.reuse is not None:
-            zoo = self.reuse.metrics()
-            log.info("metrics model zoo %s", zoo)
-            self._prometheus.update_trainer(zoo)
         return reports
 
 

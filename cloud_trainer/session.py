@@ -126,6 +126,7 @@ class SessionStats:
     phases_gated: int = 0  # their model scored worse than the device's: not sent
     rebases: int = 0  # the base model did better on new samples: training restarted from it
     reuses: int = 0  # an expert of the zoo did: training went on from it (RECL)
+    switch_bytes: int = 0  # what the updates that took the device to a chosen model cost
     updates_sent: int = 0
     updates_acked: int = 0
     updates_rejected: int = 0
@@ -136,6 +137,7 @@ class SessionStats:
     offered_again: int = 0  # the latest model or update, sent again after the ack timeout
     rollbacks: int = 0  # training went back to the device's file after it refused a model
     training_seconds: list[float] = field(default_factory=list)  # per phase, the last 100
+    training_seconds_total: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,7 @@ class Session:
         self._archive: deque[_Archived] = deque()
         self._previous_labels: np.ndarray | None = None
         self._fresh = 0  # samples labelled since the last phase: the next one's held-out
+        self._unjudged = 0  # samples labelled since RECL's last selection: the next one's
         self._next_rate_update: float | None = None
         self._clock = DeviceClock()  # the device's time, across its restarts
         self._phase_due = False
@@ -506,10 +509,11 @@ class Session:
         self.stats.frames += len(frames)
         self.stats.bytes_up += len(envelope.body)
         self._phase_due = True
-        return self._rate_control(segment.timestamps[-1])
+        return self._rate_control(segment.timestamps[-1]) + self._select_model()
 
     def _add_samples(self, samples: list[Sample]) -> None:
         self._fresh += len(samples)
+        self._unjudged += len(samples)
         for sample in samples:
             self.subset.observe(sample.labels)
             if self._previous_labels is not None:
@@ -535,9 +539,7 @@ class Session:
         if len(self.buffer) == 0:
             return []
         fresh, self._fresh = self._fresh, 0
-        if self._reuse is not None:
-            self._reuse_if_better(fresh)
-        else:
+        if self._reuse is None:  # RECL chose when the samples came (_select_model)
             self._rebase_if_better(fresh)
         held_out = self.config.gate.held_out(fresh, len(self.buffer))
         result: PhaseResult = train_phase(
@@ -551,6 +553,7 @@ class Session:
         )
         self.stats.phases += 1
         self.stats.training_seconds = [*self.stats.training_seconds[-99:], result.seconds]
+        self.stats.training_seconds_total += result.seconds
         log.info(
             "%s: phase %d in %.1f s, loss %.3f -> %.3f",
             self.device_id,
@@ -600,24 +603,36 @@ class Session:
                  " %.3f on %d new samples; %d samples kept", self.device_id,
                  self.stats.phases + 1, base, running, len(judged), len(self.buffer))  # fmt: skip
 
-    def _reuse_if_better(self, fresh: int) -> None:
-        """RECL's selection (``recl.reuse``): the base or an expert of the zoo, where one labels
-        the ``fresh`` samples better than the device's model; the rebase is its zoo of one."""
-        if fresh == 0:
-            return
-        assert self._reuse is not None
-        new = self.buffer.newest(fresh)
+    def _select_model(self) -> list[Outgoing]:
+        """RECL's selection (``recl.reuse``), every update window, before the device waits
+        for a training slot: the base or an expert of the zoo, where one labels the samples
+        since the last phase (none of them trained on yet) better than the device's model
+        (the rebase is its zoo of one). The switch leaves at once, an ordinary delta update;
+        training goes on from the chosen model (its weights; experts keep no optimizer
+        state)."""
+        unjudged, self._unjudged = self._unjudged, 0
+        fmt = self._delta_format()
+        if self._reuse is None or unjudged == 0 or self._fresh == 0 or fmt is None:
+            return []
+        new = self.buffer.newest(self._fresh)
         choice = self._reuse.select(self.device_id, self.mirror.data, new, self.subset.classes)
         if choice is None:
-            return
+            return []
         self._restart_from(choice.data, new[0].timestamp)
         if choice.name == BASE:
             self.stats.rebases += 1
         else:
             self.stats.reuses += 1
-        log.info("%s: before phase %d, %s scored %.3f against the device's %.3f: training"
-                 " goes on from it", self.device_id, self.stats.phases + 1, choice.name,
-                 choice.verdict.scores[choice.name], choice.verdict.scores[CURRENT])  # fmt: skip
+        scores, judged = choice.verdict.scores, min(len(new), self.config.recl.samples)
+        log.info("%s: %s scored %.3f against the device's %.3f on %d new samples: the device"
+                 " moves to it", self.device_id, choice.name, scores[choice.name],
+                 scores[CURRENT], judged)  # fmt: skip
+        self.save(making=self.mirror.version + 1)  # as a phase's: see _train
+        update = self.mirror.advance(self.student, fmt)
+        self._remember_sent()
+        self.stats.updates_sent += 1
+        self.stats.switch_bytes += len(update.body)
+        return self._counted_downlink([update])
 
     def _restart_from(self, data: bytes, since: float) -> None:
         """Train on from the model file ``data`` on the samples from ``since`` alone: those of

@@ -227,8 +227,26 @@ class Status(Message):
     state: Literal["online", "offline"]
 
 
+class ZooMetrics(Message):
+    """The trainer's expert zoo (RECL, seed 003 §6.3), shared by every session: a part of
+    ``Metrics``, not a message of its own."""
+
+    zoo_experts: Count
+    zoo_refused: Count  # expert files refused at load (damaged, foreign)
+    selections: Count
+    switches: Count  # selections that moved a device to another model
+    reused: Count  # of them, to an expert of the zoo
+    gate_hits: Count  # the gating network's first pick was the safety check's best expert
+    gated_checks: Count
+    admitted: Count
+    pruned: Count
+    reuse_rate: Annotated[float, Field(ge=0.0, le=1.0)]
+    gate_hit_rate: Annotated[float, Field(ge=0.0, le=1.0)]
+
+
 class Metrics(Message):
-    """Trainer → observers, retained: one session's figures (SPEC §6, issue 5 item 8)."""
+    """Trainer → observers, retained: one session's figures (SPEC §6, issue 5 item 8), with
+    the trainer's zoo where RECL is on."""
 
     type: Literal["metrics"] = "metrics"
     mirror_version: Version
@@ -251,6 +269,11 @@ class Metrics(Message):
     updates_rejected: Count
     resyncs: Count
     full_models: Count
+    rebases: Count = 0
+    reuses: Count = 0  # training went on from an expert of the zoo
+    switch_bytes: Count = 0  # the updates that took the device to a chosen model
+    training_seconds_total: NonNeg = 0.0
+    zoo: ZooMetrics | None = None
 
 
 class Chunk(Message):

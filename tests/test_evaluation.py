@@ -400,6 +400,9 @@ def test_time_to_accuracy_is_when_the_smoothed_miou_reaches_the_scenes_steady_le
     assert time_to_accuracy(t, miou) == pytest.approx(12.0)  # its last 2 s are all learnt
     assert time_to_accuracy(t, np.full(t.shape, 0.7)) == 0.0  # at its level from the start
     assert np.isnan(time_to_accuracy(np.zeros(0), np.zeros(0)))
+    # against another run's level: reached at 12 s, or never (the scene's length)
+    assert time_to_accuracy(t, miou, level=0.8) == pytest.approx(12.0)
+    assert time_to_accuracy(t, miou, level=0.9) == pytest.approx(t[-1])
 
 
 def test_a_fleet_shares_one_trainer_budget_between_its_devices(shared_dir, tmp_path):
@@ -430,4 +433,6 @@ def test_a_fleet_shares_one_trainer_budget_between_its_devices(shared_dir, tmp_p
         assert summary["time_to_accuracy_return_s"] is not None
     assert all(p >= 1 for p in ams["phases"]) and ams["downlink_kbps"] > 0
     assert recl["zoo"]["selections"] >= 1 and "ams" not in results["schemes"]["recl"]
+    assert len(recl["switches"]) == 2 and sum(recl["switches"]) == recl["zoo"]["switches"]
     assert "| recl |" in (out / "fleet.md").read_text()
+    assert (out / "fleet.png").stat().st_size > 10_000

@@ -3,6 +3,8 @@ safety check and Algorithm 4's scheduler, on the real student and real frames.""
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -308,7 +310,13 @@ def test_a_second_device_trains_on_from_an_expert_the_first_one_trained(tmp_path
     assert second.stats.reuses >= 1 and reuse.stats.reused >= 1
     assert sum(e.picks for e in reuse.zoo.experts) >= 1
     assert updates and all(u.msg.format == "qdelta" for u in updates)
-    figures = reuse.metrics()
+    # the switch is an ordinary update whose result is the very file of the expert picked,
+    # a delta far smaller than the model
+    picked = {hashlib.sha256(reuse.zoo.file(e.id)).hexdigest() for e in reuse.zoo.experts
+              if e.picks}  # fmt: skip
+    assert picked & {u.msg.result_sha256 for u in updates}
+    assert 0 < second.stats.switch_bytes < len(initial) / 4
+    figures = reuse.metrics().model_dump()
     assert figures["zoo_experts"] == len(reuse.zoo) and 0 < figures["reuse_rate"] <= 1
     # the zoo is on disk: a restarted trainer has the same experts
     again = ModelReuse(config.recl, initial, config.zoo_directory, threads=2)
@@ -362,3 +370,12 @@ def test_the_daemon_serves_device_work_first_then_the_fastest_learning_phase(tmp
     assert daemon._choose(["a", "b"]) == "b"
     daemon._gains.record("b", 0.02, 2.0)
     assert daemon._choose(["a", "b"]) == "b"  # 0.01 mIoU per second against 0.005
+
+
+def test_a_frame_judged_again_updates_its_row_instead_of_adding_one():
+    data = GatingData(capacity=4)
+    data.add(np.zeros(3), {"a": 0.5}, key=("cam-1", 1.0))
+    data.add(np.zeros(3), {"b": 0.7}, key=("cam-1", 1.0))
+    data.add(np.zeros(3), {"a": 0.2}, key=("cam-2", 1.0))  # another device's frame at 1 s
+    assert len(data) == 2
+    assert data.accuracy[0] == {"a": 0.5, "b": 0.7}

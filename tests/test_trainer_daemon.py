@@ -167,6 +167,10 @@ def test_a_second_device_receives_an_expert_the_first_one_trained(tmp_path, brok
         assert devices[1].runtime.counters.get("slots.rejected.bad_hash") == 0
         assert daemon.sessions["cam-b"].stats.full_models == 0  # an ordinary signed update
         assert (tmp_path / "ckpt" / "_zoo" / "zoo.json").exists()
+        daemon.report()  # the zoo's figures ride on every session's metrics message
+        figures = _retained_metrics(broker, "cam-b")
+        assert figures.reuses >= 1 and figures.switch_bytes > 0
+        assert figures.zoo is not None and figures.zoo.reused >= 1 and figures.zoo.zoo_experts >= 1
     finally:
         for device in devices:
             device.close()

@@ -173,19 +173,19 @@ def evaluate_fleet(args: argparse.Namespace, config: EvalConfig) -> int:
     evaluation = Evaluation(config, args.video, args.out, _cache_dir(args))
     fleet = Fleet(evaluation, args.video, settings)
     classes = fleet.classes()
-    summaries = {}
     args.out.mkdir(parents=True, exist_ok=True)
-    for name in schemes:
-        summaries[name] = summarise(fleet.run(name, args.out), fleet.streams, classes)
-        s = summaries[name]
-        print(f"{name:>10}: mIoU {100 * s['miou']:6.2f} %  time to accuracy on a return"
-              f" {s['time_to_accuracy_return_s']} s  down {s['downlink_kbps']:.1f} Kbps"
+    runs = {name: fleet.run(name, args.out) for name in schemes}
+    summaries = summarise(runs, fleet.streams, classes)
+    for name, s in summaries.items():
+        back = s["time_to_accuracy_return_s"]
+        print(f"{name:>11}: mIoU {100 * s['miou']:6.2f} %  time to accuracy on a return"
+              f" {'–' if back is None else f'{back:.1f}'} s  down {s['downlink_kbps']:.1f} Kbps"
               f" per device  training {sum(s['training_s']):.0f} s")  # fmt: skip
     stream = {"rotation_s": config.stream.rotation_s, "rounds": config.stream.rounds,
               "videos": [v.name for v in args.video], "classes": list(classes)}  # fmt: skip
     meta = {"command": command_line(), "fleet": settings.model_dump(), "stream": stream,
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "commit": git_commit(), "machine": machine()}  # fmt: skip
-    write_fleet_report(args.out, summaries, meta)
+    write_fleet_report(args.out, summaries, meta, runs, fleet.streams, classes)
     print(f"results in {args.out}")
     return 0

@@ -13,7 +13,9 @@ not come by its next interval trains once on everything it then holds.
 
 Schemes: ``no_custom`` (the pretrained student throughout), ``ams`` (round-robin, the rebase
 rule), ``ams_zoo`` (the same, with RECL's shared zoo and safety check), ``recl`` (the zoo and
-the marginal-gain scheduler).
+the marginal-gain scheduler), ``ideal_reuse`` (RECL whose safety check sees every expert of
+the zoo and takes the best at no margin: no gating error; its upper bound). No scheme is
+charged for its safety checks: they are forward passes (seed 003 §6.3.2 ignores them too).
 """
 
 from __future__ import annotations
@@ -59,10 +61,22 @@ class FleetDevice(SessionScheme):
 
     waiting_since: float | None = None  # when its phase became due, until the trainer takes it
 
+    def __init__(
+        self, ctx: Context, settings: AmsSettings, *, device_id: str, reuse: ModelReuse | None
+    ) -> None:
+        super().__init__(ctx, settings, device_id=device_id, reuse=reuse)
+        self.switches: list[tuple[float, str]] = []  # (when, "base" or "zoo")
+
     def _end_interval(self, end_s: float) -> None:
         if not self._upload(end_s):
             return
+        stats = self.session.stats
+        before = (stats.rebases, stats.reuses)
         self.handle(end_s, 0.0, self.work(until_phase=True))
+        if stats.rebases > before[0]:
+            self.switches.append((end_s, "base"))
+        if stats.reuses > before[1]:
+            self.switches.append((end_s, "zoo"))
         if self.session.trains_next and self.waiting_since is None:
             self.waiting_since = end_s
 
@@ -78,6 +92,7 @@ class FleetRun:
     runs: list[SchemeRun]  # one per device
     training_s: list[float]  # training seconds the trainer gave each device
     phases: list[int]
+    switches: list[list[tuple[float, str]]]  # per device: when it was moved to another model
     zoo: dict[str, float] = field(default_factory=dict)
 
 
@@ -113,7 +128,7 @@ class Fleet:
             devices = [self._device(d, settings, root, reuse) for d in range(len(self.streams))]
             try:
                 result = self._replay(name, devices, settings)
-                result.zoo = {} if reuse is None else reuse.metrics()
+                result.zoo = {} if reuse is None else reuse.metrics().model_dump()
             finally:
                 for device in devices:
                     device.close()
@@ -126,9 +141,11 @@ class Fleet:
     def _ams_settings(self, name: str) -> AmsSettings:
         ams = self.config.ams
         recl = ams.recl.model_copy(update={
-            "enabled": name in ("ams_zoo", "recl"),
-            "scheduler": "marginal-gain" if name == "recl" else "round-robin",
+            "enabled": name in ("ams_zoo", "recl", "ideal_reuse"),
+            "scheduler": "round-robin" if name == "ams_zoo" else "marginal-gain",
         })  # fmt: skip
+        if name == "ideal_reuse":
+            recl = recl.model_copy(update={"top_k": recl.capacity, "margin": 0.0})
         return ams.model_copy(update={"recl": recl})
 
     def _device(
@@ -159,7 +176,8 @@ class Fleet:
         for device, stream in zip(devices, self.streams, strict=True):
             device.ctx.run.duration_s = stream.end_s
         training_s = [p * trainer.phase_s for p in trainer.phases]
-        return FleetRun(name, [x.ctx.run for x in devices], training_s, trainer.phases)
+        return FleetRun(name, [x.ctx.run for x in devices], training_s, trainer.phases,
+                        [x.switches for x in devices])  # fmt: skip
 
 
 class _FleetTrainer:
@@ -211,53 +229,106 @@ def _merged(streams: list[ReplayStream]) -> Iterator[tuple[float, int, StreamFra
 # -- what a run says ---------------------------------------------------------------------------
 
 
-def time_to_accuracy(t: np.ndarray, miou: np.ndarray) -> float:
+def steady_level(miou: np.ndarray) -> float:
+    """A scene's steady mIoU: its mean over the scene's last third."""
+    return float(np.mean(miou[len(miou) * 2 // 3 :]))
+
+
+def time_to_accuracy(t: np.ndarray, miou: np.ndarray, level: float | None = None) -> float:
     """Seconds from a scene's first scored frame until its mIoU, averaged over the last
-    ``_SMOOTH_S``, first comes within ``ACCURACY_BAND`` of the scene's steady level (its mean
-    over the scene's last third)."""
+    ``_SMOOTH_S``, first comes within ``ACCURACY_BAND`` of ``level`` (by default the scene's
+    own steady level); the scene's length where it never does."""
     if len(t) == 0:
         return float("nan")
-    steady = float(np.mean(miou[len(miou) * 2 // 3 :]))
+    level = steady_level(miou) if level is None else level
     for i in range(len(t)):
         recent = miou[(t >= t[i] - _SMOOTH_S) & (t <= t[i])]
-        if recent.mean() >= steady - ACCURACY_BAND:
+        if recent.mean() >= level - ACCURACY_BAND:
             return float(t[i] - t[0])
     return float(t[-1] - t[0])
 
 
-def summarise(run: FleetRun, streams: list[ReplayStream], classes: tuple[int, ...]) -> dict:
-    scores, first, again, down = [], [], [], 0
-    for device, stream in zip(run.runs, streams, strict=True):
-        per_frame = np.asarray(miou_from_counts(np.stack(device.frame_counts), classes))
-        t, part = np.asarray(device.frame_t), np.asarray(device.frame_video)
-        scores.append(per_frame)
+@dataclass
+class _Scenes:
+    """One run's per-frame mIoU, cut into its devices' scenes (the parts of their rotations)."""
+
+    t: list[np.ndarray]  # per device
+    miou: list[np.ndarray]
+    part: list[np.ndarray]
+
+    @classmethod
+    def of(cls, run: FleetRun, classes: tuple[int, ...]) -> _Scenes:
+        return cls([np.asarray(d.frame_t) for d in run.runs],
+                   [np.asarray(miou_from_counts(np.stack(d.frame_counts), classes))
+                    for d in run.runs],
+                   [np.asarray(d.frame_video) for d in run.runs])  # fmt: skip
+
+    def scene(self, device: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        mask = self.part[device] == index
+        return self.t[device][mask], self.miou[device][mask]
+
+
+def summarise(
+    runs: dict[str, FleetRun], streams: list[ReplayStream], classes: tuple[int, ...]
+) -> dict[str, dict]:
+    """Every run's figures. A scene's time to accuracy is measured against the best steady
+    level any of the runs reached on it (the same reference for all), first visits of a video
+    apart from returns to it."""
+    scenes = {name: _Scenes.of(run, classes) for name, run in runs.items()}
+    reference = {}
+    for d, stream in enumerate(streams):
+        for i in range(len(stream.parts)):
+            levels = [steady_level(m) for _, m in (s.scene(d, i) for s in scenes.values())
+                      if len(m)]  # fmt: skip
+            if levels:
+                reference[(d, i)] = max(levels)
+    return {name: _summary(runs[name], scenes[name], streams, reference) for name in runs}
+
+
+def _summary(
+    run: FleetRun,
+    scenes: _Scenes,
+    streams: list[ReplayStream],
+    reference: dict[tuple[int, int], float],
+) -> dict:
+    first, again, down = [], [], 0
+    for d, stream in enumerate(streams):
         seen: set[str] = set()
         for index, piece in enumerate(stream.parts):
-            mask = part == index
-            tta = time_to_accuracy(t[mask], per_frame[mask])
-            (again if piece.path.name in seen else first).append(tta)
+            if (d, index) in reference:
+                t, miou = scenes.scene(d, index)
+                tta = time_to_accuracy(t, miou, reference[(d, index)])
+                (again if piece.path.name in seen else first).append(tta)
             seen.add(piece.path.name)
-        down += sum(n for _, n in device.downlink)
+        down += sum(n for _, n in run.runs[d].downlink)
     duration = max(r.duration_s for r in run.runs)
     return {
-        "miou": float(np.mean(np.concatenate(scores))),
-        "per_device": [float(np.mean(s)) for s in scores],
+        "miou": float(np.mean(np.concatenate(scenes.miou))),
+        "per_device": [float(np.mean(s)) for s in scenes.miou],
         "time_to_accuracy_first_s": float(np.nanmean(first)) if first else None,
         "time_to_accuracy_return_s": float(np.nanmean(again)) if again else None,
         "downlink_kbps": down * 8 / duration / 1000 / len(run.runs),  # per device
         "training_s": run.training_s,
         "phases": run.phases,
+        "switches": [len(s) for s in run.switches],
         **({"zoo": run.zoo} if run.zoo else {}),
     }
 
 
-def write_fleet_report(out: Path, summaries: dict[str, dict], meta: dict[str, object]) -> None:
+def write_fleet_report(
+    out: Path,
+    summaries: dict[str, dict],
+    meta: dict[str, object],
+    runs: dict[str, FleetRun],
+    streams: list[ReplayStream],
+    classes: tuple[int, ...],
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "fleet.json").write_text(json.dumps({**meta, "schemes": summaries}, indent=1) + "\n")
     lines = [
         "| scheme | mIoU (%) | time to accuracy, first visit (s) | on a return (s) |"
-        " down (Kbps per device) | training s per device | phases |",
-        "|---|---|---|---|---|---|---|",
+        " down (Kbps per device) | training s per device | phases | switches |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, s in summaries.items():
 
@@ -268,6 +339,45 @@ def write_fleet_report(out: Path, summaries: dict[str, dict], meta: dict[str, ob
             f"| {name} | {100 * s['miou']:.2f} | {num(s['time_to_accuracy_first_s'])}"
             f" | {num(s['time_to_accuracy_return_s'])} | {s['downlink_kbps']:.1f}"
             f" | {', '.join(f'{x:.0f}' for x in s['training_s'])}"
-            f" | {', '.join(str(p) for p in s['phases'])} |"
+            f" | {', '.join(str(p) for p in s['phases'])}"
+            f" | {', '.join(str(n) for n in s['switches'])} |"
         )
     (out / "fleet.md").write_text("\n".join(lines) + "\n")
+    plot_fleet(out / "fleet.png", runs, streams, classes)
+
+
+def plot_fleet(
+    path: Path, runs: dict[str, FleetRun], streams: list[ReplayStream], classes: tuple[int, ...]
+) -> None:
+    """mIoU over time, one panel per device: every scheme's, ``_SMOOTH_S`` means; dashed lines
+    where the scene changes (named), marks where a scheme moved the device to another model
+    (triangles down: to the base; up: to an expert of the zoo)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never a display
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(streams), 1, figsize=(12, 2.6 * len(streams)), sharex=True,
+                             squeeze=False)  # fmt: skip
+    for d, (ax, stream) in enumerate(zip(axes[:, 0], streams, strict=True)):
+        for c, (name, run) in enumerate(runs.items()):
+            scenes = _Scenes.of(run, classes)
+            t, miou = scenes.t[d], scenes.miou[d]
+            smooth = np.array([miou[(t >= x - _SMOOTH_S) & (t <= x)].mean() for x in t])
+            ax.plot(t, 100 * smooth, lw=1.0, color=f"C{c}", label=name)
+            for marker, kind in (("v", "base"), ("^", "zoo")):
+                at = [x for x, k in run.switches[d] if k == kind]
+                ax.plot(at, np.full(len(at), 2.0 + 4 * c), marker, ms=5, color=f"C{c}", ls="")
+        start = 0.0
+        for piece in stream.parts:
+            ax.axvline(start, color="grey", ls="--", lw=0.7)
+            ax.text(start + 0.5, 97, piece.path.stem[:10], fontsize=6, va="top", color="grey")
+            start += piece.duration_s
+        ax.set(ylabel=f"device {d}\nmIoU (%)", ylim=(0, 100))
+    axes[0, 0].legend(loc="lower right", fontsize=7, ncol=len(runs))
+    axes[-1, 0].set_xlabel("stream time (s)")
+    fig.suptitle("A fleet on one trainer: mIoU over time; dashed: scene changes; triangles:"
+                 " switches (down: to the base, up: to an expert)", fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

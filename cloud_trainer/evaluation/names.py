@@ -20,5 +20,6 @@ class SchemeName(StrEnum):
 DEFAULT_SCHEMES = tuple(s for s in SchemeName if s != SchemeName.ORACLE_FLOAT)
 PRESETS = ("quick", "paper")
 
-# What ``evaluate --fleet`` runs: the pretrained student, AMS, AMS with RECL's zoo, RECL.
-FLEET_SCHEMES = ("no_custom", "ams", "ams_zoo", "recl")
+# What ``evaluate --fleet`` runs: the pretrained student, AMS, AMS with RECL's zoo, RECL, and
+# RECL with a perfect gating network (the ideal-reuse bound).
+FLEET_SCHEMES = ("no_custom", "ams", "ams_zoo", "recl", "ideal_reuse")

@@ -12,7 +12,7 @@ squared error on the (frame, expert) pairs whose accuracy was measured (``Gating
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -118,20 +118,31 @@ class GatingData:
         self.features: list[np.ndarray] = []
         self.accuracy: list[dict[str, float]] = []  # per frame: expert id → measured mIoU
         self.frames: list[object] = []  # per frame: what a new expert is measured on
+        self.keys: list[Hashable] = []  # per frame: what names it (a frame judged again)
         self._rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
         return len(self.features)
 
     def add(
-        self, features: np.ndarray, accuracy: Mapping[str, float], frame: object = None
+        self,
+        features: np.ndarray,
+        accuracy: Mapping[str, float],
+        frame: object = None,
+        key: Hashable = None,
     ) -> None:
+        """A frame and what was measured on it; a frame held already (the same ``key``)
+        gets the new measures instead of a second row."""
+        if key is not None and key in self.keys:
+            self.accuracy[self.keys.index(key)].update(accuracy)
+            return
         if len(self.features) >= self.capacity:
             drop = int(self._rng.integers(len(self.features)))
-            del self.features[drop], self.accuracy[drop], self.frames[drop]
+            del self.features[drop], self.accuracy[drop], self.frames[drop], self.keys[drop]
         self.features.append(np.asarray(features, np.float32))
         self.accuracy.append(dict(accuracy))
         self.frames.append(frame)
+        self.keys.append(key)
 
     def measure(self, expert_id: str, accuracy: Sequence[float]) -> None:
         """A new expert's measured mIoU on every frame held, in order."""

@@ -31,6 +31,7 @@ from cloud_trainer.recl.gating import FrameFeatures, GatingData, GatingNetwork, 
 from cloud_trainer.recl.selection import CURRENT, Verdict, safety_check
 from cloud_trainer.recl.zoo import ExpertZoo
 from cloud_trainer.sample_buffer import Sample
+from shared_schema.messages import ZooMetrics
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class ModelReuse:
         verdict = safety_check({n: float(np.mean(v)) for n, v in per_frame.items()},
                                self.config.margin)  # fmt: skip
         own = self.zoo.find(current)  # the device runs an expert of the zoo, or not
-        self._learn(features, judged, classes, per_frame, own)
+        self._learn(device_id, features, judged, classes, per_frame, own)
         self._count(verdict, top)
         if own is None and current != self._base:
             self._admit(device_id, current, classes, verdict)
@@ -98,17 +99,17 @@ class ModelReuse:
             return None
         return Choice(files[verdict.best], verdict.best, verdict)
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self) -> ZooMetrics:
         """The zoo's figures: its size, the selections and how often they reused an expert,
         how often the gating network's first pick was the safety check's best expert."""
         stats = self.stats
-        return {
-            "zoo_experts": len(self.zoo),
-            "zoo_refused": self.zoo.refused,
+        return ZooMetrics(
+            zoo_experts=len(self.zoo),
+            zoo_refused=self.zoo.refused,
             **asdict(stats),
-            "reuse_rate": stats.reused / stats.selections if stats.selections else 0.0,
-            "gate_hit_rate": stats.gate_hits / stats.gated_checks if stats.gated_checks else 0.0,
-        }
+            reuse_rate=stats.reused / stats.selections if stats.selections else 0.0,
+            gate_hit_rate=stats.gate_hits / stats.gated_checks if stats.gated_checks else 0.0,
+        )
 
     def close(self) -> None:
         self._judge.close()
@@ -117,6 +118,7 @@ class ModelReuse:
 
     def _learn(
         self,
+        device_id: str,
         features: np.ndarray,
         judged: Sequence[Sample],
         classes: Sequence[int],
@@ -130,7 +132,12 @@ class ModelReuse:
         if own is not None:
             by_expert[own] = per_frame[CURRENT]
         for i, sample in enumerate(judged):
-            self._data.add(features[i], {e: v[i] for e, v in by_expert.items()}, (sample, classes))
+            self._data.add(
+                features[i],
+                {e: v[i] for e, v in by_expert.items()},
+                (sample, classes),
+                key=(device_id, sample.timestamp),
+            )
         if by_expert:
             train_gating(self.gating, self._data, self.config.gating_steps)
 
@@ -141,12 +148,12 @@ class ModelReuse:
         self.zoo.record_selection(picked if verdict.switch else None)
         if verdict.switch:
             stats.switches += 1
-            stats.reused += picked is not None
+            stats.reused += int(picked is not None)
         if top:
             stats.gated_checks += 1
             experts = [n for n in verdict.scores if n.startswith(_ZOO)]
             best_expert = max(experts, key=verdict.scores.__getitem__)
-            stats.gate_hits += best_expert == _ZOO + top[0]
+            stats.gate_hits += int(best_expert == _ZOO + top[0])
 
     def _admit(
         self, device_id: str, current: bytes, classes: Sequence[int], verdict: Verdict
