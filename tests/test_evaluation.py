@@ -414,7 +414,7 @@ def test_a_fleet_shares_one_trainer_budget_between_its_devices(shared_dir, tmp_p
     out = tmp_path / "out"
     argv = ["--log-level=WARNING", "evaluate", "--preset", "quick", "--fleet", "2",
             "--budget", "2", "--step-s", "0.25", "--rotation", "3", "--rounds", "2",
-            "--schemes", "ams,recl", "--out", str(out),
+            "--schemes", "ams,recl,ideal_reuse", "--out", str(out),
             "--cache-dir", str(tmp_path / "c")]  # fmt: skip
     for video in ("car-detection.mp4", "vtest.avi"):
         argv += ["--video", str(shared_dir / "videos" / video)]
@@ -434,5 +434,8 @@ def test_a_fleet_shares_one_trainer_budget_between_its_devices(shared_dir, tmp_p
     assert all(p >= 1 for p in ams["phases"]) and ams["downlink_kbps"] > 0
     assert recl["zoo"]["selections"] >= 1 and "ams" not in results["schemes"]["recl"]
     assert len(recl["switches"]) == 2 and sum(recl["switches"]) == recl["zoo"]["switches"]
+    # at no margin the check moves a device at a scene change: an update of its own
+    ideal = results["schemes"]["ideal_reuse"]
+    assert sum(ideal["switches"]) >= 1 and ideal["bytes_per_switch"] > 0
     assert "| recl |" in (out / "fleet.md").read_text()
     assert (out / "fleet.png").stat().st_size > 10_000

@@ -61,24 +61,19 @@ class FleetDevice(SessionScheme):
 
     waiting_since: float | None = None  # when its phase became due, until the trainer takes it
 
-    def __init__(
-        self, ctx: Context, settings: AmsSettings, *, device_id: str, reuse: ModelReuse | None
-    ) -> None:
-        super().__init__(ctx, settings, device_id=device_id, reuse=reuse)
-        self.switches: list[tuple[float, str]] = []  # (when, "base" or "zoo")
-
     def _end_interval(self, end_s: float) -> None:
         if not self._upload(end_s):
             return
-        stats = self.session.stats
-        before = (stats.rebases, stats.reuses)
         self.handle(end_s, 0.0, self.work(until_phase=True))
-        if stats.rebases > before[0]:
-            self.switches.append((end_s, "base"))
-        if stats.reuses > before[1]:
-            self.switches.append((end_s, "zoo"))
         if self.session.trains_next and self.waiting_since is None:
             self.waiting_since = end_s
+
+    @property
+    def switches(self) -> list[tuple[float, str]]:
+        """When it was moved to another model, and where to: "base" or "zoo"."""
+        extra = self.ctx.run.extra
+        return sorted([(t, "base") for t in extra["rebased_at"]]
+                      + [(t, "zoo") for t in extra["reused_at"]])  # fmt: skip
 
     def train(self, done_s: float) -> None:
         """The phase, its update leaving when the trainer is done with it at ``done_s``."""
@@ -93,6 +88,7 @@ class FleetRun:
     training_s: list[float]  # training seconds the trainer gave each device
     phases: list[int]
     switches: list[list[tuple[float, str]]]  # per device: when it was moved to another model
+    switch_bytes: list[int]  # per device: what the updates that moved it cost
     zoo: dict[str, float] = field(default_factory=dict)
 
 
@@ -177,7 +173,8 @@ class Fleet:
             device.ctx.run.duration_s = stream.end_s
         training_s = [p * trainer.phase_s for p in trainer.phases]
         return FleetRun(name, [x.ctx.run for x in devices], training_s, trainer.phases,
-                        [x.switches for x in devices])  # fmt: skip
+                        [x.switches for x in devices],
+                        [x.session.stats.switch_bytes for x in devices])  # fmt: skip
 
 
 class _FleetTrainer:
@@ -311,6 +308,7 @@ def _summary(
         "training_s": run.training_s,
         "phases": run.phases,
         "switches": [len(s) for s in run.switches],
+        "bytes_per_switch": sum(run.switch_bytes) / max(1, sum(len(s) for s in run.switches)),
         **({"zoo": run.zoo} if run.zoo else {}),
     }
 

@@ -49,7 +49,8 @@ class SchemeRun:
         scores = self.per_frame_miou(classes)
         which = np.asarray(self.frame_video)
         up, down = sum(n for _, n in self.uplink), sum(n for _, n in self.downlink)
-        series = ("sampling_fps", "t_update_s", "rebased_at")  # for the plots, not the tables
+        # for the plots, not the tables
+        series = ("sampling_fps", "t_update_s", "rebased_at", "reused_at")
         extra = {k: v for k, v in self.extra.items() if k not in series}
         # Model updates re-encoded as seed 002 sends them (fp16 values of the phase's mask),
         # and, for Just-In-Time, as the full-model float16 updates its paper numbers assume.

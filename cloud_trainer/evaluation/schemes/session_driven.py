@@ -103,7 +103,8 @@ class SessionScheme(ModelScheme):
         ctx.run.extra["phases_gated"] = 0
         ctx.run.extra["rebases"] = 0
         ctx.run.extra["reuses"] = 0  # training went on from an expert of the zoo (RECL)
-        ctx.run.extra["rebased_at"] = []  # end of the interval whose phase rebased
+        ctx.run.extra["rebased_at"] = []  # end of the interval that moved it to the base
+        ctx.run.extra["reused_at"] = []  # ... to an expert of the zoo
         ctx.run.extra["saturated_weights"] = 0  # trained values the int8 grid clamps, at the end
         ctx.run.extra["sampling_fps"] = [(0.0, self.sampler.rate_fps)]
         ctx.run.extra["t_update_s"] = [(0.0, self.t_update_s)]
@@ -152,12 +153,13 @@ class SessionScheme(ModelScheme):
         """The session's figures into the run; its controls and updates to the device."""
         extra, stats = self.ctx.run.extra, self.session.stats
         extra["phases_gated"] = stats.phases_gated
-        if stats.rebases + stats.reuses > extra["rebases"] + extra["reuses"]:
-            extra["rebased_at"].append(end_s)
-        extra["rebases"], extra["reuses"] = stats.rebases, stats.reuses
+        for count, series in (("rebases", "rebased_at"), ("reuses", "reused_at")):
+            if getattr(stats, count) > extra[count]:
+                extra[series].append(end_s)
+                extra[count] = getattr(stats, count)
         if self.session.config.student.precision == "int8":  # float16 files clamp nothing
             extra["saturated_weights"] = saturated_weights(self.session.student)
-        fp16 = [self._ams_fp16_size(r.msg) for r in replies if isinstance(r.msg, Update)]
+        fp16 = [self._ams_fp16_size(r) for r in replies if isinstance(r.msg, Update)]
         extra["ams_fp16_bytes"] += sum(fp16)
         for reply in replies:
             if isinstance(reply.msg, Control):
@@ -177,12 +179,16 @@ class SessionScheme(ModelScheme):
         if self._own_zoo is not None:
             self._own_zoo.close()
 
-    def _ams_fp16_size(self, update: Update) -> int:
+    def _ams_fp16_size(self, reply: Outgoing) -> int:
         """The same update in seed 002's own encoding (fp16 values + gzip'd mask), for the
-        report: the mirror's base version re-encoded with this phase's mask."""
-        base = self.session.mirror.versions()[update.base_version]
-        mirror = ModelMirror(base, device_id=self.device_id)
+        report: the mirror's base version re-encoded with this phase's mask. A switch to a
+        chosen model (RECL) has no phase mask: its own bytes."""
+        assert isinstance(reply.msg, Update)
         mask = self.session.optimizer.mask
+        if not mask:
+            return len(reply.body)
+        base = self.session.mirror.versions()[reply.msg.base_version]
+        mirror = ModelMirror(base, device_id=self.device_id)
         return len(mirror.body_for(self.session.student, UpdateFormat.AMS_FP16, mask))
 
 
