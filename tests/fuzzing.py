@@ -61,6 +61,7 @@ from shared_schema.messages import (
     Telemetry,
     Update,
     UpdateFormat,
+    ZooMetrics,
 )
 from shared_schema.mqtt import BrokerConfig, Inbound
 from shared_schema.signing import Keyring, Signer, load_private_key
@@ -289,7 +290,9 @@ def _status(rng: random.Random) -> Message:
 
 
 _METRIC_NAMED = {"type", "mirror_version", "device_version", "sampling_rate_fps", "t_update_s",
-                 "training_seconds_last", "training_seconds_mean", "classes"}  # fmt: skip
+                 "training_seconds_last", "training_seconds_mean", "training_seconds_total",
+                 "classes", "zoo"}  # fmt: skip
+_ZOO_RATES = {"reuse_rate", "gate_hit_rate"}
 _METRIC_COUNTS = tuple(f for f in Metrics.model_fields if f not in _METRIC_NAMED)  # the rest
 
 
@@ -301,9 +304,16 @@ def _metrics(rng: random.Random) -> Message:
         t_update_s=rng.choice((1e-9, 1e9, rng.uniform(0.1, 600.0))),
         training_seconds_last=maybe(rng, lambda: nonneg(rng)),
         training_seconds_mean=maybe(rng, lambda: nonneg(rng)),
+        training_seconds_total=nonneg(rng),
         classes=tuple(rng.randrange(256) for _ in range(_length(rng, 256))),
+        zoo=maybe(rng, lambda: _zoo(rng)),
         **{f: count(rng) for f in _METRIC_COUNTS},
     )
+
+
+def _zoo(rng: random.Random) -> ZooMetrics:
+    rates = {f: rng.choice((0.0, 1.0, rng.random())) for f in _ZOO_RATES}
+    return ZooMetrics(**rates, **{f: count(rng) for f in ZooMetrics.model_fields if f not in rates})
 
 
 BUILDERS: dict[MessageType, Callable[[random.Random], Message]] = {
