@@ -400,11 +400,32 @@ class Session:
         self._train_from(self.mirror.data)
         self._remember_sent()
 
-    def _train_from(self, data: bytes) -> None:
+    def _train_from(self, data: bytes, state: dict | None = None) -> None:
         """The student takes the weights of the model file ``data``, with fresh optimizer
-        state."""
+        state, or the training ``state`` under that file (master weights and moments, see
+        ``_training_state``)."""
         self.student.load_state_dict(self._student_of(data).state_dict())
         self.optimizer = new_optimizer(self.student, self.config.training)
+        if state is None:
+            return
+        try:
+            self.student.load_state_dict(state["student"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as exc:  # a state of another graph
+            log.warning("%s: a training state that does not fit the student (%s): training"
+                        " from the file's weights", self.device_id, exc)  # fmt: skip
+            self.student.load_state_dict(self._student_of(data).state_dict())
+            self.optimizer = new_optimizer(self.student, self.config.training)
+
+    def _training_state(self) -> bytes | None:
+        """The student's master weights and optimizer state as a torch file, if they are
+        those of the device's model (not of a gated phase since): what an expert keeps."""
+        if self.mirror.candidate(self.student) != self.mirror.data:
+            return None
+        buffer = io.BytesIO()
+        torch.save({"student": {k: v.detach().cpu() for k, v in self.student.state_dict().items()},
+                    "optimizer": _to_cpu(self.optimizer.state_dict())}, buffer)  # fmt: skip
+        return buffer.getvalue()
 
     def _student_of(self, data: bytes) -> TFLiteStudent:
         """The student holding the weights of the model file ``data``; a float16 device's is
@@ -608,17 +629,18 @@ class Session:
         for a training slot: the base or an expert of the zoo, where one labels the samples
         since the last phase (none of them trained on yet) better than the device's model
         (the rebase is its zoo of one). The switch leaves at once, an ordinary delta update;
-        training goes on from the chosen model (its weights; experts keep no optimizer
-        state)."""
+        training goes on from the chosen model (an expert's master weights and optimizer state
+        where the zoo keeps them; the base's weights with fresh moments)."""
         unjudged, self._unjudged = self._unjudged, 0
         fmt = self._delta_format()
         if self._reuse is None or unjudged == 0 or self._fresh == 0 or fmt is None:
             return []
         new = self.buffer.newest(self._fresh)
-        choice = self._reuse.select(self.device_id, self.mirror.data, new, self.subset.classes)
+        choice = self._reuse.select(self.device_id, self.mirror.data, new, self.subset.classes,
+                                    self._training_state)  # fmt: skip
         if choice is None:
             return []
-        self._restart_from(choice.data, new[0].timestamp)
+        self._restart_from(choice.data, new[0].timestamp, choice.state)
         if choice.name == BASE:
             self.stats.rebases += 1
         else:
@@ -634,10 +656,10 @@ class Session:
         self.stats.switch_bytes += len(update.body)
         return self._counted_downlink([update])
 
-    def _restart_from(self, data: bytes, since: float) -> None:
-        """Train on from the model file ``data`` on the samples from ``since`` alone: those of
-        the scene it was chosen for."""
-        self._train_from(data)
+    def _restart_from(self, data: bytes, since: float, state: dict | None = None) -> None:
+        """Train on from the model file ``data`` (and its training ``state``, if known) on the
+        samples from ``since`` alone: those of the scene it was chosen for."""
+        self._train_from(data, state)
         self.buffer.restart(since)
         self._forget_archived()
 

@@ -233,6 +233,7 @@ class ZooMetrics(Message):
 
     zoo_experts: Count
     zoo_refused: Count  # expert files refused at load (damaged, foreign)
+    zoo_states_refused: Count = 0  # experts' training states refused (used without them)
     selections: Count
     switches: Count  # selections that moved a device to another model
     reused: Count  # of them, to an expert of the zoo

@@ -4,6 +4,7 @@ safety check and Algorithm 4's scheduler, on the real student and real frames.""
 from __future__ import annotations
 
 import hashlib
+import io
 
 import numpy as np
 import pytest
@@ -93,6 +94,40 @@ def test_a_damaged_expert_file_is_refused_and_the_zoo_works_on(tmp_path, base, e
     assert again.file(good.id) == experts[0]
     assert again.add(experts[2], origin="cam-2", classes=[0]).id in again
     assert ExpertZoo(tmp_path, base).refused == 0  # the refusal was written down once
+
+
+def _state(seed: int) -> bytes:
+    generator = torch.Generator().manual_seed(seed)
+    buffer = io.BytesIO()
+    torch.save({"student": {"w": torch.randn(3, generator=generator)},
+                "optimizer": {"step_count": seed}}, buffer)  # fmt: skip
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("damage", ["none", "flip", "delete"])
+def test_an_expert_keeps_its_training_state_and_a_damaged_one_is_refused_alone(
+    tmp_path, base, experts, damage
+):
+    zoo = ExpertZoo(tmp_path, base)
+    kept = zoo.add(experts[0], origin="cam-1", classes=[0], state=_state(7))
+    bare = zoo.add(experts[1], origin="cam-1", classes=[0])
+    assert zoo.state(bare.id) is None and zoo.state(kept.id)["optimizer"]["step_count"] == 7
+    path = tmp_path / f"{kept.id}.state"
+    if damage == "flip":
+        body = path.read_bytes()
+        path.write_bytes(body[:-8] + bytes(b ^ 0x5A for b in body[-8:]))
+    elif damage == "delete":
+        path.unlink()
+    again = ExpertZoo(tmp_path, base)
+    state = again.state(kept.id)
+    if damage == "none":
+        assert torch.equal(state["student"]["w"], torch.load(io.BytesIO(_state(7)))["student"]["w"])
+        assert again.states_refused == 0
+    else:  # the expert stays, used without its state; the refusal is written down once
+        assert state is None and again.states_refused == 1 and again.file(kept.id) == experts[0]
+        assert ExpertZoo(tmp_path, base).state(kept.id) is None
+    zoo.remove([kept.id])
+    assert not path.exists()
 
 
 def test_a_damaged_manifest_or_another_base_leaves_an_empty_zoo(
@@ -306,8 +341,20 @@ def test_a_second_device_trains_on_from_an_expert_the_first_one_trained(tmp_path
     expert = reuse.zoo.experts[0]
     assert expert.origin == "cam-a" and 15 in expert.classes  # it saw people
     second = session("cam-b")
+    adopted = []  # (the optimizer's phase count after a switch, the state's)
+    train_from = second._train_from
+
+    def recording(data, state=None):
+        train_from(data, state)
+        if state is not None:
+            adopted.append((second.optimizer.phase, state["optimizer"]["phase"]))
+
+    second._train_from = recording
     updates = _phases(second, segments[:2])
     assert second.stats.reuses >= 1 and reuse.stats.reused >= 1
+    # the experts keep the first device's training state, and the second trains on from it
+    assert all(reuse.zoo.state(e.id) is not None for e in reuse.zoo.experts)
+    assert adopted and all(phase == kept for phase, kept in adopted)
     assert sum(e.picks for e in reuse.zoo.experts) >= 1
     assert updates and all(u.msg.format == "qdelta" for u in updates)
     # the switch is an ordinary update whose result is the very file of the expert picked,

@@ -29,6 +29,7 @@ class Candidate:
     origin: str
     classes: tuple[int, ...]
     score: float  # its safety-check mIoU when it was found promising
+    state: bytes | None = None  # the training state under it (see ExpertZoo.add)
 
 
 @dataclass

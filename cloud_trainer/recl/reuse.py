@@ -5,15 +5,16 @@ Before a session's phase, ``select`` runs the safety check on the samples labell
 last phase (which no candidate trained on): the device's model (in AMS, the last one retrained
 for it), the base student (the rebase rule, a zoo of one, is this special case) and the gating
 network's top K experts. The best is returned when it beats the device's model by the margin;
-the session then trains on from it and its update takes the device there. What the check
-measured teaches the gating network, and a device model that beats every other candidate by α
-is promising: it waits in the admission queue, then joins the zoo.
+the session then trains on from it (from its master weights and optimizer moments, where the
+zoo keeps them) and its update takes the device there. What the check measured teaches the
+gating network, and a device model that beats every other candidate by α is promising: it waits
+in the admission queue, with the session's training state, then joins the zoo.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class Choice:
     data: bytes
     name: str  # BASE, or "zoo:" and the expert's id
     verdict: Verdict
+    state: dict | None = None  # the expert's training state, if the zoo keeps it
 
 
 @dataclass
@@ -76,10 +78,17 @@ class ModelReuse:
         self.stats = ReuseStats()
 
     def select(
-        self, device_id: str, current: bytes, samples: Sequence[Sample], classes: Sequence[int]
+        self,
+        device_id: str,
+        current: bytes,
+        samples: Sequence[Sample],
+        classes: Sequence[int],
+        state: Callable[[], bytes | None] = lambda: None,
     ) -> Choice | None:
         """The model ``device_id`` should move to from ``current``, judged on ``samples``
-        (the newest ``config.samples`` of them); None to train on from ``current``."""
+        (the newest ``config.samples`` of them); None to train on from ``current``.
+        ``state``: the session's training state under ``current``, asked for only when
+        ``current`` is to join the zoo."""
         judged = list(samples)[-self.config.samples :]
         features = self._features(np.stack([s.rgb for s in judged]))
         top = self.gating.top_k(features, self.config.top_k)
@@ -93,11 +102,13 @@ class ModelReuse:
         self._learn(device_id, features, judged, classes, per_frame, own)
         self._count(verdict, top)
         if own is None and current != self._base:
-            self._admit(device_id, current, classes, verdict)
+            self._admit(device_id, current, classes, verdict, state)
         self._prune()
         if not verdict.switch:
             return None
-        return Choice(files[verdict.best], verdict.best, verdict)
+        expert = verdict.best.removeprefix(_ZOO) if verdict.best.startswith(_ZOO) else None
+        kept = None if expert is None else self.zoo.state(expert)
+        return Choice(files[verdict.best], verdict.best, verdict, kept)
 
     def metrics(self) -> ZooMetrics:
         """The zoo's figures: its size, the selections and how often they reused an expert,
@@ -106,6 +117,7 @@ class ModelReuse:
         return ZooMetrics(
             zoo_experts=len(self.zoo),
             zoo_refused=self.zoo.refused,
+            zoo_states_refused=self.zoo.states_refused,
             **asdict(stats),
             reuse_rate=stats.reused / stats.selections if stats.selections else 0.0,
             gate_hit_rate=stats.gate_hits / stats.gated_checks if stats.gated_checks else 0.0,
@@ -156,7 +168,12 @@ class ModelReuse:
             stats.gate_hits += int(best_expert == _ZOO + top[0])
 
     def _admit(
-        self, device_id: str, current: bytes, classes: Sequence[int], verdict: Verdict
+        self,
+        device_id: str,
+        current: bytes,
+        classes: Sequence[int],
+        verdict: Verdict,
+        state: Callable[[], bytes | None],
     ) -> None:
         """§6.3.3: the device's model (the last retrained, neither the base nor an expert)
         joins when it beats the rest by α."""
@@ -164,10 +181,11 @@ class ModelReuse:
         mine = verdict.scores[CURRENT]
         if not promising(mine, others, self.config.admission.alpha):
             return
-        ready = self._queue.offer(Candidate(current, device_id, tuple(classes), mine))
+        ready = self._queue.offer(Candidate(current, device_id, tuple(classes), mine, state()))
         for candidate in ready:
             expert = self.zoo.add(candidate.data, origin=candidate.origin,
-                                  classes=candidate.classes, accuracy=candidate.score)  # fmt: skip
+                                  classes=candidate.classes, state=candidate.state,
+                                  accuracy=candidate.score)  # fmt: skip
             self.gating.add(expert.id)
             self._data.measure(expert.id, [self._judge.per_sample(candidate.data, [s], c)[0]
                                            for s, c in self._data.frames])  # fmt: skip

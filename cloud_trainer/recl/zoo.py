@@ -8,10 +8,17 @@ each expert file before the manifest names it, so a power cut leaves the zoo as 
 after the change. At load an expert whose file is missing, fails to apply or gives a file other
 than its recorded hash is refused (counted, set aside as ``.damaged``); the zoo works on without
 it. The zoo holds at most ``capacity`` experts: adding one more evicts the least picked.
+
+Beside its delta an expert may keep its training state (``.state``: the float master weights
+under the int8 file and the optimizer's moments, a weights-only torch file, its sha256 in the
+manifest), so that training goes on from it as from the session that made it rather than from
+rounded weights and fresh moments. A state that fails its hash or does not load is refused
+(``states_refused``) and the expert is used without it.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -19,6 +26,8 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import torch
 
 from edge_runtime.durable import atomic_write, remove_partial_writes
 from shared_schema.envelope import sha256_hex
@@ -30,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "zoo.json"
 _SUFFIX = ".qdelta"
+_STATE = ".state"
 _MATERIALIZED = 4  # expert files kept built in memory (the candidates of one selection)
 
 
@@ -44,6 +54,7 @@ class Expert:
     created_s: float  # wall-clock time it joined the zoo
     picks: int = 0  # how often a selection sent it
     joined_at: int = 0  # the zoo's selection count when it joined (pruning spares it for q)
+    state_sha256: str | None = None  # of its training state's file, if it keeps one
     extra: dict[str, float] = field(default_factory=dict)  # e.g. the accuracy that admitted it
 
 
@@ -60,6 +71,7 @@ class ExpertZoo:
         self._files: OrderedDict[str, bytes] = OrderedDict()  # materialized, least recent first
         self.selections = 0  # selections made with this zoo, over its whole life
         self.refused = 0  # expert files refused at load
+        self.states_refused = 0  # training states refused (the expert is used without)
         self.evicted = 0
         directory.mkdir(parents=True, exist_ok=True)
         self._load()
@@ -89,6 +101,29 @@ class ExpertZoo:
         self._remember(expert_id, data)
         return data
 
+    def state(self, expert_id: str) -> dict | None:
+        """The expert's training state (``{"student": ..., "optimizer": ...}``), if it keeps
+        one that passes its hash and loads."""
+        expert = self._experts[expert_id]
+        if expert.state_sha256 is None:
+            return None
+        path = self._path(expert_id, _STATE)
+        try:
+            raw = path.read_bytes()
+            if sha256_hex(raw) != expert.state_sha256:
+                raise ValueError("its sha256 is not the manifest's")
+            # weights_only: tensors and plain values; a state file cannot run code
+            return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        except Exception as exc:  # any unusable state: the expert goes on without one
+            self.states_refused += 1
+            expert.state_sha256 = None
+            if path.exists():
+                path.rename(path.with_name(path.name + ".damaged"))
+            self._save()
+            log.error("training state %s of the model zoo refused (%s); the expert is used"
+                      " without it", path, exc)  # fmt: skip
+            return None
+
     def find(self, data: bytes) -> str | None:
         """The id of the expert whose file is ``data``, if one is."""
         sha = sha256_hex(data)
@@ -96,9 +131,18 @@ class ExpertZoo:
 
     # -- changing ------------------------------------------------------------------------------
 
-    def add(self, data: bytes, *, origin: str, classes: Iterable[int], **extra: float) -> Expert:
-        """Admit the model file ``data`` (of the base's layout); the least picked expert leaves
-        first if the zoo is full. A file already in the zoo is that expert."""
+    def add(
+        self,
+        data: bytes,
+        *,
+        origin: str,
+        classes: Iterable[int],
+        state: bytes | None = None,
+        **extra: float,
+    ) -> Expert:
+        """Admit the model file ``data`` (of the base's layout), with its training ``state``
+        (a torch file) if known; the least picked expert leaves first if the zoo is full. A
+        file already in the zoo is that expert."""
         known = self.find(data)
         if known is not None:
             return self._experts[known]
@@ -110,6 +154,9 @@ class ExpertZoo:
         while len(self._experts) >= self.capacity:
             self._drop(self._least_picked(), evicted=True)
         atomic_write(self._path(expert.id), body)
+        if state is not None:
+            atomic_write(self._path(expert.id, _STATE), state)
+            expert.state_sha256 = sha256_hex(state)
         self._experts[expert.id] = expert
         self._remember(expert.id, bytes(data))
         self._save()
@@ -137,6 +184,7 @@ class ExpertZoo:
         self._experts.pop(expert_id)
         self._files.pop(expert_id, None)
         self._path(expert_id).unlink(missing_ok=True)
+        self._path(expert_id, _STATE).unlink(missing_ok=True)
         self.evicted += evicted
 
     def _remember(self, expert_id: str, data: bytes) -> None:
@@ -151,8 +199,8 @@ class ExpertZoo:
             raise UpdateFormatError("its delta does not make the file the manifest records")
         return data
 
-    def _path(self, expert_id: str) -> Path:
-        return self.directory / f"{expert_id}{_SUFFIX}"
+    def _path(self, expert_id: str, suffix: str = _SUFFIX) -> Path:
+        return self.directory / f"{expert_id}{suffix}"
 
     def _save(self) -> None:
         manifest = {
