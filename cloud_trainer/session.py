@@ -33,7 +33,7 @@ from cloud_trainer.device_clock import DeviceClock
 from cloud_trainer.metrics import ClassSubset
 from cloud_trainer.mirror import ModelMirror
 from cloud_trainer.outgoing import Outgoing
-from cloud_trainer.recl.reuse import BASE, ModelReuse
+from cloud_trainer.recl.reuse import BASE, RETRAINED, ModelReuse
 from cloud_trainer.recl.selection import CURRENT
 from cloud_trainer.sample_buffer import Sample, SampleBuffer, labelled_samples
 from cloud_trainer.student import TFLiteStudent, student_from
@@ -417,11 +417,9 @@ class Session:
             self.student.load_state_dict(self._student_of(data).state_dict())
             self.optimizer = new_optimizer(self.student, self.config.training)
 
-    def _training_state(self) -> bytes | None:
-        """The student's master weights and optimizer state as a torch file, if they are
-        those of the device's model (not of a gated phase since): what an expert keeps."""
-        if self.mirror.candidate(self.student) != self.mirror.data:
-            return None
+    def _training_state(self) -> bytes:
+        """The student's master weights and optimizer state as a torch file: what an expert
+        keeps."""
         buffer = io.BytesIO()
         torch.save({"student": {k: v.detach().cpu() for k, v in self.student.state_dict().items()},
                     "optimizer": _to_cpu(self.optimizer.state_dict())}, buffer)  # fmt: skip
@@ -630,21 +628,28 @@ class Session:
         since the last phase (none of them trained on yet) better than the device's model
         (the rebase is its zoo of one). The switch leaves at once, an ordinary delta update;
         training goes on from the chosen model (an expert's master weights and optimizer state
-        where the zoo keeps them; the base's weights with fresh moments)."""
+        where the zoo keeps them; the base's weights with fresh moments; the last retrained
+        model's, a gated phase's, are the student's already)."""
         unjudged, self._unjudged = self._unjudged, 0
         fmt = self._delta_format()
         if self._reuse is None or unjudged == 0 or self._fresh == 0 or fmt is None:
             return []
         new = self.buffer.newest(self._fresh)
-        choice = self._reuse.select(self.device_id, self.mirror.data, new, self.subset.classes,
-                                    self._training_state)  # fmt: skip
+        retrained = self.mirror.candidate(self.student)
+        runs = retrained == self.mirror.data  # the student is the device's model: no gated phase
+        choice = self._reuse.select(
+            self.device_id, self.mirror.data, new, self.subset.classes,
+            self._training_state if runs else lambda: None,
+            retrained=None if runs else retrained,
+        )  # fmt: skip
         if choice is None:
             return []
-        self._restart_from(choice.data, new[0].timestamp, choice.state)
         if choice.name == BASE:
             self.stats.rebases += 1
-        else:
+        elif choice.name != RETRAINED:  # the retrained model is the student's already
             self.stats.reuses += 1
+        if choice.name != RETRAINED:
+            self._restart_from(choice.data, new[0].timestamp, choice.state)
         scores, judged = choice.verdict.scores, min(len(new), self.config.recl.samples)
         log.info("%s: %s scored %.3f against the device's %.3f on %d new samples: the device"
                  " moves to it", self.device_id, choice.name, scores[choice.name],

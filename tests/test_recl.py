@@ -268,6 +268,25 @@ def test_the_safety_check_picks_the_candidate_that_labels_the_frames_best(base, 
     judge.close()
 
 
+def test_a_retrained_model_the_device_does_not_run_is_a_candidate(tmp_path, base, frames):
+    from cloud_trainer.recl.config import ReclConfig
+    from cloud_trainer.recl.reuse import BASE, RETRAINED, ModelReuse
+
+    retrained = _expert(base, seed=5, scale=0.5)  # the frames' labels are its own
+    (tmp_path / "retrained.tflite").write_bytes(retrained)
+    labeller = load_teacher(TeacherConfig(kind="litert", model=tmp_path / "retrained.tflite"))
+    samples = [Sample(float(i), f, labeller.label(f[None])[0].astype(np.uint8))
+               for i, f in enumerate(frames)]  # fmt: skip
+    reuse = ModelReuse(ReclConfig(enabled=True), base, tmp_path / "zoo", threads=2)
+    wrecked = _expert(base, seed=9, scale=2.0)
+    choice = reuse.select("cam-1", wrecked, samples, range(21), retrained=retrained)
+    assert choice is not None and choice.name == RETRAINED and choice.data == retrained
+    assert choice.verdict.scores[RETRAINED] > choice.verdict.scores[BASE]
+    without = reuse.select("cam-1", wrecked, samples, range(21))
+    assert without is not None and without.name == BASE and RETRAINED not in without.verdict.scores
+    reuse.close()
+
+
 # -- Algorithm 4 -----------------------------------------------------------------------------
 
 

@@ -1,14 +1,15 @@
 """Model reuse for every session of one trainer (seed 003 §6.3.1, §6.3.3): one zoo, one gating
 network, one admission queue, shared by all devices.
 
-Before a session's phase, ``select`` runs the safety check on the samples labelled since its
-last phase (which no candidate trained on): the device's model (in AMS, the last one retrained
-for it), the base student (the rebase rule, a zoo of one, is this special case) and the gating
-network's top K experts. The best is returned when it beats the device's model by the margin;
-the session then trains on from it (from its master weights and optimizer moments, where the
-zoo keeps them) and its update takes the device there. What the check measured teaches the
-gating network, and a device model that beats every other candidate by α is promising: it waits
-in the admission queue, with the session's training state, then joins the zoo.
+Every update window, ``select`` runs the safety check on the samples labelled since the
+session's last phase (which no candidate trained on): the device's model, the last one retrained
+for it where a gated phase kept it from the device, the base student (the rebase rule, a zoo of
+one, is this special case) and the gating network's top K experts. The best is returned when
+it beats the device's model by the margin; the session then trains on from it (from its master
+weights and optimizer moments, where the zoo keeps them) and its update takes the device there.
+What the check measured teaches the gating network, and a device model that beats every other
+candidate by α is promising: it waits in the admission queue, with the session's training
+state, then joins the zoo.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from shared_schema.messages import ZooMetrics
 log = logging.getLogger(__name__)
 
 BASE = "base"  # the candidate name of the pretrained student
+RETRAINED = "retrained"  # the session's last retrained model, when the device does not run it
 _ZOO = "zoo:"  # candidate names of experts: the prefix, then the expert's id
 
 
@@ -84,15 +86,19 @@ class ModelReuse:
         samples: Sequence[Sample],
         classes: Sequence[int],
         state: Callable[[], bytes | None] = lambda: None,
+        retrained: bytes | None = None,
     ) -> Choice | None:
         """The model ``device_id`` should move to from ``current``, judged on ``samples``
         (the newest ``config.samples`` of them); None to train on from ``current``.
         ``state``: the session's training state under ``current``, asked for only when
-        ``current`` is to join the zoo."""
+        ``current`` is to join the zoo; ``retrained``: the session's last retrained model
+        if the device does not run it (a gated phase's)."""
         judged = list(samples)[-self.config.samples :]
         features = self._features(np.stack([s.rgb for s in judged]))
         top = self.gating.top_k(features, self.config.top_k)
         files = {CURRENT: current, BASE: self._base}
+        if retrained is not None:
+            files[RETRAINED] = retrained
         files.update({_ZOO + e: self.zoo.file(e) for e in top})
         per_frame = {name: self._judge.per_sample(data, judged, classes)
                      for name, data in files.items()}  # fmt: skip
