@@ -17,7 +17,7 @@ from pydantic_core import ErrorDetails
 from edge_runtime.backends import Backend, InferenceConfig
 from firmware_configs import PROFILE_DIR
 from shared_schema.config_files import ConfigFileError, expand_paths, read_toml
-from shared_schema.messages import ModelFormat
+from shared_schema.messages import MAX_ROI_REGIONS, EncoderKnobs, ModelFormat
 from shared_schema.mqtt import PATH_KEYS as MQTT_PATH_KEYS
 from shared_schema.mqtt import BrokerConfig
 from shared_schema.topics import validate_device_id
@@ -92,6 +92,58 @@ class BufferSection(_Section):
     spool_max_bytes: int = Field(256 * 2**20, ge=2**20)
     spool_max_segments: int = Field(1000, ge=1)
 
+    @property
+    def initial_knobs(self) -> EncoderKnobs:
+        """The encoder knobs the device starts with, until a control sets others."""
+        return EncoderKnobs(bitrate_kbps=self.bitrate_kbps, width=self.upload_width,
+                            height=self.upload_height)  # fmt: skip
+
+
+class KnobsSection(_Section):
+    """The bounds of the encoder knobs the trainer may set (OneAdapt, seed 000): a control
+    outside them is refused, and the device keeps its last good knobs."""
+
+    min_bitrate_kbps: float = Field(20.0, ge=10.0, le=100_000.0)
+    max_bitrate_kbps: float = Field(4000.0, ge=10.0, le=100_000.0)
+    min_qp: int = Field(10, ge=0, le=51)
+    max_qp: int = Field(51, ge=0, le=51)
+    min_upload_side: int = Field(64, ge=16, le=8192)  # pixels, for the width and the height
+    max_upload_side: int = Field(4096, ge=16, le=8192)
+    max_roi_qoffset: float = Field(1.0, ge=0.0, le=1.0)  # 0: no per-region quality
+    max_roi_regions: int = Field(MAX_ROI_REGIONS, ge=1, le=MAX_ROI_REGIONS)  # per side
+
+    @model_validator(mode="after")
+    def _ordered(self) -> KnobsSection:
+        for low, high in (("min_bitrate_kbps", "max_bitrate_kbps"), ("min_qp", "max_qp"),
+                          ("min_upload_side", "max_upload_side")):  # fmt: skip
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"need {low} <= {high}")
+        return self
+
+    def refusal(self, knobs: EncoderKnobs) -> str | None:
+        """Why ``knobs`` are outside these bounds (the field, its value, the bound), or None."""
+        checks = [
+            (
+                "encoder.bitrate_kbps",
+                knobs.bitrate_kbps,
+                self.min_bitrate_kbps,
+                self.max_bitrate_kbps,
+            ),
+            ("encoder.qp", knobs.qp, self.min_qp, self.max_qp),
+            ("encoder.width", knobs.width, self.min_upload_side, self.max_upload_side),
+            ("encoder.height", knobs.height, self.min_upload_side, self.max_upload_side),
+        ]
+        if knobs.roi is not None:
+            roi = knobs.roi
+            checks += [("encoder.roi.cols", roi.cols, 1, self.max_roi_regions),
+                       ("encoder.roi.rows", roi.rows, 1, self.max_roi_regions),
+                       ("encoder.roi.qoffsets", max(map(abs, roi.qoffsets)), 0.0,
+                        self.max_roi_qoffset)]  # fmt: skip
+        for name, value, low, high in checks:
+            if value is not None and not low <= value <= high:
+                return f"{name} {value} outside the profile's [knobs] bounds [{low}, {high}]"
+        return None
+
 
 class SourceSection(_Section):
     # A video file, an rtsp:// / http(s):// / rtmp:// stream, /dev/videoN (V4L2) or picamera2:
@@ -117,6 +169,7 @@ class Profile(_Section):
     mqtt: BrokerConfig
     sampling: SamplingSection = SamplingSection()
     buffer: BufferSection
+    knobs: KnobsSection = KnobsSection()
     source: SourceSection = SourceSection()
     telemetry: TelemetrySection = TelemetrySection()
 
@@ -129,6 +182,9 @@ class Profile(_Section):
             self.inference.backend == Backend.EDGETPU
         ):
             raise ValueError("model.format 'edgetpu-tflite' goes with backend 'edgetpu' only")
+        initial = self.knobs.refusal(self.buffer.initial_knobs)
+        if initial is not None:
+            raise ValueError(f"the [buffer] knobs: {initial}")
         return self
 
 

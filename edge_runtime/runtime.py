@@ -259,10 +259,14 @@ class EdgeRuntime:
         control = envelope.msg
         assert isinstance(control, Control)
         reason = self._slots.refusal(envelope)
-        if reason is not None:
+        detail = "signature does not verify"
+        if reason is None:  # signed: then its knobs must lie within the profile's bounds
+            detail = self.profile.knobs.refusal(control.encoder) or ""
+            reason = AckReason.OUT_OF_BOUNDS if detail else None
+        if reason is not None:  # the rates and knobs in force stay, the last good ones
             self.counters.inc(f"control.rejected.{reason.value}")
-            log.warning("control: refused (%s)", reason.value)
-            self._send(self._ack_for(envelope, reason))
+            log.warning("control: refused (%s) %s", reason.value, detail)
+            self._send(self._ack_for(envelope, reason, detail))
             return
         rate = self.sampler.set_rate(control.sampling_rate_fps)
         self.segments.reconfigure(
@@ -276,14 +280,16 @@ class EdgeRuntime:
         else:
             self._send(self._ack_for(envelope))
 
-    def _ack_for(self, envelope: Envelope, refused: AckReason | None = None) -> Ack:
+    def _ack_for(
+        self, envelope: Envelope, refused: AckReason | None = None, detail: str = ""
+    ) -> Ack:
         model = self.model  # read once: the version and the hash of one model
         return Ack(
             ref_type="control",
             ref_seq=envelope.header.seq,
             ok=refused is None,
             reason=refused,
-            detail="" if refused is None else "signature does not verify",
+            detail=detail,
             model_version=model.version,
             model_sha256=model.sha256,
         )

@@ -152,12 +152,9 @@ class SegmentBuffer:
         sampling_rate_fps: float,
     ) -> SegmentBuffer:
         """A buffer with a device profile's ``[buffer]`` limits and initial knobs."""
-        knobs = EncoderKnobs(
-            bitrate_kbps=config.bitrate_kbps, width=config.upload_width, height=config.upload_height
-        )
         return cls(
             on_segment,
-            BufferSettings(config.t_update_s, sampling_rate_fps, knobs),
+            BufferSettings(config.t_update_s, sampling_rate_fps, config.initial_knobs),
             max_frames=config.max_frames,
             max_segment_bytes=config.max_segment_bytes,
         )
@@ -287,7 +284,9 @@ class SegmentBuffer:
             return data, knobs
         kbps = bitrate_for_size(self._max_segment_bytes, len(batch.frames), fps)
         try:
-            smaller = EncoderKnobs(bitrate_kbps=kbps, width=knobs.width, height=knobs.height)
+            smaller = EncoderKnobs(
+                bitrate_kbps=kbps, width=knobs.width, height=knobs.height, roi=knobs.roi
+            )
         except ValidationError:  # below the lowest bitrate the protocol allows: cannot fit
             return None, knobs
         log.info(

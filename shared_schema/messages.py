@@ -59,6 +59,7 @@ class AckReason(StrEnum):
     UNKNOWN_VERSION = "unknown_version"  # a rollback to a version the device no longer holds
     STALE_VERSION = "stale_version"  # a model or update no newer than what the device runs
     EXPIRED = "expired"  # signed, but past the expiry it was signed with (or the clock is ahead)
+    OUT_OF_BOUNDS = "out_of_bounds"  # a control's knob outside the device profile's bounds
     DECODE_ERROR = "decode_error"  # a segment the trainer could not decode
     INTERNAL_ERROR = "internal_error"
 
@@ -200,11 +201,33 @@ class Update(Message):
         return self
 
 
+MAX_ROI_REGIONS = 32  # per side of the region-quality grid
+
+
+class RegionQuality(Message):
+    """Per-region quality (OneAdapt's macroblock-QP knob, seed 000 §2): the upload split into
+    ``cols`` × ``rows`` equal regions, row by row, each with x264's ROI quantiser offset (-1:
+    finest, 0: as the rate control decides, +1: coarsest)."""
+
+    cols: Annotated[int, Field(ge=1, le=MAX_ROI_REGIONS)]
+    rows: Annotated[int, Field(ge=1, le=MAX_ROI_REGIONS)]
+    qoffsets: tuple[Annotated[float, Field(ge=-1.0, le=1.0)], ...] = Field(
+        max_length=MAX_ROI_REGIONS**2
+    )
+
+    @model_validator(mode="after")
+    def _one_per_region(self) -> RegionQuality:
+        if len(self.qoffsets) != self.cols * self.rows:
+            raise ValueError("qoffsets must hold cols × rows values, row by row")
+        return self
+
+
 class EncoderKnobs(Message):
     bitrate_kbps: Annotated[float, Field(ge=10.0, le=1_000_000.0)] = 200.0
     width: Pixels | None = None  # upload resolution; None keeps the source's
     height: Pixels | None = None
     qp: Annotated[int, Field(ge=0, le=51)] | None = None  # constant QP instead of a bitrate
+    roi: RegionQuality | None = None  # None: one quality over the whole picture
 
 
 class Control(Message):

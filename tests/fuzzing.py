@@ -44,6 +44,7 @@ from shared_schema.envelope import DEFAULT_LIMITS, PREFIX_SIZE, Envelope, decode
 from shared_schema.errors import Reason
 from shared_schema.messages import (
     MAX_MQTT_PAYLOAD,
+    MAX_ROI_REGIONS,
     Ack,
     AckReason,
     Chunk,
@@ -55,6 +56,7 @@ from shared_schema.messages import (
     Metrics,
     Model,
     ModelFormat,
+    RegionQuality,
     Results,
     Segment,
     Status,
@@ -269,12 +271,19 @@ def _update(rng: random.Random) -> Message:
     )
 
 
+def _roi(rng: random.Random) -> RegionQuality:
+    cols, rows = rng.choice((1, MAX_ROI_REGIONS, rng.randint(1, 8))), rng.randint(1, 8)
+    qoffsets = tuple(rng.choice((-1.0, 0.0, 1.0, rng.uniform(-1, 1))) for _ in range(cols * rows))
+    return RegionQuality(cols=cols, rows=rows, qoffsets=qoffsets)
+
+
 def _control(rng: random.Random) -> Message:
     knobs = EncoderKnobs(
         bitrate_kbps=rng.choice((10.0, 1e6, rng.uniform(10.0, 5000.0))),
         width=maybe(rng, lambda: pixels(rng)),
         height=maybe(rng, lambda: pixels(rng)),
         qp=maybe(rng, lambda: rng.randint(0, 51)),
+        roi=maybe(rng, lambda: _roi(rng)),
     )
     return Control(
         sampling_rate_fps=fps(rng),

@@ -15,7 +15,7 @@ from edge_runtime.runtime import EdgeRuntime
 from edge_runtime.sources import open_source
 from shared_schema.endpoint import TrainerEndpoint
 from shared_schema.envelope import sha256_hex
-from shared_schema.messages import Control, MessageType
+from shared_schema.messages import AckReason, Control, EncoderKnobs, MessageType, RegionQuality
 from shared_schema.signing import Signer
 from shared_schema.tflite_file import TFLiteFile
 from tests.mirror import Mirror
@@ -181,3 +181,49 @@ def test_a_collapsed_model_is_refused_on_its_warm_up_frame(
     assert runtime.model.version is None
     assert min(delivered) > 1  # no frame's result came from the collapsed model
     runtime.shutdown()
+
+
+@pytest.mark.broker
+def test_a_device_applies_signed_knobs_within_its_bounds_and_keeps_them_against_others(
+    tmp_path, broker, trainer, video, trainer_key
+):
+    endpoint, inbox = trainer
+    runtime = _start(device_profile(tmp_path, broker, knobs={"max_bitrate_kbps": 1000.0}))
+    inbox.of_type(MessageType.HELLO)
+    signer = Signer(trainer_key)
+    knobs = EncoderKnobs(bitrate_kbps=300.0, width=384,
+                         roi=RegionQuality(cols=2, rows=1, qoffsets=(-0.5, 0.5)))  # fmt: skip
+    good = signer.sign("cpu-0", Control(sampling_rate_fps=1.0, t_update_s=4.0, encoder=knobs))
+    assert endpoint.send("cpu-0", good).wait(5)
+    ack, _ = inbox.of_type(MessageType.ACK)
+    assert ack.msg.ok
+    wait_until(lambda: runtime.segments.settings.knobs == knobs, what="the new knobs")
+    for bad in (EncoderKnobs(bitrate_kbps=5000.0), EncoderKnobs(width=32)):
+        control = Control(sampling_rate_fps=0.5, t_update_s=8.0, encoder=bad)
+        assert endpoint.send("cpu-0", signer.sign("cpu-0", control)).wait(5)
+        ack, _ = inbox.of_type(MessageType.ACK)
+        assert not ack.msg.ok and ack.msg.reason == AckReason.OUT_OF_BOUNDS
+        assert "encoder." in ack.msg.detail and "[knobs]" in ack.msg.detail
+    assert runtime.counters.get("control.rejected.out_of_bounds") == 2
+    # the last good knobs and rates stay in force, and the segments are made with them
+    assert runtime.segments.settings.knobs == knobs and runtime.sampler.rate_fps == 1.0
+    with open_source(video) as frames:
+        runtime.run(frames, max_frames=50)
+    segment, _ = inbox.of_type(MessageType.SEGMENT, timeout=30)
+    pictures = decode_segment(segment.body)
+    assert (pictures[0].width, pictures[0].height) == (384, 288)
+    assert segment.msg.bitrate_kbps == 300.0
+    runtime.shutdown()
+
+
+def test_knob_bounds_are_checked_when_the_profile_loads(tmp_path):
+    from edge_runtime.profile import ProfileError
+
+    with pytest.raises(ProfileError, match="min_qp"):
+        device_profile(tmp_path, knobs={"min_qp": 40, "max_qp": 30})
+    with pytest.raises(ProfileError, match=r"encoder\.bitrate_kbps"):
+        device_profile(tmp_path, knobs={"max_bitrate_kbps": 100.0})  # the [buffer]'s is 200
+    refuse_roi = device_profile(tmp_path, knobs={"max_roi_qoffset": 0.0}).knobs
+    roi = RegionQuality(cols=1, rows=1, qoffsets=(0.25,))
+    assert "encoder.roi.qoffsets" in refuse_roi.refusal(EncoderKnobs(roi=roi))
+    assert refuse_roi.refusal(EncoderKnobs(qp=30)) is None

@@ -21,12 +21,13 @@ from edge_runtime.h264 import (
     decode_rgb,
     decode_segment,
     encode_segment,
+    region_boxes,
     upload_size,
 )
 from edge_runtime.profile import BufferSection
 from edge_runtime.segment_buffer import BufferSettings, EncodedSegment, SegmentBuffer
 from edge_runtime.sources import open_source
-from shared_schema.messages import Control, EncoderKnobs, Segment
+from shared_schema.messages import Control, EncoderKnobs, RegionQuality, Segment
 
 WAIT_S = 10.0  # generous bound on a worker's delivery; normally milliseconds
 
@@ -90,6 +91,39 @@ def test_upload_size_and_qp_knobs(vtest: list[Frame]):
     for data in (fine, coarse):
         assert {(p.width, p.height) for p in decode_segment(data, 10)} == {(384, 288)}
     assert len(coarse) < len(fine) / 4  # measured 14 KB against 270 KB
+
+
+def _error_by_half(frames: list[Frame], data: bytes) -> tuple[float, float]:
+    """The mean absolute luma error of the decoded segment, left half and right half."""
+    decoded = decode_segment(data, len(frames))
+    errors = [np.abs(p.to_ndarray(format="gray").astype(int) - f.video.to_ndarray(format="gray"))
+              for p, f in zip(decoded, frames, strict=True)]  # fmt: skip
+    mean = np.mean(errors, axis=0)
+    half = mean.shape[1] // 2
+    return float(mean[:, :half].mean()), float(mean[:, half:].mean())
+
+
+def test_region_quality_spends_the_bits_where_the_knob_asks(vtest: list[Frame]):
+    frames = vtest[:4]
+    plain = _error_by_half(frames, encode_segment(frames, EncoderKnobs(), fps=1.0))
+    left = EncoderKnobs(roi=RegionQuality(cols=2, rows=1, qoffsets=(-0.5, 0.5)))
+    right = EncoderKnobs(roi=RegionQuality(cols=4, rows=2, qoffsets=(0.5, 0.5, -0.5, -0.5) * 2))
+    fine_left, coarse_right = _error_by_half(frames, encode_segment(frames, left, fps=1.0))
+    coarse_left, fine_right = _error_by_half(frames, encode_segment(frames, right, fps=1.0))
+    assert fine_left < plain[0] < coarse_left and fine_right < plain[1] < coarse_right
+    assert coarse_right > 2 * fine_left and coarse_left > 2 * fine_right
+    # all offsets zero is no region at all: the same bytes as without the knob
+    flat = EncoderKnobs(roi=RegionQuality(cols=3, rows=3, qoffsets=(0.0,) * 9))
+    assert encode_segment(frames, flat, fps=1.0) == encode_segment(frames, EncoderKnobs(), fps=1.0)
+
+
+def test_region_boxes_tile_the_picture():
+    roi = RegionQuality(cols=3, rows=2, qoffsets=(0.0,) * 6)
+    boxes = region_boxes(100, 51, roi)
+    assert len(boxes) == 6 and boxes[0] == (0, 0, 33, 25) and boxes[-1] == (66, 25, 34, 26)
+    assert sum(w * h for _, _, w, h in boxes) == 100 * 51
+    with pytest.raises(ValueError):
+        RegionQuality(cols=2, rows=2, qoffsets=(0.0,) * 3)
 
 
 def test_frames_of_any_size_and_pixel_format():
