@@ -1,0 +1,75 @@
+"""OneAdapt's parts (seed 000 §3.3-§4) against their definitions: the output utility, DNNGrad
+against finite differences on the real teacher's graph, its per-macroblock map and bytes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cloud_trainer.oneadapt.dnngrad import MACROBLOCK, DnnGrad, GradientMap, output_utility
+from cloud_trainer.student import import_tflite
+from edge_runtime.sources import open_source
+
+
+@pytest.fixture(scope="module")
+def small_frame(shared_dir) -> np.ndarray:
+    with open_source(str(shared_dir / "videos/vtest.avi")) as source:
+        return next(iter(source)).rgb(40, 24)  # 3 x 2 macroblocks, the last ones partial
+
+
+@pytest.fixture(scope="module")
+def dnngrad64(shared_dir) -> DnnGrad:
+    """DNNGrad of the dm05 graph in float64, where finite differences are exact enough."""
+    module = import_tflite(shared_dir / "models/coral/deeplabv3_mnv2_dm05_pascal_quant.tflite")
+    return DnnGrad(module.double(), threshold=0.0)
+
+
+def test_the_utility_counts_confident_object_pixels_by_their_confidence():
+    probs = torch.tensor([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1]])
+    logits = probs.log().T.reshape(1, 3, 2, 2)
+    # pixel 0 is background, pixel 3's best object (0.4) is below θ = 0.5: 0.7 + 0.6 remain
+    assert float(output_utility(logits, 0.5)) == pytest.approx(1.3, abs=1e-6)
+    assert float(output_utility(logits, 0.0)) == pytest.approx(0.05 + 0.7 + 0.6 + 0.4, abs=1e-6)
+    assert float(output_utility(logits, 0.5, background=1)) == pytest.approx(0.9 + 0.6, abs=1e-6)
+
+
+def test_dnngrad_is_the_utilitys_derivative_by_finite_differences(dnngrad64, small_frame):
+    grad = dnngrad64.pixels(small_frame)
+    assert grad.shape == small_frame.shape and grad.abs().sum() > 0
+    rng = np.random.default_rng(0)
+    quant = dnngrad64.module.input_quant
+
+    def z(pixels: np.ndarray) -> float:
+        with torch.no_grad():
+            real = quant.from_grid(torch.as_tensor(pixels, dtype=torch.float64)[None])
+            return float(output_utility(dnngrad64.module(real), 0.0))
+
+    eps = 1e-4  # of a pixel value: the graph's ReLU6 kinks are closer than 1e-2 apart
+    for _ in range(3):
+        direction = rng.standard_normal(small_frame.shape)
+        numeric = (z(small_frame + eps * direction) - z(small_frame - eps * direction)) / (2 * eps)
+        analytic = float((grad * torch.as_tensor(direction)).sum())
+        assert numeric == pytest.approx(analytic, rel=1e-5)
+    assert all(p.grad is None for p in dnngrad64.module.parameters())  # no weight gradients
+
+
+def test_the_map_is_the_mean_magnitude_per_macroblock_and_survives_its_bytes(
+    dnngrad64, small_frame
+):
+    per_pixel = dnngrad64.pixels(small_frame).abs().sum(dim=2).numpy()
+    grad_map = dnngrad64(small_frame)
+    assert grad_map.values.shape == (2, 3) and (grad_map.width, grad_map.height) == (40, 24)
+    for r in range(2):
+        for c in range(3):
+            block = per_pixel[r * MACROBLOCK : (r + 1) * MACROBLOCK,
+                              c * MACROBLOCK : (c + 1) * MACROBLOCK]  # fmt: skip
+            assert grad_map.values[r, c] == pytest.approx(block.mean(), rel=1e-5)
+    data, scale = grad_map.quantized()
+    assert len(data) == 6 and scale == pytest.approx(grad_map.values.max())
+    back = GradientMap.of_bytes(data, scale, 40, 24)
+    assert np.allclose(back.values, grad_map.values, atol=scale / 255)
+    with pytest.raises(ValueError):
+        GradientMap.of_bytes(data[:5], scale, 40, 24)
+    zero = GradientMap(np.zeros((2, 3), np.float32), 40, 24).quantized()
+    assert zero == (bytes(6), 0.0)
