@@ -44,7 +44,7 @@ from edge_runtime.priority import lower_thread_priority
 from edge_runtime.swap import Handover, LoadedModel
 from shared_schema.counters import Counters
 from shared_schema.envelope import Envelope, sha256_hex
-from shared_schema.messages import Ack, AckReason, Control, Model, Update
+from shared_schema.messages import Ack, AckReason, Control, Gradient, Model, Update
 from shared_schema.signing import Keyring
 from shared_schema.tflite_file import TFLiteFile
 from shared_schema.update_formats import ResultHashMismatch, UpdateFormatError, verify_and_apply
@@ -303,10 +303,10 @@ class ModelSlots:
             raise Rejected(reason, "signature does not verify", resync=False)
 
     def refusal(self, envelope: Envelope) -> AckReason | None:
-        """Why a model, update or control is refused: not signed by a trusted key, or expired;
-        None if it is (always, unsigned)."""
+        """Why a model, update, control or gradient is refused: not signed by a trusted key, or
+        expired; None if it is (always, unsigned)."""
         msg = envelope.msg
-        assert isinstance(msg, Model | Update | Control)
+        assert isinstance(msg, Model | Update | Control | Gradient)
         if self.keyring is None:
             return None
         return self.keyring.refusal(self.device_id, msg, envelope.header.body_sha256)

@@ -41,10 +41,12 @@ from edge_runtime.uplink import NullUplink, Uplink
 from shared_schema.counters import Counters
 from shared_schema.endpoint import DeviceEndpoint
 from shared_schema.envelope import Envelope
+from shared_schema.gradient import GradientMap
 from shared_schema.messages import (
     Ack,
     AckReason,
     Control,
+    Gradient,
     Hello,
     MessageType,
     ModelFormat,
@@ -94,6 +96,8 @@ class EdgeRuntime:
         self._slots = slots
         self._handover = Handover(slots.active or slots.load())
         self.sinks = list(sinks)
+        # the trainer's latest DNNGrad and the time of the frame it was taken on (OneAdapt)
+        self.gradient: tuple[float, GradientMap] | None = None
         sampling = profile.sampling
         self.sampler = Sampler(
             sampling.initial_fps, min_fps=sampling.min_fps, max_fps=sampling.max_fps
@@ -180,6 +184,7 @@ class EdgeRuntime:
             self.endpoint.on(MessageType.MODEL, self._on_model_message)
             self.endpoint.on(MessageType.UPDATE, self._on_model_message)
             self.endpoint.on(MessageType.CONTROL, self._on_control)
+            self.endpoint.on(MessageType.GRADIENT, self._on_gradient)
             self.endpoint.on_connect(self._announce)
             self.endpoint.start()
             self._timer = threading.Thread(target=self._report, name="telemetry", daemon=True)
@@ -279,6 +284,24 @@ class EdgeRuntime:
             self.submit_model_message(envelope)  # the slots acknowledge it
         else:
             self._send(self._ack_for(envelope))
+
+    def _on_gradient(self, envelope: Envelope, topic: Topic) -> None:
+        """The trainer's latest DNNGrad (OneAdapt), kept for the knob search; a forged one or
+        one whose body does not fit its picture is counted and dropped, the last good kept."""
+        msg = envelope.msg
+        assert isinstance(msg, Gradient)
+        reason = self._slots.refusal(envelope)
+        if reason is None:
+            try:
+                grad = GradientMap.of_bytes(envelope.body, msg.scale, msg.width, msg.height)
+            except ValueError as exc:
+                reason = AckReason.BAD_PAYLOAD
+                log.warning("gradient: refused (%s)", exc)
+        if reason is not None:
+            self.counters.inc(f"gradient.rejected.{reason.value}")
+            return
+        self.gradient = (msg.timestamp, grad)
+        self.counters.inc("gradient.accepted")
 
     def _ack_for(
         self, envelope: Envelope, refused: AckReason | None = None, detail: str = ""

@@ -46,6 +46,7 @@ DEFAULT_BODY_LIMITS: dict[MessageType, int] = {
     MessageType.SEGMENT: 32 * 2**20,
     MessageType.MODEL: 256 * 2**20,
     MessageType.UPDATE: 64 * 2**20,
+    MessageType.GRADIENT: 2**16,  # a byte per macroblock: 4096 x 4096 pixels
     MessageType.CHUNK: MAX_MQTT_PAYLOAD,
 }
 

@@ -33,6 +33,7 @@ class MessageType(StrEnum):
     CONTROL = "control"
     STATUS = "status"
     METRICS = "metrics"
+    GRADIENT = "gradient"
     CHUNK = "chunk"
 
 
@@ -243,6 +244,22 @@ class Control(Message):
     signature: Ed25519SigHex | None = None
 
 
+class Gradient(Message):
+    """Trainer → device: the teacher's DNNGrad (OneAdapt, seed 000 §3.3) on the device's frame
+    taken at ``timestamp``, in the body: one byte per 16x16 macroblock of a ``width`` x
+    ``height`` picture, row by row (``shared_schema.gradient``), 255 standing for ``scale``.
+    Signed as controls are: it steers the device's knobs."""
+
+    type: Literal["gradient"] = "gradient"
+    width: Pixels
+    height: Pixels
+    scale: NonNeg  # |∂z/∂pixel| that the byte 255 stands for
+    timestamp: Annotated[float, Field(ge=0.0)]  # of the frame, on the device's clock
+    key_id: KeyId | None = None
+    expires_at: UnixTime | None = None
+    signature: Ed25519SigHex | None = None
+
+
 class Status(Message):
     """Device online/offline (retained; 'offline' is the MQTT last will)."""
 
@@ -331,6 +348,7 @@ AnyMessage = Annotated[
     | Control
     | Status
     | Metrics
+    | Gradient
     | Chunk,
     Field(discriminator="type"),
 ]

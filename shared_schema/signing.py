@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from shared_schema.config_files import ConfigFileError, write_private
 from shared_schema.envelope import sha256_hex
-from shared_schema.messages import AckReason, Control, Model, Update
+from shared_schema.messages import AckReason, Control, Gradient, Model, Update
 
 _DOMAIN = b"amstream-signature-v3\x00"
-Signed = Model | Update | Control
+Signed = Model | Update | Control | Gradient
 SIGNATURE_LIFETIME_S = 7 * 24 * 3600.0  # as long as the broker keeps an offline device's queue
 
 

@@ -40,6 +40,7 @@ ROUTES: dict[MessageType, frozenset[Direction | None]] = {
     MessageType.CONTROL: frozenset({Direction.DOWN}),
     MessageType.STATUS: frozenset({None}),
     MessageType.METRICS: frozenset({None}),
+    MessageType.GRADIENT: frozenset({Direction.DOWN}),
 }
 
 
@@ -64,6 +65,8 @@ DELIVERY: dict[MessageType, Delivery] = {
     MessageType.CONTROL: Delivery(qos=1, retain=True),
     MessageType.STATUS: Delivery(qos=1, retain=True, dedupe=False),
     MessageType.METRICS: Delivery(qos=0, retain=True, dedupe=False),
+    # one per interval, each superseding the last: a late one is of no use
+    MessageType.GRADIENT: Delivery(qos=0, expiry_s=60),
 }
 
 

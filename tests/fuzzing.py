@@ -50,6 +50,7 @@ from shared_schema.messages import (
     Chunk,
     Control,
     EncoderKnobs,
+    Gradient,
     Hello,
     Message,
     MessageType,
@@ -325,6 +326,16 @@ def _zoo(rng: random.Random) -> ZooMetrics:
     return ZooMetrics(**rates, **{f: count(rng) for f in ZooMetrics.model_fields if f not in rates})
 
 
+def _gradient(rng: random.Random) -> Message:
+    return Gradient(
+        width=pixels(rng),
+        height=pixels(rng),
+        scale=nonneg(rng),
+        timestamp=nonneg(rng),
+        **_signature(rng),
+    )
+
+
 BUILDERS: dict[MessageType, Callable[[random.Random], Message]] = {
     MessageType.HELLO: _hello,
     MessageType.SEGMENT: _segment,
@@ -336,8 +347,9 @@ BUILDERS: dict[MessageType, Callable[[random.Random], Message]] = {
     MessageType.CONTROL: _control,
     MessageType.STATUS: _status,
     MessageType.METRICS: _metrics,
+    MessageType.GRADIENT: _gradient,
 }
-BODY_TYPES = {MessageType.SEGMENT, MessageType.MODEL, MessageType.UPDATE}
+BODY_TYPES = {MessageType.SEGMENT, MessageType.MODEL, MessageType.UPDATE, MessageType.GRADIENT}
 
 
 # -- routes: which side receives what, on which topic ---------------------------------------------
@@ -869,7 +881,11 @@ def _c_wrong_inner_type(rng: random.Random, r: Route) -> list[Step]:
 
 
 def _c_inner_garbage(rng: random.Random, r: Route) -> list[Step]:
-    whole = rng.choice((rng.randbytes(rng.randint(1, 4000)), flip_bits(rng, valid(rng, r))))
+    """The reassembled bytes are noise, a damaged envelope, or one of another schema version
+    (a rare bit flip's outcome, made certain)."""
+    inner = valid(rng, r)
+    wrong_version = inner[:3] + bytes([rng.randint(2, 255)]) + inner[4:]
+    whole = rng.choice((rng.randbytes(rng.randint(1, 4000)), flip_bits(rng, inner), wrong_version))
     return _in_order(r, cut(rng, r, whole), REJECTED | {DELIVERED})
 
 

@@ -9,11 +9,13 @@ from shared_schema.messages import (
     AckReason,
     Control,
     EncoderKnobs,
+    Gradient,
     Hello,
     Message,
     Metrics,
     Model,
     ModelFormat,
+    RegionQuality,
     Results,
     Segment,
     Status,
@@ -102,10 +104,16 @@ DOWNLINK: list[tuple[Message, bytes]] = [
         Control(
             sampling_rate_fps=0.4,
             t_update_s=12.0,
-            encoder=EncoderKnobs(bitrate_kbps=150.0, width=480, height=270),
+            encoder=EncoderKnobs(
+                bitrate_kbps=150.0,
+                width=480,
+                height=270,
+                roi=RegionQuality(cols=2, rows=2, qoffsets=(-0.5, 0.0, 0.25, 1.0)),
+            ),
         ),
         b"",
     ),
+    (Gradient(width=513, height=513, scale=0.29, timestamp=41.0), bytes(range(33)) * 33),
     (Ack(ref_type="segment", ref_seq=9, ok=False, reason=AckReason.DECODE_ERROR), b""),
 ]
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from cloud_trainer.oneadapt.dnngrad import MACROBLOCK, DnnGrad, GradientMap, output_utility
+from cloud_trainer.oneadapt.dnngrad import DnnGrad, output_utility
 from cloud_trainer.student import import_tflite
 from edge_runtime.sources import open_source
+from shared_schema.gradient import MACROBLOCK, GradientMap
 
 
 @pytest.fixture(scope="module")

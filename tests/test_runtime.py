@@ -15,7 +15,15 @@ from edge_runtime.runtime import EdgeRuntime
 from edge_runtime.sources import open_source
 from shared_schema.endpoint import TrainerEndpoint
 from shared_schema.envelope import sha256_hex
-from shared_schema.messages import AckReason, Control, EncoderKnobs, MessageType, RegionQuality
+from shared_schema.gradient import GradientMap
+from shared_schema.messages import (
+    AckReason,
+    Control,
+    EncoderKnobs,
+    Gradient,
+    MessageType,
+    RegionQuality,
+)
 from shared_schema.signing import Signer
 from shared_schema.tflite_file import TFLiteFile
 from tests.mirror import Mirror
@@ -227,3 +235,31 @@ def test_knob_bounds_are_checked_when_the_profile_loads(tmp_path):
     roi = RegionQuality(cols=1, rows=1, qoffsets=(0.25,))
     assert "encoder.roi.qoffsets" in refuse_roi.refusal(EncoderKnobs(roi=roi))
     assert refuse_roi.refusal(EncoderKnobs(qp=30)) is None
+
+
+@pytest.mark.broker
+def test_a_device_keeps_the_trainers_signed_gradient_and_counts_the_others(
+    tmp_path, broker, trainer, trainer_key
+):
+    endpoint, inbox = trainer
+    runtime = _start(device_profile(tmp_path, broker))
+    inbox.of_type(MessageType.HELLO)
+    values = np.arange(33 * 33, dtype=np.float32).reshape(33, 33) / 100
+    body, scale = GradientMap(values, 513, 513).quantized()
+    signer = Signer(trainer_key)
+    msg = Gradient(width=513, height=513, scale=scale, timestamp=12.0)
+    forged = signer.sign("cpu-0", msg, body).model_copy(update={"scale": scale * 2})
+    for sent, payload in (
+        (msg, body),  # unsigned
+        (forged, body),  # its signature covers another scale
+        (signer.sign("cpu-0", msg, body[:-1]), body[:-1]),  # a byte short of its picture
+        (signer.sign("cpu-0", msg, body), body),
+    ):
+        assert endpoint.send("cpu-0", sent, payload).wait(5)
+    wait_until(lambda: runtime.counters.get("gradient.accepted") == 1, what="the gradient")
+    assert runtime.counters.get("gradient.rejected.bad_signature") == 2
+    assert runtime.counters.get("gradient.rejected.bad_payload") == 1
+    timestamp, kept = runtime.gradient
+    assert timestamp == 12.0 and (kept.width, kept.height) == (513, 513)
+    assert np.allclose(kept.values, values, atol=scale / 255)
+    runtime.shutdown()

@@ -10,16 +10,13 @@ H.264's coding unit (§4: one number per MCU), and quantised to one byte per mac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from cloud_trainer.student import TFLiteStudent
-
-MACROBLOCK = 16  # pixels per side of H.264's coding unit
+from shared_schema.gradient import MACROBLOCK, GradientMap
 
 
 def output_utility(logits: Tensor, threshold: float, background: int = 0) -> Tensor:
@@ -29,31 +26,6 @@ def output_utility(logits: Tensor, threshold: float, background: int = 0) -> Ten
     objects = torch.cat([probs[:, :background], probs[:, background + 1 :]], dim=1)
     confidence = objects.max(dim=1).values
     return (confidence * (confidence > threshold).detach()).sum()
-
-
-@dataclass(frozen=True)
-class GradientMap:
-    """|∂z/∂pixel| averaged per macroblock of a ``width`` × ``height`` picture (rows, cols)."""
-
-    values: np.ndarray  # (rows, cols) float32, per unit of 8-bit pixel value
-    width: int
-    height: int
-
-    def quantized(self) -> tuple[bytes, float]:
-        """One byte per macroblock, row by row, and the value 255 stands for (linear)."""
-        top = float(self.values.max())
-        if top <= 0.0:
-            return bytes(self.values.size), 0.0
-        return np.round(self.values / top * 255.0).astype(np.uint8).tobytes(), top
-
-    @classmethod
-    def of_bytes(cls, data: bytes, scale: float, width: int, height: int) -> GradientMap:
-        """The map ``quantized`` gave (``data`` one byte per macroblock of the picture)."""
-        rows, cols = -(-height // MACROBLOCK), -(-width // MACROBLOCK)
-        q = np.frombuffer(data, np.uint8)
-        if q.size != rows * cols:
-            raise ValueError(f"{q.size} bytes for {rows} x {cols} macroblocks")
-        return cls((q.astype(np.float32) * (scale / 255.0)).reshape(rows, cols), width, height)
 
 
 class DnnGrad:
