@@ -254,6 +254,7 @@ class Gradient(Message):
     width: Pixels
     height: Pixels
     scale: NonNeg  # |∂z/∂pixel| that the byte 255 stands for
+    utility: NonNeg  # z on that frame: a change of z over z is a change of accuracy
     timestamp: Annotated[float, Field(ge=0.0)]  # of the frame, on the device's clock
     key_id: KeyId | None = None
     expires_at: UnixTime | None = None

@@ -331,6 +331,7 @@ def _gradient(rng: random.Random) -> Message:
         width=pixels(rng),
         height=pixels(rng),
         scale=nonneg(rng),
+        utility=nonneg(rng),
         timestamp=nonneg(rng),
         **_signature(rng),
     )

@@ -36,7 +36,7 @@ def test_the_utility_counts_confident_object_pixels_by_their_confidence():
 
 
 def test_dnngrad_is_the_utilitys_derivative_by_finite_differences(dnngrad64, small_frame):
-    grad = dnngrad64.pixels(small_frame)
+    grad, utility = dnngrad64.pixels(small_frame)
     assert grad.shape == small_frame.shape and grad.abs().sum() > 0
     rng = np.random.default_rng(0)
     quant = dnngrad64.module.input_quant
@@ -52,14 +52,15 @@ def test_dnngrad_is_the_utilitys_derivative_by_finite_differences(dnngrad64, sma
         numeric = (z(small_frame + eps * direction) - z(small_frame - eps * direction)) / (2 * eps)
         analytic = float((grad * torch.as_tensor(direction)).sum())
         assert numeric == pytest.approx(analytic, rel=1e-5)
+    assert utility == pytest.approx(z(small_frame.astype(np.float64)), rel=1e-9)
     assert all(p.grad is None for p in dnngrad64.module.parameters())  # no weight gradients
 
 
 def test_the_map_is_the_mean_magnitude_per_macroblock_and_survives_its_bytes(
     dnngrad64, small_frame
 ):
-    per_pixel = dnngrad64.pixels(small_frame).abs().sum(dim=2).numpy()
-    grad_map = dnngrad64(small_frame)
+    per_pixel = dnngrad64.pixels(small_frame)[0].abs().sum(dim=2).numpy()
+    grad_map, _ = dnngrad64(small_frame)
     assert grad_map.values.shape == (2, 3) and (grad_map.width, grad_map.height) == (40, 24)
     for r in range(2):
         for c in range(3):

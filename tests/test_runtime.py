@@ -247,7 +247,7 @@ def test_a_device_keeps_the_trainers_signed_gradient_and_counts_the_others(
     values = np.arange(33 * 33, dtype=np.float32).reshape(33, 33) / 100
     body, scale = GradientMap(values, 513, 513).quantized()
     signer = Signer(trainer_key)
-    msg = Gradient(width=513, height=513, scale=scale, timestamp=12.0)
+    msg = Gradient(width=513, height=513, scale=scale, utility=900.0, timestamp=12.0)
     forged = signer.sign("cpu-0", msg, body).model_copy(update={"scale": scale * 2})
     for sent, payload in (
         (msg, body),  # unsigned

@@ -40,19 +40,20 @@ class DnnGrad:
         self.threshold = threshold
         self.background = background
 
-    def pixels(self, rgb: np.ndarray) -> Tensor:
-        """∂z/∂pixel (H, W, 3) for one (H, W, 3) uint8 frame, per unit of pixel value."""
+    def pixels(self, rgb: np.ndarray) -> tuple[Tensor, float]:
+        """∂z/∂pixel (H, W, 3) for one (H, W, 3) uint8 frame, per unit of pixel value, and z."""
         weight = next(self.module.parameters())  # its device, and its dtype (float64 in tests)
         pixels = torch.as_tensor(rgb, dtype=weight.dtype, device=weight.device)[None]
         pixels.requires_grad_(True)
         real = self.module.input_quant.from_grid(pixels)  # the input tensor's real values
         z = output_utility(self.module(real), self.threshold, self.background)
         (grad,) = torch.autograd.grad(z, pixels)
-        return grad[0]
+        return grad[0], float(z.detach())
 
-    def __call__(self, rgb: np.ndarray) -> GradientMap:
-        """The frame's DNNGrad, per macroblock (§4)."""
-        magnitude = self.pixels(rgb).abs().sum(dim=2)[None, None]  # (1, 1, H, W)
+    def __call__(self, rgb: np.ndarray) -> tuple[GradientMap, float]:
+        """The frame's DNNGrad per macroblock (§4), and its utility z."""
+        grad, z = self.pixels(rgb)
+        magnitude = grad.abs().sum(dim=2)[None, None]  # (1, 1, H, W)
         per_block = F.avg_pool2d(magnitude, MACROBLOCK, ceil_mode=True)[0, 0]
         height, width = rgb.shape[:2]
-        return GradientMap(per_block.cpu().numpy().astype(np.float32), width, height)
+        return GradientMap(per_block.cpu().numpy().astype(np.float32), width, height), z
