@@ -114,6 +114,8 @@ def _x264(
     options = {"preset": preset, "x264-params": "bframes=0"}
     if knobs.qp is not None:
         options["qp"] = str(knobs.qp)
+    elif knobs.crf is not None:
+        options["crf"] = f"{knobs.crf:.2f}"
     else:
         bits_per_s = round(knobs.bitrate_kbps * 1000)
         codec.bit_rate = bits_per_s

@@ -107,6 +107,8 @@ class KnobsSection(_Section):
     max_bitrate_kbps: float = Field(4000.0, ge=10.0, le=100_000.0)
     min_qp: int = Field(10, ge=0, le=51)
     max_qp: int = Field(51, ge=0, le=51)
+    min_crf: float = Field(10.0, ge=0.0, le=51.0)  # constant quality (OneAdapt's quality knob)
+    max_crf: float = Field(51.0, ge=0.0, le=51.0)
     min_upload_side: int = Field(64, ge=16, le=8192)  # pixels, for the width and the height
     max_upload_side: int = Field(4096, ge=16, le=8192)
     max_roi_qoffset: float = Field(1.0, ge=0.0, le=1.0)  # 0: no per-region quality
@@ -114,34 +116,28 @@ class KnobsSection(_Section):
 
     @model_validator(mode="after")
     def _ordered(self) -> KnobsSection:
-        for low, high in (("min_bitrate_kbps", "max_bitrate_kbps"), ("min_qp", "max_qp"),
-                          ("min_upload_side", "max_upload_side")):  # fmt: skip
-            if getattr(self, low) > getattr(self, high):
-                raise ValueError(f"need {low} <= {high}")
+        for name in ("bitrate_kbps", "qp", "crf", "upload_side"):
+            if getattr(self, f"min_{name}") > getattr(self, f"max_{name}"):
+                raise ValueError(f"need min_{name} <= max_{name}")
         return self
 
     def refusal(self, knobs: EncoderKnobs) -> str | None:
         """Why ``knobs`` are outside these bounds (the field, its value, the bound), or None."""
+        sides = (self.min_upload_side, self.max_upload_side)
         checks = [
-            (
-                "encoder.bitrate_kbps",
-                knobs.bitrate_kbps,
-                self.min_bitrate_kbps,
-                self.max_bitrate_kbps,
-            ),
-            ("encoder.qp", knobs.qp, self.min_qp, self.max_qp),
-            ("encoder.width", knobs.width, self.min_upload_side, self.max_upload_side),
-            ("encoder.height", knobs.height, self.min_upload_side, self.max_upload_side),
+            ("bitrate_kbps", knobs.bitrate_kbps, (self.min_bitrate_kbps, self.max_bitrate_kbps)),
+            ("qp", knobs.qp, (self.min_qp, self.max_qp)),
+            ("crf", knobs.crf, (self.min_crf, self.max_crf)),
+            ("width", knobs.width, sides),
+            ("height", knobs.height, sides),
         ]
         if knobs.roi is not None:
-            roi = knobs.roi
-            checks += [("encoder.roi.cols", roi.cols, 1, self.max_roi_regions),
-                       ("encoder.roi.rows", roi.rows, 1, self.max_roi_regions),
-                       ("encoder.roi.qoffsets", max(map(abs, roi.qoffsets)), 0.0,
-                        self.max_roi_qoffset)]  # fmt: skip
-        for name, value, low, high in checks:
+            regions, strongest = (1, self.max_roi_regions), max(map(abs, knobs.roi.qoffsets))
+            checks += [("roi.cols", knobs.roi.cols, regions), ("roi.rows", knobs.roi.rows, regions),
+                       ("roi.qoffsets", strongest, (0.0, self.max_roi_qoffset))]  # fmt: skip
+        for name, value, (low, high) in checks:
             if value is not None and not low <= value <= high:
-                return f"{name} {value} outside the profile's [knobs] bounds [{low}, {high}]"
+                return f"encoder.{name} {value} outside the profile's [knobs] [{low}, {high}]"
         return None
 
 

@@ -16,6 +16,17 @@ def macroblocks(width: int, height: int) -> tuple[int, int]:
     return -(-height // MACROBLOCK), -(-width // MACROBLOCK)
 
 
+def block_means(values: np.ndarray) -> np.ndarray:
+    """The mean of a (H, W) array over each macroblock, (rows, cols); the last row and column
+    of blocks may be partial, and average what they hold."""
+    height, width = values.shape
+    rows, cols = macroblocks(width, height)
+    padded = np.full((rows * MACROBLOCK, cols * MACROBLOCK), np.nan, np.float64)
+    padded[:height, :width] = values
+    blocks = padded.reshape(rows, MACROBLOCK, cols, MACROBLOCK)
+    return np.nanmean(blocks, axis=(1, 3)).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class GradientMap:
     """|∂z/∂pixel| averaged per macroblock of a ``width`` x ``height`` picture, (rows, cols)."""
@@ -39,3 +50,8 @@ class GradientMap:
             raise ValueError(f"{len(data)} bytes for {rows} x {cols} macroblocks")
         q = np.frombuffer(data, np.uint8).astype(np.float32)
         return cls((q * (scale / 255.0)).reshape(rows, cols), width, height)
+
+    def per_pixel(self) -> np.ndarray:
+        """(height, width): each pixel given its macroblock's value."""
+        spread = np.repeat(np.repeat(self.values, MACROBLOCK, axis=0), MACROBLOCK, axis=1)
+        return spread[: self.height, : self.width]

@@ -228,7 +228,16 @@ class EncoderKnobs(Message):
     width: Pixels | None = None  # upload resolution; None keeps the source's
     height: Pixels | None = None
     qp: Annotated[int, Field(ge=0, le=51)] | None = None  # constant QP instead of a bitrate
+    # constant quality instead of a bitrate (x264's CRF): unlike a constant QP it honours the
+    # per-region offsets, and unlike a bitrate their sum moves the size (OneAdapt's knobs)
+    crf: Annotated[float, Field(ge=0.0, le=51.0)] | None = None
     roi: RegionQuality | None = None  # None: one quality over the whole picture
+
+    @model_validator(mode="after")
+    def _one_rate_control(self) -> EncoderKnobs:
+        if self.qp is not None and self.crf is not None:
+            raise ValueError("qp and crf are two rate controls: set one")
+        return self
 
 
 class Control(Message):

@@ -113,7 +113,10 @@ DOWNLINK: list[tuple[Message, bytes]] = [
         ),
         b"",
     ),
-    (Gradient(width=513, height=513, scale=0.29, utility=1800.0, timestamp=41.0), bytes(range(33)) * 33),
+    (
+        Gradient(width=513, height=513, scale=0.29, utility=1800.0, timestamp=41.0),
+        bytes(range(33)) * 33,
+    ),
     (Ack(ref_type="segment", ref_seq=9, ok=False, reason=AckReason.DECODE_ERROR), b""),
 ]
 

@@ -75,3 +75,66 @@ def test_the_map_is_the_mean_magnitude_per_macroblock_and_survives_its_bytes(
         GradientMap.of_bytes(data[:5], scale, 40, 24)
     zero = GradientMap(np.zeros((2, 3), np.float32), 40, 24).quantized()
     assert zero == (bytes(6), 0.0)
+
+
+# -- the device's half: knobs, InputGrad, eq. 2 ---------------------------------------------
+
+
+def _space(**bounds):
+    from edge_runtime.oneadapt.knobs import KnobSpace
+    from edge_runtime.profile import KnobsSection
+
+    return KnobSpace(KnobsSection(**bounds), source=(768, 576), roi_grid=(2, 2))
+
+
+def test_the_knob_space_is_normalised_discrete_and_inside_the_bounds():
+    space = _space(min_crf=20.0, max_crf=40.0, min_upload_side=200)
+    assert space.scales[0] == 0.375 and space.size == 6  # 0.25 of 576 is under 200 pixels
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        knobs = space.knobs(rng.random(space.size))
+        assert space.bounds.refusal(knobs) is None
+        assert np.allclose(space.vector(space.knobs(space.vector(knobs))), space.vector(knobs))
+    low, high = space.knobs(np.zeros(6)), space.knobs(np.ones(6))
+    assert (low.crf, low.width, low.roi.qoffsets) == (40.0, 288, (0.4,) * 4)
+    assert (high.crf, high.width, high.roi.qoffsets) == (20.0, None, (-0.4,) * 4)
+    assert space.knobs(np.full(6, 0.5)).roi is None  # every offset 0: no regions at all
+    assert np.allclose(space.steps, [1 / 15, 1 / 5, 1 / 8, 1 / 8, 1 / 8, 1 / 8])
+    assert _space(max_roi_qoffset=0.0).size == 2
+
+
+def test_eq2_steps_along_accuracy_minus_lambda_resource_and_stays_in_range():
+    from edge_runtime.oneadapt.knobs import ascend
+
+    u = np.array([0.5, 0.5, 0.95])
+    step = ascend(u, np.array([0.2, 0.0, 1.0]), np.array([100.0, 50.0, 0.0]), 0.5, 1e-3)
+    assert np.allclose(step, [0.5 + 0.5 * (0.2 - 0.1), 0.5 - 0.5 * 0.05, 1.0])
+
+
+@pytest.fixture(scope="module")
+def frame(shared_dir):
+    with open_source(str(shared_dir / "videos/vtest.avi")) as source:
+        return next(iter(source))
+
+
+def test_output_grad_is_dnngrad_times_the_decoded_change_per_knob(frame):
+    from edge_runtime.oneadapt.input_grad import gradients, probe
+
+    space = _space()
+    values = np.zeros((9, 9), np.float32)
+    values[:, :4] = 1.0  # the teacher cares about the left of the picture only
+    grad = GradientMap(values, 129, 129)
+    u = np.array([8 / 15, 1.0, 0.5, 0.5, 0.5, 0.5])  # on its levels
+    result = gradients(frame, space, u, grad, utility=100.0, fps=1.0)
+    # by its definition: one level finer, decoded, weighed by DNNGrad, over z and Δk
+    up = u.copy()
+    up[0] += space.steps[0]
+    base, finer = (probe(frame, space.knobs(v), (129, 129), 1.0) for v in (u, up))
+    change = np.abs(finer.pixels - base.pixels).sum(axis=2)
+    expected = (grad.per_pixel() * change).sum() / space.steps[0] / 100.0
+    assert result.acc[0] == pytest.approx(expected, rel=1e-6) and result.acc[0] > 0
+    assert result.kbps[0] == pytest.approx((finer.size - base.size) * 8 / 1000 / space.steps[0])
+    assert result.kbps[0] > 0  # finer quality costs bits
+    assert result.acc[1] == 0.0 and result.kbps[1] == 0.0  # at the full resolution already
+    left, right = result.acc[[2, 4]], result.acc[[3, 5]]  # regions row by row: (0,0) (1,0) ...
+    assert left.min() > 0 and right.max() == 0.0  # only where DNNGrad is

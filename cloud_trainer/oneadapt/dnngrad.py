@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from cloud_trainer.student import TFLiteStudent
-from shared_schema.gradient import MACROBLOCK, GradientMap
+from shared_schema.gradient import GradientMap, block_means
 
 
 def output_utility(logits: Tensor, threshold: float, background: int = 0) -> Tensor:
@@ -53,7 +52,6 @@ class DnnGrad:
     def __call__(self, rgb: np.ndarray) -> tuple[GradientMap, float]:
         """The frame's DNNGrad per macroblock (§4), and its utility z."""
         grad, z = self.pixels(rgb)
-        magnitude = grad.abs().sum(dim=2)[None, None]  # (1, 1, H, W)
-        per_block = F.avg_pool2d(magnitude, MACROBLOCK, ceil_mode=True)[0, 0]
+        magnitude = grad.abs().sum(dim=2).cpu().numpy()
         height, width = rgb.shape[:2]
-        return GradientMap(per_block.cpu().numpy().astype(np.float32), width, height), z
+        return GradientMap(block_means(magnitude), width, height), z
