@@ -25,6 +25,7 @@ from cloud_trainer.ams.atr import AtrConfig
 from cloud_trainer.ams.gate import GateConfig
 from cloud_trainer.ams.rebase import RebaseConfig
 from cloud_trainer.ams.training import TrainingConfig
+from cloud_trainer.oneadapt.config import OneAdaptConfig
 from cloud_trainer.recl.config import ReclConfig
 from cloud_trainer.student.float16 import Precision
 from cloud_trainer.teacher import TeacherConfig
@@ -129,6 +130,7 @@ class TrainerConfig(_Section):
     gate: GateConfig = GateConfig()
     rebase: RebaseConfig = RebaseConfig()
     recl: ReclConfig = ReclConfig()
+    oneadapt: OneAdaptConfig = OneAdaptConfig()
     updates: UpdatesConfig  # no default: a deployment names its signing key
     checkpoint: CheckpointConfig
     metrics: MetricsConfig = MetricsConfig()
@@ -144,6 +146,15 @@ class TrainerConfig(_Section):
         if student is None:
             return training  # an invalid [student]: pydantic reports that section
         return training.for_student(read_model(student.model).input_size)
+
+    @model_validator(mode="after")
+    def _a_tflite_teacher_for_dnngrad(self) -> TrainerConfig:
+        if self.oneadapt.enabled and self.teacher.model.suffix != ".tflite":
+            raise ValueError(
+                "[oneadapt] enabled: DNNGrad back-propagates through the teacher's graph, which"
+                " needs a .tflite [teacher] model"
+            )
+        return self
 
     @model_validator(mode="after")
     def _scores_for_kl(self) -> TrainerConfig:

@@ -19,11 +19,13 @@ import time
 from pathlib import Path
 
 from cloud_trainer.config import TrainerConfig
+from cloud_trainer.oneadapt.dnngrad import DnnGrad
 from cloud_trainer.outgoing import Outgoing
 from cloud_trainer.recl.reuse import ModelReuse
 from cloud_trainer.recl.scheduler import MarginalGain
 from cloud_trainer.scheduler import RoundRobin
 from cloud_trainer.session import CHECKPOINT, Session, open_inbox, store_segment
+from cloud_trainer.student import import_tflite
 from cloud_trainer.teacher import load_teacher
 from edge_runtime.spool import Spool
 from shared_schema.endpoint import TrainerEndpoint
@@ -60,6 +62,10 @@ class TrainerDaemon:
         if config.recl.enabled:
             threads = config.teacher.threads
             self.reuse = ModelReuse(config.recl, self._initial_model, config.zoo_directory, threads)
+        self.dnngrad = None  # OneAdapt's, one for every session, where [oneadapt] is on
+        if config.oneadapt.enabled:
+            teacher = import_tflite(config.teacher.model)
+            self.dnngrad = DnnGrad(teacher.to(config.teacher.device), config.oneadapt.threshold)
         self._gains = MarginalGain(config.recl.max_wait)
         marginal = config.recl.scheduler == "marginal-gain"
         self.scheduler = RoundRobin(self._step, self._choose if marginal else None)
@@ -195,6 +201,7 @@ class TrainerDaemon:
             signer=self._signer,
             inbox=self._inboxes.pop(device_id, None),
             reuse=self.reuse,
+            dnngrad=self.dnngrad,
         )
         resumed = session.restore()
         log.info(

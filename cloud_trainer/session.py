@@ -32,6 +32,7 @@ from cloud_trainer.config import TrainerConfig
 from cloud_trainer.device_clock import DeviceClock
 from cloud_trainer.metrics import ClassSubset
 from cloud_trainer.mirror import ModelMirror
+from cloud_trainer.oneadapt.dnngrad import DnnGrad
 from cloud_trainer.outgoing import Outgoing
 from cloud_trainer.recl.reuse import BASE, RETRAINED, ModelReuse
 from cloud_trainer.recl.selection import CURRENT
@@ -48,6 +49,7 @@ from shared_schema.messages import (
     Ack,
     AckReason,
     Control,
+    Gradient,
     Hello,
     MessageType,
     Model,
@@ -126,6 +128,7 @@ class SessionStats:
     phases_gated: int = 0  # their model scored worse than the device's: not sent
     rebases: int = 0  # the base model did better on new samples: training restarted from it
     reuses: int = 0  # an expert of the zoo did: training went on from it (RECL)
+    gradient_bytes: int = 0  # OneAdapt's DNNGrad bodies sent
     switch_bytes: int = 0  # what the updates that took the device to a chosen model cost
     updates_sent: int = 0
     updates_acked: int = 0
@@ -164,10 +167,13 @@ class Session:
         signer: Signer | None = None,
         inbox: Spool | None = None,
         reuse: ModelReuse | None = None,
+        dnngrad: DnnGrad | None = None,
     ) -> None:
-        """``reuse``: the trainer's expert zoo (RECL), where ``[recl]`` is on."""
+        """``reuse``: the trainer's expert zoo (RECL), where ``[recl]`` is on; ``dnngrad``:
+        the teacher's DNNGrad (OneAdapt), where ``[oneadapt]`` is on."""
         self.device_id = device_id
         self._reuse = reuse
+        self._dnngrad = dnngrad
         # (mIoU gain, seconds) of the last phase, measured for the marginal-gain scheduler
         self.last_phase: tuple[float, float] | None = None
         self.config = config
@@ -528,7 +534,23 @@ class Session:
         self.stats.frames += len(frames)
         self.stats.bytes_up += len(envelope.body)
         self._phase_due = True
-        return self._rate_control(segment.timestamps[-1]) + self._select_model()
+        gradient = self._gradient(rgb[-1], segment.timestamps[-1])
+        return gradient + self._rate_control(segment.timestamps[-1]) + self._select_model()
+
+    def _gradient(self, rgb: np.ndarray, timestamp: float) -> list[Outgoing]:
+        """OneAdapt: the teacher's DNNGrad on the segment's last frame, for the device to step
+        its knobs with (seed 000 §4: one backward pass per interval, on its last frame)."""
+        if self._dnngrad is None:
+            return []
+        grad, utility = self._dnngrad(rgb)
+        body, scale = grad.quantized()
+        height, width = rgb.shape[:2]
+        msg = Gradient(width=width, height=height, scale=scale, utility=utility,
+                       timestamp=timestamp)  # fmt: skip
+        if self._signer is not None:
+            msg = self._signer.sign(self.device_id, msg, body)
+        self.stats.gradient_bytes += len(body)
+        return self._counted_downlink([Outgoing(msg, body)])
 
     def _add_samples(self, samples: list[Sample]) -> None:
         self._fresh += len(samples)

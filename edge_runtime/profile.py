@@ -141,6 +141,18 @@ class KnobsSection(_Section):
         return None
 
 
+class OneAdaptSection(_Section):
+    """OneAdapt (seed 000) on the device: each DNNGrad from the trainer moves the encoder knobs
+    one eq. 2 step within ``[knobs]``; off by default (the trainer's control sets them)."""
+
+    enabled: bool = False
+    alpha: float = Field(0.05, gt=0.0, le=10.0)  # eq. 2's learning rate
+    lam: float = Field(1e-4, ge=0.0)  # λ: accuracy (a fraction) one kbps of uplink is worth
+    roi_cols: int = Field(4, ge=0, le=MAX_ROI_REGIONS)  # the per-region quality grid
+    roi_rows: int = Field(4, ge=0, le=MAX_ROI_REGIONS)
+    frames: int = Field(32, ge=1, le=1024)  # sampled frames kept for the gradient to find
+
+
 class SourceSection(_Section):
     # A video file, an rtsp:// / http(s):// / rtmp:// stream, /dev/videoN (V4L2) or picamera2:
     uri: str | None = None
@@ -166,6 +178,7 @@ class Profile(_Section):
     sampling: SamplingSection = SamplingSection()
     buffer: BufferSection
     knobs: KnobsSection = KnobsSection()
+    oneadapt: OneAdaptSection = OneAdaptSection()
     source: SourceSection = SourceSection()
     telemetry: TelemetrySection = TelemetrySection()
 

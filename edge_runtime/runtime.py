@@ -29,6 +29,7 @@ import numpy as np
 
 from edge_runtime.frames import Frame
 from edge_runtime.model_slots import ModelSlots
+from edge_runtime.oneadapt.adapter import KnobAdapter
 from edge_runtime.priority import lower_thread_priority
 from edge_runtime.profile import Profile
 from edge_runtime.results import ResultSink, SummaryPublisher
@@ -105,6 +106,12 @@ class EdgeRuntime:
         self.segments = SegmentBuffer.from_config(
             profile.buffer, self._on_segment, sampling_rate_fps=self.sampler.rate_fps
         )
+        self.adapter = None
+        if profile.oneadapt.enabled:
+            self.adapter = KnobAdapter(
+                profile.oneadapt, profile.knobs, profile.buffer.initial_knobs,
+                lambda knobs: self.segments.reconfigure(knobs=knobs), self.counters,
+            )  # fmt: skip
         self.stats = FrameStats()
         self._telemetry = TelemetryReporter(self.stats)
         self._stop = threading.Event()
@@ -218,6 +225,8 @@ class EdgeRuntime:
     def shutdown(self, drain_s: float = 10.0) -> None:
         """Deliver what is buffered (the last segment, the spool) and stop every thread."""
         self._stop.set()
+        if self.adapter is not None:
+            self.adapter.close()
         self.segments.close()
         if not self.uplink.drain(drain_s):
             log.warning("shutdown: %d segments stay spooled for the next start", self.uplink.depth)
@@ -240,6 +249,8 @@ class EdgeRuntime:
         sampled = self.sampler.offer(frame.timestamp)
         if sampled:
             self.segments.add(frame)
+            if self.adapter is not None:
+                self.adapter.sampled(frame)
         for sink in self.sinks:
             sink(frame, labels, model.version)
         self.stats.frame(latency, sampled)
@@ -266,7 +277,8 @@ class EdgeRuntime:
         reason = self._slots.refusal(envelope)
         detail = "signature does not verify"
         if reason is None:  # signed: then its knobs must lie within the profile's bounds
-            detail = self.profile.knobs.refusal(control.encoder) or ""
+            knobs = control.encoder
+            detail = "" if knobs is None else self.profile.knobs.refusal(knobs) or ""
             reason = AckReason.OUT_OF_BOUNDS if detail else None
         if reason is not None:  # the rates and knobs in force stay, the last good ones
             self.counters.inc(f"control.rejected.{reason.value}")
@@ -277,8 +289,13 @@ class EdgeRuntime:
         self.segments.reconfigure(
             t_update_s=control.t_update_s, sampling_rate_fps=rate, knobs=control.encoder
         )
+        if self.adapter is not None and control.encoder is not None:
+            self.adapter.reset(control.encoder)
         log.info(
-            "control: %.2f fps, T_update %.0f s, %s", rate, control.t_update_s, control.encoder
+            "control: %.2f fps, T_update %.0f s, %s",
+            rate,
+            control.t_update_s,
+            control.encoder or self.segments.settings.knobs,
         )
         if control.rollback_to is not None:
             self.submit_model_message(envelope)  # the slots acknowledge it
@@ -302,6 +319,8 @@ class EdgeRuntime:
             return
         self.gradient = (msg.timestamp, grad)
         self.counters.inc("gradient.accepted")
+        if self.adapter is not None:
+            self.adapter.offer(msg.timestamp, grad, msg.utility, self.sampler.rate_fps)
 
     def _ack_for(
         self, envelope: Envelope, refused: AckReason | None = None, detail: str = ""

@@ -246,7 +246,7 @@ class Control(Message):
     type: Literal["control"] = "control"
     sampling_rate_fps: Fps
     t_update_s: Annotated[float, Field(gt=0.0, le=86_400.0)]
-    encoder: EncoderKnobs = EncoderKnobs()
+    encoder: EncoderKnobs | None = None  # None: the device keeps the knobs it runs
     rollback_to: Version | None = None
     key_id: KeyId | None = None  # signed as models and updates are: a rollback is one too
     expires_at: UnixTime | None = None  # signed: refused after this (seconds since the epoch)
@@ -323,6 +323,7 @@ class Metrics(Message):
     rebases: Count = 0
     reuses: Count = 0  # training went on from an expert of the zoo
     switch_bytes: Count = 0  # the updates that took the device to a chosen model
+    gradient_bytes: Count = 0  # OneAdapt's DNNGrad bodies sent to the device
     training_seconds_total: NonNeg = 0.0
     zoo: ZooMetrics | None = None
 

@@ -289,7 +289,7 @@ def _control(rng: random.Random) -> Message:
     return Control(
         sampling_rate_fps=fps(rng),
         t_update_s=rng.choice((86_400.0, 1e-9, rng.uniform(0.1, 600.0))),
-        encoder=knobs,
+        encoder=maybe(rng, lambda: knobs),
         rollback_to=maybe(rng, lambda: version(rng)),
         **_signature(rng),
     )

@@ -138,3 +138,16 @@ def test_output_grad_is_dnngrad_times_the_decoded_change_per_knob(frame):
     assert result.acc[1] == 0.0 and result.kbps[1] == 0.0  # at the full resolution already
     left, right = result.acc[[2, 4]], result.acc[[3, 5]]  # regions row by row: (0,0) (1,0) ...
     assert left.min() > 0 and right.max() == 0.0  # only where DNNGrad is
+
+
+def test_dnngrad_needs_a_tflite_teacher(tmp_path):
+    from pydantic import ValidationError
+
+    from cloud_trainer.config import TrainerConfig
+    from tests.trainer_helpers import trainer_raw
+
+    raw = trainer_raw(tmp_path)
+    raw["oneadapt"] = {"enabled": True}
+    raw["teacher"] = {"kind": "onnxruntime", "model": str(tmp_path / "teacher.onnx")}
+    with pytest.raises(ValidationError, match=r"\.tflite \[teacher\]"):
+        TrainerConfig.model_validate(raw)

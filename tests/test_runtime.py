@@ -263,3 +263,30 @@ def test_a_device_keeps_the_trainers_signed_gradient_and_counts_the_others(
     assert timestamp == 12.0 and (kept.width, kept.height) == (513, 513)
     assert np.allclose(kept.values, values, atol=scale / 255)
     runtime.shutdown()
+
+
+@pytest.mark.broker
+def test_oneadapt_steps_the_knobs_on_each_gradient_within_the_bounds(
+    tmp_path, broker, trainer, video, trainer_key
+):
+    endpoint, inbox = trainer
+    bounds = {"min_crf": 20.0, "max_crf": 40.0}
+    runtime = _start(device_profile(tmp_path, broker, knobs=bounds, oneadapt={"enabled": True}))
+    inbox.of_type(MessageType.HELLO)
+    with open_source(video) as frames:
+        runtime.run(frames, max_frames=25)
+    sampled = list(runtime.adapter._frames)
+    assert sampled, "frames the sampler took"
+    # the teacher's gradient everywhere: quality is worth its bits at this λ
+    values = np.ones((33, 33), np.float32)
+    body, scale = GradientMap(values, 513, 513).quantized()
+    signer = Signer(trainer_key)
+    # the second names a frame the device never took (or no longer keeps)
+    for timestamp, counter in ((sampled[-1], "oneadapt.steps"), (1e6, "oneadapt.frame_missing")):
+        msg = Gradient(width=513, height=513, scale=scale, utility=50.0, timestamp=timestamp)
+        assert endpoint.send("cpu-0", signer.sign("cpu-0", msg, body), body).wait(5)
+        wait_until(lambda c=counter: runtime.counters.get(c) == 1, what=counter)
+    assert runtime.counters.get("oneadapt.steps") == 1
+    knobs = runtime.segments.settings.knobs
+    assert knobs.crf is not None and runtime.profile.knobs.refusal(knobs) is None
+    runtime.shutdown()

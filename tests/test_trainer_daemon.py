@@ -24,13 +24,14 @@ from tests.trainer_helpers import trainer_config, trainer_raw, write_toml
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
-def start_device(tmp_path, broker, device_id: str, video: str) -> EmulatedDevice:
+def start_device(tmp_path, broker, device_id: str, video: str, **sections) -> EmulatedDevice:
     profile = local_profile(
         broker.mqtt_table(device_id),
         tmp_path / device_id,
         device_id=device_id,
         buffer={"t_update_s": 2.0},
         telemetry={"interval_s": 5.0, "results_rate_hz": 0.0},
+        **sections,
     )
     device = EmulatedDevice(profile, video)
     assert device.runtime.endpoint.wait_connected(10)
@@ -174,4 +175,25 @@ def test_a_second_device_receives_an_expert_the_first_one_trained(tmp_path, brok
     finally:
         for device in devices:
             device.close()
+        daemon.stop()
+
+
+def test_the_trainers_dnngrad_steps_a_devices_knobs(tmp_path, broker, shared_dir):
+    raw = trainer_raw(tmp_path, broker, iterations=2, batch_size=2)
+    raw["oneadapt"] = {"enabled": True}
+    daemon = TrainerDaemon(TrainerConfig.model_validate(raw))
+    daemon.start()
+    assert daemon.endpoint.wait_connected(10)
+    video = str(shared_dir / "videos/vtest.avi")
+    device = start_device(tmp_path, broker, "cam-a", video, oneadapt={"enabled": True})
+    try:
+        wait_until(lambda: device.runtime.counters.get("oneadapt.steps") >= 1, timeout=120,
+                   what="a knob step from the trainer's gradient")  # fmt: skip
+        knobs = device.runtime.segments.settings.knobs
+        assert knobs.crf is not None and device.runtime.profile.knobs.refusal(knobs) is None
+        assert device.runtime.counters.get("gradient.rejected.bad_signature") == 0
+        session = daemon.sessions["cam-a"]
+        assert 0 < session.stats.gradient_bytes <= 33 * 33 * session.stats.segments
+    finally:
+        device.close()
         daemon.stop()

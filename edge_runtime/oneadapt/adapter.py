@@ -1,0 +1,112 @@
+"""OneAdapt's loop on the device: each DNNGrad the trainer sends moves the knobs one eq. 2 step
+(seed 000 §3.2), on a thread of its own, never in the frame loop.
+
+The frame loop hands over each sampled frame (a reference, kept for the last ``frames``); the
+MQTT thread hands over each verified gradient (the latest waits, an older one not yet taken is
+dropped and counted). The worker re-encodes the frame the gradient was taken on at the
+perturbed knobs (``input_grad``), steps, and gives the new knobs to the segment encoder. A
+control from the trainer sets the knobs outright, and the steps go on from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+
+import numpy as np
+
+from edge_runtime.frames import Frame
+from edge_runtime.oneadapt.input_grad import gradients
+from edge_runtime.oneadapt.knobs import KnobSpace, ascend
+from edge_runtime.profile import KnobsSection, OneAdaptSection
+from shared_schema.counters import Counters
+from shared_schema.gradient import GradientMap
+from shared_schema.messages import EncoderKnobs
+
+log = logging.getLogger(__name__)
+
+
+class KnobAdapter:
+    def __init__(
+        self,
+        config: OneAdaptSection,
+        bounds: KnobsSection,
+        knobs: EncoderKnobs,
+        apply: Callable[[EncoderKnobs], None],
+        counters: Counters,
+    ) -> None:
+        self.config = config
+        self._bounds = bounds
+        self._knobs = knobs  # in force now
+        self._apply = apply
+        self.counters = counters
+        self._frames: OrderedDict[float, Frame] = OrderedDict()
+        self._waiting: tuple[float, GradientMap, float, float] | None = None
+        self._cond = threading.Condition()
+        self._closed = False
+        self._worker = threading.Thread(target=self._run, name="oneadapt", daemon=True)
+        self._worker.start()
+
+    def sampled(self, frame: Frame) -> None:
+        """A frame the sampler took (the frame loop's call: a dict insert, nothing more)."""
+        with self._cond:
+            self._frames[frame.timestamp] = frame
+            while len(self._frames) > self.config.frames:
+                self._frames.popitem(last=False)
+
+    def offer(self, timestamp: float, grad: GradientMap, utility: float, fps: float) -> None:
+        """The trainer's DNNGrad on the frame sampled at ``timestamp``."""
+        with self._cond:
+            if self._waiting is not None:
+                self.counters.inc("oneadapt.superseded")
+            self._waiting = (timestamp, grad, utility, fps)
+            self._cond.notify()
+
+    def reset(self, knobs: EncoderKnobs) -> None:
+        """The trainer set the knobs: the next step starts from them."""
+        with self._cond:
+            self._knobs = knobs
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._worker.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed or self._waiting is not None)
+                if self._closed:
+                    return
+                (timestamp, grad, utility, fps), self._waiting = self._waiting, None
+                frame, knobs = self._frames.get(timestamp), self._knobs
+            if frame is None:
+                self.counters.inc("oneadapt.frame_missing")  # older than the frames kept
+                continue
+            try:
+                stepped = self._step(frame, knobs, grad, utility, fps)
+            except Exception:  # a bug in a step must not stop the device
+                log.exception("oneadapt: the knob step failed")
+                self.counters.inc("oneadapt.errors")
+                continue
+            with self._cond:
+                if self._knobs is not knobs:
+                    continue  # a control set other knobs meanwhile: they win
+                self._knobs = stepped
+            self._apply(stepped)
+            self.counters.inc("oneadapt.steps")
+
+    def _step(
+        self, frame: Frame, knobs: EncoderKnobs, grad: GradientMap, utility: float, fps: float
+    ) -> EncoderKnobs:
+        space = KnobSpace(self._bounds, (frame.width, frame.height),
+                          roi_grid=(self.config.roi_cols, self.config.roi_rows))  # fmt: skip
+        u = space.vector(knobs)
+        g = gradients(frame, space, u, grad, utility, fps)
+        stepped = space.knobs(ascend(u, g.acc, g.kbps, self.config.alpha, self.config.lam))
+        log.debug("oneadapt: AccGrad %s, kbps gradient %s: %s", np.round(g.acc, 4),
+                  np.round(g.kbps, 1), stepped)  # fmt: skip
+        return stepped
