@@ -7,6 +7,11 @@ possible, alternating for several rounds; the ratio is the median of the rounds'
 the noise of a shared machine hits both sides alike. Frames run faster than real time, so the
 encoder's share of the CPU is larger here than on a live camera.
 
+OneAdapt (``oneadapt_every``): each round also runs the runtime with ``[oneadapt]`` on and a
+DNNGrad offered every S seconds for its newest sampled frame, so that every S seconds the device
+re-encodes a frame at each perturbed knob and steps; its fps over the plain runtime's in the
+same round is the cost to the frame loop.
+
 Swap (``swap_every``): frames paced at a fixed rate while a real qdelta update (5 % of the
 weights moved by one quantization step: the device's work does not depend on how the values
 were trained) is applied every S seconds through ``submit_model_message``; a frame that starts
@@ -32,6 +37,7 @@ from edge_runtime.profile import Profile, bundled_profile
 from edge_runtime.runtime import EdgeRuntime
 from edge_runtime.sources import open_source
 from shared_schema.envelope import decode, encode, sha256_hex
+from shared_schema.gradient import GradientMap, macroblocks
 from shared_schema.messages import Update
 from shared_schema.signing import Signer, save_keypair
 from shared_schema.tflite_file import TFLiteFile
@@ -56,6 +62,7 @@ def bench_profile(
     bitrate_kbps: float,
     broker: str | None,
     public_key: Path,
+    oneadapt: bool = False,
 ) -> Profile:
     """The ``cpu`` profile, T_update as it has it, with the benchmark's settings; it trusts
     ``public_key`` alone (the benchmark's own key)."""
@@ -73,6 +80,7 @@ def bench_profile(
         },
         buffer={"bitrate_kbps": bitrate_kbps},
         telemetry={"interval_s": 10.0, "results_rate_hz": 0.0},
+        oneadapt={"enabled": oneadapt},
         mqtt={} if url is None else {"host": url.hostname or "127.0.0.1", "port": url.port or 1883},
     )
 
@@ -89,12 +97,21 @@ def bare_fps(model: Path, inputs: list[np.ndarray], threads: int) -> float:
     return len(inputs) / (time.perf_counter() - started)
 
 
-def runtime_round(profile: Profile, frames: list[Frame], broker: str | None) -> dict:
+def runtime_round(
+    profile: Profile, frames: list[Frame], broker: str | None, gradient_every_s: float = 0.0
+) -> dict:
     runtime = EdgeRuntime.from_profile(profile, connect=broker is not None)
     runtime.start()
     if runtime.endpoint is not None and not runtime.endpoint.wait_connected(10):
         raise RuntimeError(f"cannot reach the broker at {broker}")
+    stop = threading.Event()
+    feeder = threading.Thread(target=_offer_gradients, args=(runtime, gradient_every_s, stop),
+                              daemon=True)  # fmt: skip
+    if gradient_every_s:
+        feeder.start()
     summary = runtime.run(frames)
+    stop.set()
+    steps = runtime.counters.get("oneadapt.steps")
     runtime.shutdown()
     p50, p95 = runtime.stats.latency_ms(50, 95)
     video_s = frames[-1].timestamp - frames[0].timestamp + _period(frames)
@@ -104,7 +121,19 @@ def runtime_round(profile: Profile, frames: list[Frame], broker: str | None) -> 
         "latency_p95_ms": p95,
         "uplink_kbps": runtime.counters.get("uplink.bytes_sent") * 8 / video_s / 1000,
         "segments": runtime.counters.get("uplink.segments_accepted"),
+        "oneadapt_steps": steps,
     }
+
+
+def _offer_gradients(runtime: EdgeRuntime, every_s: float, stop: threading.Event) -> None:
+    """A DNNGrad (uniform: the device's work does not depend on its values) every ``every_s``
+    for the newest frame the sampler took, as the trainer would send it."""
+    grad = GradientMap(np.ones(macroblocks(513, 513), np.float32), 513, 513)
+    while not stop.wait(every_s):
+        adapter = runtime.adapter
+        latest = adapter.latest if adapter is not None else None
+        if latest is not None:
+            adapter.offer(latest, grad, 1000.0, runtime.sampler.rate_fps)
 
 
 def _period(frames: list[Frame]) -> float:
@@ -121,29 +150,34 @@ def throughput(
     sampling_fps: float,
     bitrate_kbps: float,
     broker: str | None,
+    oneadapt_every_s: float = 0.0,
 ) -> dict:
     """The runtime against a bare loop on the same frames (the settings' defaults are the
-    command line's)."""
+    command line's); with ``oneadapt_every_s``, also the runtime stepping its knobs."""
     decoded = load_frames(source, frames)
     height, width = TFLiteFile(model.read_bytes()).input_size
     inputs = [frame.rgb(width, height) for frame in decoded]
-    bare, runs = [], []
+    bare, runs, adapting = [], [], []
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         _, public_key = _bench_key(Path(tmp))
         for round_index in range(rounds):
             bare.append(bare_fps(model, inputs, threads))
-            profile = bench_profile(
-                model,
-                Path(tmp) / f"round{round_index}",
-                threads=threads,
-                sampling_fps=sampling_fps,
-                bitrate_kbps=bitrate_kbps,
-                broker=broker,
-                public_key=public_key,
-            )
-            runs.append(runtime_round(profile, decoded, broker))
+            for oneadapt, out in ((False, runs), (True, adapting)):
+                if oneadapt and not oneadapt_every_s:
+                    continue
+                profile = bench_profile(
+                    model,
+                    Path(tmp) / f"round{round_index}-{oneadapt}",
+                    threads=threads,
+                    sampling_fps=sampling_fps,
+                    bitrate_kbps=bitrate_kbps,
+                    broker=broker,
+                    public_key=public_key,
+                    oneadapt=oneadapt,
+                )
+                out.append(runtime_round(profile, decoded, broker, oneadapt_every_s * oneadapt))
     ratios = [run["fps"] / b for run, b in zip(runs, bare, strict=True)]
-    return {
+    return _oneadapt_figures(adapting, runs, oneadapt_every_s) | {
         "model": str(model),
         "source": source,
         "frames": len(decoded),
@@ -159,6 +193,20 @@ def throughput(
         "latency_p50_ms": statistics.median(run["latency_p50_ms"] for run in runs),
         "latency_p95_ms": statistics.median(run["latency_p95_ms"] for run in runs),
         "uplink_kbps": statistics.median(run["uplink_kbps"] for run in runs),
+    }
+
+
+def _oneadapt_figures(adapting: list[dict], plain: list[dict], every_s: float) -> dict:
+    """What the knob steps cost the frame loop: fps with them over fps without, per round."""
+    if not adapting:
+        return {}
+    ratios = [a["fps"] / p["fps"] for a, p in zip(adapting, plain, strict=True)]
+    return {
+        "oneadapt_every_s": every_s,
+        "fps_runtime_oneadapt": statistics.median(run["fps"] for run in adapting),
+        "oneadapt_ratio": statistics.median(ratios),
+        "oneadapt_ratios": ratios,
+        "oneadapt_steps": sum(run["oneadapt_steps"] for run in adapting),
     }
 
 

@@ -94,7 +94,8 @@ def _bench(args: argparse.Namespace) -> int:
         name = "edge-bench"
         results = bench.throughput(
             Path(args.model), args.source, frames=args.frames, sampling_fps=args.sampling_fps,
-            bitrate_kbps=args.bitrate, broker=args.broker, **common,
+            bitrate_kbps=args.bitrate, broker=args.broker, oneadapt_every_s=args.oneadapt_every,
+            **common,
         )  # fmt: skip
     if not args.no_save:
         results["saved_to"] = str(write_result(name, results, args.results_dir))
@@ -153,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="the runtime against a bare LiteRT loop in the same run (JSON)",
         description="Throughput of the whole runtime against a bare set_tensor/invoke/"
-        "get_tensor loop on the same frames; with --swap-every, frame gaps while updates are "
-        "hot-swapped. Results are also written under benchmarks/results/.",
+        "get_tensor loop on the same frames; with --oneadapt-every, also with the knobs "
+        "stepped; with --swap-every, frame gaps while updates are hot-swapped. Results are "
+        "also written under benchmarks/results/.",
     )
     bench.add_argument("--model", required=True, help=".tflite model")
     bench.add_argument("--source", required=True, help="video file")
@@ -165,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--bitrate", type=float, default=200.0, help="H.264 target, kbps")
     bench.add_argument("--broker", help="HOST:PORT of an MQTT broker (default: a null uplink)")
     bench.add_argument("--swap-every", type=float, help="apply an update every S seconds")
+    bench.add_argument(
+        "--oneadapt-every", type=float, default=0.0, help="also step the knobs every S seconds"
+    )
     bench.add_argument("--fps", type=float, help="pace frames at this rate (swap benchmark)")
     bench.add_argument("--duration", type=float, default=30.0, help="swap benchmark seconds")
     bench.add_argument("--json", action="store_true", help="one line of JSON")

@@ -48,6 +48,20 @@ def test_throughput_bench_compares_with_a_bare_loop(shared_dir, results_dir, cap
     assert saved["machine"]["cpu_count"] and saved["command"] and saved["date"]
 
 
+def test_throughput_bench_measures_the_knob_steps_against_the_plain_runtime(
+    shared_dir, results_dir, capsys
+):
+    out = _run(
+        capsys,
+        *("--model", str(shared_dir / STUDENT), "--source", str(shared_dir / "videos/vtest.avi")),
+        *("--frames", "60", "--rounds", "1", "--oneadapt-every", "0.2"),
+    )
+    assert out["oneadapt_steps"] >= 1 and out["oneadapt_every_s"] == 0.2
+    assert out["oneadapt_ratio"] == pytest.approx(
+        out["fps_runtime_oneadapt"] / out["fps_runtime"], rel=1e-6
+    )
+
+
 def test_swap_bench_applies_real_updates_while_paced(shared_dir, results_dir, capsys):
     out = _run(
         capsys,

@@ -56,6 +56,12 @@ class KnobAdapter:
             while len(self._frames) > self.config.frames:
                 self._frames.popitem(last=False)
 
+    @property
+    def latest(self) -> float | None:
+        """The timestamp of the newest sampled frame kept, if any."""
+        with self._cond:
+            return next(reversed(self._frames), None)
+
     def offer(self, timestamp: float, grad: GradientMap, utility: float, fps: float) -> None:
         """The trainer's DNNGrad on the frame sampled at ``timestamp``."""
         with self._cond:
