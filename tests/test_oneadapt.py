@@ -104,11 +104,14 @@ def test_the_knob_space_is_normalised_discrete_and_inside_the_bounds():
 
 
 def test_eq2_steps_along_accuracy_minus_lambda_resource_and_stays_in_range():
-    from edge_runtime.oneadapt.knobs import ascend
+    from edge_runtime.oneadapt.knobs import ascend, within_a_level
 
     u = np.array([0.5, 0.5, 0.95])
     step = ascend(u, np.array([0.2, 0.0, 1.0]), np.array([100.0, 50.0, 0.0]), 0.5, 1e-3)
     assert np.allclose(step, [0.5 + 0.5 * (0.2 - 0.1), 0.5 - 0.5 * 0.05, 1.0])
+    space = _space(max_roi_qoffset=0.0)  # two knobs: a level is 1/15 and 1/5
+    assert np.allclose(within_a_level(space, np.array([0.5, 0.5]), np.array([1.0, 0.45])),
+                       [0.5 + 1 / 15, 0.45])  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +138,9 @@ def test_output_grad_is_dnngrad_times_the_decoded_change_per_knob(frame):
     assert result.acc[0] == pytest.approx(expected, rel=1e-6) and result.acc[0] > 0
     assert result.kbps[0] == pytest.approx((finer.size - base.size) * 8 / 1000 / space.steps[0])
     assert result.kbps[0] > 0  # finer quality costs bits
-    assert result.acc[1] == 0.0 and result.kbps[1] == 0.0  # at the full resolution already
+    # at the full resolution already, resolution's gradient is taken one level down: still
+    # what a level more is worth, and what it costs
+    assert result.acc[1] > 0 and result.kbps[1] > 0
     left, right = result.acc[[2, 4]], result.acc[[3, 5]]  # regions row by row: (0,0) (1,0) ...
     assert left.min() > 0 and right.max() == 0.0  # only where DNNGrad is
 
@@ -151,3 +156,39 @@ def test_dnngrad_needs_a_tflite_teacher(tmp_path):
     raw["teacher"] = {"kind": "onnxruntime", "model": str(tmp_path / "teacher.onnx")}
     with pytest.raises(ValidationError, match=r"\.tflite \[teacher\]"):
         TrainerConfig.model_validate(raw)
+
+
+# -- the evaluation --------------------------------------------------------------------------
+
+
+def test_the_uplink_evaluation_sets_every_scheme_on_the_same_frames(shared_dir, tmp_path):
+    from cloud_trainer.evaluation.uplink import (
+        Uplink,
+        UplinkSettings,
+        run_uplink,
+        write_uplink_report,
+    )
+    from cloud_trainer.teacher import TeacherConfig, load_teacher
+
+    teacher_path = shared_dir / "models/coral/deeplabv3_mnv2_pascal_quant.tflite"
+    teacher = load_teacher(TeacherConfig(model=teacher_path))
+    settings = UplinkSettings(clip_s=12.0, interval_s=6.0, sweep_kbps=(50.0, 800.0),
+                              profile_crf=(24.0, 40.0), profile_scales=(0.5, 1.0),
+                              oneadapt_lams=(1.0,), roi_grid=(2, 1), cosine_every=1)  # fmt: skip
+    up = Uplink(teacher.label, DnnGrad(import_tflite(teacher_path)), settings)
+    runs = run_uplink(up, [shared_dir / "videos/vtest.avi"], ["fixed", "sweep", "awstream",
+                                                              "oneadapt"])  # fmt: skip
+    result = write_uplink_report(tmp_path, up, runs, {"command": "test"})
+    s = result["schemes"]
+    assert set(s) == {"fixed", "sweep_50", "sweep_800", "awstream", "oneadapt_1"}
+    assert all(len(run.records) == 2 for run in runs.values())  # two 6 s intervals each
+    assert 100 < s["fixed"]["uplink_kbps"] < 260  # 200 kbps asked
+    assert s["sweep_50"]["uplink_kbps"] < s["sweep_800"]["uplink_kbps"]
+    assert s["sweep_50"]["accuracy"] < s["sweep_800"]["accuracy"] <= 1.0
+    assert s["fixed"]["teacher_maps"] == 12 < s["awstream"]["teacher_maps"]
+    adapting = s["oneadapt_1"]
+    assert adapting["backward_passes"] == 2 and 0 < adapting["gradient_kbps"] < 2.0
+    assert len(adapting["cosines"]) == 2 and all(-1 <= c <= 1 for c in adapting["cosines"])
+    assert runs["oneadapt_1"].records[1].knobs != runs["oneadapt_1"].records[0].knobs
+    for name in ("uplink.json", "uplink.md", "uplink.png"):
+        assert (tmp_path / name).stat().st_size > 0

@@ -9,7 +9,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cloud_trainer.evaluation.names import DEFAULT_SCHEMES, FLEET_SCHEMES, PRESETS, SchemeName
+from cloud_trainer.evaluation.names import (
+    DEFAULT_SCHEMES,
+    FLEET_SCHEMES,
+    PRESETS,
+    UPLINK_SCHEMES,
+    SchemeName,
+)
 from shared_schema.config_files import find_shared_dir
 
 if TYPE_CHECKING:
@@ -64,6 +70,14 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument(
         "--step-s", type=float, help="what one training step costs the fleet's trainer"
     )
+    parser.add_argument("--uplink", action="store_true",
+                        help="OneAdapt's uplink knobs against the fixed configuration, "
+                        "AWStream-style profiling and a bitrate sweep; --schemes from: "
+                        + ", ".join(UPLINK_SCHEMES))  # fmt: skip
+    parser.add_argument("--lam", type=float,
+                        help="--uplink: AWStream's λ, the accuracy one Kbps is worth")  # fmt: skip
+    parser.add_argument("--oneadapt-lam", metavar="L,L,...",
+                        help="--uplink: OneAdapt's λ values, a run each")  # fmt: skip
     parser.add_argument("--oracle-steps", type=int, help="Adam steps of the oracle per video")
     parser.add_argument("--threads", type=int, help="LiteRT threads (teacher, device)")
     parser.add_argument("--cache-dir", type=Path, help="label cache (default: ~/.cache/amstream)")
@@ -120,6 +134,8 @@ def evaluate(args: argparse.Namespace) -> int:
     config = build_config(args)
     if args.fleet:
         return evaluate_fleet(args, config)
+    if args.uplink:
+        return evaluate_uplink(args, config)
     schemes = parse_schemes(args.schemes)
     variants = [Variant.parse(text, config.ams) for text in args.variant]
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
@@ -152,6 +168,46 @@ def _cache_dir(args: argparse.Namespace) -> Path:
     return args.cache_dir or Path(
         os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "amstream", "labels"
     )
+
+
+def evaluate_uplink(args: argparse.Namespace, config: EvalConfig) -> int:
+    from cloud_trainer.evaluation.cache import LabelCache
+    from cloud_trainer.evaluation.runner import command_line
+    from cloud_trainer.evaluation.uplink import (
+        Uplink,
+        UplinkSettings,
+        run_uplink,
+        write_uplink_report,
+    )
+    from cloud_trainer.oneadapt.dnngrad import DnnGrad
+    from cloud_trainer.student import import_tflite
+    from cloud_trainer.teacher import TeacherConfig, load_teacher
+    from shared_schema.bench_results import git_commit, machine
+
+    default = args.schemes == ",".join(DEFAULT_SCHEMES)
+    schemes = list(UPLINK_SCHEMES) if default else [s.strip() for s in args.schemes.split(",")]
+    unknown = [s for s in schemes if s not in UPLINK_SCHEMES]
+    if unknown:
+        raise SystemExit(f"error: --schemes: {', '.join(unknown)}: with --uplink choose from"
+                         f" {', '.join(UPLINK_SCHEMES)}")  # fmt: skip
+    given = {"lam": args.lam, "clip_s": args.clip, "oneadapt_lams": args.oneadapt_lam
+             and tuple(float(v) for v in args.oneadapt_lam.split(","))}  # fmt: skip
+    settings = UplinkSettings(**{k: v for k, v in given.items() if v is not None})
+    teacher_model = config.teacher_model.read_bytes()
+    teacher = load_teacher(TeacherConfig(model=config.teacher_model, threads=config.threads))
+    labels = LabelCache(_cache_dir(args), teacher_model, teacher.label)
+    up = Uplink(labels, DnnGrad(import_tflite(teacher_model)), settings)
+    runs = run_uplink(up, args.video, schemes)
+    meta = {"command": command_line(), "videos": [v.name for v in args.video],
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "commit": git_commit(), "machine": machine()}  # fmt: skip
+    result = write_uplink_report(args.out, up, runs, meta)
+    for name, s in result["schemes"].items():
+        cosine = "" if s["cosine_mean"] is None else f"  cos {s['cosine_mean']:.2f}"
+        print(f"{name:>12}: up {s['uplink_kbps']:7.1f} Kbps  accuracy {100 * s['accuracy']:6.2f}"
+              f" %  teacher maps {s['teacher_maps']}{cosine}")  # fmt: skip
+    print(f"results in {args.out}")
+    return 0
 
 
 def evaluate_fleet(args: argparse.Namespace, config: EvalConfig) -> int:

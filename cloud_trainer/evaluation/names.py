@@ -23,3 +23,7 @@ PRESETS = ("quick", "paper")
 # What ``evaluate --fleet`` runs: the pretrained student, AMS, AMS with RECL's zoo, RECL, and
 # RECL with a perfect gating network (the ideal-reuse bound).
 FLEET_SCHEMES = ("no_custom", "ams", "ams_zoo", "recl", "ideal_reuse")
+
+# What ``evaluate --uplink`` runs (issue 15): the fixed configuration, a bitrate sweep (the
+# Pareto curve), AWStream-style profiling and OneAdapt.
+UPLINK_SCHEMES = ("fixed", "sweep", "awstream", "oneadapt")

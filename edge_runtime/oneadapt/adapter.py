@@ -19,7 +19,7 @@ import numpy as np
 
 from edge_runtime.frames import Frame
 from edge_runtime.oneadapt.input_grad import gradients
-from edge_runtime.oneadapt.knobs import KnobSpace, ascend
+from edge_runtime.oneadapt.knobs import KnobSpace, ascend, within_a_level
 from edge_runtime.profile import KnobsSection, OneAdaptSection
 from shared_schema.counters import Counters
 from shared_schema.gradient import GradientMap
@@ -112,7 +112,8 @@ class KnobAdapter:
                           roi_grid=(self.config.roi_cols, self.config.roi_rows))  # fmt: skip
         u = space.vector(knobs)
         g = gradients(frame, space, u, grad, utility, fps)
-        stepped = space.knobs(ascend(u, g.acc, g.kbps, self.config.alpha, self.config.lam))
+        target = ascend(u, g.acc, g.kbps, self.config.alpha, self.config.lam)
+        stepped = space.knobs(within_a_level(space, u, target))
         log.debug("oneadapt: AccGrad %s, kbps gradient %s: %s", np.round(g.acc, 4),
                   np.round(g.kbps, 1), stepped)  # fmt: skip
         return stepped

@@ -2,7 +2,8 @@
 gradient OutputGrad = DNNGrad ⊗ InputGrad, per knob.
 
 The sampled frame the trainer's DNNGrad was taken on is encoded at the current knobs and, per
-knob, one level up (a one-frame segment: an IDR, as every segment starts), decoded, and brought
+knob, one level up (down, at the top level; a one-frame segment: an IDR, as every segment
+starts), decoded, and brought
 to the picture the DNNGrad refers to (the teacher's input: the trainer resizes uploads the same
 way). InputGrad is the change of those pixels; OutputGrad sums |DNNGrad| · |ΔInput| over the
 picture (§3.4: AccGrad ≈ |OutputGrad|), divided by the frame's utility z to read as a change of
@@ -57,12 +58,12 @@ def gradients(
     acc, kbps = np.zeros(space.size), np.zeros(space.size)
     steps = space.steps
     for i in (0, 1):  # quality, resolution: an encoding each
-        up = _one_level_up(u, [i], steps)
-        moved = up[i] - u[i]
+        near = _neighbour(u, [i], steps)
+        moved = near[i] - u[i]
         if moved == 0.0:
-            continue  # at the top level: no gradient upward
-        change = probe(frame, space.knobs(up), picture, fps)
-        acc[i] = _output_grad(weight, change.pixels - base.pixels) / moved
+            continue  # a knob of one level
+        change = probe(frame, space.knobs(near), picture, fps)
+        acc[i] = _output_grad(weight, change.pixels - base.pixels) / abs(moved)
         kbps[i] = _kbps(change.size - base.size, fps) / moved
     if space.regions:
         _regions(frame, space, u, weight, base, acc, kbps, fps)
@@ -79,31 +80,34 @@ def _regions(
     kbps: np.ndarray,
     fps: float,
 ) -> None:
-    """All region knobs one level up in one encoding (§4), each read over its own region; the
-    size change is shared between the regions that moved."""
+    """All region knobs a level up (down at the top) in one encoding (§4), each read over its
+    own region; the size change is shared between the regions that moved."""
     index = list(range(2, space.size))
-    up = _one_level_up(u, index, space.steps)
-    moved = up[2:] - u[2:]
+    near = _neighbour(u, index, space.steps)
+    moved = near[2:] - u[2:]
     if not moved.any():
         return
-    change = probe(frame, space.knobs(up), (weight.shape[1], weight.shape[0]), fps)
+    change = probe(frame, space.knobs(near), (weight.shape[1], weight.shape[0]), fps)
     delta = change.pixels - base.pixels
     cols, rows = space.roi_grid
     grid = RegionQuality(cols=cols, rows=rows, qoffsets=(0.0,) * (cols * rows))
     boxes = region_boxes(weight.shape[1], weight.shape[0], grid)
-    share = _kbps(change.size - base.size, fps) / np.count_nonzero(moved)
+    # the size change, shared by the regions in proportion to their moves (signed)
+    share = _kbps(change.size - base.size, fps) / np.abs(moved).sum()
     for r, ((x, y, w, h), step) in enumerate(zip(boxes, moved, strict=True)):
         if step == 0.0:
             continue
         region = np.s_[y : y + h, x : x + w]
-        acc[2 + r] = _output_grad(weight[region], delta[region]) / step
-        kbps[2 + r] = share / step
+        acc[2 + r] = _output_grad(weight[region], delta[region]) / abs(step)
+        kbps[2 + r] = share * np.sign(step)  # Σ kbps_r · step_r is the measured change
 
 
-def _one_level_up(u: np.ndarray, index: list[int], steps: np.ndarray) -> np.ndarray:
-    up = np.array(u, np.float64)
-    up[index] = np.minimum(1.0, up[index] + steps[index])
-    return up
+def _neighbour(u: np.ndarray, index: list[int], steps: np.ndarray) -> np.ndarray:
+    """``u`` with the knobs ``index`` a level up, or a level down where at the top."""
+    near = np.array(u, np.float64)
+    up = near[index] + steps[index]
+    near[index] = np.where(up <= 1.0 + 1e-9, np.minimum(up, 1.0), near[index] - steps[index])
+    return near
 
 
 def _output_grad(weight: np.ndarray, delta: np.ndarray) -> float:

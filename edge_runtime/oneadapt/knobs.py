@@ -100,6 +100,13 @@ def _even(n: float) -> int:
     return max(2, int(n) - int(n) % 2)
 
 
+def within_a_level(space: KnobSpace, u: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``target``, each knob moved at most one level from ``u``: the gradients are local, and
+    on discrete levels a step of eq. 2 would otherwise jump across the range."""
+    steps = space.steps
+    return np.clip(target, u - steps, u + steps).clip(0.0, 1.0)
+
+
 def ascend(
     u: np.ndarray, acc_grad: np.ndarray, resource_grad: np.ndarray, alpha: float, lam: float
 ) -> np.ndarray:
