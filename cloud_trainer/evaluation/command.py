@@ -184,6 +184,7 @@ def evaluate_uplink(args: argparse.Namespace, config: EvalConfig) -> int:
     from cloud_trainer.teacher import TeacherConfig, load_teacher
     from shared_schema.bench_results import git_commit, machine
 
+    commit = git_commit()  # of the code that runs: the checkout may move on meanwhile
     default = args.schemes == ",".join(DEFAULT_SCHEMES)
     schemes = list(UPLINK_SCHEMES) if default else [s.strip() for s in args.schemes.split(",")]
     unknown = [s for s in schemes if s not in UPLINK_SCHEMES]
@@ -200,7 +201,7 @@ def evaluate_uplink(args: argparse.Namespace, config: EvalConfig) -> int:
     runs = run_uplink(up, args.video, schemes)
     meta = {"command": command_line(), "videos": [v.name for v in args.video],
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "commit": git_commit(), "machine": machine()}  # fmt: skip
+            "commit": commit, "machine": machine()}  # fmt: skip
     result = write_uplink_report(args.out, up, runs, meta)
     for name, s in result["schemes"].items():
         cosine = "" if s["cosine_mean"] is None else f"  cos {s['cosine_mean']:.2f}"
@@ -215,6 +216,7 @@ def evaluate_fleet(args: argparse.Namespace, config: EvalConfig) -> int:
     from cloud_trainer.evaluation.runner import Evaluation, command_line
     from shared_schema.bench_results import git_commit, machine
 
+    commit = git_commit()  # of the code that runs: the checkout may move on meanwhile
     given = {"devices": args.fleet, "budget": args.budget, "step_s": args.step_s}
     settings = FleetSettings(**{k: v for k, v in given.items() if v is not None})
     default = args.schemes == ",".join(DEFAULT_SCHEMES)
@@ -241,7 +243,7 @@ def evaluate_fleet(args: argparse.Namespace, config: EvalConfig) -> int:
               "videos": [v.name for v in args.video], "classes": list(classes)}  # fmt: skip
     meta = {"command": command_line(), "fleet": settings.model_dump(), "stream": stream,
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "commit": git_commit(), "machine": machine()}  # fmt: skip
+            "commit": commit, "machine": machine()}  # fmt: skip
     write_fleet_report(args.out, summaries, meta, runs, fleet.streams, classes)
     print(f"results in {args.out}")
     return 0

@@ -65,7 +65,8 @@ class UplinkSettings(BaseModel):
     profile_frames: int = Field(2, ge=1)
     profile_crf: tuple[float, ...] = (18.0, 24.0, 30.0, 36.0, 42.0)
     profile_scales: tuple[float, ...] = (0.5, 0.75, 1.0)
-    roi_grid: tuple[int, int] = (4, 4)
+    roi_grid: tuple[int, int] = (4, 4)  # OneAdapt's per-region knobs; (0, 0): none
+    scales: tuple[float, ...] = (0.5, 0.625, 0.75, 0.875, 1.0)  # OneAdapt's resolutions
     cosine_every: int = Field(4, ge=1)  # intervals; each costs 2 + regions teacher maps
     bounds: KnobsSection = KnobsSection(min_crf=18.0, max_crf=45.0)
 
@@ -218,7 +219,8 @@ class OneAdapt:
         s = up.settings
         last = interval.frames[-1]
         if self.space is None or self.space.source != (last.width, last.height):
-            self.space = KnobSpace(s.bounds, (last.width, last.height), roi_grid=s.roi_grid)
+            self.space = KnobSpace(s.bounds, (last.width, last.height), scales=s.scales,
+                                   roi_grid=s.roi_grid)  # fmt: skip
             self.u = np.full(self.space.size, 0.5) if self.u is None else self.u[: self.space.size]
         assert self.u is not None
         knobs = self.space.knobs(self.u)
