@@ -666,12 +666,12 @@ class Session:
         )  # fmt: skip
         if choice is None:
             return []
-        if choice.name == BASE:
-            self.stats.rebases += 1
-        elif choice.name != RETRAINED:  # the retrained model is the student's already
-            self.stats.reuses += 1
-        if choice.name != RETRAINED:
+        if choice.name != RETRAINED:  # the retrained model is the student's already
             self._restart_from(choice.data, new[0].timestamp, choice.state)
+            if choice.name == BASE:
+                self.stats.rebases += 1
+            else:
+                self.stats.reuses += 1
         scores, judged = choice.verdict.scores, min(len(new), self.config.recl.samples)
         log.info("%s: %s scored %.3f against the device's %.3f on %d new samples: the device"
                  " moves to it", self.device_id, choice.name, scores[choice.name],

@@ -58,11 +58,13 @@ def upload_size(
         height = round(width * src_height / src_width)
     elif width is None:
         width = round(height * src_width / src_height)
-    return _even(width), _even(height)
+    return even(width), even(height)
 
 
-def _even(n: int) -> int:
-    return max(2, n - n % 2)
+def even(n: float) -> int:
+    """``n`` rounded down to an even number of pixels, at least 2 (4:2:0 chroma)."""
+    whole = int(n)
+    return max(2, whole - whole % 2)
 
 
 def encode_segment(

@@ -170,9 +170,31 @@ def _cache_dir(args: argparse.Namespace) -> Path:
     )
 
 
+def _mode_schemes(args: argparse.Namespace, allowed: tuple[str, ...], flag: str) -> list[str]:
+    """The schemes ``--schemes`` names for a mode of its own (``flag``): all of ``allowed``
+    unless told; a name outside them is refused, with the choices."""
+    if args.schemes == ",".join(DEFAULT_SCHEMES):
+        return list(allowed)
+    schemes = [s.strip() for s in args.schemes.split(",")]
+    unknown = [s for s in schemes if s not in allowed]
+    if unknown:
+        raise SystemExit(f"error: --schemes: {', '.join(unknown)}: with {flag} choose from"
+                         f" {', '.join(allowed)}")  # fmt: skip
+    return schemes
+
+
+def _run_meta(commit: str | None, **extra: object) -> dict[str, object]:
+    """What a report says of its run: the command, what it ran on, when, which code."""
+    from cloud_trainer.evaluation.runner import command_line
+    from shared_schema.bench_results import machine
+
+    return {"command": command_line(), **extra,
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "commit": commit, "machine": machine()}  # fmt: skip
+
+
 def evaluate_uplink(args: argparse.Namespace, config: EvalConfig) -> int:
     from cloud_trainer.evaluation.cache import LabelCache
-    from cloud_trainer.evaluation.runner import command_line
     from cloud_trainer.evaluation.uplink import (
         Uplink,
         UplinkSettings,
@@ -182,15 +204,10 @@ def evaluate_uplink(args: argparse.Namespace, config: EvalConfig) -> int:
     from cloud_trainer.oneadapt.dnngrad import DnnGrad
     from cloud_trainer.student import import_tflite
     from cloud_trainer.teacher import TeacherConfig, load_teacher
-    from shared_schema.bench_results import git_commit, machine
+    from shared_schema.bench_results import git_commit
 
     commit = git_commit()  # of the code that runs: the checkout may move on meanwhile
-    default = args.schemes == ",".join(DEFAULT_SCHEMES)
-    schemes = list(UPLINK_SCHEMES) if default else [s.strip() for s in args.schemes.split(",")]
-    unknown = [s for s in schemes if s not in UPLINK_SCHEMES]
-    if unknown:
-        raise SystemExit(f"error: --schemes: {', '.join(unknown)}: with --uplink choose from"
-                         f" {', '.join(UPLINK_SCHEMES)}")  # fmt: skip
+    schemes = _mode_schemes(args, UPLINK_SCHEMES, "--uplink")
     given = {"lam": args.lam, "clip_s": args.clip, "oneadapt_lams": args.oneadapt_lam
              and tuple(float(v) for v in args.oneadapt_lam.split(","))}  # fmt: skip
     settings = UplinkSettings(**{k: v for k, v in given.items() if v is not None})
@@ -199,9 +216,7 @@ def evaluate_uplink(args: argparse.Namespace, config: EvalConfig) -> int:
     labels = LabelCache(_cache_dir(args), teacher_model, teacher.label)
     up = Uplink(labels, DnnGrad(import_tflite(teacher_model)), settings)
     runs = run_uplink(up, args.video, schemes)
-    meta = {"command": command_line(), "videos": [v.name for v in args.video],
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "commit": commit, "machine": machine()}  # fmt: skip
+    meta = _run_meta(commit, videos=[v.name for v in args.video])
     result = write_uplink_report(args.out, up, runs, meta)
     for name, s in result["schemes"].items():
         cosine = "" if s["cosine_mean"] is None else f"  cos {s['cosine_mean']:.2f}"
@@ -213,18 +228,13 @@ def evaluate_uplink(args: argparse.Namespace, config: EvalConfig) -> int:
 
 def evaluate_fleet(args: argparse.Namespace, config: EvalConfig) -> int:
     from cloud_trainer.evaluation.fleet import Fleet, FleetSettings, summarise, write_fleet_report
-    from cloud_trainer.evaluation.runner import Evaluation, command_line
-    from shared_schema.bench_results import git_commit, machine
+    from cloud_trainer.evaluation.runner import Evaluation
+    from shared_schema.bench_results import git_commit
 
     commit = git_commit()  # of the code that runs: the checkout may move on meanwhile
     given = {"devices": args.fleet, "budget": args.budget, "step_s": args.step_s}
     settings = FleetSettings(**{k: v for k, v in given.items() if v is not None})
-    default = args.schemes == ",".join(DEFAULT_SCHEMES)
-    schemes = list(FLEET_SCHEMES) if default else [s.strip() for s in args.schemes.split(",")]
-    unknown = [s for s in schemes if s not in FLEET_SCHEMES]
-    if unknown:
-        raise SystemExit(f"error: --schemes: {', '.join(unknown)}: with --fleet choose from"
-                         f" {', '.join(FLEET_SCHEMES)}")  # fmt: skip
+    schemes = _mode_schemes(args, FLEET_SCHEMES, "--fleet")
     if config.stream.rotation_s is None:  # a fleet replays rotations: 30 s unless told
         config = config.model_copy(update={"stream": config.stream.model_copy(
             update={"rotation_s": 30.0})})  # fmt: skip
@@ -241,9 +251,7 @@ def evaluate_fleet(args: argparse.Namespace, config: EvalConfig) -> int:
               f" per device  training {sum(s['training_s']):.0f} s")  # fmt: skip
     stream = {"rotation_s": config.stream.rotation_s, "rounds": config.stream.rounds,
               "videos": [v.name for v in args.video], "classes": list(classes)}  # fmt: skip
-    meta = {"command": command_line(), "fleet": settings.model_dump(), "stream": stream,
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "commit": commit, "machine": machine()}  # fmt: skip
+    meta = _run_meta(commit, fleet=settings.model_dump(), stream=stream)
     write_fleet_report(args.out, summaries, meta, runs, fleet.streams, classes)
     print(f"results in {args.out}")
     return 0

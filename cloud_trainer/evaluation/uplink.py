@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cloud_trainer.evaluation.scoring import iou_counts, miou_from_counts
 from cloud_trainer.oneadapt.dnngrad import DnnGrad
 from edge_runtime.frames import Frame
-from edge_runtime.h264 import decode_frames, encode_segment
+from edge_runtime.h264 import decode_frames, encode_segment, even
 from edge_runtime.oneadapt.input_grad import gradients, probe
 from edge_runtime.oneadapt.knobs import KnobSpace, ascend, within_a_level
 from edge_runtime.profile import KnobsSection
@@ -268,7 +268,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def _grid_knobs(crf: float, scale: float, frame: Frame) -> EncoderKnobs:
-    width = None if scale == 1.0 else max(2, int(frame.width * scale) // 2 * 2)
+    width = None if scale == 1.0 else even(frame.width * scale)
     return EncoderKnobs(crf=crf, width=width)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_runtime.h264 import upload_size
+from edge_runtime.h264 import even, upload_size
 from edge_runtime.profile import KnobsSection
 from shared_schema.messages import EncoderKnobs, RegionQuality
 
@@ -64,7 +64,7 @@ class KnobSpace:
         level = round(u[0] * (self.quality_levels - 1)) / (self.quality_levels - 1)
         crf = coarse + (fine - coarse) * level
         scale = self.scales[round(u[1] * (len(self.scales) - 1))]
-        width = None if scale == 1.0 else _even(self.source[0] * scale)
+        width = None if scale == 1.0 else even(self.source[0] * scale)
         roi = None
         if self.regions:
             top = self._roi_top
@@ -81,7 +81,7 @@ class KnobSpace:
         crf = coarse if knobs.crf is None else knobs.crf
         quality = (coarse - crf) / (coarse - fine) if coarse > fine else 0.0
         width = upload_size(*self.source, knobs.width, knobs.height)[0]
-        widths = [_even(self.source[0] * s) for s in self.scales]
+        widths = [even(self.source[0] * s) for s in self.scales]
         nearest = min(range(len(widths)), key=lambda i: abs(widths[i] - width))
         resolution = nearest / max(1, len(self.scales) - 1)
         regions = np.full(self.regions, 0.5)  # offset 0: as the rate control decides
@@ -92,12 +92,8 @@ class KnobSpace:
         return np.clip(np.array([quality, resolution, *regions]), 0.0, 1.0)
 
     def _fits(self, scale: float) -> bool:
-        sides = (_even(self.source[0] * scale), _even(self.source[1] * scale))
+        sides = (even(self.source[0] * scale), even(self.source[1] * scale))
         return all(self.bounds.min_upload_side <= s <= self.bounds.max_upload_side for s in sides)
-
-
-def _even(n: float) -> int:
-    return max(2, int(n) - int(n) % 2)
 
 
 def within_a_level(space: KnobSpace, u: np.ndarray, target: np.ndarray) -> np.ndarray:
