@@ -3,12 +3,15 @@ against finite differences on the real teacher's graph, its per-macroblock map a
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
 
 from cloud_trainer.oneadapt.dnngrad import DnnGrad, output_utility
 from cloud_trainer.student import import_tflite
+from edge_runtime.profile import KnobsSection, OneAdaptSection
 from edge_runtime.sources import open_source
 from shared_schema.gradient import MACROBLOCK, GradientMap
 
@@ -103,6 +106,42 @@ def test_the_knob_space_is_normalised_discrete_and_inside_the_bounds():
     assert _space(max_roi_qoffset=0.0).size == 2
 
 
+def test_the_profile_says_which_knobs_adapt():
+    from edge_runtime.oneadapt.knobs import SCALES, KnobSpace
+
+    bounds, source = KnobsSection(), (768, 576)
+    quality = KnobSpace.of(OneAdaptSection(), bounds, source)
+    assert quality.scales == (1.0,) and quality.regions == 0 and quality.size == 2
+    assert quality.steps[1] == 1.0  # resolution: a knob of one level, never moved
+    knobs = quality.knobs(np.ones(2))
+    assert knobs.width is None and knobs.roi is None and knobs.crf == bounds.min_crf
+    every = KnobSpace.of(OneAdaptSection(resolution=True, roi_cols=3, roi_rows=2), bounds, source)
+    assert every.scales == SCALES and every.regions == 6
+
+
+def test_a_profile_whose_sides_fit_no_upload_is_a_counted_one_line_error(frame, caplog):
+    from edge_runtime.oneadapt.adapter import KnobAdapter
+    from shared_schema.counters import Counters
+    from shared_schema.messages import EncoderKnobs
+
+    applied, counters = [], Counters()
+    bounds = KnobsSection(min_upload_side=1000)  # vtest.avi is 768x576
+    adapter = KnobAdapter(OneAdaptSection(enabled=True), bounds, EncoderKnobs(crf=30.0),
+                          applied.append, counters)  # fmt: skip
+    adapter.sampled(frame)
+    adapter.offer(frame.timestamp, GradientMap(np.ones((2, 2), np.float32), 32, 32), 1.0, 1.0)
+    for _ in range(100):
+        if counters.get("oneadapt.unfit"):
+            break
+        time.sleep(0.05)
+    adapter.close()
+    assert counters.get("oneadapt.unfit") == 1 and not applied
+    assert counters.get("oneadapt.errors") == 0
+    (record,) = [r for r in caplog.records if "min_upload_side" in r.getMessage()]
+    assert record.exc_info is None and "768x576" in record.getMessage()
+    assert "\n" not in record.getMessage()
+
+
 def test_eq2_steps_along_accuracy_minus_lambda_resource_and_stays_in_range():
     from edge_runtime.oneadapt.knobs import ascend, within_a_level
 
@@ -172,23 +211,41 @@ def test_the_uplink_evaluation_sets_every_scheme_on_the_same_frames(shared_dir, 
 
     teacher_path = shared_dir / "models/coral/deeplabv3_mnv2_pascal_quant.tflite"
     teacher = load_teacher(TeacherConfig(model=teacher_path))
+    knobs = OneAdaptSection(enabled=True, resolution=True, roi_cols=2, roi_rows=1)
     settings = UplinkSettings(clip_s=12.0, interval_s=6.0, sweep_kbps=(50.0, 800.0),
                               profile_crf=(24.0, 40.0), profile_scales=(0.5, 1.0),
-                              oneadapt_lams=(1.0,), roi_grid=(2, 1), cosine_every=1)  # fmt: skip
+                              profile_frames=2, awstream_lams=(1e-4,), oneadapt_lams=(1.0,),
+                              knobs=knobs, cosine_every=1)  # fmt: skip
     up = Uplink(teacher.label, DnnGrad(import_tflite(teacher_path)), settings)
     runs = run_uplink(up, [shared_dir / "videos/vtest.avi"], ["fixed", "sweep", "awstream",
                                                               "oneadapt"])  # fmt: skip
     result = write_uplink_report(tmp_path, up, runs, {"command": "test"})
     s = result["schemes"]
-    assert set(s) == {"fixed", "sweep_50", "sweep_800", "awstream", "oneadapt_1"}
+    assert set(s) == {"fixed", "sweep_50", "sweep_800", "awstream_0.0001", "oneadapt_1"}
     assert all(len(run.records) == 2 for run in runs.values())  # two 6 s intervals each
     assert 100 < s["fixed"]["uplink_kbps"] < 260  # 200 kbps asked
     assert s["sweep_50"]["uplink_kbps"] < s["sweep_800"]["uplink_kbps"]
     assert s["sweep_50"]["accuracy"] < s["sweep_800"]["accuracy"] <= 1.0
-    assert s["fixed"]["teacher_maps"] == 12 < s["awstream"]["teacher_maps"]
+    profiling = s["awstream_0.0001"]
+    # one profile per 30 s: the window at the reference and at each of the 4 grid points
+    assert profiling["teacher_maps"] == 12 + 2 * 5 and s["fixed"]["teacher_maps"] == 12
+    assert s["fixed"]["extra_compute_s"] == 0.0 < profiling["extra_compute_s"]
+    assert profiling["extra_compute_s"] == pytest.approx(10 * up.mean_seconds("teacher"))
     adapting = s["oneadapt_1"]
     assert adapting["backward_passes"] == 2 and 0 < adapting["gradient_kbps"] < 2.0
+    # the AccGrad measurement is not charged: only the backward passes are extra
+    assert adapting["teacher_maps"] == 12
+    assert adapting["extra_compute_s"] == pytest.approx(2 * up.mean_seconds("backward"))
     assert len(adapting["cosines"]) == 2 and all(-1 <= c <= 1 for c in adapting["cosines"])
+    assert 0.0 <= adapting["sign_agreement"] <= 1.0
     assert runs["oneadapt_1"].records[1].knobs != runs["oneadapt_1"].records[0].knobs
+    assert len(runs["oneadapt_1"].records[0].acc_grad) == 2 + 2  # quality, resolution, 2 regions
+    (fixed, aws) = result["comparisons"]
+    assert (fixed["against"], aws["against"]) == ("fixed", "awstream_0.0001")
+    assert fixed["uplink_saving"] == pytest.approx(
+        1 - adapting["uplink_kbps"] / s["fixed"]["uplink_kbps"]
+    )
+    assert fixed["equal_accuracy"] == (adapting["accuracy"] >= s["fixed"]["accuracy"] - 0.01)
+    assert fixed["compute_share"] is None and aws["compute_share"] > 0
     for name in ("uplink.json", "uplink.md", "uplink.png"):
         assert (tmp_path / name).stat().st_size > 0

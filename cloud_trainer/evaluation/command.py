@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from cloud_trainer.evaluation.names import (
     DEFAULT_SCHEMES,
     FLEET_SCHEMES,
+    ONEADAPT_KNOBS,
     PRESETS,
     UPLINK_SCHEMES,
     SchemeName,
@@ -20,6 +21,7 @@ from shared_schema.config_files import find_shared_dir
 
 if TYPE_CHECKING:
     from cloud_trainer.evaluation.config import EvalConfig
+    from edge_runtime.profile import OneAdaptSection
 
 _STUDENT = "models/coral/deeplabv3_mnv2_dm05_pascal_quant.tflite"
 _TEACHER = "models/coral/deeplabv3_mnv2_pascal_quant.tflite"
@@ -74,10 +76,14 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                         help="OneAdapt's uplink knobs against the fixed configuration, "
                         "AWStream-style profiling and a bitrate sweep; --schemes from: "
                         + ", ".join(UPLINK_SCHEMES))  # fmt: skip
-    parser.add_argument("--lam", type=float,
-                        help="--uplink: AWStream's λ, the accuracy one Kbps is worth")  # fmt: skip
+    parser.add_argument("--lam", metavar="L,L,...",
+                        help="--uplink: AWStream's λ values (the accuracy one Kbps is worth),"
+                        " a run each")  # fmt: skip
     parser.add_argument("--oneadapt-lam", metavar="L,L,...",
                         help="--uplink: OneAdapt's λ values, a run each")  # fmt: skip
+    parser.add_argument("--oneadapt-knobs", metavar="K,K,...",
+                        help="--uplink: the knobs OneAdapt adapts, from: "
+                        + ", ".join(ONEADAPT_KNOBS) + " (default: quality)")  # fmt: skip
     parser.add_argument("--oracle-steps", type=int, help="Adam steps of the oracle per video")
     parser.add_argument("--threads", type=int, help="LiteRT threads (teacher, device)")
     parser.add_argument("--cache-dir", type=Path, help="label cache (default: ~/.cache/amstream)")
@@ -183,6 +189,24 @@ def _mode_schemes(args: argparse.Namespace, allowed: tuple[str, ...], flag: str)
     return schemes
 
 
+def _floats(values: str | None) -> tuple[float, ...] | None:
+    return None if values is None else tuple(float(v) for v in values.split(","))
+
+
+def _knob_set(names: str) -> OneAdaptSection:
+    """The device's [oneadapt] adapting ``names`` (quality always; regions on a 4x4 grid)."""
+    from edge_runtime.profile import OneAdaptSection
+
+    chosen = {n.strip() for n in names.split(",")}
+    unknown = chosen - set(ONEADAPT_KNOBS)
+    if unknown or "quality" not in chosen:
+        raise SystemExit(f"error: --oneadapt-knobs: {names}: choose from "
+                         f"{', '.join(ONEADAPT_KNOBS)}, quality among them")  # fmt: skip
+    grid = 4 if "regions" in chosen else 0
+    return OneAdaptSection(enabled=True, resolution="resolution" in chosen, roi_cols=grid,
+                           roi_rows=grid)  # fmt: skip
+
+
 def _run_meta(commit: str | None, **extra: object) -> dict[str, object]:
     """What a report says of its run: the command, what it ran on, when, which code."""
     from cloud_trainer.evaluation.runner import command_line
@@ -208,20 +232,23 @@ def evaluate_uplink(args: argparse.Namespace, config: EvalConfig) -> int:
 
     commit = git_commit()  # of the code that runs: the checkout may move on meanwhile
     schemes = _mode_schemes(args, UPLINK_SCHEMES, "--uplink")
-    given = {"lam": args.lam, "clip_s": args.clip, "oneadapt_lams": args.oneadapt_lam
-             and tuple(float(v) for v in args.oneadapt_lam.split(","))}  # fmt: skip
+    given = {"awstream_lams": _floats(args.lam), "clip_s": args.clip,
+             "oneadapt_lams": _floats(args.oneadapt_lam)}  # fmt: skip
+    if args.oneadapt_knobs is not None:
+        given["knobs"] = _knob_set(args.oneadapt_knobs)
     settings = UplinkSettings(**{k: v for k, v in given.items() if v is not None})
     teacher_model = config.teacher_model.read_bytes()
     teacher = load_teacher(TeacherConfig(model=config.teacher_model, threads=config.threads))
     labels = LabelCache(_cache_dir(args), teacher_model, teacher.label)
-    up = Uplink(labels, DnnGrad(import_tflite(teacher_model)), settings)
+    up = Uplink(labels, DnnGrad(import_tflite(teacher_model)), settings,
+                lambda: labels.seconds_per_map)  # fmt: skip
     runs = run_uplink(up, args.video, schemes)
     meta = _run_meta(commit, videos=[v.name for v in args.video])
     result = write_uplink_report(args.out, up, runs, meta)
     for name, s in result["schemes"].items():
         cosine = "" if s["cosine_mean"] is None else f"  cos {s['cosine_mean']:.2f}"
-        print(f"{name:>12}: up {s['uplink_kbps']:7.1f} Kbps  accuracy {100 * s['accuracy']:6.2f}"
-              f" %  teacher maps {s['teacher_maps']}{cosine}")  # fmt: skip
+        print(f"{name:>16}: up {s['uplink_kbps']:7.1f} Kbps  accuracy {100 * s['accuracy']:6.2f}"
+              f" %  extra compute {s['extra_compute_s']:6.1f} s{cosine}")  # fmt: skip
     print(f"results in {args.out}")
     return 0
 

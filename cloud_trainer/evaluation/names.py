@@ -27,3 +27,5 @@ FLEET_SCHEMES = ("no_custom", "ams", "ams_zoo", "recl", "ideal_reuse")
 # What ``evaluate --uplink`` runs (issue 15): the fixed configuration, a bitrate sweep (the
 # Pareto curve), AWStream-style profiling and OneAdapt.
 UPLINK_SCHEMES = ("fixed", "sweep", "awstream", "oneadapt")
+# What OneAdapt can adapt (``--oneadapt-knobs``): quality always, the others where asked.
+ONEADAPT_KNOBS = ("quality", "resolution", "regions")

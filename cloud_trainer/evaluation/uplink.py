@@ -12,16 +12,19 @@ and DNNGrad backward passes (and their measured seconds).
 - ``fixed``: the device's default, 200 kbps at the source's size; ``sweep``: fixed bitrates,
   the Pareto curve;
 - ``awstream``: every ``profile_every_s``, the first ``profile_frames`` of the interval encoded
-  at every point of a quality x resolution grid and labelled (and at the grid's best, for the
-  reference accuracy is measured against), the point of best accuracy − λ·kbps kept until the
-  next profile;
+  as one segment at every point of a quality x resolution grid and labelled (and at the grid's
+  best, for the reference accuracy is measured against), the point of best accuracy − λ·kbps
+  kept until the next profile; a run per λ (``awstream_lams``);
 - ``oneadapt``: after each segment the trainer's DNNGrad on its last decoded frame and the
-  device's InputGrad on its original (``edge_runtime.oneadapt``), then eq. 2, each knob moving
-  at most a level; a run per λ (``oneadapt_lams``), the trade-off curve the paper varies.
+  device's step on its original (``edge_runtime.oneadapt.step``, the profile section
+  ``knobs`` says which knobs adapt); a run per λ (``oneadapt_lams``), the trade-off curve the
+  paper varies.
 
-On every ``cosine_every``-th interval the OutputGrad vector is set beside AccGrad measured by
-its definition (each knob one level up on its own, the frame labelled by the teacher), and
-their cosine similarity reported (seed 000 Fig. 6).
+Extra compute is what a scheme spends beyond labelling its own uploads: AWStream's profiling
+maps, OneAdapt's backward passes, in seconds at the measured mean cost of each. On every
+``cosine_every``-th interval OneAdapt's OutputGrad vector is set beside AccGrad measured by its
+definition (each knob one level up on its own, the frame labelled by the teacher), and their
+cosine similarity reported (seed 000 Fig. 6); that measurement is not the scheme's compute.
 """
 
 from __future__ import annotations
@@ -39,10 +42,12 @@ from cloud_trainer.evaluation.scoring import iou_counts, miou_from_counts
 from cloud_trainer.oneadapt.dnngrad import DnnGrad
 from edge_runtime.frames import Frame
 from edge_runtime.h264 import decode_frames, encode_segment, even
-from edge_runtime.oneadapt.input_grad import gradients, probe
-from edge_runtime.oneadapt.knobs import KnobSpace, ascend, within_a_level
-from edge_runtime.profile import KnobsSection
+from edge_runtime.oneadapt.input_grad import probe
+from edge_runtime.oneadapt.knobs import KnobSpace
+from edge_runtime.oneadapt.step import step
+from edge_runtime.profile import KnobsSection, OneAdaptSection
 from edge_runtime.sources import open_source
+from shared_schema.gradient import GradientMap
 from shared_schema.messages import EncoderKnobs
 
 TeacherFn = Callable[[np.ndarray], np.ndarray]  # (N, H, W, 3) uint8 -> (N, H, W) labels
@@ -54,19 +59,19 @@ class UplinkSettings(BaseModel):
     sampling_fps: float = Field(1.0, gt=0.0, le=30.0)
     clip_s: float | None = Field(None, gt=0.0)  # seconds kept from the start of each video
     interval_s: float = Field(10.0, gt=0.0)  # T_update: one segment per interval
-    lam: float = Field(1e-4, ge=0.0)  # AWStream's λ: accuracy (a fraction) one kbps is worth
+    # AWStream's λ: the accuracy (a fraction) one kbps is worth; one run per value
+    awstream_lams: tuple[float, ...] = (1e-4, 3e-4)
     # OneAdapt's λ, in its own units (OutputGrad / z per kbps: OutputGrad bounds |Δz| from
     # above, so it runs larger than a change of accuracy); one run per value
-    oneadapt_lams: tuple[float, ...] = (0.3, 1.0, 3.0)
-    alpha: float = Field(0.01, gt=0.0)  # eq. 2's learning rate (a step is at most a level)
+    oneadapt_lams: tuple[float, ...] = (0.1, 0.16, 0.2)
+    # the device's [oneadapt] (its λ replaced by each of oneadapt_lams): the knobs it adapts
+    knobs: OneAdaptSection = OneAdaptSection(enabled=True)
     fixed_kbps: float = 200.0
     sweep_kbps: tuple[float, ...] = (50.0, 100.0, 200.0, 400.0, 800.0)
     profile_every_s: float = Field(30.0, gt=0.0)
-    profile_frames: int = Field(2, ge=1)
+    profile_frames: int = Field(5, ge=1)  # one segment: an IDR and P-frames, as uploads
     profile_crf: tuple[float, ...] = (18.0, 24.0, 30.0, 36.0, 42.0)
     profile_scales: tuple[float, ...] = (0.5, 0.75, 1.0)
-    roi_grid: tuple[int, int] = (4, 4)  # OneAdapt's per-region knobs; (0, 0): none
-    scales: tuple[float, ...] = (0.5, 0.625, 0.75, 0.875, 1.0)  # OneAdapt's resolutions
     cosine_every: int = Field(4, ge=1)  # intervals; each costs 2 + regions teacher maps
     bounds: KnobsSection = KnobsSection(min_crf=18.0, max_crf=45.0)
 
@@ -89,11 +94,13 @@ class Record:
     knobs: dict[str, object]
     bytes: int
     accuracy: float
-    teacher_maps: int
+    teacher_maps: int  # the uploads' and those spent choosing the knobs
     backward: int = 0
+    measure_maps: int = 0  # spent measuring AccGrad by its definition (not the scheme's)
     gradient_bytes: int = 0
     cosine: float | None = None
     acc_grad: list[float] | None = None  # OneAdapt's estimate, per knob
+    measured: list[float] | None = None  # AccGrad by its definition, where measured
     kbps_grad: list[float] | None = None
 
 
@@ -107,12 +114,22 @@ class Upload:
 class Uplink:
     """The frames, the teacher and the codec every scheme shares."""
 
-    def __init__(self, teacher: TeacherFn, dnngrad: DnnGrad, settings: UplinkSettings) -> None:
+    def __init__(
+        self,
+        teacher: TeacherFn,
+        dnngrad: DnnGrad,
+        settings: UplinkSettings,
+        seconds_per_map: Callable[[], float] | None = None,
+    ) -> None:
+        """``seconds_per_map``: a map's cost where ``teacher`` is a cache (whose hits cost
+        nothing: the cost is what the teacher takes, measured when it ran)."""
         self.teacher = teacher
+        self._seconds_per_map = seconds_per_map
         self.dnngrad = dnngrad
         self.settings = settings
         self.num_classes = dnngrad.module.num_classes
         self.seconds = {"teacher": 0.0, "backward": 0.0}
+        self.counts = {"teacher": 0, "backward": 0}
 
     @property
     def size(self) -> tuple[int, int]:
@@ -132,7 +149,21 @@ class Uplink:
         started = time.perf_counter()
         labels = self.teacher(rgb)
         self.seconds["teacher"] += time.perf_counter() - started
+        self.counts["teacher"] += len(rgb)
         return labels
+
+    def dnngrad_of(self, rgb: np.ndarray) -> tuple[GradientMap, float]:
+        started = time.perf_counter()
+        out = self.dnngrad(rgb)
+        self.seconds["backward"] += time.perf_counter() - started
+        self.counts["backward"] += 1
+        return out
+
+    def mean_seconds(self, kind: str) -> float:
+        """The measured mean cost of one teacher map or one backward pass."""
+        if kind == "teacher" and self._seconds_per_map is not None:
+            return self._seconds_per_map()
+        return self.seconds[kind] / max(1, self.counts[kind])
 
     def upload(self, frames: Sequence[Frame], knobs: EncoderKnobs) -> Upload:
         fps = self.settings.sampling_fps
@@ -179,7 +210,8 @@ class Fixed:
 class AwStream:
     """Profiling (AWStream): the grid's best accuracy − λ·kbps on a short window."""
 
-    def __init__(self) -> None:
+    def __init__(self, lam: float) -> None:
+        self.lam = lam
         self.knobs: EncoderKnobs | None = None
         self.next_profile = 0.0
         self.video = -1
@@ -202,62 +234,57 @@ class AwStream:
             for scale in s.profile_scales:
                 knobs = _grid_knobs(crf, scale, window[0])
                 got = up.upload(window, knobs)
-                value = up.accuracy(got.labels, reference) - s.lam * up.kbps(got.size, len(window))
+                kbps = up.kbps(got.size, len(window))
+                value = up.accuracy(got.labels, reference) - self.lam * kbps
                 scored.append((value, knobs))
         chosen = max(scored, key=lambda v: v[0])[1]
         return chosen, len(window) * (1 + len(scored))
 
 
 class OneAdapt:
-    def __init__(self, lam: float) -> None:
-        self.lam = lam
-        self.u: np.ndarray | None = None
-        self.space: KnobSpace | None = None
+    def __init__(self, config: OneAdaptSection) -> None:
+        self.config = config
+        self.knobs: EncoderKnobs | None = None
         self.intervals = 0
 
     def __call__(self, up: Uplink, interval: Interval) -> Record:
-        s = up.settings
-        last = interval.frames[-1]
-        if self.space is None or self.space.source != (last.width, last.height):
-            self.space = KnobSpace(s.bounds, (last.width, last.height), scales=s.scales,
-                                   roi_grid=s.roi_grid)  # fmt: skip
-            self.u = np.full(self.space.size, 0.5) if self.u is None else self.u[: self.space.size]
-        assert self.u is not None
-        knobs = self.space.knobs(self.u)
+        s, last = up.settings, interval.frames[-1]
+        space = KnobSpace.of(self.config, s.bounds, (last.width, last.height))
+        knobs = self.knobs or space.knobs(np.full(space.size, 0.5))
         sent = up.upload(interval.frames, knobs)
         accuracy = up.accuracy(sent.labels, interval.reference)
-        started = time.perf_counter()
-        grad_map, utility = up.dnngrad(sent.rgb[-1])  # the trainer's, on what it received
-        up.seconds["backward"] += time.perf_counter() - started
-        g = gradients(last, self.space, self.u, grad_map, utility, s.sampling_fps)
-        cosine, maps = None, len(interval.frames)
+        grad_map, utility = up.dnngrad_of(sent.rgb[-1])  # the trainer's, on what it received
+        self.knobs, g = step(self.config, s.bounds, last, knobs, grad_map, utility,
+                             s.sampling_fps)  # fmt: skip
+        measured = None
         if self.intervals % s.cosine_every == 0:
-            cosine = _cosine(g.acc, self._acc_grad(up, interval, knobs))
-            maps += 1 + self.space.size
+            measured = self._acc_grad(up, space, interval, knobs)
         self.intervals += 1
-        record = Record(interval.video, interval.t, len(interval.frames), _knobs(knobs),
-                        sent.size, accuracy, maps, backward=1,
-                        gradient_bytes=grad_map.values.size, cosine=cosine,
-                        acc_grad=g.acc.round(5).tolist(),
-                        kbps_grad=g.kbps.round(2).tolist())  # fmt: skip
-        u = self.space.vector(knobs)
-        self.u = within_a_level(self.space, u, ascend(u, g.acc, g.kbps, s.alpha, self.lam))
-        return record
+        return Record(interval.video, interval.t, len(interval.frames), _knobs(knobs),
+                      sent.size, accuracy, len(interval.frames), backward=1,
+                      measure_maps=0 if measured is None else 1 + space.size,
+                      gradient_bytes=grad_map.values.size,
+                      cosine=None if measured is None else _cosine(g.acc, measured),
+                      acc_grad=g.acc.round(5).tolist(),
+                      measured=None if measured is None else measured.round(5).tolist(),
+                      kbps_grad=g.kbps.round(2).tolist())  # fmt: skip
 
-    def _acc_grad(self, up: Uplink, interval: Interval, knobs: EncoderKnobs) -> np.ndarray:
+    @staticmethod
+    def _acc_grad(
+        up: Uplink, space: KnobSpace, interval: Interval, knobs: EncoderKnobs
+    ) -> np.ndarray:
         """AccGrad by its definition (seed 000 eq. 2): each knob one level up on its own, the
         last frame labelled, the change of its accuracy against the original's labels."""
-        assert self.space is not None and self.u is not None
         frame, reference = interval.frames[-1], interval.reference[-1:]
-        u = self.space.vector(knobs)
+        u = space.vector(knobs)
         base = up.probe_accuracy(frame, knobs, reference)
-        steps, out = self.space.steps, np.zeros(self.space.size)
-        for i in range(self.space.size):
+        steps, out = space.steps, np.zeros(space.size)
+        for i in range(space.size):
             moved = u.copy()
             moved[i] = min(1.0, u[i] + steps[i])
             if moved[i] == u[i]:
                 continue
-            changed = up.probe_accuracy(frame, self.space.knobs(moved), reference)
+            changed = up.probe_accuracy(frame, space.knobs(moved), reference)
             out[i] = (changed - base) / (moved[i] - u[i])
         return out
 
@@ -302,26 +329,73 @@ class Run:
     records: list[Record] = field(default_factory=list)
 
     def summary(self, up: Uplink) -> dict[str, object]:
-        seconds = sum(r.frames for r in self.records) / up.settings.sampling_fps
+        frames = sum(r.frames for r in self.records)
+        seconds = frames / up.settings.sampling_fps
         cosines = [r.cosine for r in self.records if r.cosine is not None]
+        maps = sum(r.teacher_maps for r in self.records)
+        backward = sum(r.backward for r in self.records)
+        extra = (maps - frames) * up.mean_seconds("teacher") + backward * up.mean_seconds(
+            "backward"
+        )
         return {
             "uplink_kbps": sum(r.bytes for r in self.records) * 8 / seconds / 1000,
             "accuracy": float(np.mean([r.accuracy for r in self.records])),
-            "teacher_maps": sum(r.teacher_maps for r in self.records),
-            "backward_passes": sum(r.backward for r in self.records),
+            "teacher_maps": maps,
+            "backward_passes": backward,
+            # beyond labelling its uploads, at the measured mean cost of a map / a pass
+            "extra_compute_s": extra,
+            "labelling_s": frames * up.mean_seconds("teacher"),
             "gradient_kbps": sum(r.gradient_bytes for r in self.records) * 8 / seconds / 1000,
             "cosine_mean": float(np.mean(cosines)) if cosines else None,
             "cosines": cosines,
+            "sign_agreement": _sign_agreement(self.records),
         }
+
+
+def _sign_agreement(records: list[Record]) -> float | None:
+    """The share of measured knobs whose OutputGrad has AccGrad's sign (for one knob, the
+    cosine is ±1 and says just this)."""
+    pairs = [(a, m) for r in records if r.measured is not None
+             for a, m in zip(r.acc_grad or [], r.measured, strict=True) if m != 0.0]  # fmt: skip
+    return float(np.mean([np.sign(a) == np.sign(m) for a, m in pairs])) if pairs else None
+
+
+def comparisons(summaries: dict[str, dict], within: float = 0.01) -> list[dict[str, object]]:
+    """Each OneAdapt run against the fixed configuration and each AWStream run, where its
+    accuracy is within ``within`` of theirs (the issue's "equal accuracy"): its uplink saving
+    and its share of their extra compute."""
+    out = []
+    for name, mine in summaries.items():
+        if not name.startswith("oneadapt"):
+            continue
+        for other, theirs in summaries.items():
+            if other != "fixed" and not other.startswith("awstream"):
+                continue
+            out.append({
+                "oneadapt": name, "against": other,
+                "equal_accuracy": mine["accuracy"] >= theirs["accuracy"] - within,
+                "accuracy_points": 100 * (mine["accuracy"] - theirs["accuracy"]),
+                "uplink_saving": 1 - mine["uplink_kbps"] / theirs["uplink_kbps"],
+                "compute_share": mine["extra_compute_s"] / theirs["extra_compute_s"]
+                if theirs["extra_compute_s"] > 0 else None,
+            })  # fmt: skip
+    return out
 
 
 def run_uplink(up: Uplink, videos: Sequence[Path], schemes: Sequence[str]) -> dict[str, Run]:
     """Every scheme over every video's intervals (a sweep point is a run of its own)."""
-    makers = {"fixed": lambda: {"fixed": Fixed(up.settings.fixed_kbps)},
-              "sweep": lambda: {f"sweep_{k:g}": Fixed(k) for k in up.settings.sweep_kbps},
-              "awstream": lambda: {"awstream": AwStream()},
-              "oneadapt": lambda: {f"oneadapt_{lam:g}": OneAdapt(lam)
-                                   for lam in up.settings.oneadapt_lams}}  # fmt: skip
+    knobs = up.settings.knobs
+    makers = {
+        "fixed": lambda: {"fixed": Fixed(up.settings.fixed_kbps)},
+        "sweep": lambda: {f"sweep_{k:g}": Fixed(k) for k in up.settings.sweep_kbps},
+        "awstream": lambda: {
+            f"awstream_{lam:g}": AwStream(lam) for lam in up.settings.awstream_lams
+        },
+        "oneadapt": lambda: {
+            f"oneadapt_{lam:g}": OneAdapt(knobs.model_copy(update={"lam": lam}))
+            for lam in up.settings.oneadapt_lams
+        },
+    }
     players = {name: p for scheme in schemes for name, p in makers[scheme]().items()}
     runs = {name: Run(name) for name in players}
     for index, path in enumerate(videos):
@@ -334,23 +408,39 @@ def run_uplink(up: Uplink, videos: Sequence[Path], schemes: Sequence[str]) -> di
 def write_uplink_report(out: Path, up: Uplink, runs: dict[str, Run], meta: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     summaries = {name: run.summary(up) for name, run in runs.items()}
+    compared = comparisons(summaries)
     records = {name: [r.__dict__ for r in run.records] for name, run in runs.items()}
     result = {**meta, "settings": up.settings.model_dump(mode="json"), "schemes": summaries,
-              "seconds": up.seconds, "records": records}  # fmt: skip
+              "comparisons": compared, "seconds": up.seconds, "counts": up.counts,
+              "records": records}  # fmt: skip
     (out / "uplink.json").write_text(json.dumps(result, indent=1, default=str))
+    (out / "uplink.md").write_text(_markdown(summaries, compared))
+    _plot(out / "uplink.png", runs, summaries)
+    return result
+
+
+def _markdown(summaries: dict[str, dict], compared: list[dict[str, object]]) -> str:
     lines = [
-        "| scheme | uplink (Kbps) | label accuracy (%) | teacher maps | backward | "
-        "DNNGrad (Kbps) | cos(OutputGrad, AccGrad) |",
-        "|---|---|---|---|---|---|---|",
+        "| scheme | uplink (Kbps) | label accuracy (%) | extra compute (s) | teacher maps | "
+        "backward | DNNGrad (Kbps) | cos(OutputGrad, AccGrad) | same sign |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in summaries.items():
         cosine = "" if s["cosine_mean"] is None else f"{s['cosine_mean']:.2f}"
-        lines.append(f"| {name} | {s['uplink_kbps']:.1f} | {100 * s['accuracy']:.2f} | "
-                     f"{s['teacher_maps']} | {s['backward_passes']} | {s['gradient_kbps']:.2f} "
-                     f"| {cosine} |")  # fmt: skip
-    (out / "uplink.md").write_text("\n".join(lines) + "\n")
-    _plot(out / "uplink.png", runs, summaries)
-    return result
+        sign = "" if s["sign_agreement"] is None else f"{100 * s['sign_agreement']:.0f} %"
+        lines.append(
+            f"| {name} | {s['uplink_kbps']:.1f} | {100 * s['accuracy']:.2f} | "
+            f"{s['extra_compute_s']:.1f} | {s['teacher_maps']} | "
+            f"{s['backward_passes']} | {s['gradient_kbps']:.2f} | {cosine} | {sign} |"
+        )
+    lines += ["", "| OneAdapt | against | accuracy (points) | equal (within 1) | uplink saving "
+              "| share of its extra compute |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for c in compared:
+        share = "" if c["compute_share"] is None else f"{c['compute_share']:.2f}"
+        lines.append(f"| {c['oneadapt']} | {c['against']} | {c['accuracy_points']:+.2f} | "
+                     f"{'yes' if c['equal_accuracy'] else 'no'} | "
+                     f"{100 * c['uplink_saving']:.1f} % | {share} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def _plot(path: Path, runs: dict[str, Run], summaries: dict[str, dict]) -> None:

@@ -18,8 +18,8 @@ from collections.abc import Callable
 import numpy as np
 
 from edge_runtime.frames import Frame
-from edge_runtime.oneadapt.input_grad import gradients
-from edge_runtime.oneadapt.knobs import KnobSpace, ascend, within_a_level
+from edge_runtime.oneadapt.knobs import UnfitBounds
+from edge_runtime.oneadapt.step import step
 from edge_runtime.profile import KnobsSection, OneAdaptSection
 from shared_schema.counters import Counters
 from shared_schema.gradient import GradientMap
@@ -82,21 +82,10 @@ class KnobAdapter:
         self._worker.join(timeout)
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._closed or self._waiting is not None)
-                if self._closed:
-                    return
-                (timestamp, grad, utility, fps), self._waiting = self._waiting, None
-                frame, knobs = self._frames.get(timestamp), self._knobs
-            if frame is None:
-                self.counters.inc("oneadapt.frame_missing")  # older than the frames kept
-                continue
-            try:
-                stepped = self._step(frame, knobs, grad, utility, fps)
-            except Exception:  # a bug in a step must not stop the device
-                log.exception("oneadapt: the knob step failed")
-                self.counters.inc("oneadapt.errors")
+        while (job := self._next()) is not None:
+            frame, knobs, grad, utility, fps = job
+            stepped = self._step(frame, knobs, grad, utility, fps)
+            if stepped is None:
                 continue
             with self._cond:
                 if self._knobs is not knobs:
@@ -105,15 +94,32 @@ class KnobAdapter:
             self._apply(stepped)
             self.counters.inc("oneadapt.steps")
 
+    def _next(self) -> tuple[Frame, EncoderKnobs, GradientMap, float, float] | None:
+        """The next gradient with its frame and the knobs in force (None: closed)."""
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed or self._waiting is not None)
+                if self._closed or self._waiting is None:
+                    return None
+                (timestamp, grad, utility, fps), self._waiting = self._waiting, None
+                frame, knobs = self._frames.get(timestamp), self._knobs
+            if frame is not None:
+                return frame, knobs, grad, utility, fps
+            self.counters.inc("oneadapt.frame_missing")  # older than the frames kept
+
     def _step(
         self, frame: Frame, knobs: EncoderKnobs, grad: GradientMap, utility: float, fps: float
-    ) -> EncoderKnobs:
-        space = KnobSpace(self._bounds, (frame.width, frame.height),
-                          roi_grid=(self.config.roi_cols, self.config.roi_rows))  # fmt: skip
-        u = space.vector(knobs)
-        g = gradients(frame, space, u, grad, utility, fps)
-        target = ascend(u, g.acc, g.kbps, self.config.alpha, self.config.lam)
-        stepped = space.knobs(within_a_level(space, u, target))
+    ) -> EncoderKnobs | None:
+        try:
+            stepped, g = step(self.config, self._bounds, frame, knobs, grad, utility, fps)
+        except UnfitBounds as e:  # the profile's error: one line, counted, the knobs kept
+            log.error("oneadapt: %s", e)
+            self.counters.inc("oneadapt.unfit")
+            return None
+        except Exception:  # a bug in a step must not stop the device
+            log.exception("oneadapt: the knob step failed")
+            self.counters.inc("oneadapt.errors")
+            return None
         log.debug("oneadapt: AccGrad %s, kbps gradient %s: %s", np.round(g.acc, 4),
                   np.round(g.kbps, 1), stepped)  # fmt: skip
         return stepped

@@ -7,6 +7,9 @@ resource upward, taking discrete levels, inside the device profile's ``[knobs]``
 - resolution: the upload's share of the source's side;
 - per-region quality: one x264 ROI offset per region of a fixed grid, from +``roi_range``
   (coarsest, 0) to -``roi_range`` (finest, 1), within the profile's bound.
+
+Which of them adapt is the profile's ``[oneadapt]`` (``KnobSpace.of``): quality always, the
+resolution and the regions where it asks (``cloud-trainer evaluate --uplink`` measures each).
 """
 
 from __future__ import annotations
@@ -16,8 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_runtime.h264 import even, upload_size
-from edge_runtime.profile import KnobsSection
+from edge_runtime.profile import KnobsSection, OneAdaptSection
 from shared_schema.messages import EncoderKnobs, RegionQuality
+
+SCALES = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)  # the resolution knob's levels
+
+
+class UnfitBounds(ValueError):
+    """The profile's ``[knobs]`` sides admit no upload size of the source."""
 
 
 @dataclass(frozen=True)
@@ -25,7 +34,7 @@ class KnobSpace:
     bounds: KnobsSection
     source: tuple[int, int]  # the source's (width, height)
     quality_levels: int = 16
-    scales: tuple[float, ...] = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+    scales: tuple[float, ...] = SCALES
     roi_grid: tuple[int, int] = (4, 4)  # (cols, rows); (0, 0): no per-region knobs
     roi_levels: int = 9
     roi_range: float = 0.4  # x264 scales an offset by 25 QP: ±10 QP
@@ -33,8 +42,21 @@ class KnobSpace:
     def __post_init__(self) -> None:
         scales = tuple(s for s in self.scales if self._fits(s))
         if not scales:
-            raise ValueError(f"no upload scale of {self.source} fits the profile's [knobs] sides")
+            width, height = self.source
+            b = self.bounds
+            raise UnfitBounds(f"profile [knobs]: no upload size of the {width}x{height} source "
+                              f"fits min_upload_side..max_upload_side = {b.min_upload_side}.."
+                              f"{b.max_upload_side}: widen them")  # fmt: skip
         object.__setattr__(self, "scales", scales)
+
+    @classmethod
+    def of(
+        cls, config: OneAdaptSection, bounds: KnobsSection, source: tuple[int, int]
+    ) -> KnobSpace:
+        """The knobs ``config`` adapts: the resolution only where it asks (else the source's
+        size), the regions of its grid (none for a grid of 0)."""
+        scales = SCALES if config.resolution else (1.0,)
+        return cls(bounds, source, scales=scales, roi_grid=(config.roi_cols, config.roi_rows))
 
     @property
     def regions(self) -> int:
