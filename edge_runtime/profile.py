@@ -107,8 +107,10 @@ class KnobsSection(_Section):
     max_bitrate_kbps: float = Field(4000.0, ge=10.0, le=100_000.0)
     min_qp: int = Field(10, ge=0, le=51)
     max_qp: int = Field(51, ge=0, le=51)
-    min_crf: float = Field(10.0, ge=0.0, le=51.0)  # constant quality (OneAdapt's quality knob)
-    max_crf: float = Field(51.0, ge=0.0, le=51.0)
+    # constant quality (OneAdapt's quality knob): below 18 x264 spends bits the teacher cannot
+    # use, above 45 the picture falls apart; OneAdapt's λ was calibrated on this range
+    min_crf: float = Field(18.0, ge=0.0, le=51.0)
+    max_crf: float = Field(45.0, ge=0.0, le=51.0)
     min_upload_side: int = Field(64, ge=16, le=8192)  # pixels, for the width and the height
     max_upload_side: int = Field(4096, ge=16, le=8192)
     max_roi_qoffset: float = Field(1.0, ge=0.0, le=1.0)  # 0: no per-region quality

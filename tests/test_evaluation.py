@@ -185,6 +185,8 @@ def test_quick_preset_end_to_end(shared_dir, tmp_path):
         str(tmp_path / "cache"),
         "--variant",  # the float16 device path: a float TFLite, fp16 updates
         "f16:precision=float16,update_format=ams-fp16",
+        "--variant",  # OneAdapt on the uplink: the knobs stepped on each DNNGrad
+        "oa:oneadapt.enabled=true",
     ]
     assert run_command(parser, argv) == 0
     for name in ("results.md", "miou_over_time.png", "bandwidth.png", "miou_gain_cdf.png"):
@@ -210,6 +212,11 @@ def test_quick_preset_end_to_end(shared_dir, tmp_path):
     # fp16 values of 5 % of the weights cost more bytes than qdelta's changed int8 steps
     assert f16["downlink_kbps"] == pytest.approx(f16["ams_fp16_kbps"])
     assert f16["downlink_kbps"] > 2 * schemes["ams"]["downlink_kbps"]
+    oa, fixed = results["variants"]["oa"], schemes["ams"]
+    assert fixed["gradient_kbps"] == 0 < oa["gradient_kbps"] < 2.0
+    steps = json.loads((out / "variants/oa.json").read_text())["extra"]["knobs"]
+    assert steps and all(18.0 <= crf <= 45.0 and width is None for _, crf, width in steps)
+    assert oa["uplink_kbps"] != fixed["uplink_kbps"]  # constant quality, not 200 kbps
     assert results["config"]["preset"] == "quick"
     assert results["config"]["charge_compute"] == 0.0
     assert "| this stream | mIoU (%) |" in (out / "results.md").read_text()

@@ -20,6 +20,7 @@ from cloud_trainer.ams.training import TrainingConfig
 from cloud_trainer.evaluation.names import PRESETS
 from cloud_trainer.recl.config import ReclConfig
 from cloud_trainer.student.float16 import Precision
+from edge_runtime.profile import KnobsSection, OneAdaptSection
 from shared_schema.config_files import ConfigFileError, validation_message
 from shared_schema.messages import UpdateFormat
 from shared_schema.tflite_file import TFLiteFile, TFLiteFormatError
@@ -99,6 +100,11 @@ class AmsSettings(_Settings):
     precision: Precision = "int8"
     update_format: UpdateFormat = UpdateFormat.QDELTA
     recl: ReclConfig = ReclConfig()  # the zoo and the scheduler (fleet runs share one zoo)
+    # OneAdapt on the uplink (seed 000): the device's [oneadapt] and [knobs]; where enabled the
+    # trainer sends its DNNGrad after each segment and the device steps its encoder knobs from
+    # ``segment_kbps``, else the segments stay at ``segment_kbps``
+    oneadapt: OneAdaptSection = OneAdaptSection()
+    knobs: KnobsSection = KnobsSection()
 
 
 class OneTimeSettings(_Settings):

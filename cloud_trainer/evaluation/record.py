@@ -50,12 +50,14 @@ class SchemeRun:
         which = np.asarray(self.frame_video)
         up, down = sum(n for _, n in self.uplink), sum(n for _, n in self.downlink)
         # for the plots, not the tables
-        series = ("sampling_fps", "t_update_s", "rebased_at", "reused_at")
+        series = ("sampling_fps", "t_update_s", "rebased_at", "reused_at", "knobs")
         extra = {k: v for k, v in self.extra.items() if k not in series}
         # Model updates re-encoded as seed 002 sends them (fp16 values of the phase's mask),
         # and, for Just-In-Time, as the full-model float16 updates its paper numbers assume.
         if "ams_fp16_bytes" in extra:
             extra["ams_fp16_kbps"] = self.kbps(float(extra.pop("ams_fp16_bytes")))
+        if "gradient_bytes" in extra:  # OneAdapt's DNNGrad maps, beside the updates
+            extra["gradient_kbps"] = self.kbps(float(extra.pop("gradient_bytes")))
         if "full_fp16_bytes_per_update" in extra:
             full = float(extra["full_fp16_bytes_per_update"]) * len(self.updates)
             extra["full_fp16_kbps"] = self.kbps(full)

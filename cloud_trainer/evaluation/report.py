@@ -273,6 +273,7 @@ def _details(schemes: dict[str, dict], names: list[SchemeName]) -> str:
         ("bytes_per_update", "{:.0f}"),
         ("ams_fp16_kbps", "{:.1f}"),
         ("full_fp16_kbps", "{:.1f}"),
+        ("gradient_kbps", "{:.2f}"),
         ("frames_better_than_no_custom", "{:.1%}"),
         ("frames_worse_than_no_custom", "{:.1%}"),
         ("share_of_oracle_gain", "{:.1%}"),

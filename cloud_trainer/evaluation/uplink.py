@@ -73,7 +73,7 @@ class UplinkSettings(BaseModel):
     profile_crf: tuple[float, ...] = (18.0, 24.0, 30.0, 36.0, 42.0)
     profile_scales: tuple[float, ...] = (0.5, 0.75, 1.0)
     cosine_every: int = Field(4, ge=1)  # intervals; each costs 2 + regions teacher maps
-    bounds: KnobsSection = KnobsSection(min_crf=18.0, max_crf=45.0)
+    bounds: KnobsSection = KnobsSection()  # the device profile's [knobs]
 
 
 @dataclass
@@ -250,7 +250,7 @@ class OneAdapt:
     def __call__(self, up: Uplink, interval: Interval) -> Record:
         s, last = up.settings, interval.frames[-1]
         space = KnobSpace.of(self.config, s.bounds, (last.width, last.height))
-        knobs = self.knobs or space.knobs(np.full(space.size, 0.5))
+        knobs = self.knobs or space.knobs(space.vector(EncoderKnobs()))  # as a device starts
         sent = up.upload(interval.frames, knobs)
         accuracy = up.accuracy(sent.labels, interval.reference)
         grad_map, utility = up.dnngrad_of(sent.rgb[-1])  # the trainer's, on what it received

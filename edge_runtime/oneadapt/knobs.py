@@ -100,8 +100,9 @@ class KnobSpace:
     def vector(self, knobs: EncoderKnobs) -> np.ndarray:
         """``knobs`` as a normalised vector (the inverse of ``knobs`` on its levels)."""
         coarse, fine = self.bounds.max_crf, self.bounds.min_crf
-        crf = coarse if knobs.crf is None else knobs.crf
-        quality = (coarse - crf) / (coarse - fine) if coarse > fine else 0.0
+        quality = 0.5  # a bitrate or a QP has no constant quality: steps start mid-range
+        if knobs.crf is not None:
+            quality = (coarse - knobs.crf) / (coarse - fine) if coarse > fine else 0.0
         width = upload_size(*self.source, knobs.width, knobs.height)[0]
         widths = [even(self.source[0] * s) for s in self.scales]
         nearest = min(range(len(widths)), key=lambda i: abs(widths[i] - width))

@@ -6,7 +6,9 @@ exactly as its segment buffer does; at the end of the interval the segment trave
 protocol envelope into ``Session.deliver``, and ``Session.step`` labels it with the teacher,
 runs ASR/ATR, trains one phase and makes the update with its model mirror, as in the daemon.
 Controls (sampling rate, T_update) take effect from the next interval; an update reaches the
-device at the end of the interval plus its transfer time (plus charged compute).
+device at the end of the interval plus its transfer time (plus charged compute). With
+``oneadapt`` on, the session also sends the teacher's DNNGrad on each segment's last frame and
+the device steps its encoder knobs on it (``edge_runtime.oneadapt.step``) for the next segment.
 
 One-Time is the same machinery with one interval of ``window_s`` at 1 fps, one phase that
 trains every parameter (γ = 1) for its iterations, and no further sampling.
@@ -26,19 +28,30 @@ from cloud_trainer.evaluation.config import AmsSettings
 from cloud_trainer.evaluation.schemes.base import DEVICE_ID, Context, ModelScheme
 from cloud_trainer.evaluation.stream import StreamFrame
 from cloud_trainer.mirror import ModelMirror
+from cloud_trainer.oneadapt.config import OneAdaptConfig
+from cloud_trainer.oneadapt.dnngrad import DnnGrad
 from cloud_trainer.outgoing import Outgoing
 from cloud_trainer.recl.reuse import ModelReuse
 from cloud_trainer.session import Session
-from cloud_trainer.student import saturated_weights
+from cloud_trainer.student import import_tflite, saturated_weights
 from cloud_trainer.student.float16 import for_precision
 from cloud_trainer.teacher import TeacherConfig, load_teacher
 from edge_runtime.frames import Frame
 from edge_runtime.h264 import encode_segment
+from edge_runtime.oneadapt.step import step
 from edge_runtime.runtime import UPDATE_FORMATS
 from edge_runtime.sampler import Sampler
 from edge_runtime.segment_buffer import EncodedSegment
 from shared_schema.envelope import decode, encode
-from shared_schema.messages import Control, EncoderKnobs, ModelFormat, Update, UpdateFormat
+from shared_schema.gradient import GradientMap
+from shared_schema.messages import (
+    Control,
+    EncoderKnobs,
+    Gradient,
+    ModelFormat,
+    Update,
+    UpdateFormat,
+)
 
 _BOOT_ID = "e0a1" * 4
 
@@ -73,6 +86,7 @@ class SessionScheme(ModelScheme):
             gate=settings.gate,
             rebase=settings.rebase,
             recl=settings.recl,
+            oneadapt=OneAdaptConfig(enabled=settings.oneadapt.enabled),
             checkpoint=CheckpointConfig(directory=ctx.workdir),
             # Trace-driven: update bodies go to the evaluation's device model, not over a
             # network, so there is nothing to sign.
@@ -86,8 +100,12 @@ class SessionScheme(ModelScheme):
                 settings.recl, ctx.initial_model, config.zoo_directory, ctx.config.threads
             )
         self.device_id = device_id
+        dnngrad = None
+        if settings.oneadapt.enabled:
+            dnngrad = DnnGrad(import_tflite(ctx.config.teacher_model), config.oneadapt.threshold)
         self.session = Session(device_id, config, labels, ctx.initial_model,
-                               directory=ctx.workdir / device_id, reuse=reuse)  # fmt: skip
+                               directory=ctx.workdir / device_id, reuse=reuse,
+                               dnngrad=dnngrad)  # fmt: skip
         # what the runtime's hello says a TFLite device applies
         accepted = UPDATE_FORMATS[ModelFormat.TFLITE]
         self.session.device.update_formats = tuple(f.value for f in accepted)
@@ -95,7 +113,10 @@ class SessionScheme(ModelScheme):
         self.t_update_s = atr.tau_min_s if window_s is None else window_s
         self.window_s = window_s
         self.knobs = EncoderKnobs(bitrate_kbps=settings.segment_kbps)
+        self._oneadapt = settings.oneadapt
+        self._knob_bounds = settings.knobs
         self._samples: list[Frame] = []
+        self._uploaded: dict[float, Frame] = {}  # the last segment's, for a DNNGrad to find
         self._interval_end: float | None = None
         self._sampling_until = float("inf")
         self._seq = itertools.count()
@@ -108,6 +129,8 @@ class SessionScheme(ModelScheme):
         ctx.run.extra["saturated_weights"] = 0  # trained values the int8 grid clamps, at the end
         ctx.run.extra["sampling_fps"] = [(0.0, self.sampler.rate_fps)]
         ctx.run.extra["t_update_s"] = [(0.0, self.t_update_s)]
+        ctx.run.extra["gradient_bytes"] = 0  # OneAdapt's DNNGrad bodies sent down
+        ctx.run.extra["knobs"] = []  # (from s, CRF or None, width or None): OneAdapt's steps
 
     def observe(self, frame: StreamFrame) -> None:
         if self._interval_end is None:
@@ -132,6 +155,7 @@ class SessionScheme(ModelScheme):
         if not self._samples:
             return False
         frames, self._samples = self._samples, []
+        self._uploaded = {f.timestamp: f for f in frames}
         rate = self.sampler.rate_fps
         h264 = encode_segment(frames, self.knobs, fps=rate)
         segment = EncodedSegment.of(h264, frames, self.knobs, rate).message()
@@ -166,6 +190,19 @@ class SessionScheme(ModelScheme):
                 self._control(end_s, reply.msg)
             elif isinstance(reply.msg, Update):
                 self.send_update(end_s, compute_s, reply)
+            elif isinstance(reply.msg, Gradient):
+                self._step_knobs(end_s, reply.msg, reply.body)
+
+    def _step_knobs(self, at_s: float, msg: Gradient, body: bytes) -> None:
+        """The device's OneAdapt step on the trainer's DNNGrad, for the next segment."""
+        self.ctx.run.extra["gradient_bytes"] += len(body)
+        frame = self._uploaded.get(msg.timestamp)
+        if frame is None:
+            return
+        grad = GradientMap.of_bytes(body, msg.scale, msg.width, msg.height)
+        self.knobs, _ = step(self._oneadapt, self._knob_bounds, frame, self.knobs, grad,
+                             msg.utility, self.sampler.rate_fps)  # fmt: skip
+        self.ctx.run.extra["knobs"].append((at_s, self.knobs.crf, self.knobs.width))
 
     def _control(self, at_s: float, control: Control) -> None:
         """The device applies the trainer's rates from the next interval on."""
