@@ -236,7 +236,11 @@ def test_the_uplink_evaluation_sets_every_scheme_on_the_same_frames(shared_dir, 
     # the AccGrad measurement is not charged: only the backward passes are extra
     assert adapting["teacher_maps"] == 12
     assert adapting["extra_compute_s"] == pytest.approx(2 * up.mean_seconds("backward"))
-    assert len(adapting["cosines"]) == 2 and all(-1 <= c <= 1 for c in adapting["cosines"])
+    # AccGrad by its definition: the 6-frame segment again with each of the 4 knobs moved
+    assert [r.measure_maps for r in runs["oneadapt_1"].records] == [4 * 6, 4 * 6]
+    assert all(len(r.measured) == 4 for r in runs["oneadapt_1"].records)
+    assert all(-1 <= c <= 1 for c in adapting["cosines"])
+    assert set(result["costs_s"]) == {"teacher", "backward"} and min(up.costs.values()) > 0
     assert 0.0 <= adapting["sign_agreement"] <= 1.0
     assert runs["oneadapt_1"].records[1].knobs != runs["oneadapt_1"].records[0].knobs
     assert len(runs["oneadapt_1"].records[0].acc_grad) == 2 + 2  # quality, resolution, 2 regions

@@ -241,7 +241,7 @@ def evaluate_uplink(args: argparse.Namespace, config: EvalConfig) -> int:
     teacher = load_teacher(TeacherConfig(model=config.teacher_model, threads=config.threads))
     labels = LabelCache(_cache_dir(args), teacher_model, teacher.label)
     up = Uplink(labels, DnnGrad(import_tflite(teacher_model)), settings,
-                lambda: labels.seconds_per_map)  # fmt: skip
+                teacher.label)  # fmt: skip
     runs = run_uplink(up, args.video, schemes)
     meta = _run_meta(commit, videos=[v.name for v in args.video])
     result = write_uplink_report(args.out, up, runs, meta)
