@@ -112,7 +112,10 @@ def test_the_profile_says_which_knobs_adapt():
     bounds, source = KnobsSection(), (768, 576)
     quality = KnobSpace.of(OneAdaptSection(), bounds, source)
     assert quality.scales == (1.0,) and quality.regions == 0 and quality.size == 2
-    assert quality.steps[1] == 1.0  # resolution: a knob of one level, never moved
+    assert quality.steps[1] == 0.0  # resolution: a knob of one level, never moved or probed
+    from edge_runtime.oneadapt.input_grad import neighbour
+
+    assert np.array_equal(neighbour(np.array([0.5, 0.0]), [1], quality.steps), [0.5, 0.0])
     knobs = quality.knobs(np.ones(2))
     assert knobs.width is None and knobs.roi is None and knobs.crf == bounds.min_crf
     every = KnobSpace.of(OneAdaptSection(resolution=True, roi_cols=3, roi_rows=2), bounds, source)

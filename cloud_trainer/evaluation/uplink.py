@@ -47,6 +47,7 @@ from cloud_trainer.evaluation.scoring import iou_counts, miou_from_counts
 from cloud_trainer.oneadapt.dnngrad import DnnGrad
 from edge_runtime.frames import Frame
 from edge_runtime.h264 import decode_frames, encode_segment, even
+from edge_runtime.oneadapt.input_grad import neighbour
 from edge_runtime.oneadapt.knobs import KnobSpace
 from edge_runtime.oneadapt.step import step
 from edge_runtime.profile import KnobsSection, OneAdaptSection
@@ -293,9 +294,8 @@ class OneAdapt:
         u = space.vector(knobs)
         steps, out, maps = space.steps, np.zeros(space.size), 0
         for i in range(space.size):
-            moved = u.copy()
-            moved[i] = u[i] + steps[i] if u[i] + steps[i] <= 1.0 + 1e-9 else u[i] - steps[i]
-            if not 0.0 <= moved[i] <= 1.0 + 1e-9:
+            moved = neighbour(u, [i], steps)  # as the device's InputGrad moves it
+            if moved[i] == u[i]:
                 continue  # a knob of one level
             got = up.upload(interval.frames, space.knobs(moved))
             maps += len(interval.frames)

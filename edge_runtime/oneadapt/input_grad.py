@@ -58,7 +58,7 @@ def gradients(
     acc, kbps = np.zeros(space.size), np.zeros(space.size)
     steps = space.steps
     for i in (0, 1):  # quality, resolution: an encoding each
-        near = _neighbour(u, [i], steps)
+        near = neighbour(u, [i], steps)
         moved = near[i] - u[i]
         if moved == 0.0:
             continue  # a knob of one level
@@ -83,7 +83,7 @@ def _regions(
     """All region knobs a level up (down at the top) in one encoding (§4), each read over its
     own region; the size change is shared between the regions that moved."""
     index = list(range(2, space.size))
-    near = _neighbour(u, index, space.steps)
+    near = neighbour(u, index, space.steps)
     moved = near[2:] - u[2:]
     if not moved.any():
         return
@@ -102,7 +102,7 @@ def _regions(
         kbps[2 + r] = share * np.sign(step)  # Σ kbps_r · step_r is the measured change
 
 
-def _neighbour(u: np.ndarray, index: list[int], steps: np.ndarray) -> np.ndarray:
+def neighbour(u: np.ndarray, index: list[int], steps: np.ndarray) -> np.ndarray:
     """``u`` with the knobs ``index`` a level up, or a level down where at the top."""
     near = np.array(u, np.float64)
     up = near[index] + steps[index]

@@ -74,9 +74,11 @@ class KnobSpace:
 
     @property
     def steps(self) -> np.ndarray:
-        """Each knob's distance between neighbouring levels (its Δk)."""
+        """Each knob's distance between neighbouring levels (its Δk); 0 for a knob of one
+        level (the resolution where it does not adapt), which no step or probe moves."""
         roi = 1.0 / (self.roi_levels - 1)
-        return np.array([1.0 / (self.quality_levels - 1), 1.0 / max(1, len(self.scales) - 1),
+        scales = len(self.scales) - 1
+        return np.array([1.0 / (self.quality_levels - 1), 1.0 / scales if scales else 0.0,
                          *([roi] * self.regions)])  # fmt: skip
 
     def knobs(self, u: np.ndarray) -> EncoderKnobs:
