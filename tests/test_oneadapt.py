@@ -256,3 +256,27 @@ def test_the_uplink_evaluation_sets_every_scheme_on_the_same_frames(shared_dir, 
     assert fixed["compute_share"] is None and aws["compute_share"] > 0
     for name in ("uplink.json", "uplink.md", "uplink.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--lam", "1e-4,lots", "error: --lam: 1e-4,lots: write numbers separated by commas"),
+        ("--oneadapt-lam", "x", "error: --oneadapt-lam: x: write numbers separated by commas"),
+        ("--oneadapt-knobs", "resolution", "error: --oneadapt-knobs: resolution: choose from"
+         " quality, resolution, regions, quality among them"),
+        ("--oneadapt-knobs", "quality,zoom", "error: --oneadapt-knobs: quality,zoom: choose"),
+    ],
+)  # fmt: skip
+def test_the_uplink_flags_refuse_bad_values_in_one_line(shared_dir, tmp_path, flag, value, message):
+    from cloud_trainer.evaluation.command import add_evaluate_parser
+    from edge_runtime.cli import command_parser, run_command
+
+    parser, sub = command_parser("cloud-trainer", "test")
+    add_evaluate_parser(sub)
+    argv = ["evaluate", "--uplink", "--video", str(shared_dir / "videos/vtest.avi"),
+            "--out", str(tmp_path / "out"), flag, value]  # fmt: skip
+    with pytest.raises(SystemExit) as refused:
+        run_command(parser, argv)
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
+    assert not (tmp_path / "out").exists()

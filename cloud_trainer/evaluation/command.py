@@ -189,8 +189,15 @@ def _mode_schemes(args: argparse.Namespace, allowed: tuple[str, ...], flag: str)
     return schemes
 
 
-def _floats(values: str | None) -> tuple[float, ...] | None:
-    return None if values is None else tuple(float(v) for v in values.split(","))
+def _floats(values: str | None, flag: str) -> tuple[float, ...] | None:
+    """``L,L,...`` as numbers; anything else is the flag's one-line error."""
+    if values is None:
+        return None
+    try:
+        return tuple(float(v) for v in values.split(","))
+    except ValueError:
+        raise SystemExit(f"error: {flag}: {values}: write numbers separated by commas,"
+                         " e.g. 0.1,0.16") from None  # fmt: skip
 
 
 def _knob_set(names: str) -> OneAdaptSection:
@@ -232,8 +239,8 @@ def evaluate_uplink(args: argparse.Namespace, config: EvalConfig) -> int:
 
     commit = git_commit()  # of the code that runs: the checkout may move on meanwhile
     schemes = _mode_schemes(args, UPLINK_SCHEMES, "--uplink")
-    given = {"awstream_lams": _floats(args.lam), "clip_s": args.clip,
-             "oneadapt_lams": _floats(args.oneadapt_lam)}  # fmt: skip
+    given = {"awstream_lams": _floats(args.lam, "--lam"), "clip_s": args.clip,
+             "oneadapt_lams": _floats(args.oneadapt_lam, "--oneadapt-lam")}  # fmt: skip
     if args.oneadapt_knobs is not None:
         given["knobs"] = _knob_set(args.oneadapt_knobs)
     settings = UplinkSettings(**{k: v for k, v in given.items() if v is not None})
