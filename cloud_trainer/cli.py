@@ -7,6 +7,7 @@ import json
 
 from cloud_trainer.evaluation.command import add_evaluate_parser
 from cloud_trainer.export.command import add_export_parser
+from cloud_trainer.opa.command import add_opa_parser
 from cloud_trainer.tools.commands import add_tool_parsers
 from shared_schema.cli import command_parser, fail, run_command
 
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tool_parsers(sub)
     add_export_parser(sub)
     add_evaluate_parser(sub)
+    add_opa_parser(sub)
     return parser
 
 

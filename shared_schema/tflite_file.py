@@ -14,6 +14,7 @@ buffer's bytes are.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -126,18 +127,35 @@ class ConstTensor(TensorInfo):
 
 @dataclass(frozen=True)
 class Operator:
-    """One op of subgraph 0."""
+    """One op of a subgraph (subgraph 0 unless said)."""
 
-    index: int  # position in execution order
+    index: int  # position in its subgraph's execution order
     code: int  # schema.BuiltinOperator (CUSTOM for a custom op)
     custom_code: str  # a custom op's name; "" for builtins
     inputs: tuple[int, ...]  # tensor indices; -1 for an optional input left out
     outputs: tuple[int, ...]
+    subgraph: int = 0
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A named entry point of the model: a subgraph and its named input and output tensors."""
+
+    key: str
+    subgraph: int
+    inputs: dict[str, int]  # name -> tensor index in that subgraph
+    outputs: dict[str, int]
 
 
 class TFLiteFile:
     """One model file: its bytes, where each trainable constant lives in them, and read access
-    to its graph (ops, tensors, constants, geometry)."""
+    to its graph (ops, tensors, constants, geometry).
+
+    Subgraph 0 is the model; further subgraphs (an elastic model's sub-networks, reached through
+    signatures) may read its constants too, and then they must name each one by the tensor index
+    subgraph 0 gives it, on the same buffer: so a tensor index is one weight in every subgraph,
+    and one patch of its bytes changes every subgraph that reads it.
+    """
 
     def __init__(self, data: bytes) -> None:
         self.data = bytes(data)
@@ -215,18 +233,54 @@ class TFLiteFile:
     @cached_property
     def operators(self) -> tuple[Operator, ...]:
         """The ops of subgraph 0, in execution order."""
-        return tuple(self._operator(i) for i in range(self._graph.OperatorsLength()))
+        return self.operators_of(0)
+
+    @property
+    def subgraph_count(self) -> int:
+        return int(self._model.SubgraphsLength())
+
+    def operators_of(self, subgraph: int) -> tuple[Operator, ...]:
+        """The ops of one subgraph, in execution order."""
+        graph = self._subgraph(subgraph)
+        return tuple(self._operator(graph, i, subgraph) for i in range(graph.OperatorsLength()))
+
+    @cached_property
+    def signatures(self) -> dict[str, Signature]:
+        """The model's signatures by key (none in a plain single-graph model)."""
+        out = {}
+        for i in range(self._model.SignatureDefsLength()):
+            raw = self._model.SignatureDefs(i)
+            key = raw.SignatureKey().decode(errors="replace")
+            subgraph = int(raw.SubgraphIndex())
+            self._subgraph(subgraph)
+            inputs = _tensor_maps(raw.Inputs, raw.InputsLength())
+            out[key] = Signature(
+                key, subgraph, inputs, _tensor_maps(raw.Outputs, raw.OutputsLength())
+            )
+        return out
+
+    def metadata(self, name: str) -> bytes | None:
+        """The bytes of the model's metadata entry `name` (TFLite ``Model.metadata``), if any."""
+        for i in range(self._model.MetadataLength()):
+            entry = self._model.Metadata(i)
+            if entry.Name() is not None and entry.Name().decode(errors="replace") == name:
+                if not 0 <= entry.Buffer() < self._model.BuffersLength():
+                    raise TFLiteFormatError(f"metadata {name} names no buffer of the model")
+                start, length = self._buffer_span(int(entry.Buffer()))
+                return self.data[start : start + length]
+        return None
 
     def builtin_options(self, op: Operator) -> object | None:
         """The op's builtin options, unpacked (the schema's ``...OptionsT`` objects)."""
-        raw = self._graph.Operators(op.index)
+        raw = self._subgraph(op.subgraph).Operators(op.index)
         return schema.BuiltinOptionsCreator(raw.BuiltinOptionsType(), raw.BuiltinOptions())
 
-    def tensor(self, index: int) -> TensorInfo:
-        """What the file declares about any tensor of subgraph 0."""
-        if not 0 <= index < self._graph.TensorsLength():
-            raise TFLiteFormatError(f"no tensor {index} in the model")
-        tensor = self._graph.Tensors(index)
+    def tensor(self, index: int, subgraph: int = 0) -> TensorInfo:
+        """What the file declares about any tensor of a subgraph (subgraph 0 unless said)."""
+        graph = self._subgraph(subgraph)
+        if not 0 <= index < graph.TensorsLength():
+            raise TFLiteFormatError(f"no tensor {index} in subgraph {subgraph} of the model")
+        tensor = graph.Tensors(index)
         scale, zero_point, dimension = _quantization(tensor.Quantization())
         return TensorInfo(
             index=index,
@@ -280,8 +334,13 @@ class TFLiteFile:
     def _graph(self) -> schema.SubGraph:
         return self._model.Subgraphs(0)
 
-    def _operator(self, index: int) -> Operator:
-        op = self._graph.Operators(index)
+    def _subgraph(self, index: int) -> schema.SubGraph:
+        if not 0 <= index < self._model.SubgraphsLength():
+            raise TFLiteFormatError(f"the model has no subgraph {index}")
+        return self._model.Subgraphs(index)
+
+    def _operator(self, graph: schema.SubGraph, index: int, subgraph: int) -> Operator:
+        op = graph.Operators(index)
         code = self._model.OperatorCodes(op.OpcodeIndex())
         custom = code.CustomCode()
         return Operator(
@@ -292,25 +351,35 @@ class TFLiteFile:
             custom_code=custom.decode(errors="replace") if custom else "",
             inputs=tuple(int(op.Inputs(i)) for i in range(op.InputsLength())),
             outputs=tuple(int(op.Outputs(i)) for i in range(op.OutputsLength())),
+            subgraph=subgraph,
         )
 
     def _find_trainable(self) -> tuple[ConstTensor, ...]:
-        # A float16 model's filters and biases reach their op through a DEQUANTIZE.
-        dequantized = {
-            op.outputs[0]: op.inputs[0]
-            for op in self.operators
-            if op.code == schema.BuiltinOperator.DEQUANTIZE and len(op.inputs) == 1
-        }
         seen: dict[int, ConstTensor] = {}
-        for op in self.operators:
-            if op.code not in _TRAINABLE_OPS:
-                continue
-            for operand in op.inputs[1:3]:
-                index = dequantized.get(operand, operand)
-                if index >= 0 and index not in seen:
-                    tensor = self._const_tensor(index)
-                    if tensor is not None:
-                        seen[tensor.index] = tensor
+        for subgraph in range(self.subgraph_count):
+            operators = self.operators_of(subgraph)
+            # A float16 model's filters and biases reach their op through a DEQUANTIZE.
+            dequantized = {
+                op.outputs[0]: op.inputs[0]
+                for op in operators
+                if op.code == schema.BuiltinOperator.DEQUANTIZE and len(op.inputs) == 1
+            }
+            for op in operators:
+                if op.code not in _TRAINABLE_OPS:
+                    continue
+                for operand in op.inputs[1:3]:
+                    index = dequantized.get(operand, operand)
+                    if index < 0:
+                        continue
+                    if self.tensor(index, subgraph).buffer != self.tensor(index).buffer:
+                        raise TFLiteFormatError(
+                            f"subgraph {subgraph} reads tensor {index} from another buffer than"
+                            " subgraph 0: a weight must have one tensor index in every subgraph"
+                        )
+                    if index not in seen:
+                        tensor = self._const_tensor(index)
+                        if tensor is not None:
+                            seen[tensor.index] = tensor
         return tuple(seen.values())
 
     def _const_tensor(self, index: int) -> ConstTensor | None:
@@ -339,6 +408,12 @@ class TFLiteFile:
         if field == 0:
             return 0, 0
         return buffer._tab.Vector(field), buffer._tab.VectorLen(field)
+
+
+def _tensor_maps(get: Callable[[int], schema.TensorMap], count: int) -> dict[str, int]:
+    """A signature's named tensors: name -> tensor index."""
+    maps = (get(i) for i in range(count))
+    return {m.Name().decode(errors="replace"): int(m.TensorIndex()) for m in maps}
 
 
 def _only(indices: tuple[int, ...], what: str) -> int:

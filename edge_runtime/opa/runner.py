@@ -1,0 +1,143 @@
+"""An elastic student on LiteRT, and OPA's choice of its sub-network for each frame.
+
+`ElasticRunner` runs the file's signatures (a pioneer, its head, a tail); `OpaSelection` is the
+per-frame loop of seed 004 Fig. 4: the pioneer at the resolution in use, the estimator on its
+head's confidences (eq. 1), the predictor and the latency predictor (eq. 2) over every
+candidate, the choice (Algorithm 1), then the chosen tail continuing from the pioneer's features
+(subnet inheritance), or a pioneer at another resolution first when the choice moved there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.backends.litert import litert
+from edge_runtime.frames import Frame
+from edge_runtime.opa.estimator import estimate_accuracy
+from edge_runtime.opa.search import Candidate, Choice, choose, predicted_accuracy
+from edge_runtime.opa.selector import Selector
+from edge_runtime.opa.subnets import FEATURES, IMAGE, LABELS, SCORES, ElasticModel, Subnet
+
+Cost = Callable[[Subnet], float]
+
+
+def at_resolution(rgb: np.ndarray, resolution: int) -> np.ndarray:
+    """`rgb` scaled to resolution x resolution (swscale, as every frame of the runtime is)."""
+    if rgb.shape[:2] == (resolution, resolution):
+        return rgb
+    return Frame.from_rgb(0, 0.0, rgb).rgb(resolution, resolution)
+
+
+class ElasticRunner:
+    """The signatures of one elastic student, each allocated on first use."""
+
+    def __init__(self, data: bytes, threads: int = 2) -> None:
+        self.model = ElasticModel.of(data)
+        self._interpreter = litert().Interpreter(model_content=data, num_threads=threads)
+        self._runners: dict[str, Any] = {}
+        scores = self.model.file.tensor(self.model.scores_tensor)
+        self._scores_grid = (float(scores.scale[0]), int(scores.zero_point[0]))
+
+    def _runner(self, key: str) -> Any:
+        if key not in self._runners:
+            self._runners[key] = self._interpreter.get_signature_runner(key)
+        return self._runners[key]
+
+    def features(self, resolution: int, rgb: np.ndarray) -> np.ndarray:
+        """The pioneer's features at `resolution` for an RGB frame of any size."""
+        image = at_resolution(rgb, resolution)[None]
+        return self._runner(self.model.pioneers[resolution].key)(**{IMAGE: image})[FEATURES]
+
+    def scores(self, resolution: int, features: np.ndarray) -> np.ndarray:
+        """The head's real-valued class scores (h, w, classes) of the pioneer's features."""
+        raw = self._runner(self.model.heads[resolution].key)(**{FEATURES: features})[SCORES][0]
+        scale, zero_point = self._scores_grid
+        return (raw.astype(np.float32) - zero_point) * scale
+
+    def labels(self, subnet: Subnet, features: np.ndarray) -> np.ndarray:
+        """The sub-network's label map, continuing from its pioneer's features."""
+        return self._runner(subnet.tail.key)(**{FEATURES: features})[LABELS][0]
+
+    def run(self, subnet: Subnet, rgb: np.ndarray) -> np.ndarray:
+        """One sub-network end to end."""
+        return self.labels(subnet, self.features(subnet.resolution, rgb))
+
+
+@dataclass(frozen=True)
+class FrameChoice:
+    """What OPA did for one frame (telemetry)."""
+
+    subnet: str
+    predicted_s: float
+    actual_s: float
+    pioneer_s: float  # the pioneer that tested the water
+    selection_s: float  # head, estimator, predictors and search
+    estimate: float | None  # Â_pioneer; None without a selector
+    fits: bool
+
+
+class OpaSelection:
+    """Per frame: the sub-network OPA picks for `budget_s`, and its labels."""
+
+    def __init__(
+        self,
+        runner: ElasticRunner,
+        selector: Selector | None,
+        budget_s: float,
+        cost: Cost | None = None,
+    ) -> None:
+        self.runner = runner
+        self.selector = selector
+        self.budget_s = budget_s
+        self.subnets = runner.model.subnets
+        cost = cost or (lambda s: float(s.macs))
+        self._pioneer_cost = self._pioneer_costs(cost)
+        self._candidates = [Candidate(s.name, s.resolution, cost(s)) for s in self.subnets]
+        self.resolution = runner.model.largest.resolution  # the pioneer tests the water here
+
+    def _pioneer_costs(self, cost: Cost) -> dict[int, float]:
+        # A subnet's cost includes its pioneer's: the pioneer alone is the share MACs give it.
+        model = self.runner.model
+        out = {}
+        for resolution in model.pioneers:
+            subnet = next(s for s in model.subnets if s.resolution == resolution)
+            out[resolution] = cost(subnet) * model.pioneer_macs[resolution] / subnet.macs
+        return out
+
+    def infer(self, rgb: np.ndarray) -> tuple[np.ndarray, FrameChoice]:
+        started = time.perf_counter()
+        features = self.runner.features(self.resolution, rgb)
+        pioneer_s = time.perf_counter() - started
+        choice, estimate = self._choose(features, pioneer_s)
+        selected = time.perf_counter()
+        subnet = self.subnets[choice.index]
+        if subnet.resolution != self.resolution:
+            self.resolution = subnet.resolution
+            features = self.runner.features(subnet.resolution, rgb)
+        labels = self.runner.labels(subnet, features)
+        done = time.perf_counter()
+        return labels, FrameChoice(
+            subnet.name,
+            choice.predicted_s,
+            done - started,
+            pioneer_s,
+            selected - started - pioneer_s,
+            estimate,
+            choice.fits,
+        )
+
+    def _choose(self, features: np.ndarray, pioneer_s: float) -> tuple[Choice, float | None]:
+        pioneer = (self.resolution, pioneer_s, self._pioneer_cost[self.resolution])
+        if self.selector is None:
+            return choose(self._candidates, pioneer, self.budget_s, 0.0, None), None
+        scores = self.runner.scores(self.resolution, features)
+        estimate = estimate_accuracy(scores, *self.selector.estimator())
+        names = [c.name for c in self._candidates]
+        accuracy = predicted_accuracy(estimate, *self.selector.predictor(self.resolution, names))
+        allowance = self.selector.allowance_s
+        return choose(self._candidates, pioneer, self.budget_s, allowance, accuracy), estimate
