@@ -30,7 +30,6 @@ from cloud_trainer.ams.rebase import should_rebase
 from cloud_trainer.ams.training import PhaseResult, new_optimizer, train_phase
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.device_clock import DeviceClock
-from cloud_trainer.metrics import ClassSubset
 from cloud_trainer.mirror import ModelMirror
 from cloud_trainer.oneadapt.dnngrad import DnnGrad
 from cloud_trainer.outgoing import Outgoing
@@ -57,6 +56,7 @@ from shared_schema.messages import (
     Update,
     UpdateFormat,
 )
+from shared_schema.metrics import ClassSubset
 from shared_schema.signing import Signer
 
 log = logging.getLogger(__name__)

@@ -84,7 +84,17 @@ def _bench(args: argparse.Namespace) -> int:
     from edge_runtime import bench
 
     common = {"rounds": args.rounds, "threads": args.threads}
-    if args.swap_every:
+    if args.opa_budget_ms is not None:
+        from edge_runtime.opa import bench as opa_bench
+
+        if args.teacher is None:
+            return fail("--opa-budget-ms needs --teacher (the .tflite whose labels score mIoU)")
+        name = "edge-opa"
+        results = opa_bench.opa(
+            Path(args.model), args.source, Path(args.teacher), budget_ms=args.opa_budget_ms,
+            loads=args.background, frames=args.frames, threads=args.threads,
+        )  # fmt: skip
+    elif args.swap_every:
         name = "edge-swap"
         results = bench.swap(
             Path(args.model), args.source, swap_every_s=args.swap_every, fps=args.fps,
@@ -171,6 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--oneadapt-every", type=float, default=0.0, help="also step the knobs every S seconds"
     )
     bench.add_argument("--fps", type=float, help="pace frames at this rate (swap benchmark)")
+    bench.add_argument(
+        "--opa-budget-ms",
+        type=float,
+        help="OPA: the latency budget per frame; --model is an elastic student (cloud-trainer"
+        " opa build), every fixed sub-network, the static table and OPA are compared",
+    )
+    bench.add_argument(
+        "--background",
+        type=lambda text: [int(v) for v in text.split(",")],
+        default=[0, 1, 2],
+        help="OPA: busy background processes to measure at, e.g. 0,1,2",
+    )
+    bench.add_argument("--teacher", help="OPA: the teacher .tflite that labels the frames")
     bench.add_argument("--duration", type=float, default=30.0, help="swap benchmark seconds")
     bench.add_argument("--json", action="store_true", help="one line of JSON")
     bench.add_argument("--no-save", action="store_true", help="do not write a result file")

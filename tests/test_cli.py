@@ -37,6 +37,7 @@ def _subcommands(help_text: str) -> set[str]:
                 "evaluate",
                 "keys",
                 "fleet",
+                "opa",
             },
         ),
     ],

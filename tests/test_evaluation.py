@@ -14,7 +14,7 @@ from cloud_trainer.evaluation.config import JitSettings, TrackingSettings
 from cloud_trainer.evaluation.schemes.jit import next_stride, train_until
 from cloud_trainer.evaluation.schemes.remote_tracking import track
 from cloud_trainer.evaluation.scoring import iou_counts, miou_from_counts
-from cloud_trainer.metrics import miou
+from shared_schema.metrics import miou
 
 
 def test_update_arrives_after_interval_end_plus_transfer():

@@ -4,13 +4,16 @@ TFLite file, run by LiteRT, sharing one set of weights that one verified update 
 from __future__ import annotations
 
 import copy
+import json
 
 import flatbuffers
 import numpy as np
 import pytest
+import torch
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 
+from cloud_trainer.cli import main as trainer_main
 from cloud_trainer.opa.elastic import (
     ElasticBuildError,
     ElasticLayout,
@@ -20,8 +23,14 @@ from cloud_trainer.opa.elastic import (
     residual_blocks,
     skip_order,
 )
+from cloud_trainer.opa.elastic_student import ElasticStudent
+from cloud_trainer.opa.fit import fit_selector, measure, with_selector
 from cloud_trainer.opa.head import fit_head
+from cloud_trainer.opa.train import ElasticTraining, train_elastic
 from edge_runtime.backends.litert import LiteRtConfig
+from edge_runtime.opa import bench as opa_bench
+from edge_runtime.opa.runner import ElasticRunner, OpaSelection, at_resolution
+from edge_runtime.opa.selector import Selector, SelectorError, read_selector
 from edge_runtime.opa.subnets import ElasticModel, head_key, macs
 from edge_runtime.sources import open_source
 from shared_schema.envelope import sha256_hex
@@ -202,3 +211,146 @@ def test_a_head_of_the_wrong_shape_or_values_is_refused(student, head):
     bad[0, 0] = np.nan
     with pytest.raises(ElasticBuildError, match="finite"):
         elastic_model(student, PioneerHead(bad, head.bias, head.scores_range))
+
+
+@pytest.fixture(scope="module")
+def measured(elastic, frames, labels):
+    return measure(ElasticRunner(elastic), frames, labels)
+
+
+def test_the_torch_twin_runs_every_subnet_as_litert_does(elastic, frames):
+    twin = ElasticStudent(elastic).eval()
+    runner = ElasticRunner(elastic)
+    with torch.no_grad():
+        for subnet in twin.model.subnets:
+            image = at_resolution(frames[3], subnet.resolution)
+            ours = twin.subnet_logits(torch.from_numpy(image[None]), subnet).argmax(1)[0].numpy()
+            features = runner.features(subnet.resolution, frames[3])
+            # LiteRT's tail resizes to 513: compare on the torch map's grid
+            theirs = runner.labels(subnet, features)
+            grid = np.linspace(0, 512, ours.shape[0]).round().astype(int)
+            assert (theirs[grid][:, grid] == ours).mean() > 0.995, subnet.name
+        scores = twin.head_scores(torch.from_numpy(frames[3][None]))[0].permute(1, 2, 0).numpy()
+        assert np.allclose(scores, runner.scores(513, runner.features(513, frames[3])))
+
+
+def test_a_sandwich_step_trains_the_shared_weights_and_writes_them_back(elastic, frames, labels):
+    trained, losses = train_elastic(
+        elastic, frames, labels, ElasticTraining(steps=2, batch_size=1, crop=161, lr=1e-3)
+    )
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    before, after = TFLiteFile(elastic), TFLiteFile(trained)
+    changed = [
+        t.name
+        for t in before.trainable
+        if not np.array_equal(before.values(t), after.values(after.by_index[t.index]))
+    ]
+    assert "opa/head/weights" in changed and len(changed) > 10
+    assert len(trained) == len(elastic)  # values rewritten in place: a qdelta carries them
+    ElasticModel.of(trained)
+
+
+def test_the_selection_fits_on_the_frames_and_ships_in_the_file(elastic, measured):
+    selector = fit_selector(measured, allowance_s=0.001)
+    shipped = with_selector(elastic, selector)
+    model = ElasticModel.of(shipped)
+    assert read_selector(model) == selector
+    assert read_selector(ElasticModel.of(elastic)) is None
+    again = with_selector(shipped, selector)
+    assert len(again) == len(shipped)  # a refit rewrites its entry, the file does not grow
+    # the whole student agrees with itself, whatever the teacher: its mIoU tops the list
+    means = {name: np.mean(v) for name, v in measured.miou.items()}
+    assert max(means, key=means.get) == "r513_d0" and means["r513_d0"] == 1.0
+
+
+def test_parameters_that_do_not_fit_the_model_are_refused(elastic, measured):
+    selector = fit_selector(measured)
+    wrong = selector.model_copy(update={"predictors": {513: selector.predictors[513]}})
+    with pytest.raises(SelectorError, match="pioneers"):
+        read_selector(ElasticModel.of(with_selector(elastic, wrong)))
+    short = selector.model_copy(update={"log_likelihood": ((-1.0,) * 5, (-1.0,) * 5)})
+    with pytest.raises(SelectorError, match="classes"):
+        read_selector(ElasticModel.of(with_selector(elastic, short)))
+
+
+def test_opa_switches_subnets_between_frames_without_dropping_one(elastic, measured, frames):
+    runner = ElasticRunner(elastic)
+    selection = OpaSelection(runner, fit_selector(measured), budget_s=10.0)
+    choices = []
+    for i, frame in enumerate(frames * 2):
+        if i == len(frames):
+            selection.budget_s = 1e-6  # nothing fits: the smallest runs
+        labels, choice = selection.infer(frame)
+        assert labels.shape == (513, 513)
+        choices.append(choice)
+    assert choices[0].subnet == "r513_d0" and choices[-1].subnet == runner.model.smallest.name
+    assert not choices[-1].fits and all(c.fits for c in choices[: len(frames)])
+    assert all(c.estimate is not None and 0 <= c.estimate <= 1 for c in choices)
+    assert all(c.actual_s >= c.pioneer_s + c.selection_s for c in choices)
+
+
+def test_the_bench_compares_every_scheme_at_each_load(shared_dir, elastic, measured, tmp_path):
+    model = tmp_path / "elastic.tflite"
+    model.write_bytes(with_selector(elastic, fit_selector(measured)))
+    teacher = shared_dir / "models/coral/deeplabv3_mnv2_pascal_quant.tflite"
+    video = str(shared_dir / "videos/vtest.avi")
+    result = opa_bench.opa(model, video, teacher, budget_ms=15.0, loads=(0, 1), frames=3)
+    assert result["selector"] == "shipped" and set(result["loads"]) == {"0", "1"}
+    for schemes in result["loads"].values():
+        assert {"opa", "opa:macs", "static_table", "fixed:r513_d0", "fixed:r257_d8"} <= set(schemes)
+        for row in schemes.values():
+            assert 0.0 <= row["over_budget"] <= 1.0 and row["mean_ms"] > 0
+            assert 0.0 <= row["miou"] <= 1.0
+        assert sum(schemes["opa"]["chosen"].values()) == 3
+    assert "best_fixed_within_budget" in result["summary"]["0"]
+
+
+def test_background_load_starts_and_stops_its_processes():
+    with opa_bench.background_load(2) as busy:
+        assert len(busy) == 2 and all(p.poll() is None for p in busy)
+    assert all(p.poll() is not None for p in busy)
+
+
+def test_a_refused_selector_leaves_opa_on_latency_alone(shared_dir, elastic, tmp_path):
+    model = tmp_path / "elastic.tflite"
+    bad = Selector(
+        log_prior=(-0.7, -0.7),
+        log_likelihood=((-1.0,) * 21, (-1.0,) * 21),
+        predictors={513: {"r513_d0": (1.0, 0.0)}},
+    )
+    model.write_bytes(with_selector(elastic, bad))
+    teacher = shared_dir / "models/coral/deeplabv3_mnv2_pascal_quant.tflite"
+    video = str(shared_dir / "videos/vtest.avi")
+    result = opa_bench.opa(model, video, teacher, budget_ms=1000.0, loads=(0,), frames=2)
+    assert result["selector"].startswith("refused: ")
+    # within a generous budget, the costliest sub-network runs, as with no selector at all
+    assert result["loads"]["0"]["opa"]["chosen"] == {"r513_d0": 2}
+
+
+def test_opa_build_writes_an_elastic_student_with_its_selection(shared_dir, tmp_path, capsys):
+    student = shared_dir / "models/coral/deeplabv3_mnv2_dm05_pascal_quant.tflite"
+    out = tmp_path / "elastic.tflite"
+    args = ["opa", "build", "--student", str(student), "--out", str(out), "--frames", "2"]
+    args += ["--video", str(shared_dir / "videos/vtest.avi"), "--resolutions", "513,257"]
+    assert trainer_main([*args, "--depths", "0,2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [s["name"] for s in report["subnets"]] == ["r513_d0", "r513_d2", "r257_d0", "r257_d2"]
+    model = ElasticModel.of(out.read_bytes())
+    assert read_selector(model) is not None and len(model.subnets) == 4
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["--resolutions", "513,300"], "resolution 300"),
+        (["--depths", "0,99"], "depth 99"),
+        (["--student", "/nonexistent.tflite"], "nonexistent"),
+    ],
+)
+def test_opa_build_errors_are_one_line(shared_dir, tmp_path, capsys, change, message):
+    student = shared_dir / "models/coral/deeplabv3_mnv2_dm05_pascal_quant.tflite"
+    args = ["opa", "build", "--student", str(student), "--out", str(tmp_path / "e.tflite")]
+    args += ["--video", str(shared_dir / "videos/vtest.avi"), "--frames", "1", *change]
+    assert trainer_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]

@@ -5,7 +5,7 @@ import pytest
 
 from cloud_trainer.ams.asr import AdaptiveSamplingRate, AsrConfig, phi_score
 from cloud_trainer.ams.atr import AdaptiveTrainingRate, AtrConfig
-from cloud_trainer.metrics import ClassSubset, miou
+from shared_schema.metrics import ClassSubset, miou
 
 
 def test_miou_over_a_class_subset():

@@ -8,7 +8,6 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 from cloud_trainer.ams.training import TrainingConfig, new_optimizer, train_phase
-from cloud_trainer.metrics import ClassSubset
 from cloud_trainer.mirror import ModelMirror
 from cloud_trainer.sample_buffer import Sample, SampleBuffer, resize_labels
 from cloud_trainer.student import import_tflite
@@ -16,6 +15,7 @@ from cloud_trainer.teacher import TeacherConfig, load_teacher
 from edge_runtime.sources import open_source
 from shared_schema.envelope import sha256_hex
 from shared_schema.messages import UpdateFormat
+from shared_schema.metrics import ClassSubset
 from shared_schema.signing import Signer, signing_payload, verify
 from shared_schema.update_formats import apply_update
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cloud_trainer.metrics import miou
+from shared_schema.metrics import miou
 
 
 class AsrConfig(BaseModel):

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cloud_trainer.metrics import miou
 from cloud_trainer.sample_buffer import Sample
 from edge_runtime.backends.base import Engine
 from edge_runtime.backends.litert import LiteRtConfig
 from shared_schema.envelope import sha256_hex
+from shared_schema.metrics import miou
 
 # The device's model, the base model and one candidate: the files a phase judges.
 _OPEN_FILES = 3

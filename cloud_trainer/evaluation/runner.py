@@ -35,9 +35,9 @@ from cloud_trainer.evaluation.schemes import Context, Scheme
 from cloud_trainer.evaluation.schemes.session_driven import ams
 from cloud_trainer.evaluation.scoring import iou_counts
 from cloud_trainer.evaluation.stream import ReplayStream, rotation
-from cloud_trainer.metrics import ClassSubset
 from cloud_trainer.teacher import Teacher, TeacherConfig, load_teacher
 from edge_runtime.backends.litert import LiteRtConfig
+from shared_schema.metrics import ClassSubset
 
 RUNS = "runs"
 ABLATION = "ablation"

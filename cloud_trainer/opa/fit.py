@@ -12,10 +12,10 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from cloud_trainer.metrics import ClassSubset, miou
 from edge_runtime.opa.estimator import SAMPLE_STEP, naive_bayes_correct, sorted_confidences
 from edge_runtime.opa.runner import ElasticRunner
 from edge_runtime.opa.selector import SELECTOR_METADATA, Selector
+from shared_schema.metrics import ClassSubset, miou
 
 _ALPHA = 1.0  # Laplace smoothing of the naive Bayes counts
 

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from cloud_trainer.ams.training import class_weights
-from cloud_trainer.metrics import ClassSubset
 from cloud_trainer.opa.elastic_student import ElasticStudent, sandwich, sandwich_loss
+from shared_schema.metrics import ClassSubset
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from cloud_trainer.ams.training import TrainingConfig, new_optimizer, train_phase
-from cloud_trainer.metrics import ClassSubset
 from cloud_trainer.mirror import ModelMirror
 from cloud_trainer.sample_buffer import SampleBuffer, labelled_samples
 from cloud_trainer.student import TFLiteStudent, import_tflite
@@ -24,6 +23,7 @@ from edge_runtime.backends.litert import LiteRtConfig
 from edge_runtime.frames import Frame
 from edge_runtime.sources import open_source
 from shared_schema.messages import UpdateFormat
+from shared_schema.metrics import ClassSubset
 from shared_schema.update_formats import apply_update
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from cloud_trainer.evaluation.config import Geometry
-from cloud_trainer.metrics import ClassSubset, miou
 from cloud_trainer.teacher import Teacher, TeacherConfig, load_teacher
 from cloud_trainer.tools.emulation import local_profile
 from edge_runtime.backends.base import Engine
@@ -27,6 +26,7 @@ from edge_runtime.durable import atomic_write
 from edge_runtime.frames import Frame
 from edge_runtime.runtime import EdgeRuntime, install_signal_handlers
 from edge_runtime.sources import open_source
+from shared_schema.metrics import ClassSubset, miou
 
 _NOT_YET = object()  # no frame labelled yet: the model the device boots with is no update
 

@@ -25,7 +25,7 @@ class Candidate:
 @dataclass(frozen=True)
 class Choice:
     index: int  # into the candidates
-    predicted_seconds: float
+    predicted_s: float
     predicted_accuracy: float | None  # None: chosen by cost alone
     fits: bool  # False: nothing fits the budget, the cheapest runs
 

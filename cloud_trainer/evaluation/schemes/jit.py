@@ -22,10 +22,10 @@ from cloud_trainer.ams.training import class_weights
 from cloud_trainer.evaluation.config import JitSettings
 from cloud_trainer.evaluation.schemes.base import DEVICE_ID, Context, ModelScheme, upload_jpeg
 from cloud_trainer.evaluation.stream import StreamFrame
-from cloud_trainer.metrics import ClassSubset, miou
 from cloud_trainer.mirror import ModelMirror
 from cloud_trainer.student import import_tflite
 from shared_schema.messages import UpdateFormat
+from shared_schema.metrics import ClassSubset, miou
 
 
 def train_until(

@@ -20,12 +20,12 @@ import torch
 from cloud_trainer.ams.training import new_optimizer, train_phase
 from cloud_trainer.evaluation.schemes.base import DEVICE_ID, Context, Scheme
 from cloud_trainer.evaluation.stream import StreamFrame
-from cloud_trainer.metrics import ClassSubset
 from cloud_trainer.mirror import ModelMirror
 from cloud_trainer.sample_buffer import Sample, SampleBuffer
 from cloud_trainer.student import TFLiteStudent, import_tflite
 from edge_runtime.backends.base import Engine
 from edge_runtime.backends.litert import LiteRtConfig
+from shared_schema.metrics import ClassSubset
 
 
 class Oracle(Scheme):

@@ -1,0 +1,128 @@
+"""OPA's selection against its equations (seed 004): the estimator's preprocessing and naive
+Bayes (eq. 1), the latency predictor (eq. 2), Algorithm 1's choice, and the parameters' checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cloud_trainer.opa.fit import fit_line, fit_naive_bayes
+from edge_runtime.opa.estimator import estimate_accuracy, naive_bayes_correct, sorted_confidences
+from edge_runtime.opa.latency import allowed_cost, predicted_latency
+from edge_runtime.opa.search import Candidate, choose, predicted_accuracy
+from edge_runtime.opa.selector import Selector
+
+
+def test_confidences_are_softmax_min_max_scaled_and_sorted():
+    scores = np.zeros((1, 1, 3))
+    scores[0, 0] = [0.0, np.log(3.0), np.log(2.0)]  # softmax 1/6, 1/2, 1/3
+    (row,) = sorted_confidences(scores, step=1)
+    # min-max over (1/6, 1/2, 1/3): 0, 1, 0.5; then descending
+    assert np.allclose(row, [1.0, 0.5, 0.0])
+
+
+def test_equal_scores_scale_to_zeros_not_nan():
+    (row,) = sorted_confidences(np.ones((1, 1, 4)), step=1)
+    assert np.array_equal(row, np.zeros(4))
+
+
+def test_naive_bayes_follows_the_multinomial_posterior():
+    log_prior = np.log([0.25, 0.75])
+    log_likelihood = np.log([[0.5, 0.5], [0.9, 0.1]])
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    # class 1 wins where log .75 + x·log(.9, .1) > log .25 + x·log(.5, .5)
+    expected = [
+        np.log(0.75) + np.log(0.9) > np.log(0.25) + np.log(0.5),
+        np.log(0.75) + np.log(0.1) > np.log(0.25) + np.log(0.5),
+        np.log(0.75) + np.log(0.09) > np.log(0.25) + np.log(0.25),
+    ]
+    assert naive_bayes_correct(x, log_prior, log_likelihood).tolist() == [
+        float(e) for e in expected
+    ]
+
+
+def test_the_fit_is_the_smoothed_count_ratio_and_separates_confident_pixels():
+    rng = np.random.default_rng(0)
+    confident = np.column_stack([np.ones(200), rng.uniform(0, 0.2, 200), np.zeros(200)])
+    unsure = np.column_stack([np.ones(200), rng.uniform(0.7, 1.0, 200), np.zeros(200)])
+    features = np.vstack([confident, unsure])
+    correct = np.r_[np.ones(200, int), np.zeros(200, int)]
+    log_prior, log_likelihood = fit_naive_bayes(features, correct, alpha=1.0)
+    assert np.allclose(np.exp(log_prior), [201 / 402, 201 / 402])
+    totals = features[correct == 1].sum(0) + 1.0
+    assert np.allclose(np.exp(log_likelihood[1]), totals / totals.sum())
+    predicted = naive_bayes_correct(features, log_prior, log_likelihood)
+    assert (predicted == correct).mean() > 0.95
+    scores = np.log(np.array([[[50.0, 1.0, 1.0]]]) + 1e-9)  # one dominating class
+    assert estimate_accuracy(scores, log_prior, log_likelihood) == 1.0
+
+
+def test_the_latency_predictor_is_equation_2():
+    assert predicted_latency(0.010, 100.0, 450.0) == pytest.approx(0.045)
+    # Algorithm 1 line 3: (τ_req − Δτ) · FLOP_pioneer / τ_pioneer
+    assert allowed_cost(0.050, 0.005, 0.010, 100.0) == pytest.approx(450.0)
+
+
+CANDIDATES = [
+    Candidate("big", 513, 1000.0),
+    Candidate("mid", 513, 600.0),
+    Candidate("low", 257, 250.0),
+]
+
+
+def test_the_most_accurate_candidate_that_fits_is_chosen():
+    pioneer = (513, 0.010, 100.0)  # 0.1 ms per unit of cost now
+    accuracy = np.array([0.9, 0.8, 0.85])
+    assert choose(CANDIDATES, pioneer, 0.2, 0.0, accuracy).index == 0
+    choice = choose(CANDIDATES, pioneer, 0.07, 0.0, accuracy)  # big (0.1 s) does not fit
+    # low is at another resolution: it pays its own pioneer after this one
+    assert choice.index == 2 and choice.predicted_s == pytest.approx(0.010 + 0.025)
+    assert choose(CANDIDATES, pioneer, 0.07, 0.02, accuracy).index == 2  # the allowance counts
+
+
+def test_a_slowdown_the_pioneer_measures_moves_the_choice_down():
+    accuracy = np.array([0.9, 0.8, 0.7])
+    unloaded, loaded = (513, 0.010, 100.0), (513, 0.025, 100.0)  # 2.5x slower now
+    assert choose(CANDIDATES, unloaded, 0.11, 0.0, accuracy).index == 0
+    slowed = choose(CANDIDATES, loaded, 0.11, 0.0, accuracy)
+    assert slowed.index == 2 and slowed.predicted_s == pytest.approx(0.025 + 0.0625)
+
+
+def test_without_accuracy_the_costliest_fitting_runs_and_nothing_fitting_runs_the_cheapest():
+    pioneer = (513, 0.010, 100.0)
+    assert choose(CANDIDATES, pioneer, 0.065, 0.0, None).index == 1
+    none_fit = choose(CANDIDATES, pioneer, 0.001, 0.0, None)
+    assert none_fit.index == 2 and not none_fit.fits
+
+
+def test_the_pioneer_predictor_is_a_clipped_line():
+    out = predicted_accuracy(0.5, np.array([1.0, 2.0, -3.0]), np.array([0.1, 0.5, 0.2]))
+    assert out.tolist() == [0.6, 1.0, 0.0]
+    assert fit_line(np.array([0.0, 1.0, 2.0]), np.array([1.0, 3.0, 5.0])) == pytest.approx((2, 1))
+    assert fit_line(np.ones(3), np.array([0.2, 0.4, 0.6])) == pytest.approx((0.0, 0.4))
+
+
+def _selector(**change) -> dict:
+    fields = {
+        "log_prior": [-0.7, -0.7],
+        "log_likelihood": [[-1.0] * 21, [-1.0] * 21],
+        "predictors": {"513": {"r513_d0": [1.0, 0.0]}},
+    }
+    return {**fields, **change}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"log_prior": [0.5, -0.1]},  # a log probability above 0
+        {"log_likelihood": [[float("nan")] * 21, [-1.0] * 21]},
+        {"predictors": {"513": {"r513_d0": [float("inf"), 0.0]}}},
+        {"allowance_s": -1.0},
+        {"surprise": 1},
+    ],
+)
+def test_malformed_parameters_are_refused(bad):
+    with pytest.raises(ValueError):
+        Selector.model_validate_json(json.dumps(_selector(**bad)))
