@@ -32,6 +32,7 @@ from cloud_trainer.config import TrainerConfig
 from cloud_trainer.device_clock import DeviceClock
 from cloud_trainer.mirror import ModelMirror
 from cloud_trainer.oneadapt.dnngrad import DnnGrad
+from cloud_trainer.opa.elastic_student import ElasticStudent, is_elastic
 from cloud_trainer.outgoing import Outgoing
 from cloud_trainer.recl.reuse import BASE, RETRAINED, ModelReuse
 from cloud_trainer.recl.selection import CURRENT
@@ -181,6 +182,9 @@ class Session:
         self.directory = directory
         self._teacher = teacher
         self._graph = initial_model  # the quantized student file: the truth of its graph
+        self._elastic = is_elastic(initial_model)  # OPA's sub-networks train with the student
+        if self._elastic and config.student.precision != "int8":
+            raise ValueError("an elastic student (OPA) trains at int8: set [student] precision")
         # the pretrained student as devices run it: what a rebase returns to
         self._base = for_precision(initial_model, config.student.precision)
         training = config.training
@@ -431,10 +435,14 @@ class Session:
                     "optimizer": _to_cpu(self.optimizer.state_dict())}, buffer)  # fmt: skip
         return buffer.getvalue()
 
-    def _student_of(self, data: bytes) -> TFLiteStudent:
+    def _student_of(self, data: bytes) -> TFLiteStudent | ElasticStudent:
         """The student holding the weights of the model file ``data``; a float16 device's is
-        trained in float, an int8 one's on the file's frozen grids."""
-        student = student_from(self._graph, data).to(self.config.training.device)
+        trained in float, an int8 one's on the file's frozen grids; an elastic student (OPA)
+        with its sub-networks and head."""
+        if self._elastic:
+            student = ElasticStudent(data).to(self.config.training.device)
+        else:
+            student = student_from(self._graph, data).to(self.config.training.device)
         student.fake_quant = self.config.student.precision == "int8"
         return student
 

@@ -92,7 +92,8 @@ def _bench(args: argparse.Namespace) -> int:
         name = "edge-opa"
         results = opa_bench.opa(
             Path(args.model), args.source, Path(args.teacher), budget_ms=args.opa_budget_ms,
-            loads=args.background, frames=args.frames, threads=args.threads,
+            loads=args.background, frames=args.frames, start=args.start_frame,
+            threads=args.threads,
         )  # fmt: skip
     elif args.swap_every:
         name = "edge-swap"
@@ -194,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="OPA: busy background processes to measure at, e.g. 0,1,2",
     )
     bench.add_argument("--teacher", help="OPA: the teacher .tflite that labels the frames")
+    bench.add_argument(
+        "--start-frame",
+        type=int,
+        default=0,
+        help="OPA: skip this many frames first (frames the elastic student was not trained on)",
+    )
     bench.add_argument("--duration", type=float, default=30.0, help="swap benchmark seconds")
     bench.add_argument("--json", action="store_true", help="one line of JSON")
     bench.add_argument("--no-save", action="store_true", help="do not write a result file")

@@ -14,6 +14,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 
 from cloud_trainer.cli import main as trainer_main
+from cloud_trainer.config import TrainerConfig
 from cloud_trainer.opa.elastic import (
     ElasticBuildError,
     ElasticLayout,
@@ -27,16 +28,19 @@ from cloud_trainer.opa.elastic_student import ElasticStudent
 from cloud_trainer.opa.fit import fit_selector, measure, with_selector
 from cloud_trainer.opa.head import fit_head
 from cloud_trainer.opa.train import ElasticTraining, train_elastic
+from cloud_trainer.session import Session
+from cloud_trainer.teacher import load_teacher
 from edge_runtime.backends.litert import LiteRtConfig
 from edge_runtime.opa import bench as opa_bench
 from edge_runtime.opa.runner import ElasticRunner, OpaSelection, at_resolution
 from edge_runtime.opa.selector import Selector, SelectorError, read_selector
 from edge_runtime.opa.subnets import ElasticModel, head_key, macs
 from edge_runtime.sources import open_source
-from shared_schema.envelope import sha256_hex
+from shared_schema.envelope import decode, encode, sha256_hex
 from shared_schema.messages import Update
 from shared_schema.tflite_file import TFLiteFile, TFLiteFormatError
 from shared_schema.update_formats import qdelta, verify_and_apply
+from tests.trainer_helpers import trainer_raw, vtest_segments
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +114,8 @@ def test_every_subnet_runs_and_costs_what_its_graph_says(elastic, frames, labels
     interpreter = Interpreter(model_content=elastic, num_threads=2)
     for subnet in model.subnets:
         out = _run(interpreter, subnet, frames[1])
-        assert out.shape == labels[1].shape  # label maps keep the student's size
+        side = subnet.resolution
+        assert out.shape == (side, side)  # a label map at the sub-network's own resolution
     by_name = {s.name: s for s in model.subnets}
     # Convolutions scale with the pixels: r257 holds about a quarter of r513's.
     ratio = by_name["r257_d0"].macs / by_name["r513_d0"].macs
@@ -225,11 +230,11 @@ def test_the_torch_twin_runs_every_subnet_as_litert_does(elastic, frames):
         for subnet in twin.model.subnets:
             image = at_resolution(frames[3], subnet.resolution)
             ours = twin.subnet_logits(torch.from_numpy(image[None]), subnet).argmax(1)[0].numpy()
+            tail = runner._runner(subnet.tail.key)
             features = runner.features(subnet.resolution, frames[3])
-            # LiteRT's tail resizes to 513: compare on the torch map's grid
-            theirs = runner.labels(subnet, features)
-            grid = np.linspace(0, 512, ours.shape[0]).round().astype(int)
-            assert (theirs[grid][:, grid] == ours).mean() > 0.995, subnet.name
+            theirs = tail(features=features)["labels"][0]
+            assert (theirs == ours).mean() > 0.999, subnet.name
+            assert runner.labels(subnet, features).shape == (513, 513)  # scaled up, nearest
         scores = twin.head_scores(torch.from_numpy(frames[3][None]))[0].permute(1, 2, 0).numpy()
         assert np.allclose(scores, runner.scores(513, runner.features(513, frames[3])))
 
@@ -354,3 +359,29 @@ def test_opa_build_errors_are_one_line(shared_dir, tmp_path, capsys, change, mes
     assert trainer_main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_an_elastic_students_session_trains_its_subnets_and_sends_verified_updates(
+    shared_dir, elastic, tmp_path
+):
+    model = tmp_path / "elastic.tflite"
+    model.write_bytes(elastic)
+    raw = trainer_raw(tmp_path, lr=0.01, gamma=1.0)  # every weight, far enough to move a step
+    raw["student"]["model"] = model
+    config = TrainerConfig.model_validate(raw)
+    session = Session(
+        "cam-1", config, load_teacher(config.teacher), elastic, directory=tmp_path / "cam-1"
+    )
+    assert isinstance(session.student, ElasticStudent)
+    segment, h264 = vtest_segments(shared_dir)[0]
+    session.deliver(decode(encode(segment, device_id="cam-1", seq=1, boot="1" * 16, body=h264)))
+    out = []
+    while session.has_work:
+        out += session.step()
+    (update,) = [o for o in out if isinstance(o.msg, Update)]
+    applied = verify_and_apply(update.msg, elastic, update.body)  # the device's own check
+    before, after = TFLiteFile(elastic), TFLiteFile(applied.data)
+    head = next(t for t in before.trainable if t.name == "opa/head/weights")
+    assert not np.array_equal(before.values(head), after.values(head))  # the head trained too
+    assert applied.data == session.mirror.data
+    ElasticModel.of(applied.data)

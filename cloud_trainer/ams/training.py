@@ -134,19 +134,19 @@ def train_phase(
     started = time.perf_counter()
     student.train()
     optimizer.begin_phase()
-    weights: torch.Tensor | None = None
     losses = []
     subset = classes if config.class_subset else None
+    weights = None if subset is None else class_weights(subset, student.num_classes, config.device)
     for step in range(config.iterations):
         rgb, labels, soft = buffer.batch(config.batch_size, rng, config.resolution, held_out)
-        logits = student(torch.from_numpy(rgb).to(config.device))
+        x = torch.from_numpy(rgb).to(config.device)
         target = torch.from_numpy(labels.astype(np.int64)).to(config.device)
-        if config.distillation == "kl" and soft is not None:
-            loss = kl_loss(logits, soft.to(config.device), target, subset, config.temperature)
+        if hasattr(student, "sandwich_loss"):  # an elastic student: its sub-networks too (OPA)
+            loss = student.sandwich_loss(x, target, weights, rng)
+        elif config.distillation == "kl" and soft is not None:
+            loss = kl_loss(student(x), soft.to(config.device), target, subset, config.temperature)
         else:  # also a batch holding samples labelled before KL was on (an older checkpoint)
-            if weights is None and subset is not None:
-                weights = class_weights(subset, logits.shape[1], config.device)
-            loss = F.cross_entropy(logits, target, weight=weights)
+            loss = F.cross_entropy(student(x), target, weight=weights)
         student.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.lr = phase_lr(config, step)

@@ -9,9 +9,10 @@ resolution has a pioneer (the first stages, up to the last residual block at
 weights) and one tail per depth. Every subgraph gets a copy of one tensor table (subgraph 0's
 tensors, then the head's and the new size constants), its shapes at its resolution, so a tensor
 index is one tensor in every subgraph and every weight has one buffer: the rule
-``shared_schema.tflite_file`` checks, which makes one qdelta patch every sub-network. Label maps
-stay at the student's output size whatever the resolution, so the runtime's geometry does not
-change when OPA switches sub-networks.
+``shared_schema.tflite_file`` checks, which makes one qdelta patch every sub-network. A
+sub-network's label map is at its own resolution: resizing 21 score maps to the student's
+513x513 and taking their argmax would cost the small ones as much as their convolutions; the
+device scales the labels up instead (`edge_runtime.opa.runner`).
 """
 
 from __future__ import annotations
@@ -180,7 +181,6 @@ class _Builder:
         self.skipped = {d: tail_blocks[:d] for d in layout.depths}
         self.table = list(graph.tensors)
         self.head_tensors = self._head(head)
-        self.at_output_size = self._output_geometry()
 
     # -- tensors -------------------------------------------------------------------------------
 
@@ -234,16 +234,6 @@ class _Builder:
             _tensor(b"opa/head/scores", out_shape, schema.TensorType.UINT8, s_scale, s_zero)
         )
         return w, b, s
-
-    def _output_geometry(self) -> set[int]:
-        """Tensors at the student's output size whatever the resolution: those after a resize to
-        the input's size."""
-        fixed: set[int] = set()
-        for op in self.file.operators:
-            to_input_size = op.code == _OP.RESIZE_BILINEAR and self._size_constant(op) == self.size
-            if to_input_size or any(t in fixed for t in op.inputs):
-                fixed.update(op.outputs)
-        return fixed
 
     def _size_constant(self, op: Operator) -> int:
         height, width = self.file.tensor_values(op.inputs[1]).ravel()
@@ -311,13 +301,14 @@ class _Builder:
         return op
 
     def _size_tensors(self, resolution: int) -> dict[int, int]:
-        """For each size constant of a resize to a feature map, the constant at `resolution`."""
+        """For each resize's size constant (a feature map's, or the input's), the constant at
+        `resolution`."""
         out = {}
         for op in self.file.operators:
             if op.code != _OP.RESIZE_BILINEAR or op.inputs[1] in out:
                 continue
             side = self._size_constant(op)
-            if side != self.size:
+            if resolution != self.size:
                 scaled = self._scaled(side, resolution)
                 tensor = _tensor(
                     f"opa/size_r{resolution}_{side}".encode(), (2,), schema.TensorType.INT32
@@ -372,7 +363,7 @@ class _Builder:
                 tensor.name = b""
             shape = None if tensor.shape is None else [int(d) for d in tensor.shape]
             constant = self.model.buffers[tensor.buffer].data is not None
-            if len(shape or ()) >= 3 and not constant and index not in self.at_output_size:
+            if len(shape or ()) >= 3 and not constant:
                 shape[1:3] = (self._scaled(side, resolution) for side in shape[1:3])
                 tensor.shape = np.array(shape, np.int32)
             out.append(tensor)

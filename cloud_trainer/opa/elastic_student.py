@@ -7,7 +7,8 @@ weights, the head's included."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from itertools import chain
 
 import numpy as np
 import torch
@@ -15,12 +16,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cloud_trainer.opa.elastic import residual_blocks
-from cloud_trainer.student import import_tflite, quantized_weights
+from cloud_trainer.student import QuantizedConstant, import_tflite
 from cloud_trainer.student.tflite.builders import BUILDERS
 from cloud_trainer.student.tflite.graph import Graph
 from cloud_trainer.student.tflite.ops import Env, Node, Op
 from edge_runtime.opa.subnets import FEATURES, ElasticModel, Subnet
-from shared_schema.tflite_file import TFLiteFile
+from shared_schema.tflite_file import TFLiteFile, TFLiteFormatError
+
+
+def is_elastic(data: bytes) -> bool:
+    """Whether the model file declares OPA sub-networks."""
+    try:
+        ElasticModel.of(data)
+    except TFLiteFormatError:
+        return False
+    return True
 
 
 class ElasticStudent(nn.Module):
@@ -42,6 +52,28 @@ class ElasticStudent(nn.Module):
 
     def forward(self, x: Tensor | np.ndarray) -> Tensor:
         return self.student(x)
+
+    @property
+    def num_classes(self) -> int:
+        return self.student.num_classes
+
+    @property
+    def fake_quant(self) -> bool:
+        return self.student.fake_quant
+
+    @fake_quant.setter
+    def fake_quant(self, value: bool) -> None:
+        self.student.fake_quant = value
+
+    def constants(self) -> Iterator[QuantizedConstant]:
+        """Every weight and bias in graph order, then the head's: what a write-back stores."""
+        return chain(self.student.constants(), (self.head.weight, self.head.bias))
+
+    def sandwich_loss(
+        self, rgb: Tensor, labels: Tensor, weights: Tensor | None, rng: np.random.Generator
+    ) -> Tensor:
+        """One training step's loss by the sandwich rule (`sandwich`, `sandwich_loss`)."""
+        return sandwich_loss(self, rgb, labels, sandwich(self.model, rng), weights)
 
     def _skipped_positions(self, subnet: Subnet) -> frozenset[int]:
         kept = {out for op in self.file.operators_of(subnet.tail.subgraph) for out in op.outputs}
@@ -113,8 +145,7 @@ class ElasticStudent(nn.Module):
 
     def stored(self) -> dict[int, np.ndarray]:
         """Every weight and bias at its frozen grid, the head's included, by tensor index."""
-        head = {c.spec.tensor_index: c.stored() for c in (self.head.weight, self.head.bias)}
-        return {**quantized_weights(self.student), **head}
+        return {c.spec.tensor_index: c.stored() for c in self.constants()}
 
 
 def _head_op(file: TFLiteFile, model: ElasticModel) -> Op:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from cloud_trainer.ams.training import class_weights
-from cloud_trainer.opa.elastic_student import ElasticStudent, sandwich, sandwich_loss
+from cloud_trainer.opa.elastic_student import ElasticStudent
 from shared_schema.metrics import ClassSubset
 
 
@@ -59,7 +59,7 @@ def train_elastic(
     elastic.train()
     for _ in range(settings.steps):
         rgb, target = random_crops(frames, labels, settings.batch_size, settings.crop, rng)
-        loss = sandwich_loss(elastic, rgb, target, sandwich(elastic.model, rng), weights)
+        loss = elastic.sandwich_loss(rgb, target, weights, rng)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -29,7 +29,7 @@ from edge_runtime.sources import open_source
 from shared_schema.metrics import ClassSubset, miou
 
 _BUSY = "while True: pass"  # one core's worth of a background application
-_CALIBRATION_FRAMES = 8
+_CALIBRATION_FRAMES = 16
 
 
 @contextmanager
@@ -45,20 +45,28 @@ def background_load(processes: int) -> Iterator[list[subprocess.Popen]]:
             process.wait()
 
 
-def _timed(run: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
+def _timed(run: Callable[..., np.ndarray], *args: object) -> tuple[np.ndarray, float]:
     started = time.perf_counter()
-    labels = run()
+    labels = run(*args)
     return labels, time.perf_counter() - started
 
 
-def unloaded_latency(runner: ElasticRunner, frames: Sequence[np.ndarray]) -> dict[str, float]:
-    """Each sub-network's median latency on a few frames, nothing else running."""
-    out = {}
+def unloaded_latency(
+    runner: ElasticRunner, frames: Sequence[np.ndarray]
+) -> tuple[dict[str, float], dict[int, float]]:
+    """Each sub-network's and each pioneer's median latency, nothing else running, all of them
+    on each frame in turn (so that the machine's drift hits them alike)."""
+    subnets = {s.name: [] for s in runner.model.subnets}
+    pioneers = {r: [] for r in runner.model.pioneers}
     for subnet in runner.model.subnets:
         runner.run(subnet, frames[0])  # allocate and warm up
-        times = [_timed(lambda s=subnet, f=f: runner.run(s, f))[1] for f in frames]
-        out[subnet.name] = statistics.median(times)
-    return out
+    for frame in frames:
+        for subnet in runner.model.subnets:
+            subnets[subnet.name].append(_timed(runner.run, subnet, frame)[1])
+        for resolution in pioneers:
+            pioneers[resolution].append(_timed(runner.features, resolution, frame)[1])
+    median = statistics.median
+    return {n: median(t) for n, t in subnets.items()}, {r: median(t) for r, t in pioneers.items()}
 
 
 class _Tally:
@@ -103,6 +111,7 @@ def opa(
     budget_ms: float,
     loads: Sequence[int] = (0, 1, 2),
     frames: int = 150,
+    start: int = 0,
     threads: int = 2,
 ) -> dict[str, object]:
     """The benchmark; see the module docstring."""
@@ -113,13 +122,16 @@ def opa(
     except SelectorError as exc:
         selector, refused = None, str(exc)
     with open_source(source) as decoded:
-        rgb = [f.rgb(513, 513) for _, f in zip(range(frames), decoded, strict=False)]
+        picked = zip(range(start + frames), decoded, strict=False)
+        rgb = [f.rgb(513, 513) for i, f in picked if i >= start]
+    if not rgb:
+        raise ValueError(f"{source}: no frames from frame {start}")
     with LiteRtConfig(threads=threads).open(teacher.read_bytes()) as labeller:
         truth = [labeller.infer(f) for f in rgb]
     subset = ClassSubset(runner.model.file.num_classes)
     for labels in truth:
         subset.observe(labels)
-    unloaded = unloaded_latency(runner, rgb[:_CALIBRATION_FRAMES])
+    unloaded, unloaded_pioneers = unloaded_latency(runner, rgb[:_CALIBRATION_FRAMES])
     budget_s = budget_ms / 1000
     by_name = {s.name: s for s in runner.model.subnets}
     fitting = [s for s in runner.model.subnets if unloaded[s.name] <= budget_s]
@@ -127,15 +139,18 @@ def opa(
     levels = {}
     for load in loads:
         with background_load(load):
+            costs = (lambda s: unloaded[s.name], unloaded_pioneers.__getitem__)
             levels[str(load)] = _level(runner, selector, rgb, truth, subset.classes, budget_s,
-                                       unloaded, table)  # fmt: skip
+                                       costs, table)  # fmt: skip
     return {
         "model": str(model),
         "source": source,
         "frames": len(rgb),
+        "start_frame": start,
         "budget_ms": budget_ms,
         "selector": "refused: " + refused if refused else ("shipped" if selector else "none"),
         "unloaded_ms": {n: round(1000 * t, 2) for n, t in unloaded.items()},
+        "unloaded_pioneer_ms": {r: round(1000 * t, 2) for r, t in unloaded_pioneers.items()},
         "macs": {n: s.macs for n, s in by_name.items()},
         "static_table_choice": table.name,
         "loads": levels,
@@ -150,18 +165,18 @@ def _level(
     truth: Sequence[np.ndarray],
     classes: tuple[int, ...],
     budget_s: float,
-    unloaded: dict[str, float],
+    costs: tuple,
     table: Subnet,
 ) -> dict[str, dict[str, object]]:
     fixed = {f"fixed:{s.name}": s for s in runner.model.subnets}
     opa_schemes = {
-        "opa": OpaSelection(runner, selector, budget_s, cost=lambda s: unloaded[s.name]),
+        "opa": OpaSelection(runner, selector, budget_s, costs),
         "opa:macs": OpaSelection(runner, selector, budget_s),
     }
     tallies = {name: _Tally() for name in [*fixed, "static_table", *opa_schemes]}
     for frame, labels in zip(rgb, truth, strict=True):
         for name, subnet in fixed.items():
-            out, seconds = _timed(lambda s=subnet, f=frame: runner.run(s, f))
+            out, seconds = _timed(runner.run, subnet, frame)
             tallies[name].latency.append(seconds)
             tallies[name].miou.append(miou(out, labels, classes))
         # The static choice is one fixed sub-network: the same numbers, tallied again.

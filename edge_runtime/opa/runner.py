@@ -23,7 +23,9 @@ from edge_runtime.opa.search import Candidate, Choice, choose, predicted_accurac
 from edge_runtime.opa.selector import Selector
 from edge_runtime.opa.subnets import FEATURES, IMAGE, LABELS, SCORES, ElasticModel, Subnet
 
+# F of eq. 2 for a sub-network, and for the pioneer at a resolution, in the same unit.
 Cost = Callable[[Subnet], float]
+PioneerCost = Callable[[int], float]
 
 
 def at_resolution(rgb: np.ndarray, resolution: int) -> np.ndarray:
@@ -40,6 +42,8 @@ class ElasticRunner:
         self.model = ElasticModel.of(data)
         self._interpreter = litert().Interpreter(model_content=data, num_threads=threads)
         self._runners: dict[str, Any] = {}
+        self.size = self.model.file.input_size[0]  # the student's: every label map's
+        self._nearest: dict[int, np.ndarray] = {}
         scores = self.model.file.tensor(self.model.scores_tensor)
         self._scores_grid = (float(scores.scale[0]), int(scores.zero_point[0]))
 
@@ -60,8 +64,15 @@ class ElasticRunner:
         return (raw.astype(np.float32) - zero_point) * scale
 
     def labels(self, subnet: Subnet, features: np.ndarray) -> np.ndarray:
-        """The sub-network's label map, continuing from its pioneer's features."""
-        return self._runner(subnet.tail.key)(**{FEATURES: features})[LABELS][0]
+        """The sub-network's label map at the student's output size, continuing from its
+        pioneer's features (a smaller map scaled up by nearest neighbour)."""
+        labels = self._runner(subnet.tail.key)(**{FEATURES: features})[LABELS][0]
+        if labels.shape[0] == self.size:
+            return labels
+        rows = self._nearest.setdefault(
+            labels.shape[0], np.linspace(0, labels.shape[0] - 1, self.size).round().astype(np.intp)
+        )
+        return labels[rows][:, rows]
 
     def run(self, subnet: Subnet, rgb: np.ndarray) -> np.ndarray:
         """One sub-network end to end."""
@@ -89,25 +100,21 @@ class OpaSelection:
         runner: ElasticRunner,
         selector: Selector | None,
         budget_s: float,
-        cost: Cost | None = None,
+        costs: tuple[Cost, PioneerCost] | None = None,
     ) -> None:
+        """`costs`: F for sub-networks and pioneers (their unloaded latencies, say); by default
+        their multiply-accumulates, as seed 004 counts FLOPs."""
         self.runner = runner
         self.selector = selector
         self.budget_s = budget_s
         self.subnets = runner.model.subnets
-        cost = cost or (lambda s: float(s.macs))
-        self._pioneer_cost = self._pioneer_costs(cost)
+        cost, pioneer_cost = costs or (
+            lambda s: float(s.macs),
+            lambda r: float(runner.model.pioneer_macs[r]),
+        )
+        self._pioneer_cost = {r: pioneer_cost(r) for r in runner.model.pioneers}
         self._candidates = [Candidate(s.name, s.resolution, cost(s)) for s in self.subnets]
         self.resolution = runner.model.largest.resolution  # the pioneer tests the water here
-
-    def _pioneer_costs(self, cost: Cost) -> dict[int, float]:
-        # A subnet's cost includes its pioneer's: the pioneer alone is the share MACs give it.
-        model = self.runner.model
-        out = {}
-        for resolution in model.pioneers:
-            subnet = next(s for s in model.subnets if s.resolution == resolution)
-            out[resolution] = cost(subnet) * model.pioneer_macs[resolution] / subnet.macs
-        return out
 
     def infer(self, rgb: np.ndarray) -> tuple[np.ndarray, FrameChoice]:
         started = time.perf_counter()
