@@ -160,6 +160,14 @@ class OneAdaptSection(_Section):
     frames: int = Field(32, ge=1, le=1024)  # sampled frames kept for the gradient to find
 
 
+class OpaSection(_Section):
+    """OPA (seed 004) on the device: the model is an elastic student and each frame runs the
+    sub-network OPA picks for ``budget_ms``; off by default (the model runs whole)."""
+
+    enabled: bool = False
+    budget_ms: float = Field(50.0, gt=0.0, le=10_000.0)  # per frame, inference alone
+
+
 class SourceSection(_Section):
     # A video file, an rtsp:// / http(s):// / rtmp:// stream, /dev/videoN (V4L2) or picamera2:
     uri: str | None = None
@@ -186,6 +194,7 @@ class Profile(_Section):
     buffer: BufferSection
     knobs: KnobsSection = KnobsSection()
     oneadapt: OneAdaptSection = OneAdaptSection()
+    opa: OpaSection = OpaSection()
     source: SourceSection = SourceSection()
     telemetry: TelemetrySection = TelemetrySection()
 
@@ -198,6 +207,8 @@ class Profile(_Section):
             self.inference.backend == Backend.EDGETPU
         ):
             raise ValueError("model.format 'edgetpu-tflite' goes with backend 'edgetpu' only")
+        if self.opa.enabled and self.inference.backend != Backend.LITERT:
+            raise ValueError(f"[opa] runs its sub-networks on backend '{Backend.LITERT}' only")
         initial = self.knobs.refusal(self.buffer.initial_knobs)
         if initial is not None:
             raise ValueError(f"the [buffer] knobs: {initial}")

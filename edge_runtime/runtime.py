@@ -27,9 +27,11 @@ from importlib.metadata import version as package_version
 
 import numpy as np
 
+from edge_runtime.backends.base import Engine
 from edge_runtime.frames import Frame
 from edge_runtime.model_slots import ModelSlots
 from edge_runtime.oneadapt.adapter import KnobAdapter
+from edge_runtime.opa.engine import OpaEngine
 from edge_runtime.priority import lower_thread_priority
 from edge_runtime.profile import Profile
 from edge_runtime.results import ResultSink, SummaryPublisher
@@ -51,6 +53,7 @@ from shared_schema.messages import (
     Hello,
     MessageType,
     ModelFormat,
+    OpaTelemetry,
     UpdateFormat,
 )
 from shared_schema.signing import Keyring
@@ -133,7 +136,7 @@ class EdgeRuntime:
         slots = ModelSlots(
             profile.model.slot_dir,
             initial_model=profile.model.initial,
-            open_engine=profile.inference.open,
+            open_engine=engine_opener(profile),
             device_id=profile.device.id,
             keyring=Keyring.load(keys) if keys else None,
             counters=counters,
@@ -368,8 +371,22 @@ class EdgeRuntime:
                 spool_depth=self.uplink.depth,
                 model_version=self.model.version,
                 counters=self.counters.snapshot() | self.segments.counters.snapshot(),
+                opa=opa_telemetry(self.model.engine),
             )
             self.endpoint.send(telemetry)  # type: ignore[union-attr]
+
+
+def engine_opener(profile: Profile) -> Callable[[bytes], Engine]:
+    """How the device turns model bytes into its engine: the profile's back-end, or OPA's
+    choice of sub-network on it where ``[opa]`` is on."""
+    if not profile.opa.enabled:
+        return profile.inference.open
+    return lambda data: OpaEngine(data, profile.inference, profile.opa.budget_ms)
+
+
+def opa_telemetry(engine: Engine) -> OpaTelemetry | None:
+    """What OPA chose lately, where the engine is OPA's."""
+    return engine.telemetry() if isinstance(engine, OpaEngine) else None
 
 
 class Prefetcher:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from shared_schema.messages import MAX_COUNTERS, Telemetry
+from shared_schema.messages import MAX_COUNTERS, OpaTelemetry, Telemetry
 
 
 class FrameStats:
@@ -58,6 +58,7 @@ class TelemetryReporter:
         spool_depth: int,
         model_version: int | None,
         counters: dict[str, int],
+        opa: OpaTelemetry | None = None,
     ) -> Telemetry:
         now, frames = self._clock(), self._stats.frames
         then, frames_then = self._last
@@ -76,4 +77,5 @@ class TelemetryReporter:
             spool_depth=spool_depth,
             model_version=model_version,
             counters=dict(sorted(counters.items())[:MAX_COUNTERS]),
+            opa=opa,
         )

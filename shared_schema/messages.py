@@ -120,6 +120,19 @@ class Segment(Message):
         return self
 
 
+class OpaTelemetry(Message):
+    """What OPA (seed 004) chose on the device over a telemetry interval's window of frames."""
+
+    budget_ms: NonNeg
+    selector: Literal["shipped", "none", "refused"]  # refused: latency alone chooses
+    frames: Count
+    over_budget: Count  # frames whose latency passed the budget
+    subnets: dict[Name, Count] = Field(default_factory=dict, max_length=MAX_COUNTERS)
+    predicted_p50_ms: NonNeg
+    actual_p50_ms: NonNeg
+    selection_p50_ms: NonNeg  # head, estimator, predictors, search
+
+
 class Telemetry(Message):
     """Device → trainer every N seconds."""
 
@@ -136,6 +149,7 @@ class Telemetry(Message):
     spool_depth: Count
     model_version: Version | None = None
     counters: dict[Name, Count] = Field(default_factory=dict, max_length=MAX_COUNTERS)
+    opa: OpaTelemetry | None = None  # where the profile's [opa] is on
 
 
 class Results(Message):

@@ -30,14 +30,18 @@ from cloud_trainer.opa.head import fit_head
 from cloud_trainer.opa.train import ElasticTraining, train_elastic
 from cloud_trainer.session import Session
 from cloud_trainer.teacher import load_teacher
+from edge_runtime.backends.base import ModelError
 from edge_runtime.backends.litert import LiteRtConfig
 from edge_runtime.opa import bench as opa_bench
+from edge_runtime.opa.engine import OpaEngine
 from edge_runtime.opa.runner import ElasticRunner, OpaSelection, at_resolution
 from edge_runtime.opa.selector import Selector, SelectorError, read_selector
 from edge_runtime.opa.subnets import ElasticModel, head_key, macs
+from edge_runtime.profile import ProfileError, bundled_profile
+from edge_runtime.runtime import EdgeRuntime
 from edge_runtime.sources import open_source
 from shared_schema.envelope import decode, encode, sha256_hex
-from shared_schema.messages import Update
+from shared_schema.messages import Telemetry, Update
 from shared_schema.tflite_file import TFLiteFile, TFLiteFormatError
 from shared_schema.update_formats import qdelta, verify_and_apply
 from tests.trainer_helpers import trainer_raw, vtest_segments
@@ -385,3 +389,50 @@ def test_an_elastic_students_session_trains_its_subnets_and_sends_verified_updat
     assert not np.array_equal(before.values(head), after.values(head))  # the head trained too
     assert applied.data == session.mirror.data
     ElasticModel.of(applied.data)
+
+
+def test_the_runtime_runs_opa_frame_by_frame_and_reports_it(
+    shared_dir, elastic, measured, tmp_path
+):
+    model = tmp_path / "elastic.tflite"
+    model.write_bytes(with_selector(elastic, fit_selector(measured)))
+    profile = bundled_profile(
+        "cpu",
+        tmp_path,
+        device_id="cpu-0",
+        model={"initial": str(model)},
+        opa={"enabled": True, "budget_ms": 1000.0},
+    )
+    runtime = EdgeRuntime.from_profile(profile, connect=False)
+    engine = runtime.model.engine
+    assert isinstance(engine, OpaEngine) and engine.selector_state == "shipped"
+    with open_source(str(shared_dir / "videos/vtest.avi")) as source:
+        for i, frame in zip(range(6), source, strict=False):
+            if i == 3:
+                engine.selection.budget_s = 1e-6  # a load no sub-network fits: the smallest
+            assert runtime.process(frame).shape == (513, 513)  # every frame labelled
+    report = engine.telemetry()
+    assert report.frames == 6 and report.selector == "shipped"
+    assert report.subnets == {"r513_d0": 3, "r257_d8": 3}
+    assert report.over_budget == 3 and report.actual_p50_ms > 0
+    telemetry = runtime._telemetry.report(
+        bytes_up=0, bytes_down=0, swaps=0, spool_depth=0, model_version=None, counters={},
+        opa=report,
+    )  # fmt: skip
+    assert Telemetry.model_validate(telemetry.model_dump()).opa == report  # it travels there
+    runtime.shutdown()
+
+
+def test_opa_on_a_plain_model_is_a_model_error(shared_dir, tmp_path):
+    profile = bundled_profile(
+        "cpu", tmp_path, device_id="cpu-0", opa={"enabled": True, "budget_ms": 20.0}
+    )
+    with pytest.raises(ModelError, match=r"not an elastic student.*cloud-trainer opa build"):
+        EdgeRuntime.from_profile(profile, connect=False)
+
+
+def test_opa_needs_the_litert_backend(tmp_path):
+    with pytest.raises(ProfileError, match="opa"):
+        bundled_profile(
+            "coral-devboard", tmp_path, device_id="coral-0", opa={"enabled": True},
+        )  # fmt: skip

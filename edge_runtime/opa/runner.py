@@ -89,7 +89,12 @@ class FrameChoice:
     pioneer_s: float  # the pioneer that tested the water
     selection_s: float  # head, estimator, predictors and search
     estimate: float | None  # Â_pioneer; None without a selector
-    fits: bool
+    fits: bool  # predicted to fit the budget
+    budget_s: float  # the budget in force
+
+    @property
+    def over_budget(self) -> bool:
+        return self.actual_s > self.budget_s
 
 
 class OpaSelection:
@@ -136,6 +141,7 @@ class OpaSelection:
             selected - started - pioneer_s,
             estimate,
             choice.fits,
+            self.budget_s,
         )
 
     def _choose(self, features: np.ndarray, pioneer_s: float) -> tuple[Choice, float | None]:

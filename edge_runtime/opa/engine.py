@@ -1,0 +1,123 @@
+"""OPA as the runtime's inference engine (``[opa] enabled``): each frame runs the sub-network
+OPA picks for the profile's budget, and the choices go into telemetry.
+
+The engine opens an elastic student (``cloud-trainer opa build``); a plain model is a
+`ModelError`, so an update that would take the sub-networks away is refused like any model the
+device cannot load. Its selection parameters are read from the file; a set that does not fit is
+logged and the engine picks by latency alone (the largest sub-network the measured load
+allows). Eq. 2's costs are the sub-networks' and pioneers' latencies, timed once when the
+engine opens (on the builder thread, off the frame loop): MACs mispredict them (measured in
+``edge-runtime bench --opa-budget-ms``)."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections import deque
+
+import numpy as np
+
+from edge_runtime.backends.base import BackendConfig, Engine, ModelError
+from edge_runtime.backends.tensors import TensorSpec, normalization_table
+from edge_runtime.opa.runner import ElasticRunner, FrameChoice, OpaSelection
+from edge_runtime.opa.selector import SelectorError, read_selector
+from shared_schema.messages import OpaTelemetry
+from shared_schema.tflite_file import TFLiteFormatError
+
+log = logging.getLogger(__name__)
+_CALIBRATION_RUNS = 3
+_WINDOW = 1024  # frames telemetry summarises
+
+
+class OpaEngine(Engine):
+    name = "opa"
+
+    def __init__(self, data: bytes, config: BackendConfig, budget_ms: float) -> None:
+        try:
+            self.runner = ElasticRunner(data, config.threads)
+        except TFLiteFormatError as exc:
+            raise ModelError(
+                f"[opa] is on but the model is not an elastic student ({exc}): build one with"
+                " `cloud-trainer opa build`, or set [opa] enabled = false"
+            ) from exc
+        self._check_input(config)
+        try:
+            selector = read_selector(self.runner.model)
+        except SelectorError as exc:
+            log.warning("opa: selection parameters refused (%s): choosing by latency alone", exc)
+            selector, self.selector_state = None, "refused"
+        else:
+            self.selector_state = "none" if selector is None else "shipped"
+        subnets, pioneers = self._calibrate()
+        costs = (lambda s: subnets[s.name], pioneers.__getitem__)
+        self.selection = OpaSelection(self.runner, selector, budget_ms / 1000, costs)
+        self._choices: deque[FrameChoice] = deque(maxlen=_WINDOW)
+
+    def _check_input(self, config: BackendConfig) -> None:
+        image = self.runner.model.file.tensor(self.runner.model.file.inputs[0])
+        spec = TensorSpec(image.shape, np.dtype(image.dtype), float(image.scale[0]),
+                          int(image.zero_point[0]))  # fmt: skip
+        table = normalization_table(spec, config.input_mean, config.input_std)
+        if not np.array_equal(table.astype(np.int64), np.arange(256)):
+            raise ModelError("[opa] needs a model that takes the raw uint8 pixels (Coral's)")
+
+    def _calibrate(self) -> tuple[dict[str, float], dict[int, float]]:
+        """Each sub-network's and pioneer's latency on a mid-grey frame: F of eq. 2."""
+        frame = np.full((*self.input_size, 3), 128, np.uint8)
+        subnets: dict[str, list[float]] = {s.name: [] for s in self.runner.model.subnets}
+        pioneers: dict[int, list[float]] = {r: [] for r in self.runner.model.pioneers}
+        for run in range(_CALIBRATION_RUNS + 1):  # the first run allocates and warms up
+            for subnet in self.runner.model.subnets:
+                started = time.perf_counter()
+                self.runner.run(subnet, frame)
+                if run:
+                    subnets[subnet.name].append(time.perf_counter() - started)
+            for resolution in pioneers:
+                started = time.perf_counter()
+                self.runner.features(resolution, frame)
+                if run:
+                    pioneers[resolution].append(time.perf_counter() - started)
+        median = statistics.median
+        return {n: median(t) for n, t in subnets.items()}, {
+            r: median(t) for r, t in pioneers.items()
+        }
+
+    @property
+    def budget_ms(self) -> float:
+        return self.selection.budget_s * 1000
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.runner.model.file.input_size
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.runner.model.file.num_classes
+
+    def infer(self, rgb: np.ndarray) -> np.ndarray:
+        labels, choice = self.selection.infer(rgb)
+        self._choices.append(choice)
+        return labels
+
+    def telemetry(self) -> OpaTelemetry:
+        """The window's choices, latencies and overhead."""
+        choices = list(self._choices)
+
+        def p50_ms(values: list[float]) -> float:
+            return 1000 * statistics.median(values) if values else 0.0
+
+        names = [c.subnet for c in choices]
+        return OpaTelemetry(
+            budget_ms=self.budget_ms,
+            selector=self.selector_state,
+            frames=len(choices),
+            over_budget=sum(c.over_budget for c in choices),
+            subnets={n: names.count(n) for n in sorted(set(names))},
+            predicted_p50_ms=p50_ms([c.predicted_s for c in choices]),
+            actual_p50_ms=p50_ms([c.actual_s for c in choices]),
+            selection_p50_ms=p50_ms([c.selection_s for c in choices]),
+        )
+
+    def close(self) -> None:
+        self.runner = None  # type: ignore[assignment]
