@@ -357,7 +357,7 @@ class _Builder:
     def _tensors_at(self, resolution: int, names: bool) -> list[schema.TensorT]:
         """The shared tensor table with its activations' shapes at `resolution`."""
         out = []
-        for index, tensor in enumerate(self.table):
+        for tensor in self.table:
             tensor = copy.copy(tensor)
             if not names:
                 tensor.name = b""

@@ -43,14 +43,19 @@ print(json.dumps({"load_s": time.perf_counter() - start, "rss_kb": rss() - befor
 """
 
 
-def _median_ms(run: Callable[[np.ndarray], object], frames: list[np.ndarray]) -> float:
-    run(frames[0])  # the first call allocates and warms up
-    times = []
+def _paired_times(
+    calls: dict[tuple[str, str], Callable[[np.ndarray], object]], frames: list[np.ndarray]
+) -> dict[tuple[str, str], list[float]]:
+    """Seconds of every call on every frame, the calls in turn on each frame."""
+    for call in calls.values():
+        call(frames[0])  # the first call allocates and warms up
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
     for frame in frames:
-        start = time.perf_counter()
-        run(frame)
-        times.append(time.perf_counter() - start)
-    return round(1000 * float(np.median(times)), 2)
+        for key, call in calls.items():
+            start = time.perf_counter()
+            call(frame)
+            times[key].append(time.perf_counter() - start)
+    return times
 
 
 def _resized(rgb: np.ndarray, side: int) -> np.ndarray:
@@ -84,29 +89,33 @@ def measure_forms(
         plain.set_tensor(plain_input, rgb[None])
         plain.invoke()
 
-    subnets = {}
+    # Every measured call on each frame in turn, paired: the machine's drift hits them alike.
+    calls: dict[tuple[str, str], Callable[[np.ndarray], object]] = {("student", "plain"): run_plain}
     for subnet in model.subnets:
         r, d = subnet.resolution, subnet.depth
         pioneer = interpreter.get_signature_runner(subnet.pioneer.key)
         tail = interpreter.get_signature_runner(subnet.tail.key)
         head_runner = interpreter.get_signature_runner(head_key(r))
         whole = interpreter.get_signature_runner(whole_key(r, d))
-        inputs = [_resized(f, r) for f in frames]
-        features = pioneer(image=inputs[0])["features"]
-        subnets[subnet.name] = {
-            "macs": subnet.macs,
-            "split_ms": _median_ms(
-                lambda x, p=pioneer, t=tail: t(features=p(image=x)["features"]), inputs
-            ),
-            "whole_ms": _median_ms(lambda x, w=whole: w(image=x), inputs),
-            "pioneer_ms": _median_ms(lambda x, p=pioneer: p(image=x), inputs),
-            "head_ms": _median_ms(lambda _, h=head_runner, f=features: h(features=f), inputs),
-        }
-    plain_ms = _median_ms(run_plain, frames)
+        features = pioneer(image=_resized(frames[0], r))["features"]
+        calls[subnet.name, "split"] = lambda f, p=pioneer, t=tail, r=r: t(
+            features=p(image=_resized(f, r))["features"]
+        )
+        calls[subnet.name, "whole"] = lambda f, w=whole, r=r: w(image=_resized(f, r))
+        calls[subnet.name, "pioneer"] = lambda f, p=pioneer, r=r: p(image=_resized(f, r))
+        calls[subnet.name, "head"] = lambda _, h=head_runner, x=features: h(features=x)
+    times = _paired_times(calls, frames)
+    plain_ms = round(1000 * float(np.median(times["student", "plain"])), 2)
+    subnets = {}
+    for subnet in model.subnets:
+        row: dict[str, object] = {"macs": subnet.macs}
+        for part in ("split", "whole", "pioneer", "head"):
+            row[f"{part}_ms"] = round(1000 * float(np.median(times[subnet.name, part])), 2)
+        ratio = np.array(times[subnet.name, "split"]) / np.array(times[subnet.name, "whole"])
+        row["split_over_whole"] = round(float(np.median(ratio)), 3)  # per frame, paired
+        subnets[subnet.name] = row
     with tempfile.TemporaryDirectory() as tmp:
         loads = _load_forms(Path(tmp), student, head, layout, model, split)
-    for row in subnets.values():
-        row["split_over_whole"] = round(row["split_ms"] / row["whole_ms"], 3)
     return {
         "layout": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(layout).items()},
         "frames": len(frames),
