@@ -34,7 +34,8 @@ from edge_runtime.backends.base import ModelError
 from edge_runtime.backends.litert import LiteRtConfig
 from edge_runtime.opa import bench as opa_bench
 from edge_runtime.opa.engine import OpaEngine
-from edge_runtime.opa.runner import ElasticRunner, OpaSelection, at_resolution
+from edge_runtime.opa.estimator import sample_step
+from edge_runtime.opa.runner import ElasticRunner, OpaSelection, at_resolution, unloaded_latency
 from edge_runtime.opa.selector import Selector, SelectorError, read_selector
 from edge_runtime.opa.subnets import ElasticModel, head_key, macs
 from edge_runtime.profile import ProfileError, bundled_profile
@@ -240,7 +241,10 @@ def test_the_torch_twin_runs_every_subnet_as_litert_does(elastic, frames):
             assert (theirs == ours).mean() > 0.999, subnet.name
             assert runner.labels(subnet, features).shape == (513, 513)  # scaled up, nearest
         scores = twin.head_scores(torch.from_numpy(frames[3][None]))[0].permute(1, 2, 0).numpy()
-        assert np.allclose(scores, runner.scores(513, runner.features(513, frames[3])))
+        features = runner.features(513, frames[3])
+        assert np.allclose(scores, runner.scores(513, features))
+        step = sample_step(scores.shape[0])  # what the estimator reads: a grid of the same
+        assert np.allclose(scores[::step, ::step], runner.scores(513, features, sampled=True))
 
 
 def test_a_sandwich_step_trains_the_shared_weights_and_writes_them_back(elastic, frames, labels):
@@ -298,6 +302,17 @@ def test_opa_switches_subnets_between_frames_without_dropping_one(elastic, measu
     assert all(c.actual_s >= c.pioneer_s + c.selection_s for c in choices)
 
 
+def test_calibrated_costs_never_rank_a_subset_of_ops_above_its_superset(elastic, frames):
+    runner = ElasticRunner(elastic)
+    subnets, pioneers = unloaded_latency(runner, frames[:2])
+    assert set(pioneers) == set(runner.model.pioneers) and all(t > 0 for t in pioneers.values())
+    for resolution in runner.model.pioneers:
+        same = sorted((s for s in runner.model.subnets if s.resolution == resolution),
+                      key=lambda s: s.macs)  # fmt: skip
+        times = [subnets[s.name] for s in same]
+        assert times == sorted(times) and times[0] > 0
+
+
 def test_the_bench_compares_every_scheme_at_each_load(shared_dir, elastic, measured, tmp_path):
     model = tmp_path / "elastic.tflite"
     model.write_bytes(with_selector(elastic, fit_selector(measured)))
@@ -341,8 +356,10 @@ def test_opa_build_writes_an_elastic_student_with_its_selection(shared_dir, tmp_
     out = tmp_path / "elastic.tflite"
     args = ["opa", "build", "--student", str(student), "--out", str(out), "--frames", "2"]
     args += ["--video", str(shared_dir / "videos/vtest.avi"), "--resolutions", "513,257"]
-    assert trainer_main([*args, "--depths", "0,2"]) == 0
+    assert trainer_main([*args, "--depths", "0,2", "--train-steps", "1"]) == 0
     report = json.loads(capsys.readouterr().out)
+    # the selection is fitted on the frame the sub-networks did not train on
+    assert report["frames"] == {"trained": 1, "fitted": 1}
     assert [s["name"] for s in report["subnets"]] == ["r513_d0", "r513_d2", "r257_d0", "r257_d2"]
     model = ElasticModel.of(out.read_bytes())
     assert read_selector(model) is not None and len(model.subnets) == 4

@@ -10,21 +10,21 @@ import pytest
 
 from cloud_trainer.opa.fit import fit_line, fit_naive_bayes
 from edge_runtime.opa.estimator import estimate_accuracy, naive_bayes_correct, sorted_confidences
-from edge_runtime.opa.latency import allowed_cost, predicted_latency
-from edge_runtime.opa.search import Candidate, choose, predicted_accuracy
+from edge_runtime.opa.latency import LoadTracker, Pioneer, latency
+from edge_runtime.opa.search import Candidate, choose, predicted_accuracy, resolution_to_test
 from edge_runtime.opa.selector import Selector
 
 
 def test_confidences_are_softmax_min_max_scaled_and_sorted():
     scores = np.zeros((1, 1, 3))
     scores[0, 0] = [0.0, np.log(3.0), np.log(2.0)]  # softmax 1/6, 1/2, 1/3
-    (row,) = sorted_confidences(scores, step=1)
+    (row,) = sorted_confidences(scores)
     # min-max over (1/6, 1/2, 1/3): 0, 1, 0.5; then descending
     assert np.allclose(row, [1.0, 0.5, 0.0])
 
 
 def test_equal_scores_scale_to_zeros_not_nan():
-    (row,) = sorted_confidences(np.ones((1, 1, 4)), step=1)
+    (row,) = sorted_confidences(np.ones((1, 1, 4)))
     assert np.array_equal(row, np.zeros(4))
 
 
@@ -60,9 +60,11 @@ def test_the_fit_is_the_smoothed_count_ratio_and_separates_confident_pixels():
 
 
 def test_the_latency_predictor_is_equation_2():
-    assert predicted_latency(0.010, 100.0, 450.0) == pytest.approx(0.045)
-    # Algorithm 1 line 3: (τ_req − Δτ) · FLOP_pioneer / τ_pioneer
-    assert allowed_cost(0.050, 0.005, 0.010, 100.0) == pytest.approx(450.0)
+    pioneer = Pioneer(513, 0.010, 100.0)
+    # τ_subnet = τ_pioneer / FLOP_pioneer · F(subnet): the pioneer, then its tail at its rate
+    assert latency(pioneer.seconds, 450.0 - 100.0, pioneer.rate) == pytest.approx(0.045)
+    (only,) = [Candidate("s", 513, 450.0)]
+    assert choose([only], pioneer, 1.0, 0.0, None).predicted_s == pytest.approx(0.045)
 
 
 CANDIDATES = [
@@ -73,7 +75,7 @@ CANDIDATES = [
 
 
 def test_the_most_accurate_candidate_that_fits_is_chosen():
-    pioneer = (513, 0.010, 100.0)  # 0.1 ms per unit of cost now
+    pioneer = Pioneer(513, 0.010, 100.0)  # 0.1 ms per unit of cost now
     accuracy = np.array([0.9, 0.8, 0.85])
     assert choose(CANDIDATES, pioneer, 0.2, 0.0, accuracy).index == 0
     choice = choose(CANDIDATES, pioneer, 0.07, 0.0, accuracy)  # big (0.1 s) does not fit
@@ -84,14 +86,78 @@ def test_the_most_accurate_candidate_that_fits_is_chosen():
 
 def test_a_slowdown_the_pioneer_measures_moves_the_choice_down():
     accuracy = np.array([0.9, 0.8, 0.7])
-    unloaded, loaded = (513, 0.010, 100.0), (513, 0.025, 100.0)  # 2.5x slower now
+    unloaded, loaded = Pioneer(513, 0.010, 100.0), Pioneer(513, 0.025, 100.0)  # 2.5x slower now
     assert choose(CANDIDATES, unloaded, 0.11, 0.0, accuracy).index == 0
     slowed = choose(CANDIDATES, loaded, 0.11, 0.0, accuracy)
     assert slowed.index == 2 and slowed.predicted_s == pytest.approx(0.025 + 0.0625)
 
 
+def test_the_next_pioneer_tests_the_water_where_the_plan_would_go_with_nothing_spent():
+    accuracy = np.array([0.9, 0.8, 0.7])
+    low = Pioneer(257, 0.010, 100.0)  # the last frame ran at 257
+    # from 257's pioneer, 513's candidates pay their own pioneer too: only 'low' fits 0.065 s
+    assert choose(CANDIDATES, low, 0.065, 0.0, accuracy).index == 2
+    # with nothing spent, 'mid' (0.06 s at this rate) fits: the next pioneer runs at 513
+    assert resolution_to_test(CANDIDATES, 0.065, 0.0, accuracy, low.rate, 1.0, 0.001) == 513
+    # under a load that fits only 'low', it stays at 257
+    assert resolution_to_test(CANDIDATES, 0.065, 0.0, accuracy, 2 * low.rate, 1.0, 0.0) == 257
+
+
+def test_the_tracker_plans_with_equation_2_until_a_tail_is_seen_then_blends_its_average():
+    tracker = LoadTracker(smoothing=0.5, pioneer_weight=0.25)
+    assert tracker.rate(0.002) == 0.002  # nothing seen yet: the pioneer's rate now
+    tracker.observe(0.002, 0.004)
+    tracker.observe(0.004, 0.001)  # log average: 0.5 log 0.004 + 0.5 log 0.001
+    average = np.exp(0.5 * np.log(0.004) + 0.5 * np.log(0.001))
+    expected = np.exp(0.75 * np.log(average) + 0.25 * np.log(0.003))
+    assert tracker.rate(0.003) == pytest.approx(expected)
+
+
+def test_the_margin_is_the_quantile_of_recent_misses_and_cautious_before():
+    tracker = LoadTracker(quantile=0.9, window=10, warmup=5, prior_margin=1.5)
+    assert tracker.margin() == 1.5
+    tracker.observe(1.0, 2.0)  # ran twice as slow as planned
+    assert tracker.margin() == 2.0  # the worst miss while warming up
+    for _ in range(9):
+        tracker.observe(1.0, 0.5)
+    # the window now holds 2.0 and nine 0.5: its 0.9 quantile, but never below 1
+    assert tracker.margin() == pytest.approx(max(1.0, np.quantile([2.0] + [0.5] * 9, 0.9)))
+    tracker.observe(1.0, 0.5)  # the 2.0 leaves the window
+    assert tracker.margin() == 1.0
+
+
+def test_under_an_injected_noisy_slowdown_about_one_frame_in_a_hundred_runs_over():
+    """Frames whose rest runs at a random 1.5-3x slowdown (white, as measured under busy
+    processes): eq. 2 on the pioneer alone misses the budget often, the tracker about as often
+    as its quantile says, while still using most of the budget."""
+    rng = np.random.default_rng(1)
+    candidates = [Candidate(f"c{cost}", 513, float(cost)) for cost in range(1000, 100, -50)]
+    budget, unloaded_rate = 0.25, 1e-4  # 0.1 s for the largest unloaded
+
+    def run(tracker: LoadTracker | None) -> tuple[float, float]:
+        over, used = 0, []
+        for _ in range(3000):
+            slow = rng.uniform(1.5, 3.0, size=2)  # the pioneer's and the tail's, independent
+            pioneer = Pioneer(513, 100 * unloaded_rate * slow[0], 100.0)
+            rate = tracker.rate(pioneer.rate) if tracker else None
+            margin = tracker.margin() if tracker else 1.0
+            choice = choose(candidates, pioneer, budget, 0.0, None, rate, margin)
+            rest = candidates[choice.index].cost - pioneer.cost
+            actual = pioneer.seconds + rest * unloaded_rate * slow[1]
+            if tracker:
+                tracker.observe(rate, unloaded_rate * slow[1])
+            over += actual > budget
+            used.append(actual / budget)
+        return over / 3000, float(np.mean(used))
+
+    plain_over, _ = run(None)
+    tracked_over, tracked_use = run(LoadTracker())
+    assert plain_over > 0.2
+    assert tracked_over <= 0.02 and tracked_use > 0.6
+
+
 def test_without_accuracy_the_costliest_fitting_runs_and_nothing_fitting_runs_the_cheapest():
-    pioneer = (513, 0.010, 100.0)
+    pioneer = Pioneer(513, 0.010, 100.0)
     assert choose(CANDIDATES, pioneer, 0.065, 0.0, None).index == 1
     none_fit = choose(CANDIDATES, pioneer, 0.001, 0.0, None)
     assert none_fit.index == 2 and not none_fit.fits

@@ -6,7 +6,8 @@
 
 ``build`` fits the pioneer's head and OPA's selection (estimator and predictors, in the file's
 metadata) on frames of V, labelled by the teacher where one is given (else by the student
-itself), and writes the elastic file; ``forms`` prints and writes
+itself), and writes the elastic file; with ``--train-steps`` the first half of the frames (in
+time) trains the sub-networks and the second half fits the selection; ``forms`` prints and writes
 (benchmarks/results/opa-forms-*.json) the latency, load time and memory of the file's forms.
 """
 
@@ -88,9 +89,14 @@ def _build(args: argparse.Namespace) -> int:
     except (OSError, ValueError, ElasticBuildError) as exc:
         return fail(exc)
     losses: list[float] = []
-    if args.train_steps:
-        data, losses = train_elastic(data, frames, labels, ElasticTraining(steps=args.train_steps))
-    measured = measure(ElasticRunner(data), frames, labels)
+    fitted = 0  # the first frame OPA's selection is fitted on
+    if args.train_steps and len(frames) > 1:
+        # The selection predicts accuracy on frames the sub-networks never trained on: fitted
+        # on the frames they trained on, it ranks them by how well they memorised.
+        fitted = len(frames) // 2
+        settings = ElasticTraining(steps=args.train_steps)
+        data, losses = train_elastic(data, frames[:fitted], labels[:fitted], settings)
+    measured = measure(ElasticRunner(data), frames[fitted:], labels[fitted:])
     data = with_selector(data, fit_selector(measured))
     args.out.write_bytes(data)
     subnets = [
@@ -98,7 +104,13 @@ def _build(args: argparse.Namespace) -> int:
         for s in ElasticModel.of(data).subnets
     ]
     losses = [round(v, 4) for v in losses[:3] + losses[-3:]]
-    report = {"out": str(args.out), "bytes": len(data), "losses": losses, "subnets": subnets}
+    report = {
+        "out": str(args.out),
+        "bytes": len(data),
+        "frames": {"trained": fitted if args.train_steps else 0, "fitted": len(frames) - fitted},
+        "losses": losses,
+        "subnets": subnets,
+    }
     print(json.dumps(report, indent=2))
     return 0
 

@@ -12,7 +12,7 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from edge_runtime.opa.estimator import SAMPLE_STEP, naive_bayes_correct, sorted_confidences
+from edge_runtime.opa.estimator import naive_bayes_correct, sample_step, sorted_confidences
 from edge_runtime.opa.runner import ElasticRunner
 from edge_runtime.opa.selector import SELECTOR_METADATA, Selector
 from shared_schema.metrics import ClassSubset, miou
@@ -42,8 +42,10 @@ def fit_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 def _on_grid(labels: np.ndarray, side: int) -> np.ndarray:
-    """The label at each pixel of a side x side map covering the same picture, sampled."""
-    positions = np.linspace(0, labels.shape[0] - 1, side).round().astype(int)[::SAMPLE_STEP]
+    """The label at each pixel of a side x side map covering the same picture, at the pixels
+    the estimator samples."""
+    positions = np.linspace(0, labels.shape[0] - 1, side).round().astype(int)
+    positions = positions[:: sample_step(side)]
     return labels[positions][:, positions].ravel()
 
 
@@ -70,9 +72,10 @@ def measure(
         for resolution in runner.model.pioneers:
             features = features_at[resolution] = runner.features(resolution, rgb)
             scores = runner.scores(resolution, features)
-            right = scores[::SAMPLE_STEP, ::SAMPLE_STEP].argmax(-1).ravel()
-            right = right == _on_grid(truth, scores.shape[0])
-            out.features.setdefault(resolution, []).append(sorted_confidences(scores))
+            step = sample_step(scores.shape[0])
+            sampled = scores[::step, ::step]
+            right = sampled.argmax(-1).ravel() == _on_grid(truth, scores.shape[0])
+            out.features.setdefault(resolution, []).append(sorted_confidences(sampled))
             out.correct.setdefault(resolution, []).append(right)
         for subnet in runner.model.subnets:
             labels = runner.labels(subnet, features_at[subnet.resolution])

@@ -11,7 +11,6 @@ and in the sub-networks' unloaded latencies measured at the start (what the runt
 
 from __future__ import annotations
 
-import statistics
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.backends.litert import LiteRtConfig
-from edge_runtime.opa.runner import ElasticRunner, FrameChoice, OpaSelection
+from edge_runtime.opa.runner import ElasticRunner, FrameChoice, OpaSelection, unloaded_latency
 from edge_runtime.opa.selector import Selector, SelectorError, read_selector
 from edge_runtime.opa.subnets import Subnet
 from edge_runtime.sources import open_source
@@ -51,24 +50,6 @@ def _timed(run: Callable[..., np.ndarray], *args: object) -> tuple[np.ndarray, f
     return labels, time.perf_counter() - started
 
 
-def unloaded_latency(
-    runner: ElasticRunner, frames: Sequence[np.ndarray]
-) -> tuple[dict[str, float], dict[int, float]]:
-    """Each sub-network's and each pioneer's median latency, nothing else running, all of them
-    on each frame in turn (so that the machine's drift hits them alike)."""
-    subnets = {s.name: [] for s in runner.model.subnets}
-    pioneers = {r: [] for r in runner.model.pioneers}
-    for subnet in runner.model.subnets:
-        runner.run(subnet, frames[0])  # allocate and warm up
-    for frame in frames:
-        for subnet in runner.model.subnets:
-            subnets[subnet.name].append(_timed(runner.run, subnet, frame)[1])
-        for resolution in pioneers:
-            pioneers[resolution].append(_timed(runner.features, resolution, frame)[1])
-    median = statistics.median
-    return {n: median(t) for n, t in subnets.items()}, {r: median(t) for r, t in pioneers.items()}
-
-
 class _Tally:
     def __init__(self) -> None:
         self.latency: list[float] = []
@@ -85,15 +66,11 @@ class _Tally:
         }
         if self.choices:
             actual = np.array([c.actual_s for c in self.choices])
-            out["pioneer_share"] = round(
-                float(np.mean([c.pioneer_s for c in self.choices]) / actual.mean()), 4
-            )
-            out["selection_share"] = round(
-                float(np.mean([c.selection_s for c in self.choices]) / actual.mean()), 4
-            )
-            out["selection_ms"] = round(
-                1000 * float(np.mean([c.selection_s for c in self.choices])), 3
-            )
+            mean = actual.mean()
+            for part in ("pioneer", "selection", "overhead"):
+                spent = np.mean([getattr(c, f"{part}_s") for c in self.choices])
+                out[f"{part}_share"] = round(float(spent / mean), 4)
+                out[f"{part}_ms"] = round(1000 * float(spent), 3)
             predicted = np.array([c.predicted_s for c in self.choices])
             out["latency_prediction_error"] = round(
                 float(np.median(np.abs(predicted - actual) / actual)), 4
@@ -191,25 +168,39 @@ def _level(
 
 
 def _summary(levels: dict[str, dict[str, dict[str, object]]]) -> dict[str, object]:
-    """Per load: the best fixed sub-network at or below 1 % over budget, and OPA against it."""
-    out = {}
+    """Per load: the best fixed sub-network at or below 1 % over budget at that load (an oracle
+    that knows the load) and the best one at or below it at every load (what a device that does
+    not know its load can fix), and OPA against both."""
+    within = {load: _within_budget(schemes) for load, schemes in levels.items()}
+    everywhere = set.intersection(*(set(w) for w in within.values()))
+    first = levels[next(iter(levels))]
+    every = max(everywhere, key=lambda n: first[n]["miou"], default=None)
+    out: dict[str, object] = {"best_fixed_at_every_load": every}
     for load, schemes in levels.items():
-        fixed = {n: s for n, s in schemes.items() if n.startswith("fixed:")}
-        within = {n: s for n, s in fixed.items() if s["over_budget"] <= 0.01}
-        best = max(within, key=lambda n: within[n]["miou"], default=None)
+        best = max(within[load], key=lambda n: within[load][n]["miou"], default=None)
         row: dict[str, object] = {"best_fixed_within_budget": best}
         for scheme in ("opa", "opa:macs", "static_table"):
             s = schemes[scheme]
             row[scheme] = {
                 "over_budget": s["over_budget"],
                 "miou": s["miou"],
-                "gain_over_best_fixed": None if best is None
-                else round(100 * (s["miou"] - within[best]["miou"]), 2),
-            }  # fmt: skip
+                "gain_over_best_fixed": _points(s, schemes.get(best)),
+                "gain_over_fixed_at_every_load": _points(s, schemes.get(every)),
+            }
         out[load] = row
-    full = next(n for n in levels[next(iter(levels))] if n.startswith("fixed:"))
-    first = levels[next(iter(levels))]
-    out["opa_vs_full_unloaded_points"] = round(
-        100 * (first["opa"]["miou"] - first[full]["miou"]), 2
-    )
+    full = next(n for n in first if n.startswith("fixed:"))
+    out["opa_vs_full_unloaded_points"] = _points(first["opa"], first[full])
     return out
+
+
+def _within_budget(schemes: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
+    """The fixed sub-networks at or below 1 % of frames over budget."""
+    fixed = {n: s for n, s in schemes.items() if n.startswith("fixed:")}
+    return {n: s for n, s in fixed.items() if float(s["over_budget"]) <= 0.01}
+
+
+def _points(scheme: dict[str, object], baseline: dict[str, object] | None) -> float | None:
+    """mIoU points of `scheme` over `baseline` (None without one)."""
+    if baseline is None:
+        return None
+    return round(100 * (float(scheme["miou"]) - float(baseline["miou"])), 2)

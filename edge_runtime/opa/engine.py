@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import logging
 import statistics
-import time
 from collections import deque
 
 import numpy as np
 
 from edge_runtime.backends.base import BackendConfig, Engine, ModelError
 from edge_runtime.backends.tensors import TensorSpec, normalization_table
-from edge_runtime.opa.runner import ElasticRunner, FrameChoice, OpaSelection
+from edge_runtime.opa.runner import ElasticRunner, FrameChoice, OpaSelection, unloaded_latency
 from edge_runtime.opa.selector import SelectorError, read_selector
 from shared_schema.messages import OpaTelemetry
 from shared_schema.tflite_file import TFLiteFormatError
@@ -49,7 +48,9 @@ class OpaEngine(Engine):
             selector, self.selector_state = None, "refused"
         else:
             self.selector_state = "none" if selector is None else "shipped"
-        subnets, pioneers = self._calibrate()
+        # Eq. 2's costs, on a mid-grey frame (on the builder thread, off the frame loop).
+        grey = np.full((*self.input_size, 3), 128, np.uint8)
+        subnets, pioneers = unloaded_latency(self.runner, [grey] * _CALIBRATION_RUNS)
         costs = (lambda s: subnets[s.name], pioneers.__getitem__)
         self.selection = OpaSelection(self.runner, selector, budget_ms / 1000, costs)
         self._choices: deque[FrameChoice] = deque(maxlen=_WINDOW)
@@ -61,27 +62,6 @@ class OpaEngine(Engine):
         table = normalization_table(spec, config.input_mean, config.input_std)
         if not np.array_equal(table.astype(np.int64), np.arange(256)):
             raise ModelError("[opa] needs a model that takes the raw uint8 pixels (Coral's)")
-
-    def _calibrate(self) -> tuple[dict[str, float], dict[int, float]]:
-        """Each sub-network's and pioneer's latency on a mid-grey frame: F of eq. 2."""
-        frame = np.full((*self.input_size, 3), 128, np.uint8)
-        subnets: dict[str, list[float]] = {s.name: [] for s in self.runner.model.subnets}
-        pioneers: dict[int, list[float]] = {r: [] for r in self.runner.model.pioneers}
-        for run in range(_CALIBRATION_RUNS + 1):  # the first run allocates and warms up
-            for subnet in self.runner.model.subnets:
-                started = time.perf_counter()
-                self.runner.run(subnet, frame)
-                if run:
-                    subnets[subnet.name].append(time.perf_counter() - started)
-            for resolution in pioneers:
-                started = time.perf_counter()
-                self.runner.features(resolution, frame)
-                if run:
-                    pioneers[resolution].append(time.perf_counter() - started)
-        median = statistics.median
-        return {n: median(t) for n, t in subnets.items()}, {
-            r: median(t) for r, t in pioneers.items()
-        }
 
     @property
     def budget_ms(self) -> float:

@@ -9,8 +9,9 @@ candidate, the choice (Algorithm 1), then the chosen tail continuing from the pi
 
 from __future__ import annotations
 
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +19,15 @@ import numpy as np
 
 from edge_runtime.backends.litert import litert
 from edge_runtime.frames import Frame
-from edge_runtime.opa.estimator import estimate_accuracy
-from edge_runtime.opa.search import Candidate, Choice, choose, predicted_accuracy
+from edge_runtime.opa.estimator import estimate_accuracy, sample_step
+from edge_runtime.opa.latency import LoadTracker, Pioneer
+from edge_runtime.opa.search import (
+    Candidate,
+    choose,
+    predicted_accuracy,
+    remaining_cost,
+    resolution_to_test,
+)
 from edge_runtime.opa.selector import Selector
 from edge_runtime.opa.subnets import FEATURES, IMAGE, LABELS, SCORES, ElasticModel, Subnet
 
@@ -57,9 +65,13 @@ class ElasticRunner:
         image = at_resolution(rgb, resolution)[None]
         return self._runner(self.model.pioneers[resolution].key)(**{IMAGE: image})[FEATURES]
 
-    def scores(self, resolution: int, features: np.ndarray) -> np.ndarray:
-        """The head's real-valued class scores (h, w, classes) of the pioneer's features."""
+    def scores(self, resolution: int, features: np.ndarray, sampled: bool = False) -> np.ndarray:
+        """The head's real-valued class scores (h, w, classes) of the pioneer's features; only
+        at the pixels the estimator samples (`sample_step`) where `sampled`."""
         raw = self._runner(self.model.heads[resolution].key)(**{FEATURES: features})[SCORES][0]
+        if sampled:
+            step = sample_step(raw.shape[0])
+            raw = raw[::step, ::step]
         scale, zero_point = self._scores_grid
         return (raw.astype(np.float32) - zero_point) * scale
 
@@ -79,6 +91,35 @@ class ElasticRunner:
         return self.labels(subnet, self.features(subnet.resolution, rgb))
 
 
+def unloaded_latency(
+    runner: ElasticRunner, frames: Sequence[np.ndarray]
+) -> tuple[dict[str, float], dict[int, float]]:
+    """Each sub-network's and each pioneer's median latency over `frames`, all of them on each
+    frame in turn (so that the machine's drift hits them alike), after a warm-up run: eq. 2's
+    costs. At one resolution a sub-network that skips more blocks runs a subset of the other's
+    ops, so a measured inversion is noise: each is raised to the most any cheaper one took."""
+    subnets: dict[str, list[float]] = {s.name: [] for s in runner.model.subnets}
+    pioneers: dict[int, list[float]] = {r: [] for r in runner.model.pioneers}
+    for subnet in runner.model.subnets:
+        runner.run(subnet, frames[0])  # allocate and warm up
+    for frame in frames:
+        for subnet in runner.model.subnets:
+            started = time.perf_counter()
+            runner.run(subnet, frame)
+            subnets[subnet.name].append(time.perf_counter() - started)
+        for resolution, times in pioneers.items():
+            started = time.perf_counter()
+            runner.features(resolution, frame)
+            times.append(time.perf_counter() - started)
+    median = {n: statistics.median(t) for n, t in subnets.items()}
+    for resolution in pioneers:
+        slowest = 0.0
+        for subnet in sorted(runner.model.subnets, key=lambda s: s.macs):
+            if subnet.resolution == resolution:
+                slowest = median[subnet.name] = max(slowest, median[subnet.name])
+    return median, {r: statistics.median(t) for r, t in pioneers.items()}
+
+
 @dataclass(frozen=True)
 class FrameChoice:
     """What OPA did for one frame (telemetry)."""
@@ -88,6 +129,7 @@ class FrameChoice:
     actual_s: float
     pioneer_s: float  # the pioneer that tested the water
     selection_s: float  # head, estimator, predictors and search
+    inherited: bool  # the tail continued from that pioneer (else it ran its own)
     estimate: float | None  # Â_pioneer; None without a selector
     fits: bool  # predicted to fit the budget
     budget_s: float  # the budget in force
@@ -95,6 +137,12 @@ class FrameChoice:
     @property
     def over_budget(self) -> bool:
         return self.actual_s > self.budget_s
+
+    @property
+    def overhead_s(self) -> float:
+        """What OPA added to the frame: the selection, and the pioneer where it was not
+        inherited (subnet inheritance makes it part of the chosen sub-network otherwise)."""
+        return self.selection_s + (0.0 if self.inherited else self.pioneer_s)
 
 
 class OpaSelection:
@@ -106,51 +154,68 @@ class OpaSelection:
         selector: Selector | None,
         budget_s: float,
         costs: tuple[Cost, PioneerCost] | None = None,
+        load: LoadTracker | None = None,
     ) -> None:
         """`costs`: F for sub-networks and pioneers (their unloaded latencies, say); by default
-        their multiply-accumulates, as seed 004 counts FLOPs."""
+        their multiply-accumulates, as seed 004 counts FLOPs. `load`: how the rest of a frame
+        is planned (`LoadTracker`'s defaults)."""
         self.runner = runner
         self.selector = selector
         self.budget_s = budget_s
         self.subnets = runner.model.subnets
+        self.load = load or LoadTracker()
         cost, pioneer_cost = costs or (
             lambda s: float(s.macs),
             lambda r: float(runner.model.pioneer_macs[r]),
         )
         self._pioneer_cost = {r: pioneer_cost(r) for r in runner.model.pioneers}
         self._candidates = [Candidate(s.name, s.resolution, cost(s)) for s in self.subnets]
-        self.resolution = runner.model.largest.resolution  # the pioneer tests the water here
+        self.resolution = runner.model.largest.resolution  # where the pioneer tests the water
 
     def infer(self, rgb: np.ndarray) -> tuple[np.ndarray, FrameChoice]:
         started = time.perf_counter()
         features = self.runner.features(self.resolution, rgb)
-        pioneer_s = time.perf_counter() - started
-        choice, estimate = self._choose(features, pioneer_s)
-        selected = time.perf_counter()
+        pioneer = Pioneer(
+            self.resolution, time.perf_counter() - started, self._pioneer_cost[self.resolution]
+        )
+        estimate, accuracy = self._predict(features)
+        rate, margin, selected = (
+            self.load.rate(pioneer.rate),
+            self.load.margin(),
+            time.perf_counter(),
+        )
+        allowance = self.selector.allowance_s if self.selector else 0.0
+        plan = (self.budget_s, allowance, accuracy, rate, margin)
+        choice = choose(self._candidates, pioneer, *plan, selected - started)
         subnet = self.subnets[choice.index]
-        if subnet.resolution != self.resolution:
-            self.resolution = subnet.resolution
+        inherited = subnet.resolution == pioneer.resolution
+        if not inherited:
             features = self.runner.features(subnet.resolution, rgb)
         labels = self.runner.labels(subnet, features)
         done = time.perf_counter()
+        rest = remaining_cost(self._candidates[choice.index], pioneer)
+        self.load.observe(rate, (done - selected) / rest)
+        overhead = selected - started - pioneer.seconds
+        self.resolution = resolution_to_test(self._candidates, *plan, overhead)
         return labels, FrameChoice(
             subnet.name,
             choice.predicted_s,
             done - started,
-            pioneer_s,
-            selected - started - pioneer_s,
+            pioneer.seconds,
+            overhead,
+            inherited,
             estimate,
             choice.fits,
             self.budget_s,
         )
 
-    def _choose(self, features: np.ndarray, pioneer_s: float) -> tuple[Choice, float | None]:
-        pioneer = (self.resolution, pioneer_s, self._pioneer_cost[self.resolution])
+    def _predict(self, features: np.ndarray) -> tuple[float | None, np.ndarray | None]:
+        """Â_pioneer (eq. 1) and every candidate's predicted accuracy; (None, None) without a
+        selector."""
         if self.selector is None:
-            return choose(self._candidates, pioneer, self.budget_s, 0.0, None), None
-        scores = self.runner.scores(self.resolution, features)
+            return None, None
+        scores = self.runner.scores(self.resolution, features, sampled=True)
         estimate = estimate_accuracy(scores, *self.selector.estimator())
         names = [c.name for c in self._candidates]
-        accuracy = predicted_accuracy(estimate, *self.selector.predictor(self.resolution, names))
-        allowance = self.selector.allowance_s
-        return choose(self._candidates, pioneer, self.budget_s, allowance, accuracy), estimate
+        slopes, intercepts = self.selector.predictor(self.resolution, names)
+        return estimate, predicted_accuracy(estimate, slopes, intercepts)

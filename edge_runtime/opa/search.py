@@ -1,9 +1,9 @@
 """OPA's choice of a sub-network for one frame (seed 004 Algorithm 1, and the pioneer predictor of
 §IV-A): predict every candidate's accuracy from the pioneer's estimated accuracy, predict its
-latency from the pioneer's measured one (eq. 2), keep those that fit the budget less its
-allowance, and take the most accurate. The paper searches 10^13 sub-networks by perturbing a
-look-up table's entry; an elastic student here has a handful, so the search is exhaustive and
-exact, and costs microseconds."""
+latency from the pioneer's measured one (eq. 2, at the rate and margin `LoadTracker` plans
+with), keep those that fit the budget less its allowance, and take the most accurate. The paper
+searches 10^13 sub-networks by perturbing a look-up table's entry; an elastic student here has
+a handful, so the search is exhaustive and exact, and costs microseconds."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_runtime.opa.latency import predicted_latency
+from edge_runtime.opa.latency import Pioneer, latency
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Candidate:
 @dataclass(frozen=True)
 class Choice:
     index: int  # into the candidates
-    predicted_s: float
+    predicted_s: float  # the frame's latency at the planned rate, before the margin
     predicted_accuracy: float | None  # None: chosen by cost alone
     fits: bool  # False: nothing fits the budget, the cheapest runs
 
@@ -37,29 +37,60 @@ def predicted_accuracy(estimate: float, slopes: np.ndarray, intercepts: np.ndarr
     return np.clip(slopes * estimate + intercepts, 0.0, 1.0)
 
 
+def remaining_cost(candidate: Candidate, pioneer: Pioneer) -> float:
+    """What is left to run of `candidate` after `pioneer`: its tail where it inherits the
+    pioneer's features, all of it (its own pioneer too) at another resolution."""
+    if candidate.resolution == pioneer.resolution:
+        return candidate.cost - pioneer.cost
+    return candidate.cost
+
+
 def choose(
     candidates: Sequence[Candidate],
-    pioneer: tuple[int, float, float],
+    pioneer: Pioneer,
     budget_seconds: float,
     allowance_seconds: float,
     accuracy: np.ndarray | None,
+    rate: float | None = None,
+    margin: float = 1.0,
+    spent_seconds: float | None = None,
 ) -> Choice:
-    """The candidate to run now. `pioneer` is (resolution, seconds it just took, its cost); a
-    candidate at another resolution runs its own pioneer after this one, so it pays both.
-    Without `accuracy` (no valid predictor) the costliest candidate that fits is taken."""
-    resolution, seconds, pioneer_cost = pioneer
+    """The candidate to run now. The rest of the frame is planned at `rate` seconds per unit of
+    F (by default eq. 2's, the pioneer's now) times `margin`, after `spent_seconds` (by default
+    the pioneer's), and must end within the budget less `allowance_seconds` (Algorithm 1's Δτ).
+    Without `accuracy` (no valid predictor) the costliest candidate that fits is taken; where
+    none fits, the cheapest."""
+    rate = pioneer.rate if rate is None else rate
+    spent = pioneer.seconds if spent_seconds is None else spent_seconds
+    rest = [remaining_cost(c, pioneer) for c in candidates]
     limit = budget_seconds - allowance_seconds
-    times = []
-    for c in candidates:
-        spent = 0.0 if c.resolution == resolution else seconds
-        times.append(spent + predicted_latency(seconds, pioneer_cost, c.cost))
-    fitting = [i for i, t in enumerate(times) if t <= limit]
+    fitting = [i for i, r in enumerate(rest) if latency(spent, r, rate * margin) <= limit]
     if not fitting:
-        cheapest = min(range(len(candidates)), key=times.__getitem__)
-        return Choice(cheapest, times[cheapest], None, False)
-    if accuracy is None:
-        best = max(fitting, key=lambda i: candidates[i].cost)
-        return Choice(best, times[best], None, True)
-    # Equal predictions: the cheaper one, which leaves the device more slack.
-    best = max(fitting, key=lambda i: (accuracy[i], -candidates[i].cost))
-    return Choice(best, times[best], float(accuracy[best]), True)
+        # the cheapest; of equal costs the later, smaller candidate (they come largest first)
+        best, fits = min(range(len(candidates)), key=lambda i: (rest[i], -i)), False
+    elif accuracy is None:
+        best, fits = max(fitting, key=lambda i: candidates[i].cost), True
+    else:  # equal predictions: the cheaper one, which leaves the device more slack
+        best, fits = max(fitting, key=lambda i: (accuracy[i], -candidates[i].cost)), True
+    predicted_s = latency(spent, rest[best], rate)
+    return Choice(best, predicted_s, None if accuracy is None else float(accuracy[best]), fits)
+
+
+def resolution_to_test(
+    candidates: Sequence[Candidate],
+    budget_seconds: float,
+    allowance_seconds: float,
+    accuracy: np.ndarray | None,
+    rate: float,
+    margin: float,
+    overhead_seconds: float,
+) -> int:
+    """Where the next frame's pioneer tests the water: the resolution of the candidate this
+    frame's plan would take had nothing run yet (each candidate whole, its own pioneer
+    included, after the selection's `overhead_seconds`). A pioneer at the resolution the last
+    frame ran would keep OPA low for good once it moved down: climbing back pays two pioneers."""
+    nowhere = Pioneer(0, overhead_seconds, 1.0)  # no candidate inherits from it
+    index = choose(
+        candidates, nowhere, budget_seconds, allowance_seconds, accuracy, rate, margin
+    ).index
+    return candidates[index].resolution
