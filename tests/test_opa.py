@@ -298,7 +298,9 @@ def test_opa_switches_subnets_between_frames_without_dropping_one(elastic, measu
         choices.append(choice)
     assert choices[0].subnet == "r513_d0" and choices[-1].subnet == runner.model.smallest.name
     assert not choices[-1].fits and all(c.fits for c in choices[: len(frames)])
-    assert all(c.estimate is not None and 0 <= c.estimate <= 1 for c in choices)
+    first, last = choices[: len(frames)], choices[len(frames) :]
+    assert all(c.estimate is not None and 0 <= c.estimate <= 1 for c in first)
+    assert all(c.estimate is None for c in last)  # no choice to make: no head, no estimator
     assert all(c.actual_s >= c.pioneer_s + c.selection_s for c in choices)
 
 
@@ -327,6 +329,26 @@ def test_the_bench_compares_every_scheme_at_each_load(shared_dir, elastic, measu
             assert 0.0 <= row["miou"] <= 1.0
         assert sum(schemes["opa"]["chosen"].values()) == 3
     assert "best_fixed_within_budget" in result["summary"]["0"]
+
+
+def test_the_summary_sets_opa_against_the_oracle_fixed_choice_and_the_safe_one():
+    def row(over: float, miou: float) -> dict:
+        return {"over_budget": over, "miou": miou}
+
+    levels = {
+        "0": {"fixed:big": row(0.0, 0.8), "fixed:small": row(0.0, 0.6),
+              "static_table": row(0.0, 0.8), "opa": row(0.005, 0.79), "opa:macs": row(0, 0.7)},
+        "2": {"fixed:big": row(0.5, 0.8), "fixed:small": row(0.01, 0.6),
+              "static_table": row(0.5, 0.8), "opa": row(0.01, 0.6), "opa:macs": row(0, 0.6)},
+    }  # fmt: skip
+    summary = opa_bench._summary(levels)
+    # at the heaviest load only 'small' keeps the budget: what a device not knowing its load runs
+    assert summary["fixed_for_heaviest_load"] == "fixed:small"
+    assert summary["0"]["best_fixed_within_budget"] == "fixed:big"
+    assert summary["0"]["opa"]["gain_over_best_fixed"] == pytest.approx(-1.0)
+    assert summary["0"]["opa"]["gain_over_fixed_for_heaviest_load"] == pytest.approx(19.0)
+    assert summary["2"]["opa"]["gain_over_best_fixed"] == pytest.approx(0.0)
+    assert summary["opa_vs_full_unloaded_points"] == pytest.approx(-1.0)
 
 
 def test_background_load_starts_and_stops_its_processes():

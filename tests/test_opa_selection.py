@@ -11,7 +11,13 @@ import pytest
 from cloud_trainer.opa.fit import fit_line, fit_naive_bayes
 from edge_runtime.opa.estimator import estimate_accuracy, naive_bayes_correct, sorted_confidences
 from edge_runtime.opa.latency import LoadTracker, Pioneer, latency
-from edge_runtime.opa.search import Candidate, choose, predicted_accuracy, resolution_to_test
+from edge_runtime.opa.search import (
+    Candidate,
+    Plan,
+    choose,
+    predicted_accuracy,
+    resolution_to_test,
+)
 from edge_runtime.opa.selector import Selector
 
 
@@ -64,7 +70,7 @@ def test_the_latency_predictor_is_equation_2():
     # τ_subnet = τ_pioneer / FLOP_pioneer · F(subnet): the pioneer, then its tail at its rate
     assert latency(pioneer.seconds, 450.0 - 100.0, pioneer.rate) == pytest.approx(0.045)
     (only,) = [Candidate("s", 513, 450.0)]
-    assert choose([only], pioneer, 1.0, 0.0, None).predicted_s == pytest.approx(0.045)
+    assert choose([only], pioneer, Plan(1.0)).predicted_s == pytest.approx(0.045)
 
 
 CANDIDATES = [
@@ -77,18 +83,20 @@ CANDIDATES = [
 def test_the_most_accurate_candidate_that_fits_is_chosen():
     pioneer = Pioneer(513, 0.010, 100.0)  # 0.1 ms per unit of cost now
     accuracy = np.array([0.9, 0.8, 0.85])
-    assert choose(CANDIDATES, pioneer, 0.2, 0.0, accuracy).index == 0
-    choice = choose(CANDIDATES, pioneer, 0.07, 0.0, accuracy)  # big (0.1 s) does not fit
+    assert choose(CANDIDATES, pioneer, Plan(0.2), accuracy).index == 0
+    choice = choose(CANDIDATES, pioneer, Plan(0.07), accuracy)  # big (0.1 s) does not fit
     # low is at another resolution: it pays its own pioneer after this one
     assert choice.index == 2 and choice.predicted_s == pytest.approx(0.010 + 0.025)
-    assert choose(CANDIDATES, pioneer, 0.07, 0.02, accuracy).index == 2  # the allowance counts
+    assert (
+        choose(CANDIDATES, pioneer, Plan(0.07, 0.02), accuracy).index == 2
+    )  # the allowance counts
 
 
 def test_a_slowdown_the_pioneer_measures_moves_the_choice_down():
     accuracy = np.array([0.9, 0.8, 0.7])
     unloaded, loaded = Pioneer(513, 0.010, 100.0), Pioneer(513, 0.025, 100.0)  # 2.5x slower now
-    assert choose(CANDIDATES, unloaded, 0.11, 0.0, accuracy).index == 0
-    slowed = choose(CANDIDATES, loaded, 0.11, 0.0, accuracy)
+    assert choose(CANDIDATES, unloaded, Plan(0.11), accuracy).index == 0
+    slowed = choose(CANDIDATES, loaded, Plan(0.11), accuracy)
     assert slowed.index == 2 and slowed.predicted_s == pytest.approx(0.025 + 0.0625)
 
 
@@ -96,11 +104,11 @@ def test_the_next_pioneer_tests_the_water_where_the_plan_would_go_with_nothing_s
     accuracy = np.array([0.9, 0.8, 0.7])
     low = Pioneer(257, 0.010, 100.0)  # the last frame ran at 257
     # from 257's pioneer, 513's candidates pay their own pioneer too: only 'low' fits 0.065 s
-    assert choose(CANDIDATES, low, 0.065, 0.0, accuracy).index == 2
+    assert choose(CANDIDATES, low, Plan(0.065), accuracy).index == 2
     # with nothing spent, 'mid' (0.06 s at this rate) fits: the next pioneer runs at 513
-    assert resolution_to_test(CANDIDATES, 0.065, 0.0, accuracy, low.rate, 1.0, 0.001) == 513
+    assert resolution_to_test(CANDIDATES, Plan(0.065, rate=low.rate), accuracy, 0.001) == 513
     # under a load that fits only 'low', it stays at 257
-    assert resolution_to_test(CANDIDATES, 0.065, 0.0, accuracy, 2 * low.rate, 1.0, 0.0) == 257
+    assert resolution_to_test(CANDIDATES, Plan(0.065, rate=2 * low.rate), accuracy, 0.0) == 257
 
 
 def test_the_tracker_plans_with_equation_2_until_a_tail_is_seen_then_blends_its_average():
@@ -141,7 +149,7 @@ def test_under_an_injected_noisy_slowdown_about_one_frame_in_a_hundred_runs_over
             pioneer = Pioneer(513, 100 * unloaded_rate * slow[0], 100.0)
             rate = tracker.rate(pioneer.rate) if tracker else None
             margin = tracker.margin() if tracker else 1.0
-            choice = choose(candidates, pioneer, budget, 0.0, None, rate, margin)
+            choice = choose(candidates, pioneer, Plan(budget, 0.0, rate, margin))
             rest = candidates[choice.index].cost - pioneer.cost
             actual = pioneer.seconds + rest * unloaded_rate * slow[1]
             if tracker:
@@ -158,8 +166,8 @@ def test_under_an_injected_noisy_slowdown_about_one_frame_in_a_hundred_runs_over
 
 def test_without_accuracy_the_costliest_fitting_runs_and_nothing_fitting_runs_the_cheapest():
     pioneer = Pioneer(513, 0.010, 100.0)
-    assert choose(CANDIDATES, pioneer, 0.065, 0.0, None).index == 1
-    none_fit = choose(CANDIDATES, pioneer, 0.001, 0.0, None)
+    assert choose(CANDIDATES, pioneer, Plan(0.065)).index == 1
+    none_fit = choose(CANDIDATES, pioneer, Plan(0.001))
     assert none_fit.index == 2 and not none_fit.fits
 
 

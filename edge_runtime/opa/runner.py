@@ -23,6 +23,8 @@ from edge_runtime.opa.estimator import estimate_accuracy, sample_step
 from edge_runtime.opa.latency import LoadTracker, Pioneer
 from edge_runtime.opa.search import (
     Candidate,
+    Choice,
+    Plan,
     choose,
     predicted_accuracy,
     remaining_cost,
@@ -178,15 +180,11 @@ class OpaSelection:
         pioneer = Pioneer(
             self.resolution, time.perf_counter() - started, self._pioneer_cost[self.resolution]
         )
-        estimate, accuracy = self._predict(features)
-        rate, margin, selected = (
-            self.load.rate(pioneer.rate),
-            self.load.margin(),
-            time.perf_counter(),
-        )
+        rate = self.load.rate(pioneer.rate)
         allowance = self.selector.allowance_s if self.selector else 0.0
-        plan = (self.budget_s, allowance, accuracy, rate, margin)
-        choice = choose(self._candidates, pioneer, *plan, selected - started)
+        plan = Plan(self.budget_s, allowance, rate, self.load.margin())
+        choice, estimate, accuracy = self._choose(features, pioneer, plan, started)
+        selected = time.perf_counter()
         subnet = self.subnets[choice.index]
         inherited = subnet.resolution == pioneer.resolution
         if not inherited:
@@ -196,7 +194,7 @@ class OpaSelection:
         rest = remaining_cost(self._candidates[choice.index], pioneer)
         self.load.observe(rate, (done - selected) / rest)
         overhead = selected - started - pioneer.seconds
-        self.resolution = resolution_to_test(self._candidates, *plan, overhead)
+        self.resolution = resolution_to_test(self._candidates, plan, accuracy, overhead)
         return labels, FrameChoice(
             subnet.name,
             choice.predicted_s,
@@ -209,11 +207,22 @@ class OpaSelection:
             self.budget_s,
         )
 
-    def _predict(self, features: np.ndarray) -> tuple[float | None, np.ndarray | None]:
-        """Â_pioneer (eq. 1) and every candidate's predicted accuracy; (None, None) without a
-        selector."""
-        if self.selector is None:
-            return None, None
+    def _choose(
+        self, features: np.ndarray, pioneer: Pioneer, plan: Plan, started: float
+    ) -> tuple[Choice, float | None, np.ndarray | None]:
+        """The choice, Â_pioneer and the predicted accuracies (None where not needed)."""
+        options = choose(self._candidates, pioneer, plan, None, time.perf_counter() - started)
+        if self.selector is None or options.options <= 1:
+            # Only a choice among several needs the accuracies: under a load that leaves one
+            # candidate or none, the head and the estimator would only make the frame later.
+            return options, None, None
+        estimate, accuracy = self._predict(features)
+        spent = time.perf_counter() - started
+        return choose(self._candidates, pioneer, plan, accuracy, spent), estimate, accuracy
+
+    def _predict(self, features: np.ndarray) -> tuple[float, np.ndarray]:
+        """Â_pioneer (eq. 1) and every candidate's predicted accuracy."""
+        assert self.selector is not None
         scores = self.runner.scores(self.resolution, features, sampled=True)
         estimate = estimate_accuracy(scores, *self.selector.estimator())
         names = [c.name for c in self._candidates]

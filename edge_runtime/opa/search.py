@@ -28,6 +28,7 @@ class Choice:
     predicted_s: float  # the frame's latency at the planned rate, before the margin
     predicted_accuracy: float | None  # None: chosen by cost alone
     fits: bool  # False: nothing fits the budget, the cheapest runs
+    options: int  # how many candidates fit
 
 
 def predicted_accuracy(estimate: float, slopes: np.ndarray, intercepts: np.ndarray) -> np.ndarray:
@@ -45,26 +46,32 @@ def remaining_cost(candidate: Candidate, pioneer: Pioneer) -> float:
     return candidate.cost
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a frame must fit: its budget less Algorithm 1's allowance Δτ, the rest of it run at
+    `rate` seconds per unit of F (None: eq. 2's, the pioneer's now) times `margin`."""
+
+    budget_s: float
+    allowance_s: float = 0.0
+    rate: float | None = None
+    margin: float = 1.0
+
+
 def choose(
     candidates: Sequence[Candidate],
     pioneer: Pioneer,
-    budget_seconds: float,
-    allowance_seconds: float,
-    accuracy: np.ndarray | None,
-    rate: float | None = None,
-    margin: float = 1.0,
+    plan: Plan,
+    accuracy: np.ndarray | None = None,
     spent_seconds: float | None = None,
 ) -> Choice:
-    """The candidate to run now. The rest of the frame is planned at `rate` seconds per unit of
-    F (by default eq. 2's, the pioneer's now) times `margin`, after `spent_seconds` (by default
-    the pioneer's), and must end within the budget less `allowance_seconds` (Algorithm 1's Δτ).
-    Without `accuracy` (no valid predictor) the costliest candidate that fits is taken; where
-    none fits, the cheapest."""
-    rate = pioneer.rate if rate is None else rate
+    """The candidate to run now, after `spent_seconds` (by default the pioneer's). Without
+    `accuracy` (no valid predictor) the costliest candidate that fits is taken; where none
+    fits, the cheapest."""
+    rate = pioneer.rate if plan.rate is None else plan.rate
     spent = pioneer.seconds if spent_seconds is None else spent_seconds
     rest = [remaining_cost(c, pioneer) for c in candidates]
-    limit = budget_seconds - allowance_seconds
-    fitting = [i for i, r in enumerate(rest) if latency(spent, r, rate * margin) <= limit]
+    limit = plan.budget_s - plan.allowance_s
+    fitting = [i for i, r in enumerate(rest) if latency(spent, r, rate * plan.margin) <= limit]
     if not fitting:
         # the cheapest; of equal costs the later, smaller candidate (they come largest first)
         best, fits = min(range(len(candidates)), key=lambda i: (rest[i], -i)), False
@@ -73,24 +80,21 @@ def choose(
     else:  # equal predictions: the cheaper one, which leaves the device more slack
         best, fits = max(fitting, key=lambda i: (accuracy[i], -candidates[i].cost)), True
     predicted_s = latency(spent, rest[best], rate)
-    return Choice(best, predicted_s, None if accuracy is None else float(accuracy[best]), fits)
+    predicted = None if accuracy is None else float(accuracy[best])
+    return Choice(best, predicted_s, predicted, fits, len(fitting))
 
 
 def resolution_to_test(
     candidates: Sequence[Candidate],
-    budget_seconds: float,
-    allowance_seconds: float,
+    plan: Plan,
     accuracy: np.ndarray | None,
-    rate: float,
-    margin: float,
     overhead_seconds: float,
 ) -> int:
     """Where the next frame's pioneer tests the water: the resolution of the candidate this
-    frame's plan would take had nothing run yet (each candidate whole, its own pioneer
-    included, after the selection's `overhead_seconds`). A pioneer at the resolution the last
-    frame ran would keep OPA low for good once it moved down: climbing back pays two pioneers."""
+    frame's `plan` (its rate set) would take had nothing run yet (each candidate whole, its own
+    pioneer included, after the selection's `overhead_seconds`). A pioneer at the resolution
+    the last frame ran would keep OPA low for good once it moved down: climbing back pays two
+    pioneers."""
+    assert plan.rate is not None, "the rate the frame was planned at"
     nowhere = Pioneer(0, overhead_seconds, 1.0)  # no candidate inherits from it
-    index = choose(
-        candidates, nowhere, budget_seconds, allowance_seconds, accuracy, rate, margin
-    ).index
-    return candidates[index].resolution
+    return candidates[choose(candidates, nowhere, plan, accuracy).index].resolution
