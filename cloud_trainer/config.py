@@ -26,6 +26,7 @@ from cloud_trainer.ams.gate import GateConfig
 from cloud_trainer.ams.rebase import RebaseConfig
 from cloud_trainer.ams.training import TrainingConfig
 from cloud_trainer.oneadapt.config import OneAdaptConfig
+from cloud_trainer.opa.config import OpaConfig
 from cloud_trainer.recl.config import ReclConfig
 from cloud_trainer.student.float16 import Precision
 from cloud_trainer.teacher import TeacherConfig
@@ -131,6 +132,7 @@ class TrainerConfig(_Section):
     rebase: RebaseConfig = RebaseConfig()
     recl: ReclConfig = ReclConfig()
     oneadapt: OneAdaptConfig = OneAdaptConfig()
+    opa: OpaConfig = OpaConfig()
     updates: UpdatesConfig  # no default: a deployment names its signing key
     checkpoint: CheckpointConfig
     metrics: MetricsConfig = MetricsConfig()

@@ -332,6 +332,7 @@ class _Prometheus:
         "bytes_down",
         "phases",
         "phases_gated",
+        "selector_refits",
         "rebases",
         "reuses",
         "updates_sent",

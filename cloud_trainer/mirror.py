@@ -101,6 +101,12 @@ class ModelMirror:
             return zpatch.encode(self.data, self.candidate(student))
         return qdelta.encode(base, stored_weights(student, base))
 
+    def advance_to(self, data: bytes) -> Outgoing:
+        """The next version is ``data``, a file of the current one's layout with other bytes
+        outside the weights too (an OPA selection refitted in place), sent as a zpatch."""
+        self._layout.with_data(data)  # TFLiteFormatError unless it is of this layout
+        return self._commit(UpdateFormat.ZPATCH, zpatch.encode(self.data, data))
+
     def candidate(self, student: TFLiteStudent) -> bytes:
         """The file ``advance`` would make of ``student`` (in qdelta or zpatch), without making
         a version."""

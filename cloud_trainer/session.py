@@ -33,6 +33,7 @@ from cloud_trainer.device_clock import DeviceClock
 from cloud_trainer.mirror import ModelMirror
 from cloud_trainer.oneadapt.dnngrad import DnnGrad
 from cloud_trainer.opa.elastic_student import ElasticStudent, is_elastic
+from cloud_trainer.opa.refit import SelectorRefit
 from cloud_trainer.outgoing import Outgoing
 from cloud_trainer.recl.reuse import BASE, RETRAINED, ModelReuse
 from cloud_trainer.recl.selection import CURRENT
@@ -127,6 +128,7 @@ class SessionStats:
     bytes_down: int = 0
     phases: int = 0
     phases_gated: int = 0  # their model scored worse than the device's: not sent
+    selector_refits: int = 0  # an elastic student's OPA selection refitted and sent
     rebases: int = 0  # the base model did better on new samples: training restarted from it
     reuses: int = 0  # an expert of the zoo did: training went on from it (RECL)
     gradient_bytes: int = 0  # OneAdapt's DNNGrad bodies sent
@@ -185,6 +187,7 @@ class Session:
         self._elastic = is_elastic(initial_model)  # OPA's sub-networks train with the student
         if self._elastic and config.student.precision != "int8":
             raise ValueError("an elastic student (OPA) trains at int8: set [student] precision")
+        self._refit = SelectorRefit(config.opa) if self._elastic else None
         # the pretrained student as devices run it: what a rebase returns to
         self._base = for_precision(initial_model, config.student.precision)
         training = config.training
@@ -588,6 +591,8 @@ class Session:
         if len(self.buffer) == 0:
             return []
         fresh, self._fresh = self._fresh, 0
+        if self._refit is not None:  # before this phase trains on them
+            self._refit.observe(self.mirror.data, self.buffer.newest(fresh), self.subset.classes)
         if self._reuse is None:  # RECL chose when the samples came (_select_model)
             self._rebase_if_better(fresh)
         held_out = self.config.gate.held_out(fresh, len(self.buffer))
@@ -622,7 +627,21 @@ class Session:
         self._remember_sent()
         self.stats.updates_sent += 1
         self._measure_gain(before, result.seconds)
-        return self._counted_downlink([update])
+        return self._counted_downlink([update, *self._refitted_selection()])
+
+    def _refitted_selection(self) -> list[Outgoing]:
+        """An elastic student's OPA selection refitted, when due, as an update of its own
+        (``opa.refit``): a zpatch of the metadata it rewrites in place, so a device that takes
+        no zpatch keeps the selection it has."""
+        if self._refit is None or UpdateFormat.ZPATCH.value not in self.device.update_formats:
+            return []
+        refitted = self._refit.refitted(self.mirror.data)
+        if refitted is None:
+            return []
+        self.save(making=self.mirror.version + 1)  # the same weights make that version too
+        self.stats.selector_refits += 1
+        log.info("%s: OPA selection refitted on %d frames", self.device_id, self._refit.frames)
+        return [self.mirror.advance_to(refitted)]
 
     def _measure_gain(self, before: bytes, seconds: float) -> None:
         """For the marginal-gain scheduler (Algorithm 4 lines 4-9): the phase's mIoU gain on

@@ -338,6 +338,7 @@ class Metrics(Message):
     reuses: Count = 0  # training went on from an expert of the zoo
     switch_bytes: Count = 0  # the updates that took the device to a chosen model
     gradient_bytes: Count = 0  # OneAdapt's DNNGrad bodies sent to the device
+    selector_refits: Count = 0  # an elastic student's OPA selection refitted and sent
     training_seconds_total: NonNeg = 0.0
     zoo: ZooMetrics | None = None
 

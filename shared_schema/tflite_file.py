@@ -261,13 +261,31 @@ class TFLiteFile:
 
     def metadata(self, name: str) -> bytes | None:
         """The bytes of the model's metadata entry `name` (TFLite ``Model.metadata``), if any."""
+        span = self._metadata_span(name)
+        return None if span is None else self.data[span[0] : span[0] + span[1]]
+
+    def with_metadata(self, name: str, payload: bytes) -> bytes:
+        """The file with metadata entry `name` rewritten in place, `payload` padded with spaces
+        to the entry's length: every other byte stays where it was, so value updates (qdelta)
+        still apply. TFLiteFormatError where the entry is missing or `payload` is longer."""
+        span = self._metadata_span(name)
+        if span is None:
+            raise TFLiteFormatError(f"the model has no metadata {name} to rewrite")
+        start, length = span
+        if len(payload) > length:
+            raise TFLiteFormatError(f"metadata {name} holds {length} bytes, not {len(payload)}")
+        return self.data[:start] + payload.ljust(length) + self.data[start + length :]
+
+    def _metadata_span(self, name: str) -> tuple[int, int] | None:
         for i in range(self._model.MetadataLength()):
             entry = self._model.Metadata(i)
             if entry.Name() is not None and entry.Name().decode(errors="replace") == name:
                 if not 0 <= entry.Buffer() < self._model.BuffersLength():
                     raise TFLiteFormatError(f"metadata {name} names no buffer of the model")
                 start, length = self._buffer_span(int(entry.Buffer()))
-                return self.data[start : start + length]
+                if start + length > len(self.data):
+                    raise TFLiteFormatError(f"metadata {name} runs past the end of the file")
+                return start, length
         return None
 
     def builtin_options(self, op: Operator) -> object | None:

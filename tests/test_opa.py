@@ -15,6 +15,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from cloud_trainer.cli import main as trainer_main
 from cloud_trainer.config import TrainerConfig
+from cloud_trainer.opa.config import OpaConfig
 from cloud_trainer.opa.elastic import (
     ElasticBuildError,
     ElasticLayout,
@@ -27,8 +28,10 @@ from cloud_trainer.opa.elastic import (
 from cloud_trainer.opa.elastic_student import ElasticStudent
 from cloud_trainer.opa.fit import fit_selector, measure, with_selector
 from cloud_trainer.opa.head import fit_head
+from cloud_trainer.opa.refit import SelectorRefit
 from cloud_trainer.opa.train import ElasticTraining, train_elastic
-from cloud_trainer.session import Session
+from cloud_trainer.sample_buffer import Sample
+from cloud_trainer.session import DeviceView, Session
 from cloud_trainer.teacher import load_teacher
 from edge_runtime.backends.base import ModelError
 from edge_runtime.backends.litert import LiteRtConfig
@@ -36,7 +39,7 @@ from edge_runtime.opa import bench as opa_bench
 from edge_runtime.opa.engine import OpaEngine
 from edge_runtime.opa.estimator import sample_step
 from edge_runtime.opa.runner import ElasticRunner, OpaSelection, at_resolution, unloaded_latency
-from edge_runtime.opa.selector import Selector, SelectorError, read_selector
+from edge_runtime.opa.selector import SELECTOR_METADATA, Selector, SelectorError, read_selector
 from edge_runtime.opa.subnets import ElasticModel, head_key, macs
 from edge_runtime.profile import ProfileError, bundled_profile
 from edge_runtime.runtime import EdgeRuntime
@@ -428,6 +431,66 @@ def test_an_elastic_students_session_trains_its_subnets_and_sends_verified_updat
     assert not np.array_equal(before.values(head), after.values(head))  # the head trained too
     assert applied.data == session.mirror.data
     ElasticModel.of(applied.data)
+
+
+def test_the_session_refits_the_selection_and_sends_it_after_the_phases_update(
+    shared_dir, elastic, measured, tmp_path
+):
+    model = tmp_path / "elastic.tflite"
+    initial = with_selector(elastic, fit_selector(measured))
+    model.write_bytes(initial)
+    raw = trainer_raw(tmp_path, lr=0.01, gamma=1.0)
+    raw["student"]["model"] = model
+    raw["opa"] = {"refit_phases": 1}
+    config = TrainerConfig.model_validate(raw)
+    session = Session(
+        "cam-1", config, load_teacher(config.teacher), initial, directory=tmp_path / "cam-1"
+    )
+    session.device = DeviceView(update_formats=("qdelta", "zpatch"))
+    segment, h264 = vtest_segments(shared_dir)[0]
+    session.deliver(decode(encode(segment, device_id="cam-1", seq=1, boot="1" * 16, body=h264)))
+    out = []
+    while session.has_work:
+        out += session.step()
+    weights, refit = [o for o in out if isinstance(o.msg, Update)]
+    assert (weights.msg.format, refit.msg.format) == ("qdelta", "zpatch")
+    assert refit.msg.base_version == weights.msg.new_version  # one after the other
+    device = verify_and_apply(weights.msg, initial, weights.body).data
+    device = verify_and_apply(refit.msg, device, refit.body).data  # the device's own checks
+    assert device == session.mirror.data and session.stats.selector_refits == 1
+    assert len(refit.body) < 4096  # the metadata rewritten in place: a small patch
+    before, after = (read_selector(ElasticModel.of(d)) for d in (initial, device))
+    assert after is not None and after != before  # fitted on the session's frames
+    assert TFLiteFile(initial).with_data(device).trainable  # the layout qdelta patches stays
+
+
+def test_a_refit_rewrites_the_selection_in_place_and_refuses_what_does_not_fit(elastic, measured):
+    first = with_selector(elastic, fit_selector(measured))
+    held = TFLiteFile(first).metadata(SELECTOR_METADATA)
+    refit = fit_selector(measured, allowance_s=0.002)
+    again = with_selector(first, refit)
+    assert len(again) == len(first)  # in place: the layout stays
+    assert read_selector(ElasticModel.of(again)) == refit
+    changed = [i for i, (a, b) in enumerate(zip(first, again, strict=True)) if a != b]
+    start = first.index(held)
+    assert changed and start <= changed[0] and changed[-1] < start + len(held)
+    with pytest.raises(TFLiteFormatError, match="holds"):
+        TFLiteFile(first).with_metadata(SELECTOR_METADATA, b" " * (len(held) + 1))
+    with pytest.raises(TFLiteFormatError, match="no metadata"):
+        TFLiteFile(elastic).with_metadata(SELECTOR_METADATA, b"{}")
+
+
+def test_the_refit_is_due_every_few_phases_on_frames_measured_before_training(elastic, frames):
+    refit = SelectorRefit(OpaConfig(refit_phases=2, frames=3, per_phase=2))
+    samples = [
+        Sample(float(i), f, np.zeros((513, 513), np.uint8)) for i, f in enumerate(frames[:3])
+    ]
+    assert refit.refitted(elastic) is None  # phase 1: not due, nothing measured
+    refit.observe(elastic, samples, (0,))
+    assert refit.frames == 2  # the newest per_phase of the phase's samples
+    assert refit.refitted(elastic) is not None  # phase 2: due
+    refit.observe(elastic, samples, (0,))
+    assert refit.frames == 3 and refit.refitted(elastic) is None  # bounded; phase 3: not due
 
 
 def test_the_runtime_runs_opa_frame_by_frame_and_reports_it(

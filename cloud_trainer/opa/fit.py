@@ -5,7 +5,7 @@ predictor). The result goes into the file's metadata, where the device reads it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import flatbuffers
@@ -16,6 +16,7 @@ from edge_runtime.opa.estimator import naive_bayes_correct, sample_step, sorted_
 from edge_runtime.opa.runner import ElasticRunner
 from edge_runtime.opa.selector import SELECTOR_METADATA, Selector
 from shared_schema.metrics import ClassSubset, miou
+from shared_schema.tflite_file import TFLiteFile
 
 _ALPHA = 1.0  # Laplace smoothing of the naive Bayes counts
 
@@ -58,14 +59,31 @@ class Measurements:
     correct: dict[int, list[np.ndarray]] = field(default_factory=dict)
     miou: dict[str, list[float]] = field(default_factory=dict)
 
+    @classmethod
+    def merged(cls, parts: Iterable[Measurements]) -> Measurements:
+        """All of `parts`' frames in one."""
+        out = cls()
+        for part in parts:
+            for mine, theirs in ((out.features, part.features), (out.correct, part.correct),
+                                 (out.miou, part.miou)):  # fmt: skip
+                for key, rows in theirs.items():
+                    mine.setdefault(key, []).extend(rows)  # type: ignore[arg-type]
+        return out
+
 
 def measure(
-    runner: ElasticRunner, frames: Sequence[np.ndarray], teacher: Sequence[np.ndarray]
+    runner: ElasticRunner,
+    frames: Sequence[np.ndarray],
+    teacher: Sequence[np.ndarray],
+    classes: tuple[int, ...] | None = None,
 ) -> Measurements:
-    """Every pioneer's head and every sub-network on each frame, against the teacher's labels."""
-    subset = ClassSubset(runner.model.file.num_classes)
-    for labels in teacher:
-        subset.observe(labels)
+    """Every pioneer's head and every sub-network on each frame, against the teacher's labels;
+    mIoU over `classes` (by default those the teacher's labels show)."""
+    if classes is None:
+        subset = ClassSubset(runner.model.file.num_classes)
+        for labels in teacher:
+            subset.observe(labels)
+        classes = subset.classes
     out = Measurements()
     for rgb, truth in zip(frames, teacher, strict=True):
         features_at = {}
@@ -79,7 +97,7 @@ def measure(
             out.correct.setdefault(resolution, []).append(right)
         for subnet in runner.model.subnets:
             labels = runner.labels(subnet, features_at[subnet.resolution])
-            out.miou.setdefault(subnet.name, []).append(miou(labels, truth, subset.classes))
+            out.miou.setdefault(subnet.name, []).append(miou(labels, truth, classes))
     return out
 
 
@@ -105,17 +123,22 @@ def fit_selector(measured: Measurements, allowance_s: float = 0.0) -> Selector:
 
 
 def with_selector(data: bytes, selector: Selector) -> bytes:
-    """The model file with `selector` as its selection metadata (replacing any before)."""
+    """The model file with `selector` as its selection metadata: rewritten in place where the
+    entry has room (a refit: the file's layout stays, so value updates still apply to it),
+    else in an entry made with twice the room the parameters take, for the refits to come."""
+    payload = selector.model_dump_json().encode()
+    held = TFLiteFile(data).metadata(SELECTOR_METADATA)
+    if held is not None and len(payload) <= len(held):
+        return TFLiteFile(data).with_metadata(SELECTOR_METADATA, payload)
     model = schema.ModelT.InitFromPackedBuf(data, 0)
-    payload = np.frombuffer(selector.model_dump_json().encode(), np.uint8)
     name = SELECTOR_METADATA.encode()
     entry = next((m for m in model.metadata or [] if m.name == name), None)
-    if entry is None:  # a refit rewrites the entry's own buffer, so the file does not grow
+    if entry is None:
         model.buffers.append(schema.BufferT())
         entry = schema.MetadataT()
         entry.name, entry.buffer = name, len(model.buffers) - 1
         model.metadata = [*(model.metadata or []), entry]
-    model.buffers[entry.buffer].data = payload
+    model.buffers[entry.buffer].data = np.frombuffer(payload.ljust(2 * len(payload)), np.uint8)
     builder = flatbuffers.Builder(len(data) + 4096)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
