@@ -119,13 +119,18 @@ class ModelMirror:
         old = self._versions.get(version)
         if old is None or version == self.version:
             return None
-        if fmt == UpdateFormat.ZPATCH:
-            body = zpatch.encode(old, self.data)
-        else:
+        body = None
+        if fmt != UpdateFormat.ZPATCH:
             current = self._layout.with_data(self.data)
             values = {t.index: current.values(t) for t in current.trainable}
             body = qdelta.encode(self._layout.with_data(old), values)
             fmt = UpdateFormat.QDELTA
+            # Values alone do not make the current file where other bytes changed on the way
+            # (an OPA selection refitted in place): that needs the byte patch.
+            if apply_update(fmt, self._layout.with_data(old), body) != self.data:
+                body = None
+        if body is None:
+            fmt, body = UpdateFormat.ZPATCH, zpatch.encode(old, self.data)
         msg = Update(
             base_version=version,
             base_sha256=sha256_hex(old),

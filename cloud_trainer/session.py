@@ -187,7 +187,8 @@ class Session:
         self._elastic = is_elastic(initial_model)  # OPA's sub-networks train with the student
         if self._elastic and config.student.precision != "int8":
             raise ValueError("an elastic student (OPA) trains at int8: set [student] precision")
-        self._refit = SelectorRefit(config.opa) if self._elastic else None
+        refits = self._elastic and config.opa.refit_phases > 0
+        self._refit = SelectorRefit(config.opa) if refits else None
         # the pretrained student as devices run it: what a rebase returns to
         self._base = for_precision(initial_model, config.student.precision)
         training = config.training
@@ -591,8 +592,8 @@ class Session:
         if len(self.buffer) == 0:
             return []
         fresh, self._fresh = self._fresh, 0
-        if self._refit is not None:  # before this phase trains on them
-            self._refit.observe(self.mirror.data, self.buffer.newest(fresh), self.subset.classes)
+        if (refit := self._active_refit) is not None:  # before this phase trains on them
+            refit.observe(self.mirror.data, self.buffer.newest(fresh), self.subset.classes)
         if self._reuse is None:  # RECL chose when the samples came (_select_model)
             self._rebase_if_better(fresh)
         held_out = self.config.gate.held_out(fresh, len(self.buffer))
@@ -633,15 +634,23 @@ class Session:
         """An elastic student's OPA selection refitted, when due, as an update of its own
         (``opa.refit``): a zpatch of the metadata it rewrites in place, so a device that takes
         no zpatch keeps the selection it has."""
-        if self._refit is None or UpdateFormat.ZPATCH.value not in self.device.update_formats:
-            return []
-        refitted = self._refit.refitted(self.mirror.data)
-        if refitted is None:
+        refit = self._active_refit
+        refitted = None if refit is None else refit.refitted(self.mirror.data)
+        if refit is None or refitted is None:
             return []
         self.save(making=self.mirror.version + 1)  # the same weights make that version too
+        update = self.mirror.advance_to(refitted)
         self.stats.selector_refits += 1
-        log.info("%s: OPA selection refitted on %d frames", self.device_id, self._refit.frames)
-        return [self.mirror.advance_to(refitted)]
+        log.info("%s: OPA selection refitted on %d frames", self.device_id, refit.frames)
+        return [update]
+
+    @property
+    def _active_refit(self) -> SelectorRefit | None:
+        """OPA's refit where it runs: an elastic student, ``[opa] refit_phases`` set, and a
+        device that takes the zpatch it travels as."""
+        if UpdateFormat.ZPATCH.value not in self.device.update_formats:
+            return None
+        return self._refit
 
     def _measure_gain(self, before: bytes, seconds: float) -> None:
         """For the marginal-gain scheduler (Algorithm 4 lines 4-9): the phase's mIoU gain on

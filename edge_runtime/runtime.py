@@ -31,7 +31,7 @@ from edge_runtime.backends.base import Engine
 from edge_runtime.frames import Frame
 from edge_runtime.model_slots import ModelSlots
 from edge_runtime.oneadapt.adapter import KnobAdapter
-from edge_runtime.opa.engine import OpaEngine
+from edge_runtime.opa.engine import DeviceLoad, OpaEngine
 from edge_runtime.priority import lower_thread_priority
 from edge_runtime.profile import Profile
 from edge_runtime.results import ResultSink, SummaryPublisher
@@ -381,7 +381,8 @@ def engine_opener(profile: Profile) -> Callable[[bytes], Engine]:
     choice of sub-network on it where ``[opa]`` is on."""
     if not profile.opa.enabled:
         return profile.inference.open
-    return lambda data: OpaEngine(data, profile.inference, profile.opa.budget_ms)
+    load = DeviceLoad()  # the device's, carried from model to model
+    return lambda data: OpaEngine(data, profile.inference, profile.opa.budget_ms, load)
 
 
 def opa_telemetry(engine: Engine) -> OpaTelemetry | None:

@@ -26,7 +26,7 @@ from cloud_trainer.opa.elastic import (
     skip_order,
 )
 from cloud_trainer.opa.elastic_student import ElasticStudent
-from cloud_trainer.opa.fit import fit_selector, measure, with_selector
+from cloud_trainer.opa.fit import _on_grid, fit_selector, measure, with_selector
 from cloud_trainer.opa.head import fit_head
 from cloud_trainer.opa.refit import SelectorRefit
 from cloud_trainer.opa.train import ElasticTraining, train_elastic
@@ -42,10 +42,10 @@ from edge_runtime.opa.runner import ElasticRunner, OpaSelection, at_resolution, 
 from edge_runtime.opa.selector import SELECTOR_METADATA, Selector, SelectorError, read_selector
 from edge_runtime.opa.subnets import ElasticModel, head_key, macs
 from edge_runtime.profile import ProfileError, bundled_profile
-from edge_runtime.runtime import EdgeRuntime
+from edge_runtime.runtime import EdgeRuntime, engine_opener
 from edge_runtime.sources import open_source
 from shared_schema.envelope import decode, encode, sha256_hex
-from shared_schema.messages import Telemetry, Update
+from shared_schema.messages import Telemetry, Update, UpdateFormat
 from shared_schema.tflite_file import TFLiteFile, TFLiteFormatError
 from shared_schema.update_formats import qdelta, verify_and_apply
 from tests.trainer_helpers import trainer_raw, vtest_segments
@@ -462,6 +462,11 @@ def test_the_session_refits_the_selection_and_sends_it_after_the_phases_update(
     before, after = (read_selector(ElasticModel.of(d)) for d in (initial, device))
     assert after is not None and after != before  # fitted on the session's frames
     assert TFLiteFile(initial).with_data(device).trainable  # the layout qdelta patches stays
+    # a device still on the first version catches up across the refit: values alone would
+    # leave its old selection (and fail the hash), so it gets the byte patch
+    catch_up = session.mirror.update_since(weights.msg.base_version, UpdateFormat.QDELTA)
+    assert catch_up is not None and catch_up.msg.format == "zpatch"
+    assert verify_and_apply(catch_up.msg, initial, catch_up.body).data == session.mirror.data
 
 
 def test_a_refit_rewrites_the_selection_in_place_and_refuses_what_does_not_fit(elastic, measured):
@@ -480,17 +485,30 @@ def test_a_refit_rewrites_the_selection_in_place_and_refuses_what_does_not_fit(e
         TFLiteFile(elastic).with_metadata(SELECTOR_METADATA, b"{}")
 
 
-def test_the_refit_is_due_every_few_phases_on_frames_measured_before_training(elastic, frames):
+def test_the_labels_a_score_map_is_judged_against_follow_both_axes():
+    labels = np.arange(6 * 4).reshape(6, 4)  # taller than wide
+    rows, cols = [0, 2, 5], [0, 2, 3]  # 3 points spread over each axis
+    assert _on_grid(labels, 3).tolist() == labels[rows][:, cols].ravel().tolist()
+
+
+def test_the_refit_is_due_every_few_phases_on_frames_measured_before_training(
+    elastic, measured, frames, caplog
+):
+    model = with_selector(elastic, fit_selector(measured))
     refit = SelectorRefit(OpaConfig(refit_phases=2, frames=3, per_phase=2))
     samples = [
         Sample(float(i), f, np.zeros((513, 513), np.uint8)) for i, f in enumerate(frames[:3])
     ]
-    assert refit.refitted(elastic) is None  # phase 1: not due, nothing measured
-    refit.observe(elastic, samples, (0,))
+    assert refit.refitted(model) is None  # phase 1: not due, nothing measured
+    refit.observe(model, samples, (0,))
     assert refit.frames == 2  # the newest per_phase of the phase's samples
-    assert refit.refitted(elastic) is not None  # phase 2: due
-    refit.observe(elastic, samples, (0,))
-    assert refit.frames == 3 and refit.refitted(elastic) is None  # bounded; phase 3: not due
+    refitted = refit.refitted(model)  # phase 2: due
+    assert refitted is not None and len(refitted) == len(model)
+    refit.observe(model, samples, (0,))
+    assert refit.frames == 3 and refit.refitted(model) is None  # bounded; phase 3: not due
+    # phase 4, due, on a file with no room for the selection in place: none, and the log says
+    # what to do
+    assert refit.refitted(elastic) is None and "cloud-trainer opa build" in caplog.text
 
 
 def test_the_runtime_runs_opa_frame_by_frame_and_reports_it(
@@ -523,6 +541,26 @@ def test_the_runtime_runs_opa_frame_by_frame_and_reports_it(
     )  # fmt: skip
     assert Telemetry.model_validate(telemetry.model_dump()).opa == report  # it travels there
     runtime.shutdown()
+
+
+def test_a_model_of_the_same_subnets_keeps_the_costs_and_the_load(student, head, elastic, tmp_path):
+    model = tmp_path / "elastic.tflite"
+    model.write_bytes(elastic)
+    profile = bundled_profile("cpu", tmp_path, device_id="cpu-0", model={"initial": str(model)},
+                              opa={"enabled": True, "budget_ms": 50.0})  # fmt: skip
+    open_engine = engine_opener(profile)
+    first = open_engine(elastic)
+    file = TFLiteFile(elastic)
+    weights = file.trainable[0]
+    updated = open_engine(file.patched({weights.index: 255 - file.values(weights)}))
+    assert isinstance(first, OpaEngine) and isinstance(updated, OpaEngine)
+    # an update changes weights, not ops: the costs are not timed again, the load carries over
+    assert updated.selection.load is first.selection.load
+    assert updated.selection._candidates == first.selection._candidates
+    other = open_engine(elastic_model(student, head, ElasticLayout((513, 257), (0,))))
+    assert isinstance(other, OpaEngine)  # other sub-networks: timed, and their load tracked anew
+    assert other.selection.load is not first.selection.load
+    assert [c.name for c in other.selection._candidates] == ["r513_d0", "r257_d0"]
 
 
 def test_opa_on_a_plain_model_is_a_model_error(shared_dir, tmp_path):

@@ -45,9 +45,11 @@ def fit_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 def _on_grid(labels: np.ndarray, side: int) -> np.ndarray:
     """The label at each pixel of a side x side map covering the same picture, at the pixels
     the estimator samples."""
-    positions = np.linspace(0, labels.shape[0] - 1, side).round().astype(int)
-    positions = positions[:: sample_step(side)]
-    return labels[positions][:, positions].ravel()
+    rows, cols = (
+        np.linspace(0, n - 1, side).round().astype(int)[:: sample_step(side)]
+        for n in labels.shape[:2]
+    )
+    return labels[rows][:, cols].ravel()
 
 
 @dataclass
@@ -129,7 +131,7 @@ def with_selector(data: bytes, selector: Selector) -> bytes:
     payload = selector.model_dump_json().encode()
     held = TFLiteFile(data).metadata(SELECTOR_METADATA)
     if held is not None and len(payload) <= len(held):
-        return TFLiteFile(data).with_metadata(SELECTOR_METADATA, payload)
+        return selector_in_place(data, selector)
     model = schema.ModelT.InitFromPackedBuf(data, 0)
     name = SELECTOR_METADATA.encode()
     entry = next((m for m in model.metadata or [] if m.name == name), None)
@@ -142,3 +144,10 @@ def with_selector(data: bytes, selector: Selector) -> bytes:
     builder = flatbuffers.Builder(len(data) + 4096)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
+
+
+def selector_in_place(data: bytes, selector: Selector) -> bytes:
+    """The model file with its selection metadata rewritten in place (`with_metadata`), every
+    other byte where it was; TFLiteFormatError where the file has no entry with the room."""
+    payload = selector.model_dump_json().encode()
+    return TFLiteFile(data).with_metadata(SELECTOR_METADATA, payload)

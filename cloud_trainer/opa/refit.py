@@ -3,18 +3,22 @@ accuracies drift from the predictor's lines (and the head's confidences from the
 fit): the session measures each phase's new samples on the model the device ran when they
 came, before any phase trains on them (the device's view: frames its model never saw), keeps
 the newest few dozen, and every few phases refits the selection on them and writes it into the
-model in place (`with_selector`); the session sends that as an update of its own, a zpatch of
+model in place (`selector_in_place`); the session sends that as an update of its own, a zpatch of
 the metadata, after the phase's qdelta."""
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Sequence
 
 from cloud_trainer.opa.config import OpaConfig
-from cloud_trainer.opa.fit import Measurements, fit_selector, measure, with_selector
+from cloud_trainer.opa.fit import Measurements, fit_selector, measure, selector_in_place
 from cloud_trainer.sample_buffer import Sample
 from edge_runtime.opa.runner import ElasticRunner
+from shared_schema.tflite_file import TFLiteFormatError
+
+log = logging.getLogger(__name__)
 
 
 class SelectorRefit:
@@ -38,9 +42,16 @@ class SelectorRefit:
 
     def refitted(self, model: bytes) -> bytes | None:
         """`model` with its selection refitted, when a refit is due (every `refit_phases`
-        phases, counted by the calls, with two frames at least); else None."""
+        calls, with two frames at least); else None, as where the file has no room for the
+        selection in place (a file built before selections were given room: rebuild it with
+        `cloud-trainer opa build`), which is logged."""
         self._phases += 1
-        due = self.config.refit_phases and self._phases % self.config.refit_phases == 0
-        if not due or len(self._frames) < 2:
+        if self._phases % self.config.refit_phases or len(self._frames) < 2:
             return None
-        return with_selector(model, fit_selector(Measurements.merged(self._frames)))
+        selector = fit_selector(Measurements.merged(self._frames))
+        try:
+            return selector_in_place(model, selector)
+        except TFLiteFormatError as exc:
+            log.warning("OPA selection not refitted: %s (rebuild the elastic student with"
+                        " `cloud-trainer opa build`)", exc)  # fmt: skip
+            return None

@@ -19,6 +19,7 @@ import numpy as np
 
 from edge_runtime.backends.base import BackendConfig, Engine, ModelError
 from edge_runtime.backends.tensors import TensorSpec, normalization_table
+from edge_runtime.opa.latency import LoadTracker
 from edge_runtime.opa.runner import ElasticRunner, FrameChoice, OpaSelection, unloaded_latency
 from edge_runtime.opa.selector import SelectorError, read_selector
 from shared_schema.messages import OpaTelemetry
@@ -29,10 +30,41 @@ _CALIBRATION_RUNS = 3
 _WINDOW = 1024  # frames telemetry summarises
 
 
+Costs = tuple[dict[str, float], dict[int, float]]  # by sub-network, by pioneer resolution
+
+
+class DeviceLoad:
+    """What carries from one model the device loads to the next while their sub-networks are
+    the same (an update changes weights, not ops): eq. 2's costs, calibrated once, and the load
+    the frames measured against them. A model of other sub-networks is calibrated again and
+    starts a new tracker: a rate is only worth the costs it was learnt against."""
+
+    def __init__(self) -> None:
+        self._layout: tuple | None = None
+        self._costs: Costs = ({}, {})
+        self.tracker = LoadTracker()
+
+    def costs(self, runner: ElasticRunner) -> Costs:
+        """The costs of `runner`'s sub-networks and pioneers, timed on a mid-grey frame (on the
+        builder thread, off the frame loop) where they are new."""
+        model = runner.model
+        layout = (tuple((s.name, s.macs) for s in model.subnets), tuple(model.pioneer_macs.items()))
+        if layout != self._layout:
+            grey = np.full((*model.file.input_size, 3), 128, np.uint8)
+            self._costs = unloaded_latency(runner, [grey] * _CALIBRATION_RUNS)
+            self._layout, self.tracker = layout, LoadTracker()
+        return self._costs
+
+
 class OpaEngine(Engine):
     name = "opa"
 
-    def __init__(self, data: bytes, config: BackendConfig, budget_ms: float) -> None:
+    def __init__(
+        self, data: bytes, config: BackendConfig, budget_ms: float, load: DeviceLoad | None = None
+    ) -> None:
+        """`load`: what the models before this one measured (the runtime passes one to every
+        model it loads, so an update neither times the sub-networks again nor starts the
+        load's tracking over)."""
         try:
             self.runner = ElasticRunner(data, config.threads)
         except TFLiteFormatError as exc:
@@ -48,11 +80,10 @@ class OpaEngine(Engine):
             selector, self.selector_state = None, "refused"
         else:
             self.selector_state = "none" if selector is None else "shipped"
-        # Eq. 2's costs, on a mid-grey frame (on the builder thread, off the frame loop).
-        grey = np.full((*self.input_size, 3), 128, np.uint8)
-        subnets, pioneers = unloaded_latency(self.runner, [grey] * _CALIBRATION_RUNS)
+        load = load or DeviceLoad()
+        subnets, pioneers = load.costs(self.runner)
         costs = (lambda s: subnets[s.name], pioneers.__getitem__)
-        self.selection = OpaSelection(self.runner, selector, budget_ms / 1000, costs)
+        self.selection = OpaSelection(self.runner, selector, budget_ms / 1000, costs, load.tracker)
         self._choices: deque[FrameChoice] = deque(maxlen=_WINDOW)
 
     def _check_input(self, config: BackendConfig) -> None:

@@ -1,10 +1,12 @@
 """An elastic student on LiteRT, and OPA's choice of its sub-network for each frame.
 
-`ElasticRunner` runs the file's signatures (a pioneer, its head, a tail); `OpaSelection` is the
-per-frame loop of seed 004 Fig. 4: the pioneer at the resolution in use, the estimator on its
-head's confidences (eq. 1), the predictor and the latency predictor (eq. 2) over every
-candidate, the choice (Algorithm 1), then the chosen tail continuing from the pioneer's features
-(subnet inheritance), or a pioneer at another resolution first when the choice moved there.
+`ElasticRunner` runs the file's signatures (a pioneer, its head, a tail); `unloaded_latency`
+calibrates eq. 2's costs; `OpaSelection` is the per-frame loop of seed 004 Fig. 4: the pioneer
+at the resolution the last frame's plan chose, the latency predictor (eq. 2, planned by
+`LoadTracker`) over every candidate, and where more than one fits the estimator on the head's
+confidences (eq. 1) and the predictor, the choice (Algorithm 1), then the chosen tail
+continuing from the pioneer's features (subnet inheritance), or a pioneer at another
+resolution first when the choice moved there.
 """
 
 from __future__ import annotations
@@ -96,30 +98,33 @@ class ElasticRunner:
 def unloaded_latency(
     runner: ElasticRunner, frames: Sequence[np.ndarray]
 ) -> tuple[dict[str, float], dict[int, float]]:
-    """Each sub-network's and each pioneer's median latency over `frames`, all of them on each
-    frame in turn (so that the machine's drift hits them alike), after a warm-up run: eq. 2's
-    costs. At one resolution a sub-network that skips more blocks runs a subset of the other's
+    """Eq. 2's costs: each pioneer's median latency over `frames`, and each sub-network's, its
+    pioneer's plus its tail's own median (the tail timed from the features it inherits, so
+    that what is left after a pioneer is a measured tail, not a difference of two noisy
+    figures); all of them on each frame in turn (the machine's drift hits them alike), after a
+    warm-up run. At one resolution a tail that skips more blocks runs a subset of the other's
     ops, so a measured inversion is noise: each is raised to the most any cheaper one took."""
-    subnets: dict[str, list[float]] = {s.name: [] for s in runner.model.subnets}
     pioneers: dict[int, list[float]] = {r: [] for r in runner.model.pioneers}
+    tails: dict[str, list[float]] = {s.name: [] for s in runner.model.subnets}
     for subnet in runner.model.subnets:
         runner.run(subnet, frames[0])  # allocate and warm up
     for frame in frames:
-        for subnet in runner.model.subnets:
-            started = time.perf_counter()
-            runner.run(subnet, frame)
-            subnets[subnet.name].append(time.perf_counter() - started)
         for resolution, times in pioneers.items():
             started = time.perf_counter()
-            runner.features(resolution, frame)
+            features = runner.features(resolution, frame)
             times.append(time.perf_counter() - started)
-    median = {n: statistics.median(t) for n, t in subnets.items()}
-    for resolution in pioneers:
-        slowest = 0.0
-        for subnet in sorted(runner.model.subnets, key=lambda s: s.macs):
-            if subnet.resolution == resolution:
-                slowest = median[subnet.name] = max(slowest, median[subnet.name])
-    return median, {r: statistics.median(t) for r, t in pioneers.items()}
+            for subnet in runner.model.subnets:
+                if subnet.resolution == resolution:
+                    started = time.perf_counter()
+                    runner.labels(subnet, features)
+                    tails[subnet.name].append(time.perf_counter() - started)
+    pioneer = {r: statistics.median(t) for r, t in pioneers.items()}
+    tail = {n: statistics.median(t) for n, t in tails.items()}
+    slowest: dict[int, float] = {}
+    for subnet in sorted(runner.model.subnets, key=lambda s: s.macs):
+        r = subnet.resolution
+        slowest[r] = tail[subnet.name] = max(slowest.get(r, 0.0), tail[subnet.name])
+    return {s.name: pioneer[s.resolution] + tail[s.name] for s in runner.model.subnets}, pioneer
 
 
 @dataclass(frozen=True)
@@ -192,7 +197,8 @@ class OpaSelection:
         labels = self.runner.labels(subnet, features)
         done = time.perf_counter()
         rest = remaining_cost(self._candidates[choice.index], pioneer)
-        self.load.observe(rate, (done - selected) / rest)
+        if rest > 0 and done > selected:
+            self.load.observe(rate, (done - selected) / rest)
         overhead = selected - started - pioneer.seconds
         self.resolution = resolution_to_test(self._candidates, plan, accuracy, overhead)
         return labels, FrameChoice(

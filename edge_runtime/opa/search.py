@@ -26,7 +26,6 @@ class Candidate:
 class Choice:
     index: int  # into the candidates
     predicted_s: float  # the frame's latency at the planned rate, before the margin
-    predicted_accuracy: float | None  # None: chosen by cost alone
     fits: bool  # False: nothing fits the budget, the cheapest runs
     options: int  # how many candidates fit
 
@@ -41,8 +40,8 @@ def predicted_accuracy(estimate: float, slopes: np.ndarray, intercepts: np.ndarr
 def remaining_cost(candidate: Candidate, pioneer: Pioneer) -> float:
     """What is left to run of `candidate` after `pioneer`: its tail where it inherits the
     pioneer's features, all of it (its own pioneer too) at another resolution."""
-    if candidate.resolution == pioneer.resolution:
-        return candidate.cost - pioneer.cost
+    if candidate.resolution == pioneer.resolution:  # never below 0, whatever the costs' noise
+        return max(candidate.cost - pioneer.cost, 0.0)
     return candidate.cost
 
 
@@ -79,9 +78,7 @@ def choose(
         best, fits = max(fitting, key=lambda i: candidates[i].cost), True
     else:  # equal predictions: the cheaper one, which leaves the device more slack
         best, fits = max(fitting, key=lambda i: (accuracy[i], -candidates[i].cost)), True
-    predicted_s = latency(spent, rest[best], rate)
-    predicted = None if accuracy is None else float(accuracy[best])
-    return Choice(best, predicted_s, predicted, fits, len(fitting))
+    return Choice(best, latency(spent, rest[best], rate), fits, len(fitting))
 
 
 def resolution_to_test(
