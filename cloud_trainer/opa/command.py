@@ -89,7 +89,7 @@ def _build(args: argparse.Namespace) -> int:
     except (OSError, ValueError, ElasticBuildError) as exc:
         return fail(exc)
     losses: list[float] = []
-    fitted = 0  # the first frame OPA's selection is fitted on
+    fitted = 0  # the first frame OPA's selection is fitted on: as many trained before it
     if args.train_steps and len(frames) > 1:
         # The selection predicts accuracy on frames the sub-networks never trained on: fitted
         # on the frames they trained on, it ranks them by how well they memorised.
@@ -107,7 +107,7 @@ def _build(args: argparse.Namespace) -> int:
     report = {
         "out": str(args.out),
         "bytes": len(data),
-        "frames": {"trained": fitted if args.train_steps else 0, "fitted": len(frames) - fitted},
+        "frames": {"trained": fitted, "fitted": len(frames) - fitted},
         "losses": losses,
         "subnets": subnets,
     }

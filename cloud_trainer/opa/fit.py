@@ -16,7 +16,7 @@ from edge_runtime.opa.estimator import naive_bayes_correct, sample_step, sorted_
 from edge_runtime.opa.runner import ElasticRunner
 from edge_runtime.opa.selector import SELECTOR_METADATA, Selector
 from shared_schema.metrics import ClassSubset, miou
-from shared_schema.tflite_file import TFLiteFile
+from shared_schema.tflite_file import TFLiteFile, TFLiteFormatError
 
 _ALPHA = 1.0  # Laplace smoothing of the naive Bayes counts
 
@@ -128,10 +128,11 @@ def with_selector(data: bytes, selector: Selector) -> bytes:
     """The model file with `selector` as its selection metadata: rewritten in place where the
     entry has room (a refit: the file's layout stays, so value updates still apply to it),
     else in an entry made with twice the room the parameters take, for the refits to come."""
-    payload = selector.model_dump_json().encode()
-    held = TFLiteFile(data).metadata(SELECTOR_METADATA)
-    if held is not None and len(payload) <= len(held):
+    try:
         return selector_in_place(data, selector)
+    except TFLiteFormatError:  # no entry yet, or one without the room: made anew, with room
+        pass
+    payload = selector.model_dump_json().encode()
     model = schema.ModelT.InitFromPackedBuf(data, 0)
     name = SELECTOR_METADATA.encode()
     entry = next((m for m in model.metadata or [] if m.name == name), None)

@@ -26,8 +26,12 @@ class Candidate:
 class Choice:
     index: int  # into the candidates
     predicted_s: float  # the frame's latency at the planned rate, before the margin
-    fits: bool  # False: nothing fits the budget, the cheapest runs
     options: int  # how many candidates fit
+
+    @property
+    def fits(self) -> bool:
+        """False: nothing fits the budget, the cheapest runs."""
+        return self.options > 0
 
 
 def predicted_accuracy(estimate: float, slopes: np.ndarray, intercepts: np.ndarray) -> np.ndarray:
@@ -73,12 +77,12 @@ def choose(
     fitting = [i for i, r in enumerate(rest) if latency(spent, r, rate * plan.margin) <= limit]
     if not fitting:
         # the cheapest; of equal costs the later, smaller candidate (they come largest first)
-        best, fits = min(range(len(candidates)), key=lambda i: (rest[i], -i)), False
+        best = min(range(len(candidates)), key=lambda i: (rest[i], -i))
     elif accuracy is None:
-        best, fits = max(fitting, key=lambda i: candidates[i].cost), True
+        best = max(fitting, key=lambda i: candidates[i].cost)
     else:  # equal predictions: the cheaper one, which leaves the device more slack
-        best, fits = max(fitting, key=lambda i: (accuracy[i], -candidates[i].cost)), True
-    return Choice(best, latency(spent, rest[best], rate), fits, len(fitting))
+        best = max(fitting, key=lambda i: (accuracy[i], -candidates[i].cost))
+    return Choice(best, latency(spent, rest[best], rate), len(fitting))
 
 
 def resolution_to_test(
