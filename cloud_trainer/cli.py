@@ -37,6 +37,25 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unit(args: argparse.Namespace) -> int:
+    """The systemd unit of ``serve`` with this installation's paths (one truth: the template)."""
+    import sys
+    from importlib.resources import files
+    from pathlib import Path
+
+    from cloud_trainer.config import load_config
+
+    config = Path(args.config).resolve()
+    load_config(str(config))  # a unit for a config that cannot start is an error now, not later
+    template = (files("cloud_trainer") / "deploy" / "amstream-trainer.service").read_text()
+    values = {"@BIN@": str(Path(sys.executable).parent), "@CONFIG@": str(config),
+              "@USER@": args.user}  # fmt: skip
+    for key, value in values.items():
+        template = template.replace(key, value)
+    print(template, end="")
+    return 0
+
+
 def _import_tflite(args: argparse.Namespace) -> int:
     from cloud_trainer.student import UnsupportedOpsError, import_tflite
 
@@ -64,6 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="trainer.toml (default: the bundled default_trainer.toml)")
     serve.add_argument("--device", help="torch device for training and a torch teacher: cpu, cuda")
     serve.set_defaults(func=_serve)
+
+    unit = sub.add_parser(
+        "unit",
+        help="print the systemd unit that runs serve as a service",
+        description="Print a hardened systemd unit for cloud-trainer serve with this "
+        "installation's paths: cloud-trainer unit --config /etc/amstream-trainer/trainer.toml "
+        "> /etc/systemd/system/amstream-trainer.service",
+    )
+    unit.add_argument("--config", required=True, help="the trainer.toml the service reads")
+    unit.add_argument("--user", default="amstream-trainer", help="the system user it runs as")
+    unit.set_defaults(func=_unit)
 
     imp = sub.add_parser(
         "import-tflite", help="import a quantized .tflite as a trainable torch student"

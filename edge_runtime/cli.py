@@ -17,20 +17,10 @@ def _check_profile(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     print(json.dumps(profile.model_dump(mode="json"), indent=2))
     if args.files:
-        named = [
-            ("model.initial", profile.model.initial),
-            ("model.labels", profile.model.labels),
-            ("model.public_key", profile.model.public_key),
-            ("model.next_public_key", profile.model.next_public_key),
-        ]
-        missing = [
-            f"{field}: {path}"
-            for field, path in named
-            if path is not None and not Path(path).is_file()
-        ]
-        for line in missing:
-            print(f"missing file: {line}", file=sys.stderr)
-        return 1 if missing else 0
+        problems = profile.file_problems()
+        for line in problems:
+            print(f"error: {args.profile}: {line}", file=sys.stderr)
+        return 1 if problems else 0
     return 0
 
 
@@ -114,6 +104,19 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bundle(args: argparse.Namespace) -> int:
+    from edge_runtime import bundle
+
+    target = bundle.Target(platform=args.platform, python=args.python_version)
+    made = bundle.build(
+        Path(args.profile), Path(args.out), target,
+        wheel=Path(args.wheel) if args.wheel else None,
+        find_links=[Path(d) for d in args.find_links],
+    )  # fmt: skip
+    print(json.dumps(made, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser, sub = command_parser(
         "edge-runtime",
@@ -160,6 +163,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--max-frames", type=int, help="stop after this many frames")
     run.set_defaults(func=_run)
+
+    pack = sub.add_parser(
+        "bundle",
+        help="one file with everything a device installs with no network access",
+        description="Write an offline bundle for the device a profile describes: the "
+        "project's wheel and its dependencies' wheels for the target platform, the profile and "
+        "every file it names, a systemd unit and install.sh (which builds a venv with pip "
+        "--no-index). Needs the package index (or --find-links) here, never on the device.",
+    )
+    pack.add_argument("--profile", required=True, help="profile file or bundled profile name")
+    pack.add_argument("--out", required=True, help="the .tar.gz to write")
+    pack.add_argument(
+        "--platform",
+        help="pip platform tag of the device, e.g. manylinux_2_28_aarch64 (Raspberry Pi OS 12,"
+        " JetPack 6); default: this machine",
+    )
+    pack.add_argument(
+        "--python-version",
+        default=f"{sys.version_info[0]}.{sys.version_info[1]}",
+        help="the device's Python, 3.10 to 3.12 (default: this one's)",
+    )
+    pack.add_argument("--wheel", help="the project's wheel (default: built from this source)")
+    pack.add_argument(
+        "--find-links",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also take wheels from DIR (e.g. NVIDIA's onnxruntime-gpu for a Jetson)",
+    )
+    pack.set_defaults(func=_bundle)
 
     bench = sub.add_parser(
         "bench",

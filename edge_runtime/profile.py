@@ -8,6 +8,7 @@ the runtime checks the files it opens.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -214,14 +215,66 @@ class Profile(_Section):
             raise ValueError(f"the [buffer] knobs: {initial}")
         return self
 
+    def named_files(self) -> list[tuple[str, Path]]:
+        """Every file the profile names, as (field, path): what the device reads at start."""
+        tls = self.mqtt.tls
+        named = [
+            ("model.initial", self.model.initial),
+            ("model.labels", self.model.labels),
+            ("model.public_key", self.model.public_key),
+            ("model.next_public_key", self.model.next_public_key),
+            ("mqtt.password_file", self.mqtt.password_file),
+            *[(f"mqtt.tls.{k}", getattr(tls, k)) for k in ("ca_file", "cert_file", "key_file")
+              if tls is not None],
+        ]  # fmt: skip
+        return [(field, path) for field, path in named if path is not None]
+
+    def file_problems(self) -> list[str]:
+        """``field: path: why, fix`` for each named file this process cannot read."""
+        return [
+            f"{field}: {path}: {why}"
+            for field, path in self.named_files()
+            if (why := unreadable(path, _FILE_FIXES.get(field, ""))) is not None
+        ]
+
+
+# What to do about a missing file, by the field that names it.
+_FILE_FIXES = {
+    "model.initial": "copy the model there (edge-runtime bundle ships it) or fix the path",
+    "model.labels": "copy the labels file there or remove the key",
+    "model.public_key": "copy the trainer's public key there (cloud-trainer keys generate"
+    " makes it; cloud-trainer fleet provision puts it in each device's directory)",
+    "model.next_public_key": "copy the trainer's next public key there or remove the key",
+    "mqtt.password_file": "copy the device's password file there (cloud-trainer fleet"
+    " provision makes one per device)",
+    "mqtt.tls.ca_file": "copy the fleet's CA certificate there (ca.pem of the fleet directory)",
+}
+
+
+def unreadable(path: Path, fix: str = "") -> str | None:
+    """Why ``path`` cannot be read as a file by this process (with ``fix``), or None."""
+    if not path.exists():
+        why = "no such file"
+    elif not path.is_file():
+        why = "not a file"
+    elif not os.access(path, os.R_OK):
+        why = "not readable by this user: check its owner and mode"
+    else:
+        return None
+    return f"{why}: {fix}" if fix else why
+
 
 def load_profile(path_or_name: str | Path) -> Profile:
     """Load a profile from a file, or by name from the bundled ``firmware_configs``."""
-    path = Path(path_or_name)
-    if not path.suffix and not path.exists():
-        path = PROFILE_DIR / f"{path_or_name}.toml"
+    path = profile_file(path_or_name)
     raw = read_toml(path, ProfileError)
     return parse_profile(raw, base_dir=path.resolve().parent, source=str(path))
+
+
+def profile_file(path_or_name: str | Path) -> Path:
+    """The file of a profile given as a path or as the name of a bundled one."""
+    path = Path(path_or_name)
+    return PROFILE_DIR / f"{path_or_name}.toml" if not path.suffix and not path.exists() else path
 
 
 def bundled_profile(

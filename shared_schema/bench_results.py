@@ -18,6 +18,8 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from shared_schema.compat import UTC
+
 RESULTS_DIR_ENV = "AMS_BENCH_RESULTS"
 
 
@@ -81,7 +83,7 @@ def git_commit() -> str | None:
 
 def write_result(name: str, results: dict[str, object], directory: Path | None = None) -> Path:
     """Write one run; returns the file's path."""
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(UTC)
     record = {
         "benchmark": name,
         "command": " ".join(

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+
+from shared_schema.compat import tomllib
 
 SHARED_DIR_ENV = "AMS_SHARED_DIR"
 # Where the trainer's keys are (cloud-trainer keys generate --dir): the bundled profile and the

@@ -6,7 +6,7 @@ a short stable code that receivers use as a counter name, so rejections can be m
 
 from __future__ import annotations
 
-from enum import StrEnum
+from shared_schema.compat import StrEnum
 
 
 class Reason(StrEnum):

@@ -8,11 +8,12 @@ is a message that is valid.
 
 from __future__ import annotations
 
-from enum import StrEnum
 from itertools import pairwise
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from shared_schema.compat import StrEnum
 
 SCHEMA_VERSION = 1
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import StrEnum
 
+from shared_schema.compat import StrEnum
 from shared_schema.errors import ProtocolError, Reason
 from shared_schema.messages import MessageType
 

@@ -23,13 +23,14 @@ def _subcommands(help_text: str) -> set[str]:
 @pytest.mark.parametrize(
     ("script", "expected"),
     [
-        ("edge-runtime", {"check-profile", "run", "bench"}),
+        ("edge-runtime", {"check-profile", "run", "bench", "bundle"}),
         (
             "cloud-trainer",
             {
                 "demo",
                 "monitor",
                 "serve",
+                "unit",
                 "import-tflite",
                 "bench-updates",
                 "bench-serve",
@@ -61,7 +62,9 @@ def test_check_profile_prints_the_resolved_profile(capsys, shared_dir):
 
 def test_check_profile_reports_missing_files(capsys):
     assert edge_main(["check-profile", "coral-devboard", "--files"]) == 1
-    assert "missing file: model.initial" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: coral-devboard: model.initial: /opt/amstream/models/" in err
+    assert "_edgetpu.tflite: no such file: copy the model there" in err
 
 
 def test_check_profile_names_the_bad_field(tmp_path, capsys):

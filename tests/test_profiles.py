@@ -1,8 +1,8 @@
-import tomllib
 import typing
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from edge_runtime.backends import (
     Backend,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import tomli_w
+import tomllib
 
 from cloud_trainer.config import DEFAULT_CONFIG, PATH_KEYS, TrainerConfig
 from edge_runtime.h264 import encode_segment

@@ -9,13 +9,14 @@ delegate still imports the whole package and gets a `BackendUnavailable` naming 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated, Self
+from typing import Annotated
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from shared_schema.compat import Self, StrEnum
 
 
 class Backend(StrEnum):
