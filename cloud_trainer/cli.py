@@ -16,7 +16,7 @@ def _serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from cloud_trainer.config import load_config
+    from cloud_trainer.config import DEFAULT_CONFIG, load_config
     from cloud_trainer.daemon import TrainerDaemon
 
     config = load_config(args.config)
@@ -32,8 +32,12 @@ def _serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     daemon.start()
-    stop.wait()
-    daemon.stop()
+    try:
+        while not stop.wait(0.5):
+            if daemon.endpoint.link.refusal is not None:
+                return fail(f"{args.config or DEFAULT_CONFIG}: {daemon.endpoint.link.refusal}")
+    finally:
+        daemon.stop()
     return 0
 
 

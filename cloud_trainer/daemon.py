@@ -31,9 +31,9 @@ from edge_runtime.spool import Spool
 from shared_schema.endpoint import TrainerEndpoint
 from shared_schema.envelope import Envelope
 from shared_schema.errors import ProtocolError
-from shared_schema.messages import MessageType, Metrics, Status
+from shared_schema.messages import MessageType, Metrics
 from shared_schema.signing import Signer, load_private_key
-from shared_schema.topics import Topic, validate_device_id
+from shared_schema.topics import Plain, Topic, plain_json, validate_device_id
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class TrainerDaemon:
         self._resume_active()
         for msg_type in (MessageType.HELLO, MessageType.SEGMENT, MessageType.ACK):
             self.endpoint.on(msg_type, self._deliver)
-        self.endpoint.on(MessageType.STATUS, self._status)
+        self.endpoint.on_status(self._status)
         self.endpoint.start()
         for target, name in ((self.scheduler.run, "scheduler"), (self._housekeep, "housekeeping")):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -151,9 +151,8 @@ class TrainerDaemon:
         in_memory = len(self.sessions) + len(self._waiting)
         return device_id in self._waiting or in_memory < self.config.max_sessions
 
-    def _status(self, envelope: Envelope, topic: Topic) -> None:
-        assert isinstance(envelope.msg, Status)
-        self.online[topic.device_id] = envelope.msg.state == "online"
+    def _status(self, device_id: str, online: bool) -> None:
+        self.online[device_id] = online
 
     # -- the worker side -----------------------------------------------------------------------
 
@@ -304,6 +303,7 @@ class TrainerDaemon:
             log.info("metrics %s", figures)
             fields = {k: v for k, v in figures.items() if k in Metrics.model_fields}
             self.endpoint.send(session.device_id, Metrics(**fields, zoo=zoo))
+            self.endpoint.publish_plain(session.device_id, Plain.SESSION, plain_json(figures))
             self._prometheus.update(figures)
         return reports
 

@@ -25,10 +25,15 @@ def _check_profile(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from edge_runtime.backends import BackendUnavailable, ModelError
     from edge_runtime.runtime import EdgeRuntime, install_signal_handlers
     from edge_runtime.sources import SourceError, open_source
+    from shared_schema.mqtt import BrokerRefused
 
     profile = load_profile(args.profile)
+    problems = profile.file_problems()
+    if problems:  # before anything opens them: the first one, and its fix
+        return fail(f"{args.profile}: {problems[0]}")
     overrides = {"id": args.device_id} if args.device_id else {}
     if overrides:
         profile = profile.model_copy(update={"device": profile.device.model_copy(update=overrides)})
@@ -47,7 +52,12 @@ def _run(args: argparse.Namespace) -> int:
         )
     except SourceError as exc:
         return fail(exc, 1)
-    runtime = EdgeRuntime.from_profile(profile)
+    try:
+        runtime = EdgeRuntime.from_profile(profile)
+    except ModelError as exc:
+        return fail(f"{args.profile}: model.initial {profile.model.initial}: {exc}")
+    except BackendUnavailable as exc:
+        return fail(f"{args.profile}: inference.backend {profile.inference.backend}: {exc}")
     install_signal_handlers(runtime)
     runtime.start()
     try:
@@ -55,6 +65,8 @@ def _run(args: argparse.Namespace) -> int:
             summary = runtime.run(frames, max_frames=args.max_frames)
     except SourceError as exc:
         return fail(exc, 1)
+    except BrokerRefused as exc:
+        return fail(f"{args.profile}: {exc}")
     finally:
         runtime.shutdown()
     print(

@@ -57,7 +57,7 @@ from shared_schema.messages import (
     UpdateFormat,
 )
 from shared_schema.signing import Keyring
-from shared_schema.topics import Topic
+from shared_schema.topics import Plain, Topic, plain_json
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +210,8 @@ class EdgeRuntime:
         with Prefetcher(frames, lambda: self.model.engine.input_size) as prepared:
             for frame, rgb in prepared:
                 self.process(frame, rgb)
+                if self.endpoint is not None and self.endpoint.link.refusal is not None:
+                    raise self.endpoint.link.refusal
                 done = max_frames is not None and self.stats.frames >= max_frames
                 if self._stop.is_set() or done:
                     break
@@ -374,6 +376,10 @@ class EdgeRuntime:
                 opa=opa_telemetry(self.model.engine),
             )
             self.endpoint.send(telemetry)  # type: ignore[union-attr]
+            state = self._telemetry.state(telemetry, sampling_fps=self.sampler.rate_fps)
+            self.endpoint.publish_plain(  # type: ignore[union-attr]
+                self.profile.device.id, Plain.STATE, plain_json(state)
+            )
 
 
 def engine_opener(profile: Profile) -> Callable[[bytes], Engine]:

@@ -7,9 +7,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from datetime import datetime
 
 import numpy as np
 
+from shared_schema.compat import UTC
 from shared_schema.messages import MAX_COUNTERS, OpaTelemetry, Telemetry
 
 
@@ -48,6 +50,9 @@ class TelemetryReporter:
         self._stats = stats
         self._clock = clock
         self._last = (clock(), 0)
+        self._last_bytes = (clock(), 0, 0)  # when, bytes up, bytes down: for the Kbps
+        self._version: int | None = None
+        self._updated_at: str | None = None  # when the model version last changed (UTC)
 
     def report(
         self,
@@ -79,3 +84,27 @@ class TelemetryReporter:
             counters=dict(sorted(counters.items())[:MAX_COUNTERS]),
             opa=opa,
         )
+
+    def state(self, telemetry: Telemetry, *, sampling_fps: float) -> dict[str, object]:
+        """The device's state for people (the ``state`` topic): what runs, how fast, what it
+        costs; Kbps over the interval since the last call."""
+        now = self._clock()
+        then, up, down = self._last_bytes
+        self._last_bytes = (now, telemetry.bytes_up, telemetry.bytes_down)
+        seconds = max(now - then, 1e-9)
+        if telemetry.model_version != self._version:
+            if self._version is not None:
+                self._updated_at = datetime.now(UTC).isoformat(timespec="seconds")
+            self._version = telemetry.model_version
+        return {
+            "model_version": telemetry.model_version,
+            "last_update": self._updated_at,
+            "fps": round(telemetry.fps, 2),
+            "latency_p95_ms": round(telemetry.latency_p95_ms, 1),
+            "sampling_fps": round(sampling_fps, 3),
+            "up_kbps": round((telemetry.bytes_up - up) * 8 / 1000 / seconds, 1),
+            "down_kbps": round((telemetry.bytes_down - down) * 8 / 1000 / seconds, 1),
+            "swaps": telemetry.swaps,
+            "spool_depth": telemetry.spool_depth,
+            "uptime_s": round(telemetry.uptime_s),
+        }

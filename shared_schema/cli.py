@@ -11,6 +11,7 @@ from typing import Any
 
 from shared_schema.config_files import ConfigFileError
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 USAGE_ERROR = 2  # the exit status of a command given something it cannot use
 
 
@@ -18,7 +19,8 @@ def command_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser
     """A parser with the options every command of the project shares, and its subcommands."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--version", action="version", version=version("amstream"))
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                        help=", ".join(LOG_LEVELS))  # fmt: skip
     return parser, parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
 
@@ -26,7 +28,7 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     """Parse ``argv`` and run its subcommand; a config file it cannot use is one line."""
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         return args.func(args)

@@ -4,8 +4,10 @@ An endpoint numbers what it sends (sequence numbers unique within a random ``boo
 envelopes larger than the broker allows, and on receipt: parses the topic, decodes and validates
 the envelope, checks that it came from the device the topic names and that its type belongs on
 that topic, reassembles chunks, drops QoS 1 duplicates, and hands the message to the handler
-registered for its type. Every rejection is logged (throttled) and counted as
-``rejected.<reason>``; nothing a peer sends can raise out of the receive path.
+registered for its type. The plain topics (``status``, ``state``, ``session``: for people, not
+envelopes) are published as they are; the trainer takes every device's status. Every rejection
+is logged (throttled) and counted as ``rejected.<reason>``; nothing a peer sends can raise out
+of the receive path.
 """
 
 from __future__ import annotations
@@ -20,14 +22,20 @@ from shared_schema.chunking import Reassembler, split
 from shared_schema.counters import Counters, DuplicateFilter, RejectionLog
 from shared_schema.envelope import DEFAULT_LIMITS, Envelope, Limits, decode, encode
 from shared_schema.errors import ProtocolError, Reason
-from shared_schema.messages import AnyMessage, MessageType, Status
+from shared_schema.messages import AnyMessage, MessageType
 from shared_schema.mqtt import BrokerConfig, Inbound, MqttLink, Outbound, PublishHandle
 from shared_schema.topics import (
     DELIVERY,
+    OFFLINE,
+    ONLINE,
+    PLAIN_DELIVERY,
     Direction,
+    Plain,
     Topic,
     device_subscriptions,
+    parse_plain_topic,
     parse_topic,
+    plain_topic,
     topic_for,
     trainer_subscriptions,
     validate_device_id,
@@ -158,6 +166,8 @@ class Endpoint:
     def _receive(self, inbound: Inbound) -> None:
         self.counters.inc("bytes_in", len(inbound.payload))
         try:
+            if self._receive_plain(inbound):
+                return
             envelope, topic = self._validate(inbound)
             if envelope is None:
                 return
@@ -170,6 +180,17 @@ class Endpoint:
             return
         self.counters.inc(f"received.{envelope.type.value}")
         handler(envelope, topic)
+
+    def _receive_plain(self, inbound: Inbound) -> bool:
+        """True if ``inbound`` was on a plain topic (and handled); no side takes any but the
+        trainer, which takes every device's status."""
+        return False
+
+    def publish_plain(self, device_id: str, kind: Plain, payload: bytes) -> PublishHandle:
+        """A plain topic's new value (retained)."""
+        d = PLAIN_DELIVERY
+        topic = plain_topic(self.prefix, device_id, kind)
+        return self.link.publish(Outbound(topic, payload, d.qos, d.retain, d.expiry_s))
 
     def _validate(self, inbound: Inbound) -> tuple[Envelope | None, Topic]:
         topic = parse_topic(self.prefix, inbound.topic)
@@ -196,10 +217,9 @@ class Endpoint:
         return envelope, topic
 
     def _check_sender(self, envelope: Envelope, topic: Topic) -> Envelope:
-        """Uplink and status must come from the device the topic names; downlink and metrics
-        from anyone the broker's ACL lets publish there (the trainer)."""
-        own = topic.direction == Direction.UP or topic.type == MessageType.STATUS
-        if own and envelope.device_id != topic.device_id:
+        """Uplink must come from the device the topic names; downlink and metrics from anyone
+        the broker's ACL lets publish there (the trainer)."""
+        if topic.direction == Direction.UP and envelope.device_id != topic.device_id:
             raise ProtocolError(
                 Reason.WRONG_DEVICE,
                 f"sent by {envelope.device_id!r} on {topic.device_id!r}'s topic",
@@ -208,7 +228,7 @@ class Endpoint:
 
 
 class DeviceEndpoint(Endpoint):
-    """A device: sends up, receives its own down/#, announces online/offline on ``status``."""
+    """A device: sends up, receives its own down/#, says online/offline on ``status``."""
 
     _accepts = frozenset({Direction.DOWN})
 
@@ -223,31 +243,26 @@ class DeviceEndpoint(Endpoint):
         self.device_id = validate_device_id(device_id)
         super().__init__(config, sender_id=device_id, limits=limits, counters=counters)
 
-    def _status(self, state: str) -> Outbound:
-        status = DELIVERY[MessageType.STATUS]
-        return Outbound(
-            topic_for(self.prefix, self.device_id, MessageType.STATUS),
-            self.encode(Status(state=state)),
-            status.qos,
-            status.retain,
-        )
+    def _status(self, state: bytes) -> Outbound:
+        d = PLAIN_DELIVERY
+        return Outbound(plain_topic(self.prefix, self.device_id, Plain.STATUS), state, d.qos,
+                        d.retain)  # fmt: skip
 
     def _will(self) -> Outbound:
-        # Never de-duplicated (DELIVERY), so the same will can announce every disconnect.
-        return self._status("offline")
+        return self._status(OFFLINE)
 
     def send(self, msg: AnyMessage, body: bytes = b"") -> PublishHandle:
         return self._send(self.device_id, Direction.UP, msg, body)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Say 'offline' explicitly: a clean disconnect does not fire the will."""
-        self.link.stop(final=self._status("offline"), timeout=timeout)
+        self.link.stop(final=self._status(OFFLINE), timeout=timeout)
 
     def _subscriptions(self) -> list[str]:
         return device_subscriptions(self.prefix, self.device_id)
 
     def _on_connect(self, session_present: bool) -> None:
-        self.link.publish(self._status("online"))
+        self.link.publish(self._status(ONLINE))
         super()._on_connect(session_present)
 
 
@@ -264,11 +279,28 @@ class TrainerEndpoint(Endpoint):
         limits: Limits = DEFAULT_LIMITS,
         counters: Counters | None = None,
     ) -> None:
+        self._status_handler: Callable[[str, bool], None] | None = None
         super().__init__(config, sender_id=trainer_id, limits=limits, counters=counters)
 
     def send(self, device_id: str, msg: AnyMessage, body: bytes = b"") -> PublishHandle:
         direction = None if msg.type == MessageType.METRICS else Direction.DOWN
         return self._send(device_id, direction, msg, body)
+
+    def on_status(self, handler: Callable[[str, bool], None]) -> None:
+        """``handler(device_id, online)`` for each device status (on the dispatcher thread)."""
+        self._status_handler = handler
+
+    def _receive_plain(self, inbound: Inbound) -> bool:
+        plain = parse_plain_topic(self.prefix, inbound.topic)
+        if plain is None:
+            return False
+        device_id, kind = plain
+        if kind != Plain.STATUS or inbound.payload not in (ONLINE, OFFLINE):
+            raise ProtocolError(Reason.WRONG_TYPE, "not 'online' or 'offline'")
+        self.counters.inc("received.status")
+        if self._status_handler is not None:
+            self._status_handler(device_id, inbound.payload == ONLINE)
+        return True
 
     def _subscriptions(self) -> list[str]:
         return trainer_subscriptions(self.prefix)

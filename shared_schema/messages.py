@@ -32,7 +32,6 @@ class MessageType(StrEnum):
     MODEL = "model"
     UPDATE = "update"
     CONTROL = "control"
-    STATUS = "status"
     METRICS = "metrics"
     GRADIENT = "gradient"
     CHUNK = "chunk"
@@ -285,13 +284,6 @@ class Gradient(Message):
     signature: Ed25519SigHex | None = None
 
 
-class Status(Message):
-    """Device online/offline (retained; 'offline' is the MQTT last will)."""
-
-    type: Literal["status"] = "status"
-    state: Literal["online", "offline"]
-
-
 class ZooMetrics(Message):
     """The trainer's expert zoo (RECL, seed 003 §6.3), shared by every session: a part of
     ``Metrics``, not a message of its own."""
@@ -373,7 +365,6 @@ AnyMessage = Annotated[
     | Model
     | Update
     | Control
-    | Status
     | Metrics
     | Gradient
     | Chunk,

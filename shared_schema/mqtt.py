@@ -17,6 +17,8 @@ properties (content type, message expiry, session expiry, receive maximum).
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -54,6 +56,32 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "application/vnd.amstream.envelope"
 # The keys of a BrokerConfig that are paths: a config file's loader expands them.
 PATH_KEYS = frozenset({"ca_file", "cert_file", "key_file", "password_file"})
+
+
+# CONNACK reasons no retry can change (MQTT 5 codes; paho maps 3.1.1's onto them): client id
+# not valid, bad user name or password, not authorized, banned, bad authentication method.
+_PERMANENT_REFUSALS = {133: "mqtt.client_id", 134: "mqtt.username and mqtt.password_file",
+                       135: "the broker's ACL and mqtt.username", 138: "mqtt.username",
+                       140: "mqtt.username and mqtt.password_file"}  # fmt: skip
+
+
+class BrokerRefused(ConfigFileError):
+    """The broker cannot be used with these settings, and retrying will not change that (a
+    refused login, a name that does not resolve, a certificate that does not verify)."""
+
+
+class _Client(paho.Client):
+    """paho's client, keeping why the last connection attempt failed: paho retries and drops
+    the exception, and a person needs the reason."""
+
+    last_error: OSError | None = None
+
+    def reconnect(self) -> MQTTErrorCode:
+        try:
+            return super().reconnect()
+        except OSError as exc:
+            self.last_error = exc
+            raise
 
 
 class TlsConfig(BaseModel):
@@ -117,6 +145,16 @@ class BrokerConfig(BaseModel):
             except OSError as exc:
                 raise ValueError(f"password_file: cannot read {self.password_file}: {exc}") from exc
         return self.password.get_secret_value() if self.password else None
+
+
+def _why(exc: OSError | None) -> str:
+    if exc is None:
+        return "connection failed"
+    if isinstance(exc, TimeoutError):
+        return "timed out (is the address right, and the port open in the firewall?)"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the broker running and listening on this port?)"
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 def load_broker_config(path: Path) -> BrokerConfig:
@@ -237,6 +275,8 @@ class MqttLink:
         self._queue: deque[Inbound | None] = deque()
         self._queue_bytes = 0
         self._queue_cv = threading.Condition()
+        self._failures = 0  # connection attempts failed in a row: the backoff's exponent
+        self.refusal: BrokerRefused | None = None  # set once retrying is pointless
         # Outcomes by message id; paho never reuses the id of a message still in flight. Never
         # held while calling into paho: paho calls on_publish holding its own message mutex.
         self._outcomes: dict[int, _Outcome] = {}
@@ -324,7 +364,7 @@ class MqttLink:
         kwargs: dict[str, object] = {}
         if not self._v5:
             kwargs["clean_session"] = not cfg.persistent_session
-        client = paho.Client(
+        client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
@@ -377,16 +417,22 @@ class MqttLink:
             props.MessageExpiryInterval = expiry_s
         return props
 
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.config.port}"
+
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             self.counters.inc("mqtt.connect_refused")
-            log.warning(
-                "broker %s:%s refused the connection: %s",
-                self.config.host,
-                self.config.port,
-                reason_code,
-            )
+            check = _PERMANENT_REFUSALS.get(reason_code.value)
+            if check is None:
+                self._retry_later(f"refused: {reason_code}")
+            else:
+                user = self.config.username or "(no username)"
+                self._give_up(f"the broker at {self.address} refused {user}: {reason_code}:"
+                              f" check {check}")  # fmt: skip
             return
+        self._failures = 0
         self._generation += 1
         self.counters.inc("mqtt.connects")
         with self._handlers_lock:
@@ -448,6 +494,30 @@ class MqttLink:
 
     def _on_connect_fail(self, client, userdata) -> None:
         self.counters.inc("mqtt.connect_failures")
+        exc = client.last_error
+        if isinstance(exc, socket.gaierror):
+            self._give_up(f"mqtt.host {self.config.host!r} does not resolve ({exc.strerror}):"
+                          " fix mqtt.host in the config")  # fmt: skip
+        elif isinstance(exc, ssl.SSLCertVerificationError):
+            self._give_up(f"TLS to {self.address}: {exc.verify_message}: check mqtt.tls.ca_file"
+                          " and that mqtt.host is a name in the broker's certificate")  # fmt: skip
+        else:
+            self._retry_later(_why(exc))
+
+    def _retry_later(self, why: str) -> None:
+        """Log each failed attempt with its reason and the backoff paho waits before the next."""
+        self._failures += 1
+        cfg = self.config
+        delay = min(cfg.reconnect_max_s, cfg.reconnect_min_s * 2 ** (self._failures - 1))
+        log.warning("cannot connect to the broker at %s: %s; retrying in %.1f s (attempt %d)",
+                    self.address, why, delay, self._failures)  # fmt: skip
+
+    def _give_up(self, why: str) -> None:
+        """A refusal no retry will change: stop trying, and let the owner say it and exit."""
+        if self.refusal is None:
+            self.refusal = BrokerRefused(why)
+            log.error("%s", why)
+        threading.Thread(target=self._client.disconnect, daemon=True).start()
 
     def _on_message(self, client, userdata, msg: paho.MQTTMessage) -> None:
         # Runs on paho's network thread: must never block and never raise.

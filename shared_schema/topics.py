@@ -10,10 +10,14 @@ Chunks of a large message travel on the topic of the message they belong to.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-from shared_schema.compat import StrEnum
+from shared_schema.compat import UTC, StrEnum
 from shared_schema.errors import ProtocolError, Reason
 from shared_schema.messages import MessageType
 
@@ -28,7 +32,7 @@ class Direction(StrEnum):
     DOWN = "down"  # trainer → device
 
 
-# Which direction each message type may travel; None: directly under the device (status).
+# Which direction each message type may travel; None: directly under the device (metrics).
 ROUTES: dict[MessageType, frozenset[Direction | None]] = {
     MessageType.HELLO: frozenset({Direction.UP}),
     MessageType.SEGMENT: frozenset({Direction.UP}),
@@ -38,7 +42,6 @@ ROUTES: dict[MessageType, frozenset[Direction | None]] = {
     MessageType.MODEL: frozenset({Direction.DOWN}),
     MessageType.UPDATE: frozenset({Direction.DOWN}),
     MessageType.CONTROL: frozenset({Direction.DOWN}),
-    MessageType.STATUS: frozenset({None}),
     MessageType.METRICS: frozenset({None}),
     MessageType.GRADIENT: frozenset({Direction.DOWN}),
 }
@@ -53,7 +56,6 @@ class Delivery:
 
 
 # QoS 1 where loss matters (SPEC §4); retained where the latest value is the state.
-# Status is never de-duplicated: the same last-will envelope is published on every disconnect.
 DELIVERY: dict[MessageType, Delivery] = {
     MessageType.HELLO: Delivery(qos=1),
     MessageType.SEGMENT: Delivery(qos=1),
@@ -63,11 +65,52 @@ DELIVERY: dict[MessageType, Delivery] = {
     MessageType.MODEL: Delivery(qos=1),
     MessageType.UPDATE: Delivery(qos=1),
     MessageType.CONTROL: Delivery(qos=1, retain=True),
-    MessageType.STATUS: Delivery(qos=1, retain=True, dedupe=False),
     MessageType.METRICS: Delivery(qos=0, retain=True, dedupe=False),
     # one per interval, each superseding the last: a late one is of no use
     MessageType.GRADIENT: Delivery(qos=0, expiry_s=60),
 }
+
+
+class Plain(StrEnum):
+    """Topics for people and home-automation tools (SPEC §10): plain text or JSON, retained,
+    beside the envelopes and never parsed as one."""
+
+    STATUS = "status"  # "online" / "offline", by the device; its last will says offline
+    STATE = "state"  # the device's state as JSON (model version, fps, sampling, Kbps, ...)
+    SESSION = "session"  # the trainer's figures of the device's session, as JSON
+
+
+ONLINE, OFFLINE = b"online", b"offline"
+# Retained and QoS 1: the latest value is what a late subscriber needs, and it must arrive.
+PLAIN_DELIVERY = Delivery(qos=1, retain=True, dedupe=False)
+
+
+def plain_topic(prefix: str, device_id: str, kind: Plain) -> str:
+    return f"{validate_prefix(prefix)}/{validate_device_id(device_id)}/{kind.value}"
+
+
+def plain_json(values: dict[str, Any]) -> bytes:
+    """A plain topic's JSON (``state``, ``session``): strict JSON, stamped with its UTC time."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        return value if isinstance(value, str | int | float | bool | None) else str(value)
+
+    stamped = {**values, "updated_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    return json.dumps(clean(stamped), sort_keys=True, allow_nan=False).encode()
+
+
+def parse_plain_topic(prefix: str, topic: str) -> tuple[str, Plain] | None:
+    """(device id, kind) of a plain topic under ``prefix``; None for any other topic."""
+    parts = topic[len(prefix) + 1 :].split("/") if topic.startswith(prefix + "/") else []
+    if len(parts) != 2 or parts[1] not in set(Plain):
+        return None
+    return validate_device_id(parts[0]), Plain(parts[1])
 
 
 @dataclass(frozen=True)
@@ -168,7 +211,7 @@ def device_subscriptions(prefix: str, device_id: str) -> list[str]:
 def trainer_subscriptions(prefix: str) -> list[str]:
     """What the trainer subscribes to: every device's uplink and status."""
     validate_prefix(prefix)
-    return [f"{prefix}/+/up/#", f"{prefix}/+/status"]
+    return [f"{prefix}/+/up/#", f"{prefix}/+/{Plain.STATUS.value}"]
 
 
 class Access(StrEnum):
@@ -177,13 +220,14 @@ class Access(StrEnum):
 
 
 # What each side may touch (the broker's ACL is generated from this: cloud_trainer.fleet):
-# a device writes only its own uplink and status and reads only its own downlink; the trainer
-# reads every uplink and status and writes every downlink and metrics; an observer reads all.
+# a device writes only its own uplink, status and state and reads only its own downlink; the
+# trainer reads every uplink and status and writes every downlink, metrics and session; an
+# observer reads all.
 def device_grants(prefix: str, device_id: str) -> list[tuple[Access, str]]:
     own = f"{validate_prefix(prefix)}/{validate_device_id(device_id)}"
     return [
         (Access.WRITE, f"{own}/{Direction.UP.value}/#"),
-        (Access.WRITE, f"{own}/{MessageType.STATUS.value}"),
+        *((Access.WRITE, f"{own}/{kind.value}") for kind in (Plain.STATUS, Plain.STATE)),
         *((Access.READ, f) for f in device_subscriptions(prefix, device_id)),
     ]
 
@@ -194,6 +238,7 @@ def trainer_grants(prefix: str) -> list[tuple[Access, str]]:
         *((Access.READ, f) for f in trainer_subscriptions(prefix)),
         (Access.WRITE, f"{every}/{Direction.DOWN.value}/#"),
         (Access.WRITE, f"{every}/{MessageType.METRICS.value}"),
+        (Access.WRITE, f"{every}/{Plain.SESSION.value}"),
     ]
 
 

@@ -60,7 +60,6 @@ from shared_schema.messages import (
     RegionQuality,
     Results,
     Segment,
-    Status,
     Telemetry,
     Update,
     UpdateFormat,
@@ -295,10 +294,6 @@ def _control(rng: random.Random) -> Message:
     )
 
 
-def _status(rng: random.Random) -> Message:
-    return Status(state=rng.choice(("online", "offline")))
-
-
 _METRIC_NAMED = {"type", "mirror_version", "device_version", "sampling_rate_fps", "t_update_s",
                  "training_seconds_last", "training_seconds_mean", "training_seconds_total",
                  "classes", "zoo"}  # fmt: skip
@@ -346,7 +341,6 @@ BUILDERS: dict[MessageType, Callable[[random.Random], Message]] = {
     MessageType.MODEL: _model,
     MessageType.UPDATE: _update,
     MessageType.CONTROL: _control,
-    MessageType.STATUS: _status,
     MessageType.METRICS: _metrics,
     MessageType.GRADIENT: _gradient,
 }
@@ -368,7 +362,7 @@ class Route:
 
     @property
     def direction(self) -> Direction | None:
-        if self.msg_type in (MessageType.STATUS, MessageType.METRICS):
+        if self.msg_type == MessageType.METRICS:
             return None
         return Direction.DOWN if self.side == DEVICE_SIDE else Direction.UP
 
@@ -380,7 +374,7 @@ class Route:
     @property
     def own(self) -> bool:
         """Whether the sender must be the device the topic names (endpoint._check_sender)."""
-        return self.direction == Direction.UP or self.msg_type == MessageType.STATUS
+        return self.direction == Direction.UP
 
     def sender(self, rng: random.Random) -> str:
         if self.own:
@@ -1049,7 +1043,7 @@ def label(moved: dict[str, int]) -> str:
 def invalid_delivery(side: str, step: Step, env: Envelope, topic: Any) -> str | None:
     """Why a delivered message is not one a handler may see, or None."""
     accepted = {Direction.DOWN} if side == DEVICE_SIDE else {Direction.UP, None}
-    own = topic.direction == Direction.UP or topic.type == MessageType.STATUS
+    own = topic.direction == Direction.UP
     problems = {
         "topic differs from the MQTT topic": str(topic) != step.topic,
         "type differs from the topic's": env.type != topic.type,

@@ -18,7 +18,6 @@ from shared_schema.messages import (
     RegionQuality,
     Results,
     Segment,
-    Status,
     Telemetry,
     Update,
     UpdateFormat,
@@ -120,8 +119,6 @@ DOWNLINK: list[tuple[Message, bytes]] = [
     (Ack(ref_type="segment", ref_seq=9, ok=False, reason=AckReason.DECODE_ERROR), b""),
 ]
 
-STATUS: list[tuple[Message, bytes]] = [(Status(state="online"), b"")]
-
 METRICS: list[tuple[Message, bytes]] = [
     (
         Metrics(
@@ -150,4 +147,4 @@ METRICS: list[tuple[Message, bytes]] = [
     )
 ]
 
-ALL: list[tuple[Message, bytes]] = UPLINK + DOWNLINK + STATUS + METRICS
+ALL: list[tuple[Message, bytes]] = UPLINK + DOWNLINK + METRICS

@@ -3,6 +3,7 @@ the ACL: tests/test_fleet.py): delivery, redelivery, last will, restarts, chunki
 
 from __future__ import annotations
 
+import queue
 import signal
 import time
 
@@ -16,7 +17,6 @@ from shared_schema.messages import (
     MessageType,
     Model,
     Segment,
-    Status,
     Telemetry,
 )
 from shared_schema.mqtt import MqttLink, Outbound
@@ -56,6 +56,13 @@ def _started(endpoint, stop_later):
     return endpoint
 
 
+def _statuses(trainer: TrainerEndpoint) -> queue.Queue:
+    """(device id, online) of each status the trainer hears, in order."""
+    heard: queue.Queue = queue.Queue()
+    trainer.on_status(lambda device_id, online: heard.put((device_id, online)))
+    return heard
+
+
 def _cam_1(broker, protocol: str) -> DeviceEndpoint:
     """Device cam-1, logged in as itself."""
     return DeviceEndpoint(broker.client_config("cam-1", protocol=protocol), "cam-1")
@@ -66,11 +73,10 @@ def test_every_message_type_crosses_the_broker(broker, protocol, stop_later):
     trainer = TrainerEndpoint(broker.client_config(protocol=protocol))
     device = _cam_1(broker, protocol)
     to_trainer, to_device = Inbox(trainer), Inbox(device)
+    statuses = _statuses(trainer)
     _started(trainer, stop_later)
     _started(device, stop_later)
-
-    env, topic = to_trainer.of_type(MessageType.STATUS)
-    assert env.msg == Status(state="online") and topic.device_id == "cam-1"
+    assert statuses.get(timeout=10) == ("cam-1", True)
 
     for msg, body in UPLINK:
         assert device.send(msg, body).wait(5)
@@ -84,8 +90,7 @@ def test_every_message_type_crosses_the_broker(broker, protocol, stop_later):
         assert (env.msg, env.body, env.device_id) == (msg, body, "trainer")
 
     device.stop()
-    env, _ = to_trainer.of_type(MessageType.STATUS)
-    assert env.msg == Status(state="offline")
+    assert statuses.get(timeout=10) == ("cam-1", False)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -128,25 +133,22 @@ def test_unacknowledged_message_is_redelivered_after_a_crash(broker, protocol, s
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_last_will_announces_a_killed_device(broker, protocol, stop_later):
     trainer = TrainerEndpoint(broker.client_config(protocol=protocol))
-    inbox = Inbox(trainer, [MessageType.STATUS])
+    statuses = _statuses(trainer)
     _started(trainer, stop_later)
 
     peer = start_peer("device", broker, "cam-9", protocol)
-    env, topic = inbox.get()
-    assert (env.msg.state, topic.device_id) == ("online", "cam-9")
+    assert statuses.get(timeout=10) == ("cam-9", True)
     peer.send_signal(signal.SIGKILL)
     peer.wait()
-    env, topic = inbox.get()
-    assert (env.msg.state, topic.device_id) == ("offline", "cam-9")
+    assert statuses.get(timeout=30) == ("cam-9", False)
 
-    # Retained: a trainer that starts later learns the device is offline.
-    late = TrainerEndpoint(
-        broker.client_config("monitor", protocol=protocol, persistent_session=False)
-    )
-    late_inbox = Inbox(late, [MessageType.STATUS])
-    _started(late, stop_later)
-    env, _ = late_inbox.get()
-    assert env.msg.state == "offline"
+    # Retained, and plain text: anyone who subscribes later reads "offline" as it is.
+    plain = queue.Queue()
+    late = MqttLink(broker.client_config("monitor", protocol=protocol,
+                                         persistent_session=False), client_id="late")  # fmt: skip
+    late.subscribe("ams/cam-9/status", 1, lambda m: plain.put((m.payload, m.retain)))
+    stop_later(late).start()
+    assert plain.get(timeout=10) == (b"offline", True)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -276,3 +278,19 @@ def test_large_model_is_chunked_through_a_capped_broker(capped_broker, protocol,
     env, _ = inbox.get(timeout=20)
     assert env.body == body and env.msg.version == 1
     assert device.counters.get("received.model") == 1
+
+
+@pytest.mark.broker
+def test_a_status_that_is_not_online_or_offline_is_counted_and_dropped(broker, stop_later):
+    trainer = TrainerEndpoint(broker.client_config())
+    statuses = _statuses(trainer)
+    _started(trainer, stop_later)
+    liar = stop_later(MqttLink(broker.client_config("cam-1"), client_id="cam-1"))
+    liar.start()
+    assert liar.wait_connected(10)
+    for payload in (b"maybe", b"ONLINE", b"\xff" * 9, b"online "):
+        assert liar.publish(Outbound("ams/cam-1/status", payload, 1)).wait(5)
+    assert liar.publish(Outbound("ams/cam-1/status", b"online", 1)).wait(5)
+    assert statuses.get(timeout=10) == ("cam-1", True)  # the only one handed on
+    assert statuses.empty()
+    wait_until(lambda: trainer.counters.get("rejected.wrong_type") == 4, 5, "4 rejections")

@@ -1,4 +1,6 @@
 import contextlib
+import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -9,8 +11,12 @@ from shared_schema.messages import MessageType
 from shared_schema.topics import (
     ROUTES,
     Direction,
+    Plain,
     device_subscriptions,
+    parse_plain_topic,
     parse_topic,
+    plain_json,
+    plain_topic,
     topic_for,
     trainer_subscriptions,
     validate_device_id,
@@ -26,7 +32,6 @@ from shared_schema.topics import (
         (MessageType.CONTROL, None, "ams/cam-1/down/control"),
         (MessageType.ACK, Direction.UP, "ams/cam-1/up/ack"),
         (MessageType.ACK, Direction.DOWN, "ams/cam-1/down/ack"),
-        (MessageType.STATUS, None, "ams/cam-1/status"),
     ],
 )
 def test_topic_for_builds_the_spec_tree(msg_type, direction, expected):
@@ -109,3 +114,19 @@ def test_subscriptions():
 def test_parse_never_raises_anything_but_protocol_error(text):
     with contextlib.suppress(ProtocolError):
         parse_topic("ams", text)
+
+
+def test_plain_topics_sit_beside_the_envelopes():
+    assert plain_topic("ams", "cam-1", Plain.STATUS) == "ams/cam-1/status"
+    assert parse_plain_topic("ams", "ams/cam-1/state") == ("cam-1", Plain.STATE)
+    for other in ("ams/cam-1/up/hello", "ams/cam-1/metrics", "ams/cam-1/status/x", "x/cam-1/state"):
+        assert parse_plain_topic("ams", other) is None
+    with pytest.raises(ProtocolError):
+        parse_plain_topic("ams", "ams/$SYS/status")
+
+
+def test_plain_json_is_strict_json_with_its_time():
+    text = plain_json({"fps": float("nan"), "version": 3, "classes": (0, 15), "path": Path("/x")})
+    values = json.loads(text)  # strict: NaN would not parse in most readers
+    assert values["fps"] is None and values["classes"] == [0, 15] and values["path"] == "/x"
+    assert values["updated_at"].endswith("+00:00")

@@ -10,7 +10,7 @@ from typing import Any
 from shared_schema.bench_results import add_results_dir_option, write_result
 from shared_schema.cli import fail
 from shared_schema.config_files import find_shared_dir
-from shared_schema.mqtt import BrokerConfig, load_broker_config
+from shared_schema.mqtt import BrokerConfig, TlsConfig, load_broker_config
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -131,9 +131,11 @@ def _monitor(args: argparse.Namespace) -> int:
     if args.mqtt:
         config = load_broker_config(Path(args.mqtt))
     else:
+        tls = TlsConfig(ca_file=args.ca_file) if args.ca_file or args.tls else None
         config = BrokerConfig(
-            host=args.host, port=args.port, protocol=args.protocol, prefix=args.prefix
-        )
+            host=args.host, port=args.port, protocol=args.protocol, prefix=args.prefix, tls=tls,
+            username=args.username, password_file=args.password_file,
+        )  # fmt: skip
     monitor(config, lambda line: print(line, flush=True), count=args.count, timeout_s=args.timeout)
     return 0
 
@@ -223,6 +225,10 @@ def add_tool_parsers(sub: Any) -> None:
     mon.add_argument("--port", type=int, default=1883)
     mon.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
     mon.add_argument("--prefix", default="ams")
+    mon.add_argument("--tls", action="store_true", help="TLS, the system's trust store")
+    mon.add_argument("--ca-file", help="TLS with this CA certificate (a fleet's ca/ca.pem)")
+    mon.add_argument("--username", help="the login (a fleet's: monitor)")
+    mon.add_argument("--password-file", help="a file holding its password")
     mon.add_argument("--count", type=int, help="exit after this many messages")
     mon.add_argument("--timeout", type=float, help="exit after this many seconds")
     mon.set_defaults(func=_monitor)

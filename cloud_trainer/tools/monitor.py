@@ -10,7 +10,7 @@ from collections.abc import Callable
 from shared_schema.envelope import decode
 from shared_schema.errors import ProtocolError
 from shared_schema.mqtt import BrokerConfig, Inbound, MqttLink
-from shared_schema.topics import parse_topic
+from shared_schema.topics import parse_plain_topic, parse_topic
 
 
 def describe(config: BrokerConfig, inbound: Inbound) -> dict[str, object]:
@@ -21,6 +21,9 @@ def describe(config: BrokerConfig, inbound: Inbound) -> dict[str, object]:
         "retain": inbound.retain,
     }
     try:
+        if parse_plain_topic(config.prefix, inbound.topic) is not None:
+            record["plain"] = _plain(inbound.payload)
+            return record
         parse_topic(config.prefix, inbound.topic)
         env = decode(inbound.payload)
     except ProtocolError as exc:
@@ -35,6 +38,18 @@ def describe(config: BrokerConfig, inbound: Inbound) -> dict[str, object]:
         msg=env.msg.model_dump(mode="json"),
     )
     return record
+
+
+def _plain(payload: bytes) -> object:
+    """A plain topic's value: its JSON, else its text (``online``), else its length."""
+    try:
+        text = payload.decode()
+    except UnicodeDecodeError:
+        return f"({len(payload)} bytes, not text)"
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def monitor(
@@ -58,9 +73,11 @@ def monitor(
             if wait is not None and wait <= 0:
                 break
             try:
-                record = records.get(timeout=wait)
+                record = records.get(timeout=min(wait or 0.5, 0.5))
             except queue.Empty:
-                break
+                if link.refusal is not None:
+                    raise link.refusal from None
+                continue
             emit(json.dumps(record))
             seen += 1
     finally:
