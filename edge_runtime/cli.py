@@ -11,6 +11,7 @@ from edge_runtime.profile import load_profile
 from firmware_configs import BUNDLED_PROFILES
 from shared_schema.bench_results import add_results_dir_option, write_result
 from shared_schema.cli import command_parser, fail, run_command
+from shared_schema.config_files import ConfigFileError
 
 
 def _check_profile(args: argparse.Namespace) -> int:
@@ -58,17 +59,19 @@ def _run(args: argparse.Namespace) -> int:
         return fail(f"{args.profile}: model.initial {profile.model.initial}: {exc}")
     except BackendUnavailable as exc:
         return fail(f"{args.profile}: inference.backend {profile.inference.backend}: {exc}")
+    except ConfigFileError as exc:  # e.g. a TLS file that is no certificate
+        return fail(f"{args.profile}: {exc}")
     install_signal_handlers(runtime)
     runtime.start()
     try:
         with frames:
             summary = runtime.run(frames, max_frames=args.max_frames)
-    except SourceError as exc:
-        return fail(exc, 1)
-    except BrokerRefused as exc:
+    except (SourceError, BrokerRefused) as exc:
+        runtime.shutdown()  # first: the error is the last line a person reads
+        if isinstance(exc, SourceError):
+            return fail(exc, 1)
         return fail(f"{args.profile}: {exc}")
-    finally:
-        runtime.shutdown()
+    runtime.shutdown()
     print(
         json.dumps(
             {

@@ -60,9 +60,10 @@ PATH_KEYS = frozenset({"ca_file", "cert_file", "key_file", "password_file"})
 
 # CONNACK reasons no retry can change (MQTT 5 codes; paho maps 3.1.1's onto them): client id
 # not valid, bad user name or password, not authorized, banned, bad authentication method.
-_PERMANENT_REFUSALS = {133: "mqtt.client_id", 134: "mqtt.username and mqtt.password_file",
-                       135: "the broker's ACL and mqtt.username", 138: "mqtt.username",
-                       140: "mqtt.username and mqtt.password_file"}  # fmt: skip
+_LOGIN = "mqtt.username and mqtt.password_file"
+_PERMANENT_REFUSALS = {133: "mqtt.client_id", 134: _LOGIN, 138: "mqtt.username", 140: _LOGIN,
+                       # mosquitto says it of a wrong password too
+                       135: f"{_LOGIN}, and that the broker knows this login"}  # fmt: skip
 
 
 class BrokerRefused(ConfigFileError):
@@ -399,11 +400,20 @@ class MqttLink:
             path = getattr(tls, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"tls.{name}: no such file {path}")
-        client.tls_set(
-            ca_certs=str(tls.ca_file) if tls.ca_file else None,
-            certfile=str(tls.cert_file) if tls.cert_file else None,
-            keyfile=str(tls.key_file) if tls.key_file else None,
-        )
+        try:
+            client.tls_set(
+                ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                certfile=str(tls.cert_file) if tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls.key_file else None,
+            )
+        except ssl.SSLError as exc:
+            files = ", ".join(
+                f"{k} {v}" for k, v in tls.model_dump().items() if v and k != "insecure"
+            )
+            raise ConfigFileError(
+                f"mqtt.tls: {files}: not usable ({exc.reason or exc}): a PEM certificate (and"
+                " key) is needed, e.g. the fleet's ca.pem"
+            ) from exc
         client.tls_insecure_set(tls.insecure)
 
     def _publish_properties(

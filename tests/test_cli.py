@@ -102,8 +102,8 @@ def test_monitor_prints_decoded_traffic_and_rejections(broker, capsys, tmp_path)
     assert result.get("rc") == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(records) == 3
-    kinds = {r.get("msg", {}).get("type") or r.get("rejected") for r in records}
-    assert kinds <= {"status", "hello", "bad_magic"} and len(kinds) >= 2
+    kinds = {r.get("msg", {}).get("type") or r.get("rejected") or r.get("plain") for r in records}
+    assert kinds <= {"online", "hello", "bad_magic"} and len(kinds) >= 2  # status is plain text
     decoded = [r for r in records if r.get("msg", {}).get("type") == "hello"]
     assert all(r["device_id"] == "cam-1" and r["msg"]["profile"] == "cpu" for r in decoded)
 
