@@ -117,7 +117,10 @@ class CheckpointConfig(_Section):
 
 class MetricsConfig(_Section):
     interval_s: float = Field(10.0, gt=0.0)  # log line and retained MQTT metrics per session
-    prometheus_port: int | None = Field(None, ge=1, le=65535)
+    # The Prometheus endpoint (cloud_trainer/prometheus.py); 0: off. On loopback unless told
+    # otherwise: it has no authentication.
+    prometheus_port: int = Field(9464, ge=0, le=65535)
+    prometheus_host: str = "127.0.0.1"
 
 
 class TrainerConfig(_Section):

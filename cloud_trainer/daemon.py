@@ -21,6 +21,7 @@ from pathlib import Path
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.oneadapt.dnngrad import DnnGrad
 from cloud_trainer.outgoing import Outgoing
+from cloud_trainer.prometheus import TrainerMetrics
 from cloud_trainer.recl.reuse import ModelReuse
 from cloud_trainer.recl.scheduler import MarginalGain
 from cloud_trainer.scheduler import RoundRobin
@@ -28,10 +29,11 @@ from cloud_trainer.session import CHECKPOINT, Session, open_inbox, store_segment
 from cloud_trainer.student import import_tflite
 from cloud_trainer.teacher import load_teacher
 from edge_runtime.spool import Spool
+from shared_schema import prometheus
 from shared_schema.endpoint import TrainerEndpoint
 from shared_schema.envelope import Envelope
 from shared_schema.errors import ProtocolError
-from shared_schema.messages import MessageType, Metrics
+from shared_schema.messages import MessageType, Metrics, Telemetry
 from shared_schema.signing import Signer, load_private_key
 from shared_schema.topics import Plain, Topic, plain_json, validate_device_id
 
@@ -71,7 +73,7 @@ class TrainerDaemon:
         self.scheduler = RoundRobin(self._step, self._choose if marginal else None)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._prometheus = _Prometheus(config.metrics.prometheus_port)
+        self.metrics = TrainerMetrics()
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -80,9 +82,14 @@ class TrainerDaemon:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
+        port = self.config.metrics.prometheus_port
+        if port:
+            prometheus.serve(self.metrics, self.config.metrics.prometheus_host, port,
+                             "metrics.prometheus_port")  # fmt: skip
         self._resume_active()
         for msg_type in (MessageType.HELLO, MessageType.SEGMENT, MessageType.ACK):
             self.endpoint.on(msg_type, self._deliver)
+        self.endpoint.on(MessageType.TELEMETRY, self._telemetry)
         self.endpoint.on_status(self._status)
         self.endpoint.start()
         for target, name in ((self.scheduler.run, "scheduler"), (self._housekeep, "housekeeping")):
@@ -153,6 +160,11 @@ class TrainerDaemon:
 
     def _status(self, device_id: str, online: bool) -> None:
         self.online[device_id] = online
+        self.metrics.online(device_id, online)
+
+    def _telemetry(self, envelope: Envelope, topic: Topic) -> None:
+        assert isinstance(envelope.msg, Telemetry)
+        self.metrics.telemetry(topic.device_id, envelope.msg)
 
     # -- the worker side -----------------------------------------------------------------------
 
@@ -296,7 +308,7 @@ class TrainerDaemon:
         if self.reuse is not None:
             zoo = self.reuse.metrics()
             log.info("metrics model zoo %s", zoo.model_dump())
-            self._prometheus.update_trainer(zoo.model_dump())
+            self.metrics.trainer(zoo.model_dump())
         for session in list(self.sessions.values()):
             figures = session.metrics()
             reports.append(figures)
@@ -304,7 +316,7 @@ class TrainerDaemon:
             fields = {k: v for k, v in figures.items() if k in Metrics.model_fields}
             self.endpoint.send(session.device_id, Metrics(**fields, zoo=zoo))
             self.endpoint.publish_plain(session.device_id, Plain.SESSION, plain_json(figures))
-            self._prometheus.update(figures)
+            self.metrics.session(figures)
         return reports
 
 
@@ -314,63 +326,3 @@ def _is_device_id(name: str) -> bool:
     except ProtocolError:
         return False
     return True
-
-
-class _Prometheus:
-    """Session metrics as Prometheus gauges, labelled by device, when a port is set."""
-
-    _NUMERIC = (
-        "mirror_version",
-        "sampling_rate_fps",
-        "t_update_s",
-        "training_seconds_last",
-        "training_seconds_mean",
-        "buffer_samples",
-        "segments",
-        "segments_rejected",
-        "bytes_up",
-        "bytes_down",
-        "phases",
-        "phases_gated",
-        "selector_refits",
-        "rebases",
-        "reuses",
-        "updates_sent",
-        "updates_acked",
-        "updates_rejected",
-        "resyncs",
-        "full_models",
-    )
-
-    def __init__(self, port: int | None) -> None:
-        self._gauges: dict[str, object] = {}
-        self._registry = None
-        if port is None:
-            return
-        import prometheus_client
-
-        registry = self._registry = prometheus_client.CollectorRegistry()
-        for name in self._NUMERIC:
-            self._gauges[name] = prometheus_client.Gauge(
-                f"amstream_{name}", f"trainer session {name}", ["device"], registry=registry
-            )
-        prometheus_client.start_http_server(port, registry=registry)
-
-    def update_trainer(self, figures: dict[str, float]) -> None:
-        """Trainer-wide figures (the model zoo's), one gauge each, made on first sight."""
-        if self._registry is None:
-            return
-        import prometheus_client
-
-        for name, value in figures.items():
-            if name not in self._gauges:
-                self._gauges[name] = prometheus_client.Gauge(
-                    f"amstream_{name}", f"trainer {name}", registry=self._registry
-                )
-            self._gauges[name].set(value)  # type: ignore[attr-defined]
-
-    def update(self, figures: dict[str, object]) -> None:
-        for name in self._NUMERIC:
-            gauge, value = self._gauges.get(name), figures.get(name)
-            if gauge is not None and value is not None:
-                gauge.labels(device=figures["device_id"]).set(value)  # type: ignore[attr-defined]

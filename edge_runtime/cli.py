@@ -29,7 +29,6 @@ def _run(args: argparse.Namespace) -> int:
     from edge_runtime.backends import BackendUnavailable, ModelError
     from edge_runtime.runtime import EdgeRuntime, install_signal_handlers
     from edge_runtime.sources import SourceError, open_source
-    from shared_schema.mqtt import BrokerRefused
 
     profile = load_profile(args.profile)
     problems = profile.file_problems()
@@ -62,11 +61,11 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigFileError as exc:  # e.g. a TLS file that is no certificate
         return fail(f"{args.profile}: {exc}")
     install_signal_handlers(runtime)
-    runtime.start()
     try:
+        runtime.start()
         with frames:
             summary = runtime.run(frames, max_frames=args.max_frames)
-    except (SourceError, BrokerRefused) as exc:
+    except (SourceError, ConfigFileError) as exc:  # a refused login, a busy metrics port
         runtime.shutdown()  # first: the error is the last line a person reads
         if isinstance(exc, SourceError):
             return fail(exc, 1)

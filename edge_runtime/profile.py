@@ -182,6 +182,9 @@ class SourceSection(_Section):
 class TelemetrySection(_Section):
     interval_s: float = Field(10.0, gt=0.0, le=3600.0)
     results_rate_hz: float = Field(0.0, ge=0.0, le=30.0)  # 0: no MQTT results summary
+    # The device's own Prometheus endpoint (its telemetry, as the trainer exports it); 0: off.
+    prometheus_port: int = Field(0, ge=0, le=65535)
+    prometheus_host: str = "127.0.0.1"
 
 
 class Profile(_Section):

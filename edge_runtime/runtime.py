@@ -41,6 +41,7 @@ from edge_runtime.spool import Spool
 from edge_runtime.swap import Handover, LoadedModel
 from edge_runtime.telemetry import FrameStats, TelemetryReporter
 from edge_runtime.uplink import NullUplink, Uplink
+from shared_schema import prometheus
 from shared_schema.counters import Counters
 from shared_schema.endpoint import DeviceEndpoint
 from shared_schema.envelope import Envelope
@@ -56,6 +57,7 @@ from shared_schema.messages import (
     OpaTelemetry,
     UpdateFormat,
 )
+from shared_schema.prometheus import TelemetryCollector
 from shared_schema.signing import Keyring
 from shared_schema.topics import Plain, Topic, plain_json
 
@@ -119,6 +121,7 @@ class EdgeRuntime:
         self._telemetry = TelemetryReporter(self.stats)
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
+        self._metrics: TelemetryCollector | None = None  # [telemetry] prometheus_port
 
     @classmethod
     def from_profile(
@@ -197,6 +200,7 @@ class EdgeRuntime:
             self.endpoint.on(MessageType.GRADIENT, self._on_gradient)
             self.endpoint.on_connect(self._announce)
             self.endpoint.start()
+            self._serve_metrics()
             self._timer = threading.Thread(target=self._report, name="telemetry", daemon=True)
             self._timer.start()
 
@@ -222,6 +226,14 @@ class EdgeRuntime:
             model_version=self.model.version,
             counters=self.counters.snapshot(),
         )
+
+    def _serve_metrics(self) -> None:
+        """The device's own Prometheus endpoint, where the profile asks for one."""
+        telemetry = self.profile.telemetry
+        if telemetry.prometheus_port:
+            self._metrics = TelemetryCollector(self.profile.device.id)
+            prometheus.serve(self._metrics, telemetry.prometheus_host, telemetry.prometheus_port,
+                             "telemetry.prometheus_port")  # fmt: skip
 
     def stop(self) -> None:
         """Ask the frame loop to finish after the current frame (safe from signal handlers)."""
@@ -376,6 +388,8 @@ class EdgeRuntime:
                 opa=opa_telemetry(self.model.engine),
             )
             self.endpoint.send(telemetry)  # type: ignore[union-attr]
+            if self._metrics is not None:
+                self._metrics.latest = telemetry
             state = self._telemetry.state(telemetry, sampling_fps=self.sampler.rate_fps)
             self.endpoint.publish_plain(  # type: ignore[union-attr]
                 self.profile.device.id, Plain.STATE, plain_json(state)

@@ -11,13 +11,17 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import tomli_w
+from prometheus_client.parser import text_string_to_metric_families
 
 from cloud_trainer.config import DEFAULT_CONFIG
 from cloud_trainer.fleet import pki
+from cloud_trainer.tools.local_broker import free_port
 from edge_runtime.bundle import NAME, platform_tags, requirements
 from firmware_configs import PROFILE_DIR
 from shared_schema.config_files import read_toml
@@ -349,3 +353,37 @@ def test_an_unreachable_broker_is_logged_with_its_reason_at_each_retry(
     assert "127.0.0.1:1: connection refused (is the broker running" in retries[0]
     assert "retrying in 0.1 s (attempt 1)" in retries[0]
     assert "retrying in 0.2 s (attempt 2)" in retries[1]  # doubling, up to reconnect_max_s
+
+
+@pytest.mark.broker
+def test_the_device_can_serve_its_own_prometheus_metrics(tmp_path, broker, shared_dir):
+    port = free_port()
+    profile = _profile(tmp_path / "p.toml", broker, "cam-7",
+                       telemetry={"interval_s": 0.5, "prometheus_port": port})  # fmt: skip
+    video = str(shared_dir / "videos/vtest.avi")
+    log = tmp_path / "device.log"
+    with log.open("w") as stderr:
+        device = subprocess.Popen([str(BIN / "edge-runtime"), "run", "--profile", str(profile),
+                                   "--source", video, "--loop"], stderr=stderr)  # fmt: skip
+    try:
+        assert _scrape_until(port, "amstream_device_frames_total", timeout=60) > 0
+    finally:
+        device.terminate()
+        assert device.wait(30) == 0, log.read_text()[-2000:]
+
+
+def _scrape_until(port: int, sample: str, timeout: float) -> float:
+    """The value of ``sample{device=...}`` once the endpoint has it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        except OSError:
+            time.sleep(0.5)
+            continue
+        for family in text_string_to_metric_families(text.decode()):
+            for s in family.samples:
+                if s.name == sample and s.labels == {"device": "cam-7"}:
+                    return s.value
+        time.sleep(0.5)
+    raise AssertionError(f"no {sample} on port {port} within {timeout} s")

@@ -4,22 +4,26 @@ resumes every device without resending full models."""
 
 from __future__ import annotations
 
+import json
 import queue
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.daemon import TrainerDaemon
 from cloud_trainer.tools.emulation import EmulatedDevice, local_profile
+from cloud_trainer.tools.local_broker import free_port
 from shared_schema.envelope import decode, sha256_hex
 from shared_schema.messages import Metrics
 from shared_schema.mqtt import MqttLink
 from tests.mqtt_helpers import wait_until
-from tests.trainer_helpers import trainer_config, trainer_raw, write_toml
+from tests.trainer_helpers import trainer_raw, write_toml
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -43,7 +47,9 @@ def _settled(devices, mirror_sha) -> bool:
 
 
 def test_two_devices_each_hot_swap_verified_updates(tmp_path, broker, shared_dir):
-    daemon = TrainerDaemon(trainer_config(tmp_path, broker))
+    raw = trainer_raw(tmp_path, broker)
+    raw["metrics"]["prometheus_port"] = port = free_port()
+    daemon = TrainerDaemon(TrainerConfig.model_validate(raw))
     daemon.start()
     assert daemon.endpoint.wait_connected(10)
     videos = {"cam-a": "vtest.avi", "cam-b": "one-by-one-person-detection.mp4"}
@@ -70,10 +76,46 @@ def test_two_devices_each_hot_swap_verified_updates(tmp_path, broker, shared_dir
             assert device.runtime.model.version == session.mirror.version >= 2
             assert session.stats.full_models == 0 and session.stats.segments >= 2
             assert device.runtime.counters.get("slots.rejected.bad_hash") == 0
+        daemon.report()
+        _check_prometheus(port, daemon)
+        session = json.loads(_retained(broker, "ams/cam-a/session"))  # plain JSON, for people
+        assert session["device_id"] == "cam-a" and session["phases"] >= 2
     finally:
         for device in devices:
             device.close()
         daemon.stop()
+
+
+def _check_prometheus(port: int, daemon: TrainerDaemon) -> None:
+    """Counters as counters, levels as gauges, the devices' telemetry and status beside the
+    sessions' figures, as a Prometheus server scrapes them."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    samples = {
+        (family.name, family.type, sample.name, sample.labels.get("device")): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    for device_id in ("cam-a", "cam-b"):
+        phases = daemon.sessions[device_id].stats.phases
+        key = ("amstream_session_phases", "counter", "amstream_session_phases_total", device_id)
+        assert samples[key] == phases >= 2
+        gauge = ("amstream_session_mirror_version", "gauge", "amstream_session_mirror_version")
+        assert samples[(*gauge, device_id)] == daemon.sessions[device_id].mirror.version
+        assert samples[("amstream_device_fps", "gauge", "amstream_device_fps", device_id)] > 0
+        frames = ("amstream_device_frames", "counter", "amstream_device_frames_total", device_id)
+        assert samples[frames] > 0
+        assert samples[("amstream_device_online", "gauge", "amstream_device_online", device_id)]
+
+
+def _retained(broker, topic: str) -> bytes:
+    received: queue.Queue[bytes] = queue.Queue()
+    link = MqttLink(broker.client_config("monitor", persistent_session=False), client_id="reader")
+    link.subscribe(topic, 1, lambda m: received.put(m.payload))
+    link.start()
+    try:
+        return received.get(timeout=10)
+    finally:
+        link.stop()
 
 
 def _retained_metrics(broker, device_id: str) -> Metrics:

@@ -18,7 +18,7 @@ def trainer_raw(tmp_path: Path, broker=None, **training) -> dict:
     raw = tomllib.loads(DEFAULT_CONFIG.read_text())
     raw["training"].update({"resolution": [129, 129], "iterations": 2, "batch_size": 1, **training})
     raw["checkpoint"] = {"directory": str(tmp_path / "ckpt"), "interval_s": 2.0}
-    raw["metrics"] = {"interval_s": 1.0}
+    raw["metrics"] = {"interval_s": 1.0, "prometheus_port": 0}  # tests run many trainers
     raw["asr"]["interval_s"] = 2.0
     if broker is not None:
         raw["mqtt"].update(broker.mqtt_table("trainer"))

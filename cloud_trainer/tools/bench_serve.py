@@ -34,6 +34,7 @@ def serve_round(
                 "updates": config.updates.model_copy(update={"signing_key": secured.signing_key}),
                 "mqtt": broker.client_config(),
                 "checkpoint": config.checkpoint.model_copy(update={"directory": workdir / "ckpt"}),
+                "metrics": config.metrics.model_copy(update={"prometheus_port": 0}),
             }
         )
         daemon = TrainerDaemon(config)

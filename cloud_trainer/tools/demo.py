@@ -29,7 +29,7 @@ from cloud_trainer.daemon import TrainerDaemon
 from cloud_trainer.fleet import keys
 from cloud_trainer.tools.demo_device import DeviceSpec, run_device
 from cloud_trainer.tools.demo_report import percent, read_status, running_miou, write_report
-from cloud_trainer.tools.local_broker import local_fleet
+from cloud_trainer.tools.local_broker import free_port, local_fleet
 from shared_schema.mqtt import BrokerConfig
 
 DEMO_TRAINING = {"resolution": (257, 257), "iterations": 8, "batch_size": 2}
@@ -44,6 +44,8 @@ def demo_trainer_config(mqtt: BrokerConfig, workdir: Path, signing_key: Path) ->
             "mqtt": mqtt,
             "training": config.training.model_copy(update=DEMO_TRAINING),
             "checkpoint": config.checkpoint.model_copy(update={"directory": workdir / "trainer"}),
+            # a port of its own: the demo must not collide with a trainer on this machine
+            "metrics": config.metrics.model_copy(update={"prometheus_port": free_port()}),
         }
     )
 
@@ -115,7 +117,8 @@ def run_demo(
             ]
             emit(
                 f"demo: broker on {secured.address}; trainer: student {config.student.model.name}, "
-                f"teacher {config.teacher.model.name}, training {DEMO_TRAINING}; "
+                f"teacher {config.teacher.model.name}, training {DEMO_TRAINING}; metrics on "
+                f"http://127.0.0.1:{config.metrics.prometheus_port}/metrics; "
                 + ", ".join(f"{s.device_id} on {Path(s.video).name}" for s in specs)
             )
             daemon = TrainerDaemon(config)
