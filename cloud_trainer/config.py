@@ -32,7 +32,7 @@ from cloud_trainer.student.float16 import Precision
 from cloud_trainer.teacher import TeacherConfig
 from shared_schema.config_files import (
     ConfigFileError,
-    expand_paths,
+    expand_config,
     read_toml,
     validation_message,
 )
@@ -211,7 +211,7 @@ def load_config(path: Path | None = None) -> TrainerConfig:
     path = Path(path or DEFAULT_CONFIG)
     raw = read_toml(path, ConfigError)
     try:
-        return TrainerConfig.model_validate(expand_paths(raw, path.resolve().parent, PATH_KEYS))
+        return TrainerConfig.model_validate(expand_config(raw, path.resolve().parent, PATH_KEYS))
     except ValidationError as exc:
         raise ConfigError(validation_message(path, exc)) from exc
     except ValueError as exc:

@@ -17,7 +17,7 @@ from pydantic_core import ErrorDetails
 
 from edge_runtime.backends import Backend, InferenceConfig
 from firmware_configs import PROFILE_DIR
-from shared_schema.config_files import ConfigFileError, expand_paths, read_toml
+from shared_schema.config_files import ConfigFileError, expand_config, read_toml
 from shared_schema.messages import MAX_ROI_REGIONS, EncoderKnobs, ModelFormat
 from shared_schema.mqtt import PATH_KEYS as MQTT_PATH_KEYS
 from shared_schema.mqtt import BrokerConfig
@@ -296,7 +296,7 @@ def bundled_profile(
 
 def parse_profile(raw: dict[str, Any], *, base_dir: Path, source: str = "profile") -> Profile:
     try:
-        expanded = expand_paths(raw, base_dir, _PATH_KEYS)
+        expanded = expand_config(raw, base_dir, _PATH_KEYS)
         return Profile.model_validate(expanded)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]

@@ -1,9 +1,10 @@
 """TOML files a person writes (device profiles, the trainer config): reading them, and the
 path rules both follow.
 
-Paths may use ``${VAR}`` (environment variables; ``AMS_SHARED_DIR`` defaults to the shared data
-directory beside the project, ``AMS_KEY_DIR`` to ``~/.config/amstream/keys``) and ``~``;
-relative paths resolve against the file's directory.
+Every string may use ``${VAR}`` (an environment variable; ``${VAR:-default}`` where it may be
+unset): secrets, hosts and ports as well as paths. ``AMS_SHARED_DIR`` defaults to the shared data
+directory beside the project, ``AMS_KEY_DIR`` to ``~/.config/amstream/keys``. Paths may also use
+``~``, and relative paths resolve against the file's directory.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ SHARED_DIR_ENV = "AMS_SHARED_DIR"
 KEY_DIR_ENV = "AMS_KEY_DIR"
 DEFAULT_KEY_DIR = "~/.config/amstream/keys"
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NOT_FILES = ("/dev/", "picamera2:")
 
 
@@ -52,23 +53,26 @@ def read_toml(path: Path, error: type[ValueError]) -> dict[str, Any]:
         raise error(f"{path}: not valid TOML: {exc}") from exc
 
 
-def expand_paths(
+def expand_config(
     node: Any, base_dir: Path, path_keys: frozenset[str] | set[str], where: tuple[str, ...] = ()
 ) -> Any:
-    """``node`` with every string under a key in ``path_keys`` expanded (see expand_path)."""
+    """``node`` with ``${VAR}`` substituted in every string, and every string under a key in
+    ``path_keys`` expanded as a path (see expand_path)."""
     if isinstance(node, dict):
-        return {k: expand_paths(v, base_dir, path_keys, (*where, k)) for k, v in node.items()}
-    if not where or not isinstance(node, str):
-        return node
+        return {k: expand_config(v, base_dir, path_keys, (*where, k)) for k, v in node.items()}
     field = ".".join(where)
-    if where[-1] in path_keys:
+    if isinstance(node, list):
+        return [expand_config(v, base_dir, path_keys, (*where, str(i))) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+    if where and where[-1] in path_keys:
         return str(expand_path(node, base_dir, field))
+    value = substitute_vars(node, field)
     if where == ("source", "uri"):
-        # Streams and devices are not files: expand variables, never resolve them.
-        uri = substitute_vars(node, field)
-        is_file = "://" not in uri and not uri.startswith(_NOT_FILES)
-        return str(expand_path(uri, base_dir, field)) if is_file else uri
-    return node
+        # A file resolves like a path; streams and devices are not files.
+        is_file = "://" not in value and not value.startswith(_NOT_FILES)
+        return str(expand_path(value, base_dir, field)) if is_file else value
+    return value
 
 
 def expand_path(value: str, base_dir: Path, field: str = "path") -> Path:
@@ -77,10 +81,13 @@ def expand_path(value: str, base_dir: Path, field: str = "path") -> Path:
 
 
 def substitute_vars(value: str, field: str) -> str:
-    """``${VAR}`` from the environment; ``${AMS_SHARED_DIR}`` defaults to the shared data."""
+    """``${VAR}`` from the environment, ``${VAR:-default}`` where it may be unset;
+    ``${AMS_SHARED_DIR}`` defaults to the shared data."""
 
     def var(match: re.Match[str]) -> str:
-        name = match.group(1)
+        name, default = match.group(1), match.group(2)
+        if default is not None and not os.environ.get(name):
+            return default
         if name == KEY_DIR_ENV and not os.environ.get(name):
             return str(Path(DEFAULT_KEY_DIR).expanduser())
         if name == SHARED_DIR_ENV and not os.environ.get(name):
@@ -91,7 +98,10 @@ def substitute_vars(value: str, field: str) -> str:
                 )
             return str(shared)
         if name not in os.environ:
-            raise ValueError(f"{field}: environment variable ${{{name}}} is not set")
+            raise ValueError(
+                f"{field}: environment variable ${{{name}}} is not set: set it, or write"
+                f" ${{{name}:-default}}"
+            )
         return os.environ[name]
 
     return _VAR_RE.sub(var, value)

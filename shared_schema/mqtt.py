@@ -43,7 +43,7 @@ from pydantic import (
 
 from shared_schema.config_files import (
     ConfigFileError,
-    expand_paths,
+    expand_config,
     read_toml,
     validation_message,
 )
@@ -165,7 +165,7 @@ def load_broker_config(path: Path) -> BrokerConfig:
     if not isinstance(raw.get("mqtt"), dict):
         raise ConfigFileError(f"{path}: no [mqtt] table")
     try:
-        table = expand_paths(raw["mqtt"], path.resolve().parent, PATH_KEYS, ("mqtt",))
+        table = expand_config(raw["mqtt"], path.resolve().parent, PATH_KEYS, ("mqtt",))
         return BrokerConfig.model_validate(table)
     except ValidationError as exc:
         raise ConfigFileError(validation_message(path, exc, ("mqtt",))) from exc

@@ -7,6 +7,7 @@ import tomllib
 from edge_runtime.backends import (
     Backend,
     EdgeTpuConfig,
+    GpuConfig,
     InferenceConfig,
     LiteRtConfig,
     NnapiConfig,
@@ -28,7 +29,7 @@ def test_every_bundled_profile_is_valid(name, shared_dir):
 
 def test_profiles_cover_every_backend():
     backends = {load_profile(n).inference.backend for n in BUNDLED_PROFILES}
-    assert backends == set(Backend) - {Backend.GPU}
+    assert backends == set(Backend) - {Backend.NNAPI}  # the android profile names it, commented
 
 
 def test_every_backend_has_a_config_class():
@@ -45,7 +46,7 @@ def test_each_profile_gets_its_backends_typed_config():
         "coral-devboard": EdgeTpuConfig,
         "rpi-coral-usb": EdgeTpuConfig,
         "jetson-orin": OnnxRuntimeConfig,
-        "android-nnapi": NnapiConfig,
+        "android": GpuConfig,
     }
     configs = {name: load_profile(name).inference for name in BUNDLED_PROFILES}
     assert {name: type(config) for name, config in configs.items()} == expected
@@ -54,7 +55,7 @@ def test_each_profile_gets_its_backends_typed_config():
     assert sizes == {name: (513, 513) if name == "jetson-orin" else None for name in configs}
     assert (configs["coral-devboard"].device, configs["rpi-coral-usb"].device) == ("pci:0", "usb")
     assert configs["jetson-orin"].providers[0] == "TensorrtExecutionProvider"
-    assert configs["android-nnapi"].options == {"execution_preference": "sustained_speed"}
+    assert configs["android"].library == "libtensorflowlite_gpu_delegate.so"
 
 
 def test_cpu_profile_points_at_the_real_student(shared_dir):
@@ -144,8 +145,8 @@ def test_bad_profile_error_names_the_field(mutate, field):
         ),
         ("rpi-coral-usb", lambda r: r["inference"].__setitem__("library", ""), "inference.library"),
         (
-            "android-nnapi",
-            lambda r: r["inference"]["options"].__setitem__("x", 1),
+            "android",
+            lambda r: r["inference"].__setitem__("options", {"x": 1}),
             "inference.options.x",
         ),
     ],
@@ -204,3 +205,43 @@ def test_a_bundled_profile_for_this_machine_keeps_its_state_in_the_workdir(tmp_p
     assert profile.buffer.spool_dir == tmp_path / "spool" and profile.buffer.t_update_s == 2.0
     with pytest.raises(ProfileError, match=r"buffer\.t_update_s"):
         bundled_profile("cpu", tmp_path, device_id="cam-7", buffer={"t_update_s": -1})
+
+
+def test_every_string_of_a_profile_takes_environment_variables(monkeypatch):
+    monkeypatch.setenv("AMS_TEST_HOST", "broker.lan")
+    monkeypatch.setenv("AMS_TEST_PORT", "8884")
+    monkeypatch.setenv("AMS_TEST_ID", "cam-42")
+    monkeypatch.delenv("AMS_TEST_UNSET", raising=False)
+    raw = _raw()
+    raw["device"]["id"] = "${AMS_TEST_ID}"
+    raw["mqtt"] |= {
+        "host": "${AMS_TEST_HOST}",
+        "port": "${AMS_TEST_PORT}",
+        "username": "${AMS_TEST_UNSET:-cam-default}",
+        "prefix": "site/${AMS_TEST_ID}",
+    }
+    raw["source"] = {"uri": "rtsp://${AMS_TEST_HOST}:${AMS_TEST_UNSET:-554}/cam"}
+    profile = parse_profile(raw, base_dir=PROFILE_DIR, source="cpu.toml")
+    assert profile.device.id == "cam-42"
+    assert (profile.mqtt.host, profile.mqtt.port) == ("broker.lan", 8884)
+    assert (profile.mqtt.username, profile.mqtt.prefix) == ("cam-default", "site/cam-42")
+    assert profile.source.uri == "rtsp://broker.lan:554/cam"
+    raw["mqtt"]["host"] = "${AMS_TEST_UNSET}"
+    with pytest.raises(
+        ProfileError,
+        match=r"mqtt\.host: environment variable \$\{AMS_TEST_UNSET"
+        r"\} is not set: set it, or write \$\{AMS_TEST_UNSET:-default\}",
+    ):
+        parse_profile(raw, base_dir=PROFILE_DIR, source="cpu.toml")
+
+
+def test_the_android_profile_takes_nnapi_as_its_comments_say():
+    """NNAPI is deprecated from Android 15: the profile runs the GPU delegate and names NNAPI,
+    for older phones, in its comments; those lines must be a valid profile."""
+    text = (PROFILE_DIR / "android.toml").read_text()
+    lines = [line.removeprefix("#   ") for line in text.splitlines() if line.startswith("#   ")]
+    raw = _raw("android")
+    raw["inference"] = {"threads": 4, **tomllib.loads("\n".join(lines))}
+    inference = parse_profile(raw, base_dir=PROFILE_DIR, source="android.toml").inference
+    assert isinstance(inference, NnapiConfig)
+    assert inference.options == {"execution_preference": "sustained_speed"}

@@ -49,3 +49,17 @@ def test_the_student_precision_is_int8_or_float16(shared_dir, tmp_path):
     raw["student"]["precision"] = "float32"
     with pytest.raises(ConfigError, match=r"student\.precision: .*'int8' or 'float16'"):
         load_config(write_toml(raw, tmp_path / "c.toml"))
+
+
+def test_the_trainer_config_takes_environment_variables_for_secrets_and_hosts(
+    shared_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("AMS_TEST_BROKER", "mqtt.internal")
+    monkeypatch.setenv("AMS_TEST_SECRET", "s3cret")
+    raw = trainer_raw(tmp_path)
+    raw["mqtt"] |= {"host": "${AMS_TEST_BROKER}", "username": "trainer",
+                    "password": "${AMS_TEST_SECRET}"}  # fmt: skip
+    raw["trainer_id"] = "${AMS_TEST_TRAINER_ID:-trainer-eu}"
+    config = load_config(str(write_toml(raw, tmp_path / "trainer.toml")))
+    assert config.mqtt.host == "mqtt.internal" and config.trainer_id == "trainer-eu"
+    assert config.mqtt.read_password() == "s3cret"

@@ -10,7 +10,7 @@ import tomllib
 from cloud_trainer.config import DEFAULT_CONFIG, PATH_KEYS, TrainerConfig
 from edge_runtime.h264 import encode_segment
 from edge_runtime.sources import open_source
-from shared_schema.config_files import expand_paths
+from shared_schema.config_files import expand_config
 from shared_schema.messages import EncoderKnobs, Segment
 
 
@@ -22,7 +22,7 @@ def trainer_raw(tmp_path: Path, broker=None, **training) -> dict:
     raw["asr"]["interval_s"] = 2.0
     if broker is not None:
         raw["mqtt"].update(broker.mqtt_table("trainer"))
-    return expand_paths(raw, DEFAULT_CONFIG.parent, PATH_KEYS)
+    return expand_config(raw, DEFAULT_CONFIG.parent, PATH_KEYS)
 
 
 def trainer_config(tmp_path: Path, broker=None, **training) -> TrainerConfig:
