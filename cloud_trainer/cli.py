@@ -10,6 +10,7 @@ from cloud_trainer.export.command import add_export_parser
 from cloud_trainer.opa.command import add_opa_parser
 from cloud_trainer.tools.commands import add_tool_parsers
 from shared_schema.cli import command_parser, fail, run_command
+from shared_schema.config_files import ConfigFileError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -27,7 +28,10 @@ def _serve(args: argparse.Namespace) -> int:
                 "teacher": config.teacher.model_copy(update={"device": args.device}),
             }
         )
-    daemon = TrainerDaemon(config)
+    try:
+        daemon = TrainerDaemon(config)
+    except ConfigFileError as exc:  # e.g. a TLS file that is not there
+        return fail(f"{args.config or DEFAULT_CONFIG}: {exc}")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

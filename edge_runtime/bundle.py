@@ -90,23 +90,32 @@ def build(
     *,
     wheel: Path | None = None,
     find_links: list[Path] | None = None,
+    extras: list[str] | None = None,
+    add_wheels: list[Path] | None = None,
 ) -> dict[str, object]:
-    """Write the bundle of the device ``profile_path`` describes to ``out`` (a .tar.gz)."""
+    """Write the bundle of the device ``profile_path`` describes to ``out`` (a .tar.gz):
+    the project ``wheel`` (default: built here) with ``extras`` (default: what its back-end
+    needs) and ``add_wheels`` (e.g. NVIDIA's onnxruntime-gpu), and all their dependencies."""
     profile_path = profile_file(profile_path)
     profile = load_profile(profile_path)
     problems = profile.file_problems()
     if problems:
         raise BundleError(f"{profile_path}: {problems[0]}")
-    extras = extras_for(profile.inference.backend)
+    extras = extras or extras_for(profile.inference.backend)
+    added = [_existing(w, "--add-wheel") for w in add_wheels or []]
     with tempfile.TemporaryDirectory(prefix="amstream-bundle-") as tmp:
         root = Path(tmp) / NAME
         config = root / "config"
         config.mkdir(parents=True)
         _write_profile(profile_path, profile, config)
-        wheels = _wheels(root / "wheels", target, extras, wheel, find_links or [])
-        _write_env(root / "bundle.env", target, extras, profile.device.id,
-                   system_site=profile.source.uri is not None
-                   and profile.source.uri.startswith("picamera2:"))  # fmt: skip
+        wheels = _wheels(root / "wheels", target, extras, wheel, find_links or [], added)
+        _write_env(root / "bundle.env", {
+            "AMS_PYTHON_VERSION": target.python,
+            "AMS_EXTRAS": ",".join(extras),
+            "AMS_ADDED_WHEELS": " ".join(w.name for w in added),
+            "AMS_DEVICE_ID": profile.device.id,
+            "AMS_SYSTEM_SITE_PACKAGES": "1" if needs_system_packages(profile) else "0",
+        })  # fmt: skip
         for name in ("install.sh", "amstream-edge.service"):
             shutil.copyfile(Path(str(files("edge_runtime") / "deploy" / name)), root / name)
         (root / "install.sh").chmod(0o755)
@@ -151,10 +160,28 @@ def _write_profile(profile_path: Path, profile: Profile, config: Path) -> None:
     (config / "profile.toml").write_text(header + tomli_w.dumps(raw))
 
 
+def needs_system_packages(profile: Profile) -> bool:
+    """Whether the device's venv must see the distribution's packages: picamera2 comes from
+    them (python3-picamera2 on Raspberry Pi OS), not from PyPI."""
+    return profile.source.uri is not None and profile.source.uri.startswith("picamera2:")
+
+
+def _existing(path: Path, option: str) -> Path:
+    if not path.is_file():
+        raise BundleError(f"{option} {path}: no such file")
+    return path
+
+
 def _wheels(
-    into: Path, target: Target, extras: list[str], wheel: Path | None, find_links: list[Path]
+    into: Path,
+    target: Target,
+    extras: list[str],
+    wheel: Path | None,
+    find_links: list[Path],
+    added: list[Path],
 ) -> list[Path]:
-    """The project's wheel (``wheel``, else built from the source tree) and its dependencies'."""
+    """The project's wheel (``wheel``, else built from the source tree), the ``added`` ones,
+    and all their dependencies'."""
     into.mkdir()
     if wheel is None:
         if not (PROJECT_DIR / "pyproject.toml").is_file():
@@ -163,13 +190,12 @@ def _wheels(
             )
         _pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(into), str(PROJECT_DIR))
         wheel = next(into.glob("amstream-*.whl"))
-    elif not wheel.is_file():
-        raise BundleError(f"--wheel {wheel}: no such file")
     else:
-        wheel = Path(shutil.copy(wheel, into))
+        wheel = Path(shutil.copy(_existing(wheel, "--wheel"), into))
+    added = [Path(shutil.copy(w, into)) for w in added]
     links = [a for d in find_links for a in ("--find-links", str(d))]
     wanted = requirements(wheel, target.python, extras)
-    _pip("download", "-d", str(into), *links, *target.pip_options(), *wanted)
+    _pip("download", "-d", str(into), *links, *target.pip_options(), *wanted, *map(str, added))
     return sorted(into.glob("*.whl"))
 
 
@@ -203,16 +229,9 @@ def _pip(*args: str) -> None:
         raise BundleError(f"pip {args[0]} failed: {why} (is the package index reachable?)")
 
 
-def _write_env(path: Path, target: Target, extras: list[str], device_id: str,
-               *, system_site: bool) -> None:  # fmt: skip
-    values = {
-        "AMS_PYTHON_VERSION": target.python,
-        "AMS_EXTRAS": ",".join(extras),
-        "AMS_DEVICE_ID": device_id,
-        # picamera2 comes from the distribution's packages (python3-picamera2)
-        "AMS_SYSTEM_SITE_PACKAGES": "1" if system_site else "0",
-    }
-    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+def _write_env(path: Path, values: dict[str, str]) -> None:
+    """What install.sh reads (it sources the file: every value quoted)."""
+    path.write_text("".join(f"{k}='{v}'\n" for k, v in values.items()))
 
 
 def _tar(root: Path, out: Path) -> None:

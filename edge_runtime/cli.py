@@ -126,6 +126,8 @@ def _bundle(args: argparse.Namespace) -> int:
         Path(args.profile), Path(args.out), target,
         wheel=Path(args.wheel) if args.wheel else None,
         find_links=[Path(d) for d in args.find_links],
+        extras=args.extras.split(",") if args.extras else None,
+        add_wheels=[Path(w) for w in args.add_wheel],
     )  # fmt: skip
     print(json.dumps(made, indent=2))
     return 0
@@ -204,7 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="DIR",
-        help="also take wheels from DIR (e.g. NVIDIA's onnxruntime-gpu for a Jetson)",
+        help="also take wheels from DIR",
+    )
+    pack.add_argument(
+        "--extras",
+        help="the project's extras to install, comma-separated (default: edge, and jetson for"
+        " the onnxruntime back-end)",
+    )
+    pack.add_argument(
+        "--add-wheel",
+        action="append",
+        default=[],
+        metavar="WHL",
+        help="also install this wheel, e.g. NVIDIA's onnxruntime_gpu for a Jetson (with"
+        " --extras edge, so that PyPI's CPU onnxruntime stays out)",
     )
     pack.set_defaults(func=_bundle)
 

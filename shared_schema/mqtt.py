@@ -144,7 +144,9 @@ class BrokerConfig(BaseModel):
             try:
                 return self.password_file.read_text().rstrip("\r\n")
             except OSError as exc:
-                raise ValueError(f"password_file: cannot read {self.password_file}: {exc}") from exc
+                raise ConfigFileError(
+                    f"mqtt.password_file: cannot read {self.password_file}: {exc.strerror or exc}"
+                ) from exc
         return self.password.get_secret_value() if self.password else None
 
 
@@ -399,7 +401,7 @@ class MqttLink:
         for name in ("ca_file", "cert_file", "key_file"):
             path = getattr(tls, name)
             if path is not None and not Path(path).is_file():
-                raise ValueError(f"tls.{name}: no such file {path}")
+                raise ConfigFileError(f"mqtt.tls.{name}: no such file {path}: fix the path")
         try:
             client.tls_set(
                 ca_certs=str(tls.ca_file) if tls.ca_file else None,

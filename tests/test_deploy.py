@@ -22,7 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from cloud_trainer.config import DEFAULT_CONFIG
 from cloud_trainer.fleet import pki
 from cloud_trainer.tools.local_broker import free_port
-from edge_runtime.bundle import NAME, platform_tags, requirements
+from edge_runtime.bundle import NAME, needs_system_packages, platform_tags, requirements
+from edge_runtime.profile import load_profile
 from firmware_configs import PROFILE_DIR
 from shared_schema.config_files import read_toml
 from shared_schema.endpoint import TrainerEndpoint
@@ -163,6 +164,27 @@ def test_the_bundle_installs_with_no_index_and_runs_on_the_broker(
     assert seen["status"][0] == b"online" and seen["status"][-1] == b"offline"
     state = json.loads(seen["state"][-1])
     assert state["fps"] > 0 and "model_version" in state and "up_kbps" in state
+    _reinstall_with_system_packages(tmp_path, root)
+
+
+def _reinstall_with_system_packages(tmp_path: Path, root: Path) -> None:
+    """Installing again (an upgrade) builds a new venv and swaps it in whole; a picamera2
+    profile's venv sees the distribution's packages."""
+    before = (root / "opt/amstream/venv").resolve()
+    env_file = tmp_path / "unpacked" / NAME / "bundle.env"
+    env_file.write_text(env_file.read_text().replace("SITE_PACKAGES='0'", "SITE_PACKAGES='1'"))
+    time.sleep(1.1)  # venvs are named by the second
+    done = _cli("sh", str(env_file.parent / "install.sh"), "--root", str(root), "--python",
+                sys.executable, timeout=600, **_offline_env())  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    after = (root / "opt/amstream/venv").resolve()
+    assert after != before and not before.exists()
+    assert "include-system-site-packages = true" in (after / "pyvenv.cfg").read_text()
+
+
+def test_a_picamera2_device_gets_the_distributions_packages():
+    assert needs_system_packages(load_profile("rpi-coral-usb"))  # source: picamera2:
+    assert not needs_system_packages(load_profile("cpu"))
 
 
 @pytest.mark.slow
@@ -190,7 +212,8 @@ def test_install_refuses_a_python_the_wheels_are_not_for(tmp_path):
     unpacked.mkdir()
     shutil.copy(Path(__file__).parents[1] / "edge_runtime/deploy/install.sh", unpacked)
     (unpacked / "bundle.env").write_text(
-        "AMS_PYTHON_VERSION=3.99\nAMS_EXTRAS=edge\nAMS_DEVICE_ID=x\nAMS_SYSTEM_SITE_PACKAGES=0\n"
+        "AMS_PYTHON_VERSION='3.99'\nAMS_EXTRAS='edge'\nAMS_ADDED_WHEELS=''\nAMS_DEVICE_ID='x'\n"
+        "AMS_SYSTEM_SITE_PACKAGES='0'\n"
     )
     done = _cli("sh", str(unpacked / "install.sh"), "--root", str(tmp_path / "r"),
                 "--python", sys.executable)  # fmt: skip
@@ -318,6 +341,13 @@ def test_the_trainer_and_the_monitor_say_a_refused_login_in_one_line(tmp_path, b
     assert served.stderr.strip().splitlines()[-1] == (
         f"error: {config}: the broker at 127.0.0.1:{broker.port} refused trainer: Not authorized:"
         " check mqtt.username and mqtt.password_file, and that the broker knows this login"
+    )
+    raw["mqtt"]["tls"] = {"ca_file": str(tmp_path / "gone.pem")}
+    config.write_text(tomli_w.dumps(raw))
+    served = _cli(str(BIN / "cloud-trainer"), "serve", "--config", str(config), timeout=120)
+    assert served.returncode == 2 and "Traceback" not in served.stderr
+    assert served.stderr.strip().splitlines()[-1] == (
+        f"error: {config}: mqtt.tls.ca_file: no such file {tmp_path}/gone.pem: fix the path"
     )
     monitor_dir = broker.fleet.identity_dir("monitor")
     wrong_password = str(tmp_path / "trainer.toml")

@@ -49,8 +49,11 @@ venv="venv-$(date +%Y%m%d%H%M%S)"
 rm -rf "$prefix/$venv"
 "$python" -m venv $site "$prefix/$venv"
 wheel="$(ls "$here"/wheels/amstream-*.whl)"
+added=""
+for name in $AMS_ADDED_WHEELS; do added="$added $here/wheels/$name"; done
+# shellcheck disable=SC2086 # one word per added wheel
 "$prefix/$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-index \
-  --find-links "$here/wheels" "$wheel[$AMS_EXTRAS]"
+  --find-links "$here/wheels" "$wheel[$AMS_EXTRAS]" $added
 ln -sfn "$venv" "$prefix/venv.link" && mv -T "$prefix/venv.link" "$prefix/venv"
 for old in "$prefix"/venv-*; do
   [ "$old" = "$prefix/$venv" ] || rm -rf "$old"
