@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import subprocess
 import sys
@@ -17,22 +18,25 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cloud_trainer.config import DEFAULT_CONFIG
 from cloud_trainer.fleet import pki
+from cloud_trainer.prometheus import SESSION_COUNTERS, TrainerMetrics
 from cloud_trainer.tools.local_broker import free_port
 from edge_runtime.bundle import NAME, needs_system_packages, platform_tags, requirements
 from edge_runtime.profile import load_profile
 from firmware_configs import PROFILE_DIR
 from shared_schema.config_files import read_toml
 from shared_schema.endpoint import TrainerEndpoint
-from shared_schema.messages import MessageType
+from shared_schema.messages import MessageType, Telemetry
 from shared_schema.mqtt import MqttLink
 from tests.mqtt_helpers import Inbox
 
 BIN = Path(sys.executable).parent
 OTHER_PYTHONS = ("3.10", "3.12")
+DASHBOARD = "cloud_trainer/deploy/grafana-dashboard.json"
 
 
 def _profile(path: Path, broker, device_id: str, **tables: dict) -> Path:
@@ -417,3 +421,22 @@ def _scrape_until(port: int, sample: str, timeout: float) -> float:
                     return s.value
         time.sleep(0.5)
     raise AssertionError(f"no {sample} on port {port} within {timeout} s")
+
+
+def test_the_grafana_dashboard_asks_only_for_figures_the_trainer_exports():
+    metrics = TrainerMetrics()
+    counts = dict.fromkeys(SESSION_COUNTERS, 1)
+    metrics.session({"device_id": "cam-1", "mirror_version": 3, "sampling_rate_fps": 0.5,
+                     "training_seconds_last": 12.0, **counts})  # fmt: skip
+    metrics.telemetry("cam-1", Telemetry(uptime_s=9, fps=25, latency_p50_ms=30, latency_p95_ms=40,
+                                         frames=9, frames_sampled=1, swaps=1, bytes_up=9,
+                                         bytes_down=9, spool_depth=0, model_version=3))  # fmt: skip
+    metrics.online("cam-1", True)
+    registry = CollectorRegistry()
+    registry.register(metrics)
+    exported = {s.name for f in text_string_to_metric_families(
+        generate_latest(registry).decode()) for s in f.samples}  # fmt: skip
+    dashboard = json.loads((Path(__file__).parents[1] / DASHBOARD).read_text())
+    asked = {name for panel in dashboard["panels"] for target in panel["targets"]
+             for name in re.findall(r"amstream_\w+", target["expr"])}  # fmt: skip
+    assert len(asked) >= 10 and asked <= exported, asked - exported
