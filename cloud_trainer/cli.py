@@ -60,7 +60,8 @@ def _unit(args: argparse.Namespace) -> int:
               "@USER@": args.user}  # fmt: skip
     for key, value in values.items():
         template = template.replace(key, value)
-    print(template, end="")
+    env = "".join(f"Environment={pair}\n" for pair in args.env)
+    print(template.replace("UMask=", f"{env}UMask=", 1), end="")
     return 0
 
 
@@ -101,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     unit.add_argument("--config", required=True, help="the trainer.toml the service reads")
     unit.add_argument("--user", default="amstream-trainer", help="the system user it runs as")
+    unit.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the service, e.g. AMS_SHARED_DIR=/srv/amstream/shared"
+        " (what the config's ${NAME} read)",
+    )
     unit.set_defaults(func=_unit)
 
     imp = sub.add_parser(

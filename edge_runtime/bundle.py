@@ -67,15 +67,16 @@ class Target:
 
 
 def platform_tags(platform: str) -> list[str]:
-    """``platform`` and the older manylinux tags it runs (pip does not widen ``--platform``):
-    manylinux_2_28_aarch64 also takes manylinux_2_17 and manylinux2014 wheels."""
-    head, sep, arch = platform.partition("_")
+    """``platform`` and the older tags it runs (pip does not widen ``--platform``):
+    manylinux_2_28_aarch64 also takes manylinux_2_17, manylinux2014 and plain linux_aarch64
+    wheels (NVIDIA's onnxruntime_gpu for a Jetson is one)."""
     parts = platform.split("_", 3)
-    if head != "manylinux" or not sep or len(parts) < 4 or not parts[2].isdigit():
+    if parts[0] != "manylinux" or len(parts) < 4 or not parts[2].isdigit():
         return [platform]
     glibc, arch = int(parts[2]), parts[3]
     older = [f"manylinux_2_{minor}_{arch}" for minor in range(glibc, _OLDEST_MANYLINUX - 1, -1)]
-    return [*older, f"manylinux2014_{arch}"] if glibc >= _OLDEST_MANYLINUX else older
+    legacy = [f"manylinux2014_{arch}"] if glibc >= _OLDEST_MANYLINUX else []
+    return [*older, *legacy, f"linux_{arch}"]
 
 
 def extras_for(backend: Backend) -> list[str]:
