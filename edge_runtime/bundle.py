@@ -36,13 +36,7 @@ from shared_schema.config_files import PROJECT_DIR, read_toml
 
 NAME = "amstream-device"
 STATE_DIR = "@STATE_DIR@"  # install.sh replaces it
-# The profile keys that name files, by table: copied into config/ and named relative to it.
-_FILE_KEYS = {
-    ("model",): ("initial", "labels", "public_key", "next_public_key"),
-    ("mqtt",): ("password_file",),
-    ("mqtt", "tls"): ("ca_file", "cert_file", "key_file"),
-}
-_SECRETS = {"password_file", "key_file"}
+_SECRETS = {"password_file", "key_file"}  # copied readable by their owner only
 _OLDEST_MANYLINUX = 17  # manylinux2014: what most wheels of the dependencies are tagged with
 
 
@@ -137,24 +131,20 @@ def build(
 def _write_profile(profile_path: Path, profile: Profile, config: Path) -> None:
     """The profile with every file it names copied beside it, and its state in STATE_DIR."""
     raw = read_toml(profile_path, BundleError)
-    resolved = dict(profile.named_files())
-    for where, keys in _FILE_KEYS.items():
+    for field, source in profile.named_files():
+        *tables, key = field.split(".")
+        target = config / source.name
+        if target.exists():
+            raise BundleError(
+                f"{profile_path}: {field}: {source.name} is also the name of another file the"
+                " profile names: rename one of them"
+            )
+        shutil.copyfile(source, target)
+        target.chmod(0o600 if key in _SECRETS else 0o644)
         table = raw
-        for part in where:
-            table = table.get(part, {})
-        for key in keys:
-            if key not in table:
-                continue
-            source = resolved[".".join((*where, key))]
-            target = config / source.name
-            if target.exists():
-                raise BundleError(
-                    f"{profile_path}: {'.'.join((*where, key))}: {source.name} is also the name"
-                    " of another file the profile names: rename one of them"
-                )
-            shutil.copyfile(source, target)
-            target.chmod(0o600 if key in _SECRETS else 0o644)
-            table[key] = source.name
+        for name in tables:
+            table = table[name]
+        table[key] = source.name
     raw["model"]["slot_dir"] = f"{STATE_DIR}/slots"
     raw["buffer"]["spool_dir"] = f"{STATE_DIR}/spool"
     header = f"# {profile.device.id}: written by edge-runtime bundle from {profile_path.name}\n"

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from edge_runtime.profile import load_profile
 from firmware_configs import BUNDLED_PROFILES
@@ -133,6 +134,51 @@ def _bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bundle_parser(sub: Any) -> None:
+    pack = sub.add_parser(
+        "bundle",
+        help="one file with everything a device installs with no network access",
+        description="Write an offline bundle for the device a profile describes: the "
+        "project's wheel and its dependencies' wheels for the target platform, the profile and "
+        "every file it names, a systemd unit and install.sh (which builds a venv with pip "
+        "--no-index). Needs the package index (or --find-links) here, never on the device.",
+    )
+    pack.add_argument("--profile", required=True, help="profile file or bundled profile name")
+    pack.add_argument("--out", required=True, help="the .tar.gz to write")
+    pack.add_argument(
+        "--platform",
+        help="pip platform tag of the device, e.g. manylinux_2_36_aarch64 (Raspberry Pi OS 12),"
+        " manylinux_2_35_aarch64 (JetPack 6); default: this machine",
+    )
+    pack.add_argument(
+        "--python-version",
+        default=f"{sys.version_info[0]}.{sys.version_info[1]}",
+        help="the device's Python, 3.10 to 3.12 (default: this one's)",
+    )
+    pack.add_argument("--wheel", help="the project's wheel (default: built from this source)")
+    pack.add_argument(
+        "--find-links",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also take wheels from DIR",
+    )
+    pack.add_argument(
+        "--extras",
+        help="the project's extras to install, comma-separated (default: edge, and jetson for"
+        " the onnxruntime back-end)",
+    )
+    pack.add_argument(
+        "--add-wheel",
+        action="append",
+        default=[],
+        metavar="WHL",
+        help="also install this wheel, e.g. NVIDIA's onnxruntime_gpu for a Jetson (with"
+        " --extras edge, so that PyPI's CPU onnxruntime stays out)",
+    )
+    pack.set_defaults(func=_bundle)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser, sub = command_parser(
         "edge-runtime",
@@ -180,48 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-frames", type=int, help="stop after this many frames")
     run.set_defaults(func=_run)
 
-    pack = sub.add_parser(
-        "bundle",
-        help="one file with everything a device installs with no network access",
-        description="Write an offline bundle for the device a profile describes: the "
-        "project's wheel and its dependencies' wheels for the target platform, the profile and "
-        "every file it names, a systemd unit and install.sh (which builds a venv with pip "
-        "--no-index). Needs the package index (or --find-links) here, never on the device.",
-    )
-    pack.add_argument("--profile", required=True, help="profile file or bundled profile name")
-    pack.add_argument("--out", required=True, help="the .tar.gz to write")
-    pack.add_argument(
-        "--platform",
-        help="pip platform tag of the device, e.g. manylinux_2_28_aarch64 (Raspberry Pi OS 12,"
-        " JetPack 6); default: this machine",
-    )
-    pack.add_argument(
-        "--python-version",
-        default=f"{sys.version_info[0]}.{sys.version_info[1]}",
-        help="the device's Python, 3.10 to 3.12 (default: this one's)",
-    )
-    pack.add_argument("--wheel", help="the project's wheel (default: built from this source)")
-    pack.add_argument(
-        "--find-links",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="also take wheels from DIR",
-    )
-    pack.add_argument(
-        "--extras",
-        help="the project's extras to install, comma-separated (default: edge, and jetson for"
-        " the onnxruntime back-end)",
-    )
-    pack.add_argument(
-        "--add-wheel",
-        action="append",
-        default=[],
-        metavar="WHL",
-        help="also install this wheel, e.g. NVIDIA's onnxruntime_gpu for a Jetson (with"
-        " --extras edge, so that PyPI's CPU onnxruntime stays out)",
-    )
-    pack.set_defaults(func=_bundle)
+    _add_bundle_parser(sub)
 
     bench = sub.add_parser(
         "bench",

@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# Installs everything this project needs on a fresh Debian/Ubuntu machine:
-# the mosquitto broker (Debian package) and a Python 3.11 virtualenv in .venv with the project,
-# all its extras and CPU-only torch (constraints/cpu.txt). Safe to run again.
+# Installs everything this project needs on a fresh Debian/Ubuntu machine: the mosquitto
+# broker and systemd-analyze (Debian packages) and a Python 3.11 virtualenv in .venv with the
+# project, all its extras and CPU-only torch (constraints/cpu.txt). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 
+# mosquitto: the broker; systemd's systemd-analyze: the tests verify the services' units.
+packages=""
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-  echo "installing mosquitto (Debian package)"
+  packages="mosquitto"
+fi
+command -v systemd-analyze >/dev/null 2>&1 || packages="$packages systemd"
+if [ -n "$packages" ]; then
+  echo "installing$packages (Debian packages)"
   $sudo apt-get update -q
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mosquitto
+  # shellcheck disable=SC2086 # one word per package
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $packages
 fi
 
 python="$(bash scripts/find_python.sh)"

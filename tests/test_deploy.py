@@ -177,7 +177,6 @@ def _reinstall_with_system_packages(tmp_path: Path, root: Path) -> None:
     before = (root / "opt/amstream/venv").resolve()
     env_file = tmp_path / "unpacked" / NAME / "bundle.env"
     env_file.write_text(env_file.read_text().replace("SITE_PACKAGES='0'", "SITE_PACKAGES='1'"))
-    time.sleep(1.1)  # venvs are named by the second
     done = _cli("sh", str(env_file.parent / "install.sh"), "--root", str(root), "--python",
                 sys.executable, timeout=600, **_offline_env())  # fmt: skip
     assert done.returncode == 0, done.stderr

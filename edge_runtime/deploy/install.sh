@@ -45,7 +45,7 @@ site=""
 [ "$AMS_SYSTEM_SITE_PACKAGES" = 1 ] && site="--system-site-packages"  # picamera2 from apt
 # A venv cannot move: each install builds its own and then points venv at it in one rename, so
 # a failed install leaves the device running what it had.
-venv="venv-$(date +%Y%m%d%H%M%S)"
+venv="venv-$(date +%Y%m%d%H%M%S)-$$"  # unique, even twice in a second
 rm -rf "$prefix/$venv"
 "$python" -m venv $site "$prefix/$venv"
 wheel="$(ls "$here"/wheels/amstream-*.whl)"
