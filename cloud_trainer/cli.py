@@ -47,6 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _unit(args: argparse.Namespace) -> int:
     """The systemd unit of ``serve`` with this installation's paths (one truth: the template)."""
+    import os
     import sys
     from importlib.resources import files
     from pathlib import Path
@@ -54,15 +55,29 @@ def _unit(args: argparse.Namespace) -> int:
     from cloud_trainer.config import load_config
 
     config = Path(args.config).resolve()
+    os.environ.update(args.env)  # the config is checked as the service will read it
     load_config(str(config))  # a unit for a config that cannot start is an error now, not later
     template = (files("cloud_trainer") / "deploy" / "amstream-trainer.service").read_text()
     values = {"@BIN@": str(Path(sys.executable).parent), "@CONFIG@": str(config),
               "@USER@": args.user}  # fmt: skip
     for key, value in values.items():
         template = template.replace(key, value)
-    env = "".join(f"Environment={pair}\n" for pair in args.env)
+    env = "".join(f"Environment={_systemd_quoted(f'{k}={v}')}\n" for k, v in args.env)
     print(template.replace("UMask=", f"{env}UMask=", 1), end="")
     return 0
+
+
+def _systemd_quoted(assignment: str) -> str:
+    """One Environment= assignment as systemd reads it: quoted, ``%`` not a specifier."""
+    escaped = assignment.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{escaped}"'
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=VALUE")
+    return name, value
 
 
 def _import_tflite(args: argparse.Namespace) -> int:
@@ -106,9 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--env",
         action="append",
         default=[],
+        type=_env_pair,
         metavar="NAME=VALUE",
         help="an environment variable for the service, e.g. AMS_SHARED_DIR=/srv/amstream/shared"
-        " (what the config's ${NAME} read)",
+        " (what the config's ${NAME} read); secrets go in /etc/USER/env (EnvironmentFile, mode"
+        " 600), not here: a unit file is world-readable",
     )
     unit.set_defaults(func=_unit)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import email
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -114,7 +115,6 @@ def build(
         for name in ("install.sh", "amstream-edge.service"):
             shutil.copyfile(Path(str(files("edge_runtime") / "deploy" / name)), root / name)
         (root / "install.sh").chmod(0o755)
-        out.parent.mkdir(parents=True, exist_ok=True)
         _tar(root, out)
     return {
         "bundle": str(out),
@@ -148,7 +148,9 @@ def _write_profile(profile_path: Path, profile: Profile, config: Path) -> None:
     raw["model"]["slot_dir"] = f"{STATE_DIR}/slots"
     raw["buffer"]["spool_dir"] = f"{STATE_DIR}/spool"
     header = f"# {profile.device.id}: written by edge-runtime bundle from {profile_path.name}\n"
-    (config / "profile.toml").write_text(header + tomli_w.dumps(raw))
+    profile_toml = config / "profile.toml"
+    profile_toml.write_text(header + tomli_w.dumps(raw))
+    profile_toml.chmod(0o600)  # it may hold a password itself
 
 
 def needs_system_packages(profile: Profile) -> bool:
@@ -215,20 +217,23 @@ def _pip(*args: str) -> None:
         text=True,
     )
     if done.returncode != 0:
-        errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
-        why = errors[-1] if errors else done.stderr.strip().splitlines()[-1:]
+        lines = done.stderr.strip().splitlines() or ["no message"]
+        why = next((line for line in reversed(lines) if line.startswith("ERROR")), lines[-1])
         raise BundleError(f"pip {args[0]} failed: {why} (is the package index reachable?)")
 
 
 def _write_env(path: Path, values: dict[str, str]) -> None:
-    """What install.sh reads (it sources the file: every value quoted)."""
-    path.write_text("".join(f"{k}='{v}'\n" for k, v in values.items()))
+    """What install.sh reads (root sources the file: every value quoted for the shell)."""
+    path.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items()))
 
 
 def _tar(root: Path, out: Path) -> None:
     """``root`` as a .tar.gz, written whole or not at all, readable by its owner only."""
     tmp = out.with_name(out.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle, tarfile.open(fileobj=handle, mode="w:gz") as tar:
-        tar.add(root, arcname=root.name)
-    os.replace(tmp, out)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle, tarfile.open(fileobj=handle, mode="w:gz") as tar:
+            tar.add(root, arcname=root.name)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise BundleError(f"--out {out}: cannot write: {exc.strerror or exc}") from exc

@@ -11,7 +11,7 @@ from typing import Any
 from edge_runtime.profile import load_profile
 from firmware_configs import BUNDLED_PROFILES
 from shared_schema.bench_results import add_results_dir_option, write_result
-from shared_schema.cli import command_parser, fail, run_command
+from shared_schema.cli import USAGE_ERROR, command_parser, fail, run_command
 from shared_schema.config_files import ConfigFileError
 
 
@@ -62,16 +62,19 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigFileError as exc:  # e.g. a TLS file that is no certificate
         return fail(f"{args.profile}: {exc}")
     install_signal_handlers(runtime)
+    failure: tuple[str, int] | None = None
     try:
         runtime.start()
         with frames:
             summary = runtime.run(frames, max_frames=args.max_frames)
-    except (SourceError, ConfigFileError) as exc:  # a refused login, a busy metrics port
-        runtime.shutdown()  # first: the error is the last line a person reads
-        if isinstance(exc, SourceError):
-            return fail(exc, 1)
-        return fail(f"{args.profile}: {exc}")
-    runtime.shutdown()
+    except SourceError as exc:
+        failure = (str(exc), 1)
+    except ConfigFileError as exc:  # a refused login, a busy metrics port
+        failure = (f"{args.profile}: {exc}", USAGE_ERROR)
+    finally:
+        runtime.shutdown()  # before the error: it is the last line a person reads
+    if failure is not None:
+        return fail(*failure)
     print(
         json.dumps(
             {

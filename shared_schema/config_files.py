@@ -2,7 +2,7 @@
 path rules both follow.
 
 Every string may use ``${VAR}`` (an environment variable; ``${VAR:-default}`` where it may be
-unset): secrets, hosts and ports as well as paths. ``AMS_SHARED_DIR`` defaults to the shared data
+unset; ``$${VAR}`` for the text itself): secrets, hosts and ports as well as paths. ``AMS_SHARED_DIR`` defaults to the shared data
 directory beside the project, ``AMS_KEY_DIR`` to ``~/.config/amstream/keys``. Paths may also use
 ``~``, and relative paths resolve against the file's directory.
 """
@@ -24,7 +24,7 @@ SHARED_DIR_ENV = "AMS_SHARED_DIR"
 KEY_DIR_ENV = "AMS_KEY_DIR"
 DEFAULT_KEY_DIR = "~/.config/amstream/keys"
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_VAR_RE = re.compile(r"(\$?)\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NOT_FILES = ("/dev/", "picamera2:")
 
 
@@ -85,7 +85,9 @@ def substitute_vars(value: str, field: str) -> str:
     ``${AMS_SHARED_DIR}`` defaults to the shared data."""
 
     def var(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
+        escaped, name, default = match.groups()
+        if escaped:  # $${NAME}: the text ${NAME} itself
+            return match.group(0)[1:]
         if default is not None and not os.environ.get(name):
             return default
         if name == KEY_DIR_ENV and not os.environ.get(name):

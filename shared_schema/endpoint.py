@@ -186,8 +186,12 @@ class Endpoint:
         trainer, which takes every device's status."""
         return False
 
-    def publish_plain(self, device_id: str, kind: Plain, payload: bytes) -> PublishHandle:
-        """A plain topic's new value (retained)."""
+    def publish_plain(self, device_id: str, kind: Plain, payload: bytes) -> PublishHandle | None:
+        """A plain topic's new value (retained), while connected: a state is worth only its
+        latest, and queued ones would crowd out what must arrive (segments, acks)."""
+        if not self.link.connected:
+            self.counters.inc(f"plain.{kind.value}_skipped_offline")
+            return None
         d = PLAIN_DELIVERY
         topic = plain_topic(self.prefix, device_id, kind)
         return self.link.publish(Outbound(topic, payload, d.qos, d.retain, d.expiry_s))

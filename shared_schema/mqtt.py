@@ -150,6 +150,22 @@ class BrokerConfig(BaseModel):
         return self.password.get_secret_value() if self.password else None
 
 
+# Certificate checks no retry changes: another CA's certificate, a self-signed one, a name
+# the certificate does not hold (OpenSSL's X509_V_ERR codes). "Not yet valid" and "expired"
+# are left to retry: a device that booted with no clock gets one from NTP.
+_PERMANENT_TLS = {18, 19, 20, 21, 62}
+
+
+def _permanent(exc: OSError | None) -> str | None:
+    """Why the failed connection will fail again whatever the network does, or None: a name
+    that does not exist (not a resolver that is down), or a certificate that cannot verify."""
+    if isinstance(exc, socket.gaierror) and exc.errno == socket.EAI_NONAME:
+        return exc.strerror or "name not known"
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code in _PERMANENT_TLS:
+        return exc.verify_message
+    return None
+
+
 def _why(exc: OSError | None) -> str:
     if exc is None:
         return "connection failed"
@@ -507,14 +523,17 @@ class MqttLink:
     def _on_connect_fail(self, client, userdata) -> None:
         self.counters.inc("mqtt.connect_failures")
         exc = client.last_error
-        if isinstance(exc, socket.gaierror):
+        permanent = None
+        if self.counters.get("mqtt.connects") == 0:  # once it worked, a failure is the network's
+            permanent = _permanent(exc)
+        if permanent is None:
+            self._retry_later(_why(exc))
+        elif isinstance(exc, socket.gaierror):
             self._give_up(f"mqtt.host {self.config.host!r} does not resolve ({exc.strerror}):"
                           " fix mqtt.host in the config")  # fmt: skip
-        elif isinstance(exc, ssl.SSLCertVerificationError):
-            self._give_up(f"TLS to {self.address}: {exc.verify_message}: check mqtt.tls.ca_file"
-                          " and that mqtt.host is a name in the broker's certificate")  # fmt: skip
         else:
-            self._retry_later(_why(exc))
+            self._give_up(f"TLS to {self.address}: {permanent}: check mqtt.tls.ca_file and that"
+                          " mqtt.host is a name in the broker's certificate")  # fmt: skip
 
     def _retry_later(self, why: str) -> None:
         """Log each failed attempt with its reason and the backoff paho waits before the next."""

@@ -172,17 +172,31 @@ def test_the_bundle_installs_with_no_index_and_runs_on_the_broker(
 
 
 def _reinstall_with_system_packages(tmp_path: Path, root: Path) -> None:
-    """Installing again (an upgrade) builds a new venv and swaps it in whole; a picamera2
-    profile's venv sees the distribution's packages."""
+    """An upgrade whose profile does not check changes nothing; one that does builds a new
+    venv and swaps it in whole, the previous one kept for the service still running it. A
+    picamera2 profile's venv sees the distribution's packages."""
+    unpacked = tmp_path / "unpacked" / NAME
     before = (root / "opt/amstream/venv").resolve()
-    env_file = tmp_path / "unpacked" / NAME / "bundle.env"
-    env_file.write_text(env_file.read_text().replace("SITE_PACKAGES='0'", "SITE_PACKAGES='1'"))
-    done = _cli("sh", str(env_file.parent / "install.sh"), "--root", str(root), "--python",
+    profile = root / "etc/amstream/profile.toml"
+    installed = profile.read_text()
+    model = next((unpacked / "config").glob("*.tflite"))
+    kept = model.rename(model.with_suffix(".kept"))  # the new bundle lost its model
+    broken = _cli("sh", str(unpacked / "install.sh"), "--root", str(root), "--python",
+                  sys.executable, timeout=600, **_offline_env())  # fmt: skip
+    assert broken.returncode == 1
+    assert "the profile does not check (above); nothing was changed" in broken.stderr
+    assert (root / "opt/amstream/venv").resolve() == before and profile.read_text() == installed
+    assert sorted(p.name for p in (root / "opt/amstream").iterdir()) == ["venv", before.name]
+    kept.rename(model)
+    env_file = unpacked / "bundle.env"
+    env_file.write_text(env_file.read_text().replace("SITE_PACKAGES=0", "SITE_PACKAGES=1"))
+    done = _cli("sh", str(unpacked / "install.sh"), "--root", str(root), "--python",
                 sys.executable, timeout=600, **_offline_env())  # fmt: skip
     assert done.returncode == 0, done.stderr
     after = (root / "opt/amstream/venv").resolve()
-    assert after != before and not before.exists()
+    assert after != before and before.exists()  # the previous one stays until the next
     assert "include-system-site-packages = true" in (after / "pyvenv.cfg").read_text()
+    assert oct(profile.stat().st_mode & 0o777) == "0o600"  # it names the password file
 
 
 def test_a_picamera2_device_gets_the_distributions_packages():
@@ -215,8 +229,8 @@ def test_install_refuses_a_python_the_wheels_are_not_for(tmp_path):
     unpacked.mkdir()
     shutil.copy(Path(__file__).parents[1] / "edge_runtime/deploy/install.sh", unpacked)
     (unpacked / "bundle.env").write_text(
-        "AMS_PYTHON_VERSION='3.99'\nAMS_EXTRAS='edge'\nAMS_ADDED_WHEELS=''\nAMS_DEVICE_ID='x'\n"
-        "AMS_SYSTEM_SITE_PACKAGES='0'\n"
+        "AMS_PYTHON_VERSION=3.99\nAMS_EXTRAS=edge\nAMS_ADDED_WHEELS=''\nAMS_DEVICE_ID=x\n"
+        "AMS_SYSTEM_SITE_PACKAGES=0\n"
     )
     done = _cli("sh", str(unpacked / "install.sh"), "--root", str(tmp_path / "r"),
                 "--python", sys.executable)  # fmt: skip
@@ -235,14 +249,17 @@ def _verify_unit(unit: Path) -> None:
     assert done.returncode == 0 and done.stdout + done.stderr == "", done.stdout + done.stderr
 
 
-def test_the_trainer_unit_is_one_systemd_accepts(tmp_path):
+def test_the_trainer_unit_is_one_systemd_accepts(tmp_path, shared_dir):
     config = tmp_path / "trainer.toml"
     shutil.copy(DEFAULT_CONFIG, config)
-    done = _cli(str(BIN / "cloud-trainer"), "unit", "--config", str(config),
-                "--env", "AMS_SHARED_DIR=/srv/shared")  # fmt: skip
+    unit = str(BIN / "cloud-trainer"), "unit", "--config", str(config)
+    elsewhere = _cli(*unit, "--env", "AMS_SHARED_DIR=/nowhere")  # checked as the service reads it
+    assert elsewhere.returncode == 2
+    assert "student.model: cannot read /nowhere/models/coral/" in elsewhere.stderr
+    done = _cli(*unit, "--env", f"AMS_SHARED_DIR={shared_dir}", "--env", "NOTE=50% sure")
     assert done.returncode == 0, done.stderr
     text = done.stdout
-    assert "\nEnvironment=AMS_SHARED_DIR=/srv/shared\n" in text
+    assert f'\nEnvironment="AMS_SHARED_DIR={shared_dir}"\nEnvironment="NOTE=50%% sure"\n' in text
     assert f"ExecStart={BIN}/cloud-trainer serve --config {config}" in text
     for hardening in ("NoNewPrivileges=yes", "ProtectSystem=strict", "User=amstream-trainer",
                       "Restart=on-failure", "StateDirectory=amstream-trainer"):  # fmt: skip

@@ -221,11 +221,13 @@ def test_every_string_of_a_profile_takes_environment_variables(monkeypatch):
         "prefix": "site/${AMS_TEST_ID}",
     }
     raw["source"] = {"uri": "rtsp://${AMS_TEST_HOST}:${AMS_TEST_UNSET:-554}/cam"}
+    raw["mqtt"]["password"] = "pa$${AMS_TEST_ID}$$"  # $${...}: the text itself
     profile = parse_profile(raw, base_dir=PROFILE_DIR, source="cpu.toml")
     assert profile.device.id == "cam-42"
     assert (profile.mqtt.host, profile.mqtt.port) == ("broker.lan", 8884)
     assert (profile.mqtt.username, profile.mqtt.prefix) == ("cam-default", "site/cam-42")
     assert profile.source.uri == "rtsp://broker.lan:554/cam"
+    assert profile.mqtt.read_password() == "pa${AMS_TEST_ID}$$"
     raw["mqtt"]["host"] = "${AMS_TEST_UNSET}"
     with pytest.raises(
         ProfileError,

@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from shared_schema.bench_results import add_results_dir_option, write_result
 from shared_schema.cli import fail
 from shared_schema.config_files import find_shared_dir
-from shared_schema.mqtt import BrokerConfig, TlsConfig, load_broker_config
+from shared_schema.mqtt import BrokerConfig, load_broker_config
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -131,11 +133,16 @@ def _monitor(args: argparse.Namespace) -> int:
     if args.mqtt:
         config = load_broker_config(Path(args.mqtt))
     else:
-        tls = TlsConfig(ca_file=args.ca_file) if args.ca_file or args.tls else None
-        config = BrokerConfig(
-            host=args.host, port=args.port, protocol=args.protocol, prefix=args.prefix, tls=tls,
-            username=args.username, password_file=args.password_file,
-        )  # fmt: skip
+        tls = {"ca_file": args.ca_file} if args.ca_file or args.tls else None
+        options = {"host": args.host, "port": args.port, "protocol": args.protocol,
+                   "prefix": args.prefix, "tls": tls, "username": args.username,
+                   "password_file": args.password_file}  # fmt: skip
+        try:
+            config = BrokerConfig.model_validate(options)
+        except ValidationError as exc:  # the options, as a file's fields would be
+            err = exc.errors(include_url=False)[0]
+            option = f"--{str(err['loc'][0]).replace('_', '-')}" if err["loc"] else "options"
+            return fail(f"monitor {option}: {err['msg'].removeprefix('Value error, ')}")
     monitor(config, lambda line: print(line, flush=True), count=args.count, timeout_s=args.timeout)
     return 0
 

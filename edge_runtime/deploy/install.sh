@@ -3,11 +3,14 @@
 #   sudo ./install.sh                 the runtime in /opt/amstream, its config in /etc/amstream,
 #                                     its state in /var/lib/amstream, a system user and the
 #                                     amstream-edge service, enabled and started
-#   ./install.sh --root DIR           the same tree under DIR, no user and no service (staging,
-#                                     tests, an image being built)
+#   ./install.sh --root DIR           the same tree under DIR and for DIR (its paths name DIR),
+#                                     no user and no service: a trial install, the tests
 # Options: --python PY (default python3; it must be the version the bundle was built for),
 #          --no-start (install and enable the service, do not start it).
+# What the profile reads as ${VAR} goes in /etc/amstream/env (NAME=value lines), which the
+# service reads and the check below too.
 set -eu
+umask 022  # the service's user runs the venv; the config is made private below
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/bundle.env"
 
@@ -39,37 +42,54 @@ if [ "$have" != "$AMS_PYTHON_VERSION" ]; then
   exit 2
 fi
 
+# sed replacement text: a path as it is, whatever it holds
+literal() { printf '%s' "$1" | sed -e 's/[\\&#]/\\&/g'; }
+
 echo "installing $AMS_DEVICE_ID: runtime in $prefix, config in $conf, state in $state"
 mkdir -p "$prefix" "$conf" "$state"
+
+# 1. A new venv beside the running one (a venv cannot move, so each install has its own).
+venv="venv-$(date +%Y%m%d%H%M%S)-$$"  # unique, even twice in a second
 site=""
 [ "$AMS_SYSTEM_SITE_PACKAGES" = 1 ] && site="--system-site-packages"  # picamera2 from apt
-# A venv cannot move: each install builds its own and then points venv at it in one rename, so
-# a failed install leaves the device running what it had.
-venv="venv-$(date +%Y%m%d%H%M%S)-$$"  # unique, even twice in a second
-rm -rf "$prefix/$venv"
 "$python" -m venv $site "$prefix/$venv"
-wheel="$(ls "$here"/wheels/amstream-*.whl)"
-added=""
-for name in $AMS_ADDED_WHEELS; do added="$added $here/wheels/$name"; done
-# shellcheck disable=SC2086 # one word per added wheel
+set -- "$(ls "$here"/wheels/amstream-*.whl)[$AMS_EXTRAS]"
+for name in $AMS_ADDED_WHEELS; do set -- "$@" "$here/wheels/$name"; done
 "$prefix/$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-index \
-  --find-links "$here/wheels" "$wheel[$AMS_EXTRAS]" $added
+  --find-links "$here/wheels" "$@"
+
+# 2. The config, staged and checked by the new runtime before anything running changes.
+staged="$conf.new"
+rm -rf "$staged"
+(
+  umask 077  # the device's password and its profile: its owner's alone from the first byte
+  mkdir -p "$staged"
+  cp "$here"/config/* "$staged/"
+  sed "s#@STATE_DIR@#$(literal "$state")#g" "$here/config/profile.toml" > "$staged/profile.toml"
+  if [ -f "$conf/env" ]; then cp -p "$conf/env" "$staged/env"; fi
+)
+if ! (
+  if [ -f "$staged/env" ]; then set -a && . "$staged/env" && set +a; fi
+  "$prefix/$venv/bin/edge-runtime" check-profile --files "$staged/profile.toml" >/dev/null
+); then
+  rm -rf "$prefix/$venv" "$staged"
+  echo "error: install.sh: the profile does not check (above); nothing was changed" >&2
+  exit 1
+fi
+
+# 3. Swap both in: one rename each. The previous venv stays (a running service uses it until
+#    its restart); older ones go.
+previous="$(readlink "$prefix/venv" 2>/dev/null || true)"
+for file in "$staged"/*; do mv -f "$file" "$conf/"; done
+rmdir "$staged"
 ln -sfn "$venv" "$prefix/venv.link" && mv -T "$prefix/venv.link" "$prefix/venv"
 for old in "$prefix"/venv-*; do
-  [ "$old" = "$prefix/$venv" ] || rm -rf "$old"
+  case "$(basename "$old")" in "$venv" | "$previous") ;; *) rm -rf "$old" ;; esac
 done
-
-for file in "$here"/config/*; do
-  name="$(basename "$file")"
-  [ "$name" = profile.toml ] && continue
-  cp -p "$file" "$conf/$name"
-done
-sed "s#@STATE_DIR@#$state#g" "$here/config/profile.toml" > "$conf/profile.toml"
 mkdir -p "$root/etc/systemd/system"
-sed -e "s#@PREFIX@#$prefix#g" -e "s#@CONFIG_DIR@#$conf#g" \
+sed -e "s#@PREFIX@#$(literal "$prefix")#g" -e "s#@CONFIG_DIR@#$(literal "$conf")#g" \
   "$here/amstream-edge.service" > "$root/etc/systemd/system/amstream-edge.service"
-
-"$prefix/venv/bin/edge-runtime" check-profile --files "$conf/profile.toml" >/dev/null
+chmod 644 "$root/etc/systemd/system/amstream-edge.service"
 
 if [ "$service" = 1 ]; then
   getent group amstream >/dev/null || groupadd --system amstream
@@ -77,13 +97,13 @@ if [ "$service" = 1 ]; then
     --shell /usr/sbin/nologin amstream
   # the camera (video) and the Coral USB accelerator (plugdev, by libedgetpu's udev rule)
   for group in video plugdev; do
-    getent group "$group" >/dev/null && usermod -a -G "$group" amstream
+    if getent group "$group" >/dev/null; then usermod -a -G "$group" amstream; fi
   done
   chown -R root:amstream "$conf" && chmod 0750 "$conf" && chmod 0640 "$conf"/*
   chown -R amstream:amstream "$state"
   systemctl daemon-reload
   systemctl enable amstream-edge.service
-  [ "$start" = 1 ] && systemctl restart amstream-edge.service
+  if [ "$start" = 1 ]; then systemctl restart amstream-edge.service; fi
   echo "installed: systemctl status amstream-edge; journalctl -u amstream-edge -f"
 else
   echo "installed: $prefix/venv/bin/edge-runtime run --profile $conf/profile.toml"
