@@ -122,6 +122,7 @@ def test_requirements_follow_the_devices_python_not_this_one(tmp_path):
     assert "numpy==2.4.6" in new and "av==18.1.0" in new and not any("tomli=" in r for r in new)
     assert not any(r.startswith(("torch", "onnx")) for r in old + new)  # the edge extra alone
     assert "onnxruntime==1.32.0" in requirements(wheel, "3.11", ["edge", "jetson"])
+    assert "onnxruntime==1.23.2" in requirements(wheel, "3.10", ["edge", "jetson"])
 
 
 @pytest.mark.slow
