@@ -28,10 +28,11 @@ def _serve(args: argparse.Namespace) -> int:
                 "teacher": config.teacher.model_copy(update={"device": args.device}),
             }
         )
+    source = args.config or DEFAULT_CONFIG  # what an error names
     try:
         daemon = TrainerDaemon(config)
     except ConfigFileError as exc:  # e.g. a TLS file that is not there
-        return fail(f"{args.config or DEFAULT_CONFIG}: {exc}")
+        return fail(f"{source}: {exc}")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -39,7 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         while not stop.wait(0.5):
             if daemon.endpoint.link.refusal is not None:
-                return fail(f"{args.config or DEFAULT_CONFIG}: {daemon.endpoint.link.refusal}")
+                return fail(f"{source}: {daemon.endpoint.link.refusal}")
     finally:
         daemon.stop()
     return 0

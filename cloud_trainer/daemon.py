@@ -59,7 +59,6 @@ class TrainerDaemon:
         self._waiting: dict[str, list[Envelope]] = {}  # admitted: hellos, acks before its session
         self._inboxes: dict[str, Spool] = {}  # admitted: segments on disk before its session
         self._lock = threading.Lock()
-        self.online: dict[str, bool] = {}
         self.reuse = None  # RECL's one zoo for every device, where [recl] is on
         if config.recl.enabled:
             threads = config.teacher.threads
@@ -159,7 +158,6 @@ class TrainerDaemon:
         return device_id in self._waiting or in_memory < self.config.max_sessions
 
     def _status(self, device_id: str, online: bool) -> None:
-        self.online[device_id] = online
         self.metrics.online(device_id, online)
 
     def _telemetry(self, envelope: Envelope, topic: Topic) -> None:

@@ -44,13 +44,14 @@ class FrameStats:
 
 
 class TelemetryReporter:
-    """Builds one Telemetry message per interval; fps is measured over that interval."""
+    """Builds one Telemetry message per interval; fps (and the state's Kbps) are measured over
+    that interval."""
 
     def __init__(self, stats: FrameStats, clock: Callable[[], float] = time.monotonic) -> None:
         self._stats = stats
         self._clock = clock
-        self._last = (clock(), 0)
-        self._last_bytes = (clock(), 0, 0)  # when, bytes up, bytes down: for the Kbps
+        self._last = (clock(), 0, 0, 0)  # when, frames, bytes up, bytes down
+        self._kbps = (0.0, 0.0)  # up, down over the last interval
         self._version: int | None = None
         self._updated_at: str | None = None  # when the model version last changed (UTC)
 
@@ -66,12 +67,20 @@ class TelemetryReporter:
         opa: OpaTelemetry | None = None,
     ) -> Telemetry:
         now, frames = self._clock(), self._stats.frames
-        then, frames_then = self._last
-        self._last = (now, frames)
+        then, frames_then, up_then, down_then = self._last
+        self._last = (now, frames, bytes_up, bytes_down)
+
+        def per_s(count: int) -> float:
+            return count / (now - then) if now > then else 0.0
+
+        self._kbps = (
+            per_s(bytes_up - up_then) * 8 / 1000,
+            per_s(bytes_down - down_then) * 8 / 1000,
+        )
         p50, p95 = self._stats.latency_ms(50, 95)
         return Telemetry(
             uptime_s=self._stats.uptime_s(),
-            fps=(frames - frames_then) / (now - then) if now > then else 0.0,
+            fps=per_s(frames - frames_then),
             latency_p50_ms=p50,
             latency_p95_ms=p95,
             frames=frames,
@@ -87,11 +96,7 @@ class TelemetryReporter:
 
     def state(self, telemetry: Telemetry, *, sampling_fps: float) -> dict[str, object]:
         """The device's state for people (the ``state`` topic): what runs, how fast, what it
-        costs; Kbps over the interval since the last call."""
-        now = self._clock()
-        then, up, down = self._last_bytes
-        self._last_bytes = (now, telemetry.bytes_up, telemetry.bytes_down)
-        seconds = max(now - then, 1e-9)
+        costs, over the interval of ``telemetry``, the last report."""
         if telemetry.model_version != self._version:
             if self._version is not None:
                 self._updated_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -102,8 +107,8 @@ class TelemetryReporter:
             "fps": round(telemetry.fps, 2),
             "latency_p95_ms": round(telemetry.latency_p95_ms, 1),
             "sampling_fps": round(sampling_fps, 3),
-            "up_kbps": round((telemetry.bytes_up - up) * 8 / 1000 / seconds, 1),
-            "down_kbps": round((telemetry.bytes_down - down) * 8 / 1000 / seconds, 1),
+            "up_kbps": round(self._kbps[0], 1),
+            "down_kbps": round(self._kbps[1], 1),
             "swaps": telemetry.swaps,
             "spool_depth": telemetry.spool_depth,
             "uptime_s": round(telemetry.uptime_s),

@@ -2,9 +2,10 @@
 path rules both follow.
 
 Every string may use ``${VAR}`` (an environment variable; ``${VAR:-default}`` where it may be
-unset; ``$${VAR}`` for the text itself): secrets, hosts and ports as well as paths. ``AMS_SHARED_DIR`` defaults to the shared data
-directory beside the project, ``AMS_KEY_DIR`` to ``~/.config/amstream/keys``. Paths may also use
-``~``, and relative paths resolve against the file's directory.
+unset; ``$${VAR}`` for the text itself): secrets, hosts and ports as well as paths.
+``AMS_SHARED_DIR`` defaults to the shared data directory beside the project, ``AMS_KEY_DIR`` to
+``~/.config/amstream/keys``. Paths may also use ``~``, and relative paths resolve against the
+file's directory.
 """
 
 from __future__ import annotations

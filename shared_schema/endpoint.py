@@ -192,9 +192,12 @@ class Endpoint:
         if not self.link.connected:
             self.counters.inc(f"plain.{kind.value}_skipped_offline")
             return None
+        return self.link.publish(self._plain(device_id, kind, payload))
+
+    def _plain(self, device_id: str, kind: Plain, payload: bytes) -> Outbound:
         d = PLAIN_DELIVERY
         topic = plain_topic(self.prefix, device_id, kind)
-        return self.link.publish(Outbound(topic, payload, d.qos, d.retain, d.expiry_s))
+        return Outbound(topic, payload, d.qos, d.retain, d.expiry_s)
 
     def _validate(self, inbound: Inbound) -> tuple[Envelope | None, Topic]:
         topic = parse_topic(self.prefix, inbound.topic)
@@ -248,9 +251,7 @@ class DeviceEndpoint(Endpoint):
         super().__init__(config, sender_id=device_id, limits=limits, counters=counters)
 
     def _status(self, state: bytes) -> Outbound:
-        d = PLAIN_DELIVERY
-        return Outbound(plain_topic(self.prefix, self.device_id, Plain.STATUS), state, d.qos,
-                        d.retain)  # fmt: skip
+        return self._plain(self.device_id, Plain.STATUS, state)
 
     def _will(self) -> Outbound:
         return self._status(OFFLINE)

@@ -156,13 +156,20 @@ class BrokerConfig(BaseModel):
 _PERMANENT_TLS = {18, 19, 20, 21, 62}
 
 
-def _permanent(exc: OSError | None) -> str | None:
-    """Why the failed connection will fail again whatever the network does, or None: a name
-    that does not exist (not a resolver that is down), or a certificate that cannot verify."""
+def _permanent(exc: OSError | None, config: BrokerConfig) -> str | None:
+    """Why the failed connection will fail again whatever the network does, and the fix; or
+    None: a name that does not exist (not a resolver that is down), a certificate that cannot
+    verify."""
     if isinstance(exc, socket.gaierror) and exc.errno == socket.EAI_NONAME:
-        return exc.strerror or "name not known"
+        return (
+            f"mqtt.host {config.host!r} does not resolve ({exc.strerror}): fix mqtt.host in the"
+            " config"
+        )
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code in _PERMANENT_TLS:
-        return exc.verify_message
+        return (
+            f"TLS to {config.host}:{config.port}: {exc.verify_message}: check"
+            " mqtt.tls.ca_file and that mqtt.host is a name in the broker's certificate"
+        )
     return None
 
 
@@ -525,15 +532,11 @@ class MqttLink:
         exc = client.last_error
         permanent = None
         if self.counters.get("mqtt.connects") == 0:  # once it worked, a failure is the network's
-            permanent = _permanent(exc)
+            permanent = _permanent(exc, self.config)
         if permanent is None:
             self._retry_later(_why(exc))
-        elif isinstance(exc, socket.gaierror):
-            self._give_up(f"mqtt.host {self.config.host!r} does not resolve ({exc.strerror}):"
-                          " fix mqtt.host in the config")  # fmt: skip
         else:
-            self._give_up(f"TLS to {self.address}: {permanent}: check mqtt.tls.ca_file and that"
-                          " mqtt.host is a name in the broker's certificate")  # fmt: skip
+            self._give_up(permanent)
 
     def _retry_later(self, why: str) -> None:
         """Log each failed attempt with its reason and the backoff paho waits before the next."""
