@@ -25,6 +25,7 @@ from cloud_trainer.ams.atr import AtrConfig
 from cloud_trainer.ams.gate import GateConfig
 from cloud_trainer.ams.rebase import RebaseConfig
 from cloud_trainer.ams.training import TrainingConfig
+from cloud_trainer.dashboard.config import DashboardConfig
 from cloud_trainer.oneadapt.config import OneAdaptConfig
 from cloud_trainer.opa.config import OpaConfig
 from cloud_trainer.recl.config import ReclConfig
@@ -43,7 +44,10 @@ from shared_schema.signing import SIGNATURE_LIFETIME_S
 from shared_schema.tflite_file import TFLiteFile, TFLiteFormatError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default_trainer.toml"
-PATH_KEYS = frozenset({"model", "directory", "signing_key"}) | MQTT_PATH_KEYS
+PATH_KEYS = (
+    frozenset({"model", "labels", "directory", "signing_key", "token_file", "tls_cert", "tls_key"})
+    | MQTT_PATH_KEYS
+)
 
 
 class _Section(BaseModel):
@@ -59,6 +63,14 @@ class StudentConfig(_Section):
     # How many classes the model scores: read from the file. Older trainer.toml files state it;
     # they still load, where the number agrees with the file.
     num_classes: int | None = Field(None, ge=2, le=256, validate_default=True)
+    labels: Path | None = None  # its class names, one per line (the dashboard shows them)
+
+    @field_validator("labels")
+    @classmethod
+    def _a_readable_labels_file(cls, labels: Path | None) -> Path | None:
+        if labels is not None and not labels.is_file():
+            raise ValueError(f"no labels file {labels}: name one, or remove the key")
+        return labels
 
     @field_validator("model")
     @classmethod
@@ -139,6 +151,7 @@ class TrainerConfig(_Section):
     updates: UpdatesConfig  # no default: a deployment names its signing key
     checkpoint: CheckpointConfig
     metrics: MetricsConfig = MetricsConfig()
+    dashboard: DashboardConfig = DashboardConfig()
     max_sessions: int = Field(64, ge=1)  # in memory at once: idle ones leave (state on disk)
     session_idle_s: float = Field(600.0, gt=0.0)  # no message for this long: the session leaves
     max_pending_segments: int = Field(8, ge=1)  # per session, before the oldest is dropped

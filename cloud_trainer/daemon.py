@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 from cloud_trainer.config import TrainerConfig
+from cloud_trainer.dashboard.actions import Action, ActionRefused
+from cloud_trainer.dashboard.state import ActionEntry, FleetState
 from cloud_trainer.oneadapt.dnngrad import DnnGrad
 from cloud_trainer.outgoing import Outgoing
 from cloud_trainer.prometheus import TrainerMetrics
@@ -34,6 +36,7 @@ from shared_schema.endpoint import TrainerEndpoint
 from shared_schema.envelope import Envelope
 from shared_schema.errors import ProtocolError
 from shared_schema.messages import MessageType, Metrics, Telemetry
+from shared_schema.metrics import label_names
 from shared_schema.signing import Signer, load_private_key
 from shared_schema.topics import Plain, Topic, plain_json, validate_device_id
 
@@ -73,6 +76,19 @@ class TrainerDaemon:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.metrics = TrainerMetrics()
+        # the dashboard's view of the fleet, where [dashboard] port is set; its server starts
+        # with the daemon
+        self.fleet: FleetState | None = None
+        self.dashboard = None
+        if config.dashboard.enabled:
+            from cloud_trainer.dashboard import serve  # the web stack only where it is used
+
+            actions_log = self.checkpoint_dir / "_actions.jsonl"  # no device id starts with _
+            labels = config.student.labels
+            names = label_names(labels) if labels else None
+            self.fleet = FleetState(config.dashboard.history, actions_log, names)
+            self.dashboard = serve.server(config.dashboard, self.fleet, self.act,
+                                          self.endpoint.counters)  # fmt: skip
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -86,6 +102,10 @@ class TrainerDaemon:
             prometheus.serve(self.metrics, self.config.metrics.prometheus_host, port,
                              "metrics.prometheus_port")  # fmt: skip
         self._resume_active()
+        if self.dashboard is not None:
+            assert self.fleet is not None
+            self.fleet.known(self._checkpointed())
+            self.dashboard.start()
         for msg_type in (MessageType.HELLO, MessageType.SEGMENT, MessageType.ACK):
             self.endpoint.on(msg_type, self._deliver)
         self.endpoint.on(MessageType.TELEMETRY, self._telemetry)
@@ -103,6 +123,8 @@ class TrainerDaemon:
         for thread in self._threads:
             thread.join(timeout)
         self._save_all()
+        if self.dashboard is not None:
+            self.dashboard.stop()
         if self.reuse is not None:
             self.reuse.close()
         self.endpoint.stop()
@@ -159,10 +181,14 @@ class TrainerDaemon:
 
     def _status(self, device_id: str, online: bool) -> None:
         self.metrics.online(device_id, online)
+        if self.fleet is not None:
+            self.fleet.status(device_id, online)
 
     def _telemetry(self, envelope: Envelope, topic: Topic) -> None:
         assert isinstance(envelope.msg, Telemetry)
         self.metrics.telemetry(topic.device_id, envelope.msg)
+        if self.fleet is not None:
+            self.fleet.telemetry(topic.device_id, envelope.msg)
 
     # -- the worker side -----------------------------------------------------------------------
 
@@ -173,7 +199,38 @@ class TrainerDaemon:
             self._send(session, outgoing)
         if session.stats.phases > phases and session.last_phase is not None:
             self._gains.record(device_id, *session.last_phase)
+        self._show(session)
         return session.has_work
+
+    def _show(self, session: Session) -> None:
+        """Hand the dashboard what the session did (the records go either way: bounded)."""
+        records = session.drain()
+        if self.fleet is not None:
+            self.fleet.session(session.metrics(), records)
+
+    # -- operators' actions (the dashboard) ------------------------------------------------------
+
+    def act(self, device_id: str, action: Action, entry: ActionEntry) -> None:
+        """Run an operator's action on the worker, between two steps (as any session work)."""
+        self.scheduler.call(lambda: self._act(device_id, action, entry))
+
+    def _act(self, device_id: str, action: Action, entry: ActionEntry) -> None:
+        assert self.fleet is not None
+        try:
+            session = self._session(device_id)
+            done, messages = session.act(action)
+        except ActionRefused as exc:
+            self.fleet.action_done(entry, "refused", str(exc))
+            return
+        except Exception as exc:  # a bug: logged with its traceback, shown as failed
+            log.exception("%s: action %s failed", device_id, action)
+            self.fleet.action_done(entry, "failed", f"{type(exc).__name__}: {exc}")
+            return
+        for outgoing in messages:
+            self._send(session, outgoing)
+        self._save(session)  # a pause or bounds survive a restart from now on
+        self.fleet.action_done(entry, "done", done)
+        self._show(session)
 
     def _choose(self, queued: list[str]) -> str:
         """The marginal-gain scheduler: work from devices first, in turn (it is short and keeps
@@ -225,20 +282,24 @@ class TrainerDaemon:
         """Sessions checkpointed within session_idle_s resume at once, newest first (up to
         max_sessions), so that a version made just before a crash reaches its device even if
         the device says nothing; the others when their device speaks."""
-        if not self.checkpoint_dir.is_dir():
-            return
         recent = time.time() - self.config.session_idle_s
-        found = [
-            (path.stat().st_mtime, path.parent.name)
-            for path in self.checkpoint_dir.glob(f"*/{CHECKPOINT}")
-            if _is_device_id(path.parent.name)
-        ]
+        found = [(path.stat().st_mtime, path.parent.name) for path in self._checkpoints()]
         active = sorted((f for f in found if f[0] >= recent), reverse=True)
         for _, device_id in active[: self.config.max_sessions]:
             with self._lock:
                 self._waiting.setdefault(device_id, [])
                 self._heard[device_id] = time.monotonic()
             self.scheduler.notify(device_id)
+
+    def _checkpoints(self) -> list[Path]:
+        if not self.checkpoint_dir.is_dir():
+            return []
+        paths = self.checkpoint_dir.glob(f"*/{CHECKPOINT}")
+        return [path for path in paths if _is_device_id(path.parent.name)]
+
+    def _checkpointed(self) -> list[str]:
+        """The devices the trainer has a session checkpoint of."""
+        return sorted(path.parent.name for path in self._checkpoints())
 
     def _unload_idle(self) -> None:
         """On the worker: checkpoint and unload every session idle for session_idle_s (an

@@ -72,8 +72,10 @@ class ModelMirror:
         return dict(self._versions)
 
     def find(self, sha256: str) -> int | None:
-        """The version of a file the mirror still holds, by its hash."""
-        return next((v for v, data in self._versions.items() if sha256_hex(data) == sha256), None)
+        """The newest version of a file the mirror still holds, by its hash (a rollback may
+        have made an older file a newer version too)."""
+        held = reversed(self._versions.items())
+        return next((v for v, data in held if sha256_hex(data) == sha256), None)
 
     def advance(
         self,
@@ -119,18 +121,7 @@ class ModelMirror:
         old = self._versions.get(version)
         if old is None or version == self.version:
             return None
-        body = None
-        if fmt != UpdateFormat.ZPATCH:
-            current = self._layout.with_data(self.data)
-            values = {t.index: current.values(t) for t in current.trainable}
-            body = qdelta.encode(self._layout.with_data(old), values)
-            fmt = UpdateFormat.QDELTA
-            # Values alone do not make the current file where other bytes changed on the way
-            # (an OPA selection refitted in place): that needs the byte patch.
-            if apply_update(fmt, self._layout.with_data(old), body) != self.data:
-                body = None
-        if body is None:
-            fmt, body = UpdateFormat.ZPATCH, zpatch.encode(old, self.data)
+        fmt, body = self._delta(old, self.data, fmt)
         msg = Update(
             base_version=version,
             base_sha256=sha256_hex(old),
@@ -139,6 +130,28 @@ class ModelMirror:
             format=fmt,
         )
         return self._signed(msg, body)
+
+    def reissue(self, version: int, fmt: UpdateFormat | None) -> Outgoing:
+        """The file of an older ``version`` made the next version (an operator's rollback
+        further back than the device's standby slot: a device takes no version at or below the
+        one it runs), sent as a delta in ``fmt`` from the current one, or whole without one."""
+        data = self._versions[version]
+        if fmt is None:
+            self._keep(self.version + 1, data)
+            return self.full_model()
+        return self._commit(*self._delta(self.data, data, fmt))
+
+    def _delta(self, old: bytes, new: bytes, fmt: UpdateFormat) -> tuple[UpdateFormat, bytes]:
+        """An update body that makes ``new`` of ``old`` (both of the mirror's layout): the
+        changed weight values in qdelta, unless ``fmt`` is zpatch or values alone do not make
+        ``new`` (other bytes changed on the way: an OPA selection refitted in place)."""
+        if fmt != UpdateFormat.ZPATCH:
+            target = self._layout.with_data(new)
+            values = {t.index: target.values(t) for t in target.trainable}
+            body = qdelta.encode(self._layout.with_data(old), values)
+            if apply_update(UpdateFormat.QDELTA, self._layout.with_data(old), body) == new:
+                return UpdateFormat.QDELTA, body
+        return UpdateFormat.ZPATCH, zpatch.encode(old, new)
 
     def renumber_after(self, version: int) -> None:
         """Number the current file after ``version``, if it is not already: devices refuse a
@@ -175,11 +188,15 @@ class ModelMirror:
             result_sha256=sha256_hex(result),
             format=fmt,
         )
-        self._versions[base_version + 1] = result
-        self._persist(base_version + 1)
+        self._keep(base_version + 1, result)
+        return self._signed(msg, body)
+
+    def _keep(self, version: int, data: bytes) -> None:
+        """``data`` is ``version``, the newest: on disk before anything can send it."""
+        self._versions[version] = data
+        self._persist(version)
         while len(self._versions) > self._history:
             self._forget(*self._versions.popitem(last=False))
-        return self._signed(msg, body)
 
     def _signed(self, msg: Model | Update, body: bytes) -> Outgoing:
         if self._signer is not None:

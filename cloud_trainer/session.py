@@ -29,6 +29,16 @@ from cloud_trainer.ams.judging import FileJudge
 from cloud_trainer.ams.rebase import should_rebase
 from cloud_trainer.ams.training import PhaseResult, new_optimizer, train_phase
 from cloud_trainer.config import TrainerConfig
+from cloud_trainer.dashboard.actions import (
+    Action,
+    ActionRefused,
+    Pause,
+    Resume,
+    Rollback,
+    SamplingBounds,
+)
+from cloud_trainer.dashboard.probe import AccuracyProbe
+from cloud_trainer.dashboard.records import AckRecord, Record, UpdateRecord, UplinkRecord
 from cloud_trainer.device_clock import DeviceClock
 from cloud_trainer.mirror import ModelMirror
 from cloud_trainer.oneadapt.dnngrad import DnnGrad
@@ -78,7 +88,10 @@ _RESYNCABLE = {
     AckReason.BAD_PAYLOAD,
     AckReason.UNSUPPORTED_FORMAT,
     AckReason.INTERNAL_ERROR,
+    AckReason.UNKNOWN_VERSION,  # a rollback its standby slot could not do: the file comes
 }
+# What the session has done since the daemon last asked (``drain``), for the dashboard.
+MAX_RECORDS = 256
 
 
 @dataclass
@@ -90,6 +103,10 @@ class DeviceView:
     update_formats: tuple[str, ...] = (UpdateFormat.QDELTA.value,)
     profile: str = ""
     known: bool = False  # a hello (or a checkpoint) told us what it runs
+    reported: int | None = None  # the number the device itself gives the file it runs
+    # what its standby slot holds, (version, sha256), where it numbered that file: what a
+    # rollback control can return it to
+    previous: tuple[int, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -102,12 +119,15 @@ class _Sent:
     at: float  # time.monotonic() when it was sent
 
     @classmethod
-    def of(cls, outgoing: Outgoing) -> _Sent | None:
+    def of(cls, outgoing: Outgoing, mirror_sha256: str) -> _Sent | None:
+        """``mirror_sha256``: the mirror's file when it was sent (what a rollback returns to)."""
         msg, now = outgoing.msg, time.monotonic()
         if isinstance(msg, Update):
             return cls("update", msg.new_version, msg.result_sha256, now)
         if isinstance(msg, Model):
             return cls("model", msg.version, sha256_hex(outgoing.body), now)
+        if isinstance(msg, Control) and msg.rollback_to is not None:
+            return cls("control", msg.rollback_to, mirror_sha256, now)
         return None
 
 
@@ -142,6 +162,7 @@ class SessionStats:
     acks_unmatched: int = 0  # answered nothing sent (or answered twice): ignored
     offered_again: int = 0  # the latest model or update, sent again after the ack timeout
     rollbacks: int = 0  # training went back to the device's file after it refused a model
+    rollbacks_ordered: int = 0  # by an operator (the dashboard)
     training_seconds: list[float] = field(default_factory=list)  # per phase, the last 100
     training_seconds_total: float = 0.0
 
@@ -232,6 +253,14 @@ class Session:
         self._full_model_wanted = False  # one was deferred (full_model_interval_s)
         self._resumed = False  # restored: offer the device the mirror's latest on the next step
         self._ack_timeout = config.updates.ack_timeout_s  # doubles with each unanswered offer
+        self.paused = False  # by an operator: no phases, no updates (labelling goes on)
+        self._records: deque[Record] = deque(maxlen=MAX_RECORDS)
+        dashboard = config.dashboard
+        self._probe = (
+            AccuracyProbe(self._judge, self._base, dashboard.probe_frames)
+            if dashboard.enabled
+            else None
+        )
         self.adopt_inbox()
 
     # -- the MQTT side -------------------------------------------------------------------------
@@ -303,7 +332,7 @@ class Session:
 
     def sent(self, seq: int, outgoing: Outgoing) -> None:
         """``outgoing`` went to the device as envelope ``seq``: an ack may answer it, once."""
-        entry = _Sent.of(outgoing)
+        entry = _Sent.of(outgoing, self.mirror.sha256)
         if entry is None:
             return
         self._sent[seq] = entry
@@ -341,11 +370,72 @@ class Session:
     def control(self) -> Control:
         return Control(sampling_rate_fps=self.asr.rate_fps, t_update_s=self.atr.t_update_s)
 
+    # -- an operator's actions (the dashboard) -----------------------------------------------------
+
+    def act(self, action: Action) -> tuple[str, list[Outgoing]]:
+        """Do an operator's ``action``: what was done, in words, and the messages it sends;
+        ActionRefused, saying why, where it cannot be done."""
+        if isinstance(action, Pause | Resume):
+            self.paused = isinstance(action, Pause)
+            self._phase_due = not self.paused and self._fresh > 0
+            return f"learning {'paused' if self.paused else 'resumed'}", []
+        if isinstance(action, SamplingBounds):
+            self.asr.bound(action.min_fps, action.max_fps)
+            done = f"sampling bounded to {action.min_fps:g}-{action.max_fps:g} fps"
+            return f"{done}, rate {self.asr.rate_fps:g} fps", [self._signed_control(self.control())]
+        assert isinstance(action, Rollback)
+        return self._order_rollback(action.version)
+
+    def _order_rollback(self, version: int) -> tuple[str, list[Outgoing]]:
+        """Back to the mirror's ``version``: a signed rollback control where the device's
+        standby slot holds that file, or else the file made the next version (a device takes
+        no version at or below the one it runs); training goes on from it either way."""
+        data = self.mirror.versions().get(version)
+        if data is None:
+            held = ", ".join(f"v{v}" for v in self.mirror.versions())
+            raise ActionRefused(f"version {version} is no longer held (the trainer holds {held})")
+        sha = sha256_hex(data)
+        if sha == self.device.sha256:
+            raise ActionRefused(f"the device runs version {version} already")
+        self.stats.rollbacks_ordered += 1
+        if self.device.previous == (version, sha):
+            self.mirror.roll_back(version)
+            self._train_from_mirror()
+            control = self._signed_control(
+                self.control().model_copy(update={"rollback_to": version})
+            )
+            self._record_update(control, f"rollback to v{version}")
+            return f"rollback to v{version}: a signed control (its standby slot holds it)", [
+                control
+            ]
+        update = self.mirror.reissue(version, self._delta_format())
+        self._train_from_mirror()
+        self.stats.updates_sent += 1
+        self._record_update(update, f"rollback to v{version}")
+        done = f"rollback to v{version}: its file sent as v{self.mirror.version}"
+        return done, self._counted_downlink([update])
+
+    def _record_update(
+        self, update: Outgoing, cause: str, loss: tuple[float, float] | None = None
+    ) -> None:
+        msg = update.msg
+        fmt = msg.format.value if isinstance(msg, Update) else msg.type  # model, control
+        record = UpdateRecord(time.time(), self.mirror.version, fmt, len(update.body), cause, loss)
+        self._records.append(record)
+
+    def drain(self) -> list[Record]:
+        """What the session did since the last call (for the dashboard); worker thread only."""
+        records = list(self._records)
+        self._records.clear()
+        return records
+
     def _handle_event(self, envelope: Envelope) -> list[Outgoing]:
         msg = envelope.msg
         if isinstance(msg, Hello):
             return self._hello(msg)
         if isinstance(msg, Ack) and msg.ref_type in ("update", "model"):
+            return self._ack(msg)
+        if isinstance(msg, Ack) and msg.ref_seq in self._sent:  # a rollback's (others: no)
             return self._ack(msg)
         return []
 
@@ -356,6 +446,7 @@ class Session:
             update_formats=tuple(f.value for f in hello.update_formats),
             profile=hello.profile,
             known=True,
+            reported=hello.model_version,
         )
         log.info("%s: hello (%s, model %s)", self.device_id, hello.profile, hello.model_version)
         return [*self._catch_up(hello.model_sha256), self._signed_control(self.control())]
@@ -387,7 +478,11 @@ class Session:
             log.warning("%s: ignored an ack of %s %d: nothing sent it answers",
                         self.device_id, ack.ref_type, ack.ref_seq)  # fmt: skip
             return []
+        self._records.append(AckRecord(time.time(), ack.model_version, ack.ok, ack.reason or ""))
+        if ack.ok and ack.model_sha256 != self.device.sha256 and self.device.reported is not None:
+            self.device.previous = (self.device.reported, self.device.sha256 or "")
         self.device.version, self.device.sha256 = ack.model_version, ack.model_sha256
+        self.device.reported = ack.model_version
         if ack.ok:
             self.stats.updates_acked += 1
             return []
@@ -545,9 +640,21 @@ class Session:
         self.stats.segments += 1
         self.stats.frames += len(frames)
         self.stats.bytes_up += len(envelope.body)
-        self._phase_due = True
+        self._phase_due = not self.paused
+        self._records.append(UplinkRecord(time.time(), segment.width, segment.height,
+                                          segment.bitrate_kbps, len(frames)))  # fmt: skip
+        self._probe_accuracy(samples)
         gradient = self._gradient(rgb[-1], segment.timestamps[-1])
         return gradient + self._rate_control(segment.timestamps[-1]) + self._select_model()
+
+    def _probe_accuracy(self, samples: list[Sample]) -> None:
+        """For the dashboard: the device's model and the pretrained one on the newest of these
+        samples, where the mirror holds the file the device runs."""
+        held = self.mirror.find(self.device.sha256) if self.device.sha256 else None
+        if self._probe is None or held is None:
+            return
+        model = self.mirror.versions()[held]
+        self._records.extend(self._probe.measure(model, held, samples, self.subset.classes))
 
     def _gradient(self, rgb: np.ndarray, timestamp: float) -> list[Outgoing]:
         """OneAdapt: the teacher's DNNGrad on the segment's last frame, for the device to step
@@ -618,7 +725,12 @@ class Session:
             result.last_loss,
         )
         fmt = self._update_format()
-        if fmt is None or not self._passes_gate(held_out):
+        if fmt is None:
+            return []
+        loss = (result.first_loss, result.last_loss)
+        if not self._passes_gate(held_out):
+            gated = UpdateRecord(time.time(), None, fmt.value, 0, "phase", loss, sent=False)
+            self._records.append(gated)
             return []
         # The weights and optimizer state that make the next version are on disk before it is:
         # a trainer killed at any instant resumes exactly on them (see _restore).
@@ -627,6 +739,7 @@ class Session:
         update = self.mirror.advance(self.student, fmt, mask=self.optimizer.mask)
         self._remember_sent()
         self.stats.updates_sent += 1
+        self._record_update(update, "phase", loss)
         self._measure_gain(before, result.seconds)
         return self._counted_downlink([update, *self._refitted_selection()])
 
@@ -641,6 +754,7 @@ class Session:
         self.save(making=self.mirror.version + 1)  # the same weights make that version too
         update = self.mirror.advance_to(refitted)
         self.stats.selector_refits += 1
+        self._record_update(update, "selection refit")
         log.info("%s: OPA selection refitted on %d frames", self.device_id, refit.frames)
         return [update]
 
@@ -690,7 +804,7 @@ class Session:
         model's, a gated phase's, are the student's already)."""
         unjudged, self._unjudged = self._unjudged, 0
         fmt = self._delta_format()
-        if self._reuse is None or unjudged == 0 or self._fresh == 0 or fmt is None:
+        if self._reuse is None or unjudged == 0 or self._fresh == 0 or fmt is None or self.paused:
             return []
         new = self.buffer.newest(self._fresh)
         retrained = self.mirror.candidate(self.student)
@@ -717,6 +831,7 @@ class Session:
         self._remember_sent()
         self.stats.updates_sent += 1
         self.stats.switch_bytes += len(update.body)
+        self._record_update(update, choice.name)
         return self._counted_downlink([update])
 
     def _restart_from(self, data: bytes, since: float, state: dict | None = None) -> None:
@@ -775,6 +890,8 @@ class Session:
             "training_seconds_mean": float(np.mean(phases)) if phases else None,
             "buffer_samples": len(self.buffer),
             "classes": self.subset.classes,
+            "paused": self.paused,
+            "sampling_bounds": [self.asr.config.min_fps, self.asr.config.max_fps],
             **{k: v for k, v in asdict(self.stats).items() if k != "training_seconds"},
         }
 
@@ -814,6 +931,7 @@ class Session:
             "clock": self._clock.state_dict(),
             "rng": self._rng.bit_generator.state,
             "saved_at": time.time(),
+            "paused": self.paused,
             # the version the weights above made, or are about to make
             "mirror_version": self.mirror.version if making is None else making,
         }
@@ -852,6 +970,8 @@ class Session:
         self.subset.counts = state["subset"].cpu().numpy()
         device = dict(state["device"])
         device["update_formats"] = tuple(device["update_formats"])
+        if device.get("previous") is not None:
+            device["previous"] = tuple(device["previous"])
         self.device = DeviceView(**device)
         self.stats = SessionStats(**state["stats"])
         self.stats.mirror_files_damaged += len(self.mirror.damaged)
@@ -859,6 +979,7 @@ class Session:
         self._previous_labels = None if previous is None else previous.cpu().numpy()
         self._next_rate_update = state["next_rate_update"]
         self._fresh = int(state.get("fresh", 0))  # not in checkpoints before the gate
+        self.paused = bool(state.get("paused", False))  # nor this before the dashboard
         self._clock.load_state_dict(state["clock"])
         self._rng.bit_generator.state = state["rng"]
         self.buffer.start = float(state.get("buffer_start", -float("inf")))  # since the rebase

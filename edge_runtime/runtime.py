@@ -57,6 +57,7 @@ from shared_schema.messages import (
     OpaTelemetry,
     UpdateFormat,
 )
+from shared_schema.metrics import label_names
 from shared_schema.prometheus import TelemetryCollector
 from shared_schema.signing import Keyring
 from shared_schema.topics import Plain, Topic, plain_json
@@ -466,7 +467,7 @@ def _label_count(profile: Profile) -> int | None:
     labels = profile.model.labels
     if labels is None or not labels.is_file():
         return None
-    return sum(1 for line in labels.read_text().splitlines() if line.strip())
+    return len(label_names(labels))
 
 
 def install_signal_handlers(runtime: EdgeRuntime) -> None:

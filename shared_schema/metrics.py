@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 
@@ -57,3 +58,8 @@ class ClassSubset:
             return (0,)
         share = self.counts / total
         return tuple(sorted({0} | {int(c) for c in np.flatnonzero(share > fraction)}))
+
+
+def label_names(path: Path) -> list[str]:
+    """A labels file's class names: one per line, class 0 first, blank lines skipped."""
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]

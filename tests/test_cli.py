@@ -34,6 +34,7 @@ def _subcommands(help_text: str) -> set[str]:
                 "import-tflite",
                 "bench-updates",
                 "bench-serve",
+                "bench-dashboard",
                 "export",
                 "evaluate",
                 "keys",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import torch
 
 from cloud_trainer.ams.training import train_phase
 from cloud_trainer.config import TrainerConfig
+from cloud_trainer.dashboard.actions import ActionRefused, Pause, Resume, Rollback, SamplingBounds
+from cloud_trainer.dashboard.records import AckRecord, FrameView, Probe, UpdateRecord, UplinkRecord
 from cloud_trainer.device_clock import RESTART_GAP_S, DeviceClock
 from cloud_trainer.session import Session
 from cloud_trainer.student import import_tflite
@@ -632,3 +635,105 @@ def test_without_rebase_the_wrecked_model_trains_on(tmp_path, segments):
     session = _rebasing_session(tmp_path, enabled=False)
     assert len(_updates_of_two_segments(session, segments)) == 2
     assert session.stats.rebases == 0 and len(session.buffer) == 6
+
+
+# -- an operator's actions and the dashboard's records ------------------------------------------
+
+
+def test_a_paused_session_labels_but_neither_trains_nor_updates_until_resumed(session, segments):
+    _run(session, hello(session.mirror.sha256))
+    assert session.act(Pause()) == ("learning paused", [])
+    _run(session, envelope(*segments[0]))
+    assert session.stats.segments == 1 and session.stats.phases == 0
+    assert session.mirror.version == 0 and not session.has_work
+    session.save()
+    resumed = _restarted(session)
+    assert resumed.restore() and resumed.paused  # a restart keeps the operator's pause
+    assert resumed.act(Resume()) == ("learning resumed", [])
+    (update,) = _updates(_run(resumed))  # the phase the pause held back
+    assert resumed.stats.phases == 1 and update.msg.new_version == 1
+
+
+def test_sampling_bounds_clip_the_rate_reach_the_device_and_survive_a_restart(session):
+    _run(session, hello(session.mirror.sha256))
+    done, (control,) = session.act(SamplingBounds(min_fps=0.2, max_fps=0.5))
+    assert done == "sampling bounded to 0.2-0.5 fps, rate 0.5 fps"
+    assert isinstance(control.msg, Control) and control.msg.sampling_rate_fps == 0.5
+    session.asr.observe(1.0)  # a busy scene: eq. 1 steps up, the operator's bound holds
+    assert session.asr.update() == 0.5
+    session.save()
+    resumed = _restarted(session)
+    assert resumed.restore() and resumed.asr.bounds == (0.2, 0.5)
+    assert resumed.metrics()["sampling_bounds"] == [0.2, 0.5]
+
+
+def _two_versions_acked(session, segments) -> list[bytes]:
+    """Versions 1 and 2 made and applied by a device that booted with the student."""
+    _run(session, hello(session.mirror.sha256))
+    for msg, h264 in segments[:2]:
+        _run_acked(session, envelope(msg, h264))
+    assert session.device.version == 2
+    return [session.mirror.versions()[v] for v in (0, 1, 2)]
+
+
+def test_a_rollback_to_the_standby_slot_is_a_signed_control(session, segments):
+    files = _two_versions_acked(session, segments)
+    done, (control,) = session.act(Rollback(version=1))
+    assert done.startswith("rollback to v1: a signed control")
+    assert isinstance(control.msg, Control) and control.msg.rollback_to == 1
+    # the trainer follows at once: its mirror and training are back on version 1
+    assert session.mirror.version == 1 and session.mirror.data == files[1]
+    session.sent(next(_seq), control)
+    ack = Ack(ref_type="control", ref_seq=seq_of_sent(session), ok=True, model_version=1,
+              model_sha256=sha256_hex(files[1]))  # fmt: skip
+    _run(session, envelope(ack))
+    assert session.device.version == 1 and session.stats.rollbacks_ordered == 1
+    records = session.drain()
+    assert [r.cause for r in records if isinstance(r, UpdateRecord)][-1] == "rollback to v1"
+    assert isinstance(records[-1], AckRecord) and records[-1].ok
+
+
+def seq_of_sent(session) -> int:
+    return next(reversed(session._sent))
+
+
+def test_a_rollback_further_back_sends_that_file_as_the_next_version(session, segments):
+    files = _two_versions_acked(session, segments)
+    done, (update,) = session.act(Rollback(version=0))  # the booted file: no slot numbers it
+    assert done == "rollback to v0: its file sent as v3"
+    assert isinstance(update.msg, Update)
+    assert (update.msg.base_version, update.msg.new_version) == (2, 3)
+    assert apply_update(update.msg.format, files[2], update.body) == files[0]
+    assert session.mirror.find(sha256_hex(files[0])) == 3  # the newest number of that file
+
+
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [(9, "version 9 is no longer held (the trainer holds v0, v1, v2)"),
+     (2, "the device runs version 2 already")],
+)  # fmt: skip
+def test_a_rollback_that_cannot_be_done_says_why(session, segments, version, message):
+    _two_versions_acked(session, segments)
+    with pytest.raises(ActionRefused, match=re.escape(message)):
+        session.act(Rollback(version=version))
+    assert session.mirror.version == 2
+
+
+def test_with_the_dashboard_on_each_segment_is_probed_on_the_device_model(tmp_path, segments):
+    raw = trainer_raw(tmp_path)
+    raw["dashboard"] = {"port": 8999, "probe_frames": 2}
+    session = _new_session(tmp_path, TrainerConfig.model_validate(raw))
+    _run(session, hello(session.mirror.sha256))
+    _run(session, envelope(*segments[0]))
+    records = session.drain()
+    (uplink,) = [r for r in records if isinstance(r, UplinkRecord)]
+    assert (uplink.width, uplink.height, uplink.frames) == (768, 576, 3)
+    (probe,) = [r for r in records if isinstance(r, Probe)]
+    (view,) = [r for r in records if isinstance(r, FrameView)]
+    # the device still runs the student it booted with: both models are the same file
+    assert probe.version == 0 and probe.frames == 2 and probe.miou == probe.pretrained
+    assert 0.0 < probe.miou <= 1.0
+    assert view.rgb.shape[:2] == view.device_labels.shape == view.teacher_labels.shape
+    (update,) = [r for r in records if isinstance(r, UpdateRecord)]
+    assert update.version == 1 and update.cause == "phase" and update.loss is not None
+    assert session.drain() == []  # handed over once

@@ -1,4 +1,5 @@
-"""The trainer's commands as a user runs them: the demo, import-tflite and bench-updates."""
+"""The trainer's commands as a user runs them: the demo (its run with two devices is in
+test_dashboard_browser.py), import-tflite and bench-updates."""
 
 from __future__ import annotations
 
@@ -19,29 +20,6 @@ STUDENT = "models/coral/deeplabv3_mnv2_dm05_pascal_quant.tflite"
 TEACHER = "models/coral/deeplabv3_mnv2_pascal_quant.tflite"
 
 
-@pytest.mark.slow
-@pytest.mark.broker
-def test_demo_runs_two_devices_and_writes_a_report(shared_dir, tmp_path, capsys):
-    videos = [shared_dir / "videos" / v for v in ("vtest.avi", "one-by-one-person-detection.mp4")]
-    out = tmp_path / "report"
-    argv = ["demo", "--devices", "2", "--duration", "75", "--out", str(out)]
-    assert main([*argv, *(a for v in videos for a in ("--video", str(v)))]) == 0
-    printed = capsys.readouterr().out
-    assert printed.startswith("demo: broker on 127.0.0.1:")
-    assert f"demo report: {out / 'report.md'}" in printed
-    assert "demo-1: " in printed and "updates" in printed  # the live view's lines (no tty)
-    report = json.loads((out / "report.json").read_text())
-    devices = {d["device_id"]: d for d in report["devices"]}
-    assert [devices[d]["video"] for d in ("demo-0", "demo-1")] == [v.name for v in videos]
-    for device in devices.values():
-        assert device["frames"] > 200 and device["updates_applied"] >= 1, device
-        assert device["probes"] >= 10 and 0.0 < device["miou"] <= 1.0, device
-        assert device["uplink_kbps"] > 0 and device["downlink_kbps"] > 0, device
-        assert report["trainer"][device["device_id"]]["full_models"] == 0
-    assert (out / "miou_over_time.png").stat().st_size > 0
-    assert "| demo-1 | one-by-one-person-detection.mp4 |" in (out / "report.md").read_text()
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -50,6 +28,7 @@ def test_demo_runs_two_devices_and_writes_a_report(shared_dir, tmp_path, capsys)
         (["--broker", "localhost"], "--broker localhost: expected HOST:PORT"),
         (["--broker", "localhost:70000"], "--broker localhost:70000: expected HOST:PORT"),
         (["--video", "/no/such.mp4"], "no such video: /no/such.mp4"),
+        (["--dashboard-port", "70000"], "--dashboard-port 70000: between 0 (a free one) and 65535"),
     ],
 )
 def test_demo_refuses_bad_arguments_before_starting_anything(shared_dir, capsys, args, message):

@@ -44,6 +44,7 @@ class AdaptiveSamplingRate:
         self.config = config or AsrConfig()
         self.rate_fps = self.config.initial_fps
         self._phis: list[float] = []
+        self.bounds: tuple[float, float] | None = None  # an operator's, over the config's
 
     def observe(self, phi: float) -> None:
         self._phis.append(phi)
@@ -58,9 +59,22 @@ class AdaptiveSamplingRate:
         self._phis.clear()
         return self.rate_fps
 
+    def bound(self, min_fps: float, max_fps: float) -> None:
+        """An operator's [r_min, r_max] in place of the config's; the rate moves into them."""
+        if not 0 < min_fps <= max_fps:
+            raise ValueError(f"need 0 < min_fps <= max_fps, got {min_fps} and {max_fps}")
+        initial = float(np.clip(self.config.initial_fps, min_fps, max_fps))
+        update = {"min_fps": min_fps, "max_fps": max_fps, "initial_fps": initial}
+        self.config = self.config.model_copy(update=update)
+        self.rate_fps = float(np.clip(self.rate_fps, min_fps, max_fps))
+        self.bounds = (min_fps, max_fps)
+
     def state_dict(self) -> dict[str, object]:
-        return {"rate_fps": self.rate_fps, "phis": list(self._phis)}
+        return {"rate_fps": self.rate_fps, "phis": list(self._phis), "bounds": self.bounds}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
+        bounds = state.get("bounds")  # not in checkpoints before the dashboard's actions
+        if bounds is not None:
+            self.bound(*(float(b) for b in bounds))  # type: ignore[attr-defined]
         self.rate_fps = float(state["rate_fps"])
         self._phis = [float(p) for p in state["phis"]]

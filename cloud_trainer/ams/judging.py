@@ -42,14 +42,15 @@ class FileJudge:
         self._open: OrderedDict[str, Engine] = OrderedDict()  # by sha256, least recent first
 
     def score(self, data: bytes, samples: Sequence[Sample], classes: Sequence[int]) -> float:
-        return mean_miou(self._labels(data, samples), samples, classes)
+        return mean_miou(self.labels(data, samples), samples, classes)
 
     def per_sample(
         self, data: bytes, samples: Sequence[Sample], classes: Sequence[int]
     ) -> list[float]:
-        return per_sample_miou(self._labels(data, samples), samples, classes)
+        return per_sample_miou(self.labels(data, samples), samples, classes)
 
-    def _labels(self, data: bytes, samples: Sequence[Sample]) -> list[np.ndarray]:
+    def labels(self, data: bytes, samples: Sequence[Sample]) -> list[np.ndarray]:
+        """The label map the file ``data`` gives each sample's frame."""
         engine = self._engine(data)
         return [engine.infer(s.rgb) for s in samples]
 

@@ -1,4 +1,5 @@
-"""The trainer's tool commands: ``demo``, ``bench-updates``, ``bench-serve``, ``monitor``."""
+"""The trainer's tool commands: ``demo``, ``bench-updates``, ``bench-serve``,
+``bench-dashboard``, ``monitor``."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from cloud_trainer.dashboard.config import DEMO_PORT
 from shared_schema.bench_results import add_results_dir_option, write_result
 from shared_schema.cli import fail
-from shared_schema.config_files import find_shared_dir
+from shared_schema.config_files import ConfigFileError, find_shared_dir
 from shared_schema.mqtt import BrokerConfig, load_broker_config
 
 
@@ -31,7 +33,12 @@ def _demo(args: argparse.Namespace) -> int:
     if problem:
         return fail(problem)
     out = Path(args.out)
-    run_demo(videos, out, devices=args.devices, duration_s=args.duration, broker=args.broker)
+    try:
+        run_demo(videos, out, devices=args.devices, duration_s=args.duration,
+                 broker=args.broker, dashboard_port=args.dashboard_port,
+                 token_file=args.dashboard_token_file)  # fmt: skip
+    except ConfigFileError as exc:  # a dashboard port in use, a token file too short
+        return fail(exc)
     print(f"demo report: {out.resolve() / 'report.md'}")
     return 0
 
@@ -45,6 +52,8 @@ def _demo_arguments(args: argparse.Namespace, videos: list[Path]) -> str | None:
         return f"--devices {args.devices}: between 1 and 64"
     if args.duration <= 0:
         return f"--duration {args.duration}: must be positive"
+    if not 0 <= args.dashboard_port <= 65535:
+        return f"--dashboard-port {args.dashboard_port}: between 0 (a free one) and 65535"
     host, _, port = (args.broker or "127.0.0.1:1883").rpartition(":")
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         return f"--broker {args.broker}: expected HOST:PORT"
@@ -87,6 +96,21 @@ def _bench_serve(args: argparse.Namespace) -> int:
     results["saved_to"] = str(write_result("bench-serve", results, args.results_dir))
     print(json.dumps(results, indent=None if args.json else 2))
     return 0 if results["message_loss"] == 0 else 1
+
+
+def _bench_dashboard(args: argparse.Namespace) -> int:
+    from cloud_trainer.tools.bench_dashboard import bench_dashboard
+    from cloud_trainer.tools.browser import BrowserMissing
+
+    if not 1 <= args.devices <= 10_000 or args.rounds < 1:
+        return fail(f"--devices {args.devices} (1-10000), --rounds {args.rounds} (1 or more)")
+    try:
+        results = bench_dashboard(args.devices, args.rounds)
+    except BrowserMissing as exc:
+        return fail(exc)
+    results["saved_to"] = str(write_result("bench-dashboard", results, args.results_dir))
+    print(json.dumps(results, indent=None if args.json else 2))
+    return 0
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -157,6 +181,12 @@ def add_tool_parsers(sub: Any) -> None:
     demo.add_argument("--out", default="demo-report", help="directory for the report")
     demo.add_argument("--broker", metavar="HOST:PORT",
                       help="use this broker instead of starting a local mosquitto")  # fmt: skip
+    demo.add_argument("--dashboard-port", type=int, default=DEMO_PORT,
+                      help=f"the fleet dashboard's port on 127.0.0.1 (default {DEMO_PORT};"
+                      " 0: a free one)")  # fmt: skip
+    demo.add_argument("--dashboard-token-file", type=Path, metavar="PATH",
+                      help="the operator's token for the dashboard's actions (default: a new"
+                      " one, in a file the demo names)")  # fmt: skip
     demo.set_defaults(func=_demo)
 
     bu = sub.add_parser(
@@ -176,6 +206,16 @@ def add_tool_parsers(sub: Any) -> None:
     bs.add_argument("--no-sweep", action="store_true", help="skip the 1-device round")
     _add_training_options(bs)
     bs.set_defaults(func=_bench_serve)
+
+    bd = sub.add_parser(
+        "bench-dashboard",
+        help="the fleet page with N emulated devices in headless Chromium, against 1 (JSON)",
+    )
+    bd.add_argument("--devices", type=int, default=100)
+    bd.add_argument("--rounds", type=int, default=5, help="page loads per size")
+    bd.add_argument("--json", action="store_true", help="one line of JSON")
+    add_results_dir_option(bd)
+    bd.set_defaults(func=_bench_dashboard)
 
     keys = sub.add_parser(
         "keys", help="the trainer's signing keys: generate, rotate, show (Ed25519, key ids)"

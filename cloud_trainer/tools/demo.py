@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
+import secrets
 import signal
 import tempfile
 import time
@@ -26,6 +28,7 @@ from rich.table import Table
 
 from cloud_trainer.config import TrainerConfig, load_config
 from cloud_trainer.daemon import TrainerDaemon
+from cloud_trainer.dashboard.config import DEMO_PORT
 from cloud_trainer.fleet import keys
 from cloud_trainer.tools.demo_device import DeviceSpec, run_device
 from cloud_trainer.tools.demo_report import percent, read_status, running_miou, write_report
@@ -36,8 +39,21 @@ DEMO_TRAINING = {"resolution": (257, 257), "iterations": 8, "batch_size": 2}
 _STOP_S = 20.0  # a device process's time to deliver its last segment and exit
 
 
-def demo_trainer_config(mqtt: BrokerConfig, workdir: Path, signing_key: Path) -> TrainerConfig:
+def demo_trainer_config(
+    mqtt: BrokerConfig,
+    workdir: Path,
+    signing_key: Path,
+    dashboard_port: int = 0,
+    token_file: Path | None = None,
+) -> TrainerConfig:
+    """The default trainer with the demo's broker, key and lighter training; the dashboard on
+    ``dashboard_port`` (0: a free one), its operator token in ``token_file`` or a new one."""
     config = load_config()
+    if token_file is None:
+        token_file = workdir / "dashboard-token"
+        token_file.write_text(secrets.token_hex(16) + "\n")
+        os.chmod(token_file, 0o600)
+    dashboard = {"port": dashboard_port or free_port(), "token_file": token_file}
     return config.model_copy(
         update={
             "updates": config.updates.model_copy(update={"signing_key": signing_key}),
@@ -46,6 +62,7 @@ def demo_trainer_config(mqtt: BrokerConfig, workdir: Path, signing_key: Path) ->
             "checkpoint": config.checkpoint.model_copy(update={"directory": workdir / "trainer"}),
             # a port of its own: the demo must not collide with a trainer on this machine
             "metrics": config.metrics.model_copy(update={"prometheus_port": free_port()}),
+            "dashboard": config.dashboard.model_copy(update=dashboard),
         }
     )
 
@@ -91,6 +108,8 @@ def run_demo(
     devices: int = 1,
     duration_s: float = 120.0,
     broker: str | None = None,
+    dashboard_port: int = DEMO_PORT,
+    token_file: Path | None = None,
     console: Console | None = None,
     emit: Callable[[str], None] = print,
 ) -> dict[str, object]:
@@ -100,7 +119,9 @@ def run_demo(
         workdir = Path(tmp)
         ids = [f"demo-{i}" for i in range(devices)]
         with _broker(broker, workdir, ids, emit) as secured:  # signed, as deployed
-            config = demo_trainer_config(secured.trainer, workdir, secured.signing_key)
+            config = demo_trainer_config(
+                secured.trainer, workdir, secured.signing_key, dashboard_port, token_file
+            )
             specs = [
                 DeviceSpec(
                     device_id=device_id,
@@ -123,6 +144,9 @@ def run_demo(
             )
             daemon = TrainerDaemon(config)
             daemon.start()
+            assert daemon.dashboard is not None
+            emit(f"demo: dashboard on {daemon.dashboard.url} (to act on a device, sign in with"
+                 f" the token in {config.dashboard.token_file})")  # fmt: skip
             started = time.monotonic()
             try:
                 _run_devices(specs, console, emit)

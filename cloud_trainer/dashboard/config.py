@@ -1,0 +1,56 @@
+"""``[dashboard]``: where the fleet dashboard listens, who may act on devices, what it keeps."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEMO_PORT = 8470  # the demo's dashboard, unless told otherwise
+
+
+class DashboardConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    port: int = Field(0, ge=0, le=65535)  # 0: no dashboard (and no accuracy probes)
+    host: str = "127.0.0.1"
+    # A file holding the operator's token (16 characters or more): whoever gives it may pause,
+    # roll back and re-bound devices. Unset: the dashboard is read-only.
+    token_file: Path | None = None
+    # HTTPS; required on any address but loopback unless allow_plaintext says otherwise.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    allow_plaintext: bool = False  # development only: the token crosses the network in clear
+    # Frames of each uploaded segment scored with the device's model and the pretrained one
+    # (two student inferences each, on the trainer's worker).
+    probe_frames: int = Field(2, ge=1, le=16)
+    history: int = Field(720, ge=10, le=100_000)  # probes and updates kept per device
+
+    @property
+    def enabled(self) -> bool:
+        return self.port != 0
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @model_validator(mode="after")
+    def _secured_off_loopback(self) -> DashboardConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both, or neither")
+        if self.enabled and not self.tls and not self.allow_plaintext and not _loopback(self.host):
+            raise ValueError(
+                f"host {self.host} is not loopback: set tls_cert and tls_key (or allow_plaintext"
+                " = true for development only)"
+            )
+        return self
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
