@@ -31,12 +31,12 @@ def _serve(args: argparse.Namespace) -> int:
     source = args.config or DEFAULT_CONFIG  # what an error names
     try:
         daemon = TrainerDaemon(config)
-    except ConfigFileError as exc:  # e.g. a TLS file that is not there
+        daemon.start()
+    except ConfigFileError as exc:  # e.g. a TLS file that is not there, a port in use
         return fail(f"{source}: {exc}")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    daemon.start()
     try:
         while not stop.wait(0.5):
             if daemon.endpoint.link.refusal is not None:

@@ -29,6 +29,8 @@ TOKEN = "0123456789abcdef0123456789abcdef"
 def _artifacts() -> Path:
     folder = ARTIFACTS / "dashboard"
     folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):  # this run's pictures only
+        old.unlink()
     return folder
 
 
@@ -47,9 +49,11 @@ def _until(what: str, check: Callable[[], object], timeout: float) -> object:
 
 def _rows(browser: WebDriver) -> dict[str, list[str]]:
     """The fleet table as drawn: device -> its cells' text."""
-    rows = browser.find_elements(By.CSS_SELECTOR, "#fleet-rows tr")
-    return {r.get_attribute("data-device"): [c.text for c in r.find_elements(By.TAG_NAME, "td")]
-            for r in rows}  # fmt: skip
+    # in one script: the live view redraws the table between two WebDriver calls
+    return browser.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('#fleet-rows tr')].map("
+        "  r => [r.dataset.device, [...r.cells].map(c => c.textContent)]))"
+    )
 
 
 def _drawn(browser: WebDriver) -> int:
@@ -113,6 +117,11 @@ def _device_page(browser: WebDriver, url: str, shots: Path, seen: dict[str, obje
     ], 60)  # fmt: skip
     browser.set_window_size(1400, 2400)
     browser.save_screenshot(str(shots / "device-after-rollback.png"))
+    browser.get(url)  # the fleet again, the action in its log (the README's picture)
+    _until("the action in the fleet's log",
+           lambda: browser.find_elements(By.CSS_SELECTOR, "#actions tr.done"), 20)  # fmt: skip
+    browser.set_window_size(1400, 560)
+    browser.save_screenshot(str(shots / "fleet-after-rollback.png"))
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import os
 import queue
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -369,7 +370,7 @@ def test_each_common_mistake_is_one_line_and_a_failing_status(
 
 
 @pytest.mark.broker
-def test_the_trainer_and_the_monitor_say_a_refused_login_in_one_line(tmp_path, broker):
+def test_the_trainer_and_the_monitor_say_what_stops_them_in_one_line(tmp_path, broker):
     config = tmp_path / "trainer.toml"
     raw = read_toml(DEFAULT_CONFIG, ValueError)
     wrong = broker.mqtt_table("trainer") | {"password_file": str(
@@ -388,6 +389,18 @@ def test_the_trainer_and_the_monitor_say_a_refused_login_in_one_line(tmp_path, b
     assert served.returncode == 2 and "Traceback" not in served.stderr
     assert served.stderr.strip().splitlines()[-1] == (
         f"error: {config}: mqtt.tls.ca_file: no such file {tmp_path}/gone.pem: fix the path"
+    )
+    del raw["mqtt"]["tls"]
+    with socket.create_server(("127.0.0.1", 0)) as taken:  # the dashboard's port, in use
+        port = taken.getsockname()[1]
+        raw["dashboard"] = {"port": port}
+        config.write_text(tomli_w.dumps(raw))
+        served = _cli(str(BIN / "cloud-trainer"), "serve", "--config", str(config), timeout=120)
+    assert served.returncode == 2 and "Traceback" not in served.stderr
+    assert (
+        served.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: {config}: [dashboard] port {port} on 127.0.0.1: ")
     )
     monitor_dir = broker.fleet.identity_dir("monitor")
     wrong_password = str(tmp_path / "trainer.toml")

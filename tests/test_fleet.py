@@ -50,6 +50,11 @@ def test_provision_writes_every_file_a_fleet_needs(tmp_path, trainer_keys):
     trainer = load_config(fleet.identity_dir("trainer") / "trainer.toml")
     assert trainer.mqtt.username == "trainer" and trainer.mqtt.tls.ca_file.is_file()
     assert trainer.updates.signing_key == (trainer_keys / "trainer_ed25519.pem").resolve()
+    # the dashboard on loopback; its actions need the token beside the config, its owner's alone
+    assert (trainer.dashboard.port, trainer.dashboard.host) == (8470, "127.0.0.1")
+    token = trainer.dashboard.token_file
+    assert token == fleet.identity_dir("trainer") / "dashboard-token" and _private(token)
+    assert len(token.read_text().strip()) == 32
     acl = fleet.security().acl_file.read_text()
     assert "user cam-1\ntopic write ams/cam-1/up/#\ntopic write ams/cam-1/status\n" in acl
     assert "topic read ams/cam-1/down/#" in acl and "topic write ams/+/down/#" in acl
@@ -63,7 +68,9 @@ def test_provisioning_again_keeps_logins_and_adds_devices(tmp_path, trainer_keys
     fleet = Fleet(root)
     before = read_password_file(fleet.security().password_file)
     ca = fleet.ca_cert.read_bytes()
+    token = (fleet.identity_dir("trainer") / "dashboard-token").read_text()
     provision(root, ["cam-3"], key_dir=trainer_keys)
+    assert (fleet.identity_dir("trainer") / "dashboard-token").read_text() == token
     after = read_password_file(fleet.security().password_file)
     assert fleet.devices == ["cam-1", "cam-3"] and fleet.ca_cert.read_bytes() == ca
     assert {k: after[k] for k in before} == before and "cam-3" in after

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-DEMO_PORT = 8470  # the demo's dashboard, unless told otherwise
+DASHBOARD_PORT = 8470  # the demo's and a provisioned trainer's dashboard (by default: off)
 
 
 class DashboardConfig(BaseModel):

@@ -4,7 +4,7 @@ need to talk over TLS with a login each and an ACL, in one directory.
     <dir>/fleet.json                      what was provisioned (no secrets)
     <dir>/ca/ca.pem, ca.key               the fleet's CA (keep ca.key offline)
     <dir>/broker/                         server.pem/.key, passwd, acl, mosquitto.conf
-    <dir>/trainer/                        trainer.toml, password, ca.pem
+    <dir>/trainer/                        trainer.toml, password, ca.pem, dashboard-token
     <dir>/monitor/                        monitor.toml ([mqtt] only: read-only, everything)
     <dir>/devices/<id>/                   profile.toml, password, ca.pem, the trainer's public keys
 
@@ -32,6 +32,7 @@ from typing import Any
 import tomli_w
 
 from cloud_trainer.config import DEFAULT_CONFIG
+from cloud_trainer.dashboard.config import DASHBOARD_PORT
 from cloud_trainer.fleet import keys, mosquitto, pki
 from firmware_configs import PROFILE_DIR
 from shared_schema.config_files import (
@@ -54,6 +55,7 @@ from shared_schema.topics import (
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 DEFAULT_PORT = 8883
 DEFAULT_STATE_DIR = "~/.local/state/amstream"  # on each device: its slots and spool
+DASHBOARD_TOKEN = "dashboard-token"  # the trainer's operator token, beside its config
 DEFAULT_BROKER_USER = "mosquitto"  # the Debian package's: mosquitto started as root becomes it
 TRAINER, MONITOR = "trainer", "monitor"
 # The services' logins and what each may do; no device may take one of their names.
@@ -295,6 +297,11 @@ def _trainer_bundle(fleet: Fleet, key_dir: Path) -> None:
     raw = read_toml(DEFAULT_CONFIG, FleetError)
     raw["mqtt"] = {**raw["mqtt"], **fleet.mqtt_table(TRAINER, relative=True)}
     raw["updates"]["signing_key"] = str((key_dir / f"{keys.CURRENT}.pem").resolve())
+    # the dashboard on loopback, its actions for the holder of a token of its own
+    token = fleet.identity_dir(TRAINER) / DASHBOARD_TOKEN
+    if not token.is_file():
+        write_private(token, (secrets.token_hex(16) + "\n").encode())
+    raw["dashboard"] = {**raw["dashboard"], "port": DASHBOARD_PORT, "token_file": DASHBOARD_TOKEN}
     _write_toml(fleet.identity_dir(TRAINER) / "trainer.toml", raw, "the trainer's config")
 
 

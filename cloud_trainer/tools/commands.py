@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cloud_trainer.dashboard.config import DEMO_PORT
+from cloud_trainer.dashboard.config import DASHBOARD_PORT
 from shared_schema.bench_results import add_results_dir_option, write_result
 from shared_schema.cli import fail
 from shared_schema.config_files import ConfigFileError, find_shared_dir
@@ -181,8 +181,8 @@ def add_tool_parsers(sub: Any) -> None:
     demo.add_argument("--out", default="demo-report", help="directory for the report")
     demo.add_argument("--broker", metavar="HOST:PORT",
                       help="use this broker instead of starting a local mosquitto")  # fmt: skip
-    demo.add_argument("--dashboard-port", type=int, default=DEMO_PORT,
-                      help=f"the fleet dashboard's port on 127.0.0.1 (default {DEMO_PORT};"
+    demo.add_argument("--dashboard-port", type=int, default=DASHBOARD_PORT,
+                      help=f"the fleet dashboard's port on 127.0.0.1 (default {DASHBOARD_PORT};"
                       " 0: a free one)")  # fmt: skip
     demo.add_argument("--dashboard-token-file", type=Path, metavar="PATH",
                       help="the operator's token for the dashboard's actions (default: a new"

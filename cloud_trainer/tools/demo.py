@@ -28,7 +28,7 @@ from rich.table import Table
 
 from cloud_trainer.config import TrainerConfig, load_config
 from cloud_trainer.daemon import TrainerDaemon
-from cloud_trainer.dashboard.config import DEMO_PORT
+from cloud_trainer.dashboard.config import DASHBOARD_PORT
 from cloud_trainer.fleet import keys
 from cloud_trainer.tools.demo_device import DeviceSpec, run_device
 from cloud_trainer.tools.demo_report import percent, read_status, running_miou, write_report
@@ -108,7 +108,7 @@ def run_demo(
     devices: int = 1,
     duration_s: float = 120.0,
     broker: str | None = None,
-    dashboard_port: int = DEMO_PORT,
+    dashboard_port: int = DASHBOARD_PORT,
     token_file: Path | None = None,
     console: Console | None = None,
     emit: Callable[[str], None] = print,

@@ -28,6 +28,12 @@ function gain(row) {
   return row.miou === null || row.miou_pretrained === null ? null : row.miou - row.miou_pretrained;
 }
 
+function signedPoints(v) {
+  if (v === null) return "–";
+  const points = (100 * v).toFixed(1);
+  return (points.startsWith("-") ? points : "+" + points).replace(/^-0\.0$/, "+0.0");
+}
+
 function live(url, draw) {
   const badge = $("live");
   const source = new EventSource(url);
@@ -49,7 +55,7 @@ const FLEET_COLUMNS = [
   ["down_kbps", "down (Kbps)", fixed(1)],
   ["miou", "mIoU", pct],
   ["miou_pretrained", "pretrained", pct],
-  ["gain", "gain", (v) => (v === null ? "–" : (v >= 0 ? "+" : "") + (100 * v).toFixed(1))],
+  ["gain", "gain", signedPoints],
   ["updates_sent", "sent"],
   ["updates_acked", "acked"],
   ["updates_refused", "refused"],
