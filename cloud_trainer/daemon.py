@@ -118,13 +118,13 @@ class TrainerDaemon:
 
     def stop(self, timeout: float = 60.0) -> None:
         """Finish the step in progress, checkpoint every session, disconnect."""
+        if self.dashboard is not None:  # first: no action is accepted that would never run
+            self.dashboard.stop()
         self._stop.set()
         self.scheduler.stop()
         for thread in self._threads:
             thread.join(timeout)
         self._save_all()
-        if self.dashboard is not None:
-            self.dashboard.stop()
         if self.reuse is not None:
             self.reuse.close()
         self.endpoint.stop()
@@ -216,6 +216,12 @@ class TrainerDaemon:
 
     def _act(self, device_id: str, action: Action, entry: ActionEntry) -> None:
         assert self.fleet is not None
+        with self._lock:
+            room = device_id in self.sessions or self._admits(device_id)
+        if not room:
+            detail = f"the trainer holds max_sessions ({self.config.max_sessions}) sessions"
+            self.fleet.action_done(entry, "refused", detail + ": try again when one is idle")
+            return
         try:
             session = self._session(device_id)
             done, messages = session.act(action)

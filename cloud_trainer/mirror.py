@@ -53,6 +53,7 @@ class ModelMirror:
         self.damaged: list[Path] = []  # files set aside when resuming
         saved = self._read_saved()
         self._versions: OrderedDict[int, bytes] = saved or OrderedDict({version: bytes(initial)})
+        self._hashes: dict[int, str] = {}  # version -> sha256, as asked (a few MB each to hash)
         if not saved:
             self._persist(version)
 
@@ -66,7 +67,12 @@ class ModelMirror:
 
     @property
     def sha256(self) -> str:
-        return sha256_hex(self.data)
+        return self._hash(self.version)
+
+    def _hash(self, version: int) -> str:
+        if version not in self._hashes:
+            self._hashes[version] = sha256_hex(self._versions[version])
+        return self._hashes[version]
 
     def versions(self) -> dict[int, bytes]:
         return dict(self._versions)
@@ -74,8 +80,7 @@ class ModelMirror:
     def find(self, sha256: str) -> int | None:
         """The newest version of a file the mirror still holds, by its hash (a rollback may
         have made an older file a newer version too)."""
-        held = reversed(self._versions.items())
-        return next((v for v, data in held if sha256_hex(data) == sha256), None)
+        return next((v for v in reversed(self._versions) if self._hash(v) == sha256), None)
 
     def advance(
         self,
@@ -131,14 +136,15 @@ class ModelMirror:
         )
         return self._signed(msg, body)
 
-    def reissue(self, version: int, fmt: UpdateFormat | None) -> Outgoing:
+    def reissue(self, version: int, fmt: UpdateFormat | None) -> Outgoing | None:
         """The file of an older ``version`` made the next version (an operator's rollback
         further back than the device's standby slot: a device takes no version at or below the
-        one it runs), sent as a delta in ``fmt`` from the current one, or whole without one."""
+        one it runs), as a delta in ``fmt`` from the current one; None without a format (the
+        full model carries it)."""
         data = self._versions[version]
         if fmt is None:
             self._keep(self.version + 1, data)
-            return self.full_model()
+            return None
         return self._commit(*self._delta(self.data, data, fmt))
 
     def _delta(self, old: bytes, new: bytes, fmt: UpdateFormat) -> tuple[UpdateFormat, bytes]:
@@ -161,6 +167,7 @@ class ModelMirror:
         if old > version:
             return
         data = self._versions[version + 1] = self._versions.pop(old)
+        self._hashes.pop(version + 1, None)
         self._persist(version + 1)
         self._forget(old, data)
 
@@ -194,6 +201,7 @@ class ModelMirror:
     def _keep(self, version: int, data: bytes) -> None:
         """``data`` is ``version``, the newest: on disk before anything can send it."""
         self._versions[version] = data
+        self._hashes.pop(version, None)
         self._persist(version)
         while len(self._versions) > self._history:
             self._forget(*self._versions.popitem(last=False))
@@ -215,6 +223,7 @@ class ModelMirror:
 
     def _forget(self, version: int, data: bytes) -> None:
         """A version the mirror no longer holds leaves the disk too."""
+        self._hashes.pop(version, None)
         if self._directory is not None:
             self._path(version, data).unlink(missing_ok=True)
 

@@ -381,6 +381,7 @@ class Session:
             return f"learning {'paused' if self.paused else 'resumed'}", []
         if isinstance(action, SamplingBounds):
             self.asr.bound(action.min_fps, action.max_fps)
+            # (the device also keeps within its profile's [sampler] bounds)
             done = f"sampling bounded to {action.min_fps:g}-{action.max_fps:g} fps"
             return f"{done}, rate {self.asr.rate_fps:g} fps", [self._signed_control(self.control())]
         assert isinstance(action, Rollback)
@@ -389,31 +390,51 @@ class Session:
     def _order_rollback(self, version: int) -> tuple[str, list[Outgoing]]:
         """Back to the mirror's ``version``: a signed rollback control where the device's
         standby slot holds that file, or else the file made the next version (a device takes
-        no version at or below the one it runs); training goes on from it either way."""
+        no version at or below the one it runs); training goes on from it either way, and
+        nothing sent before is offered again."""
         data = self.mirror.versions().get(version)
         if data is None:
             held = ", ".join(f"v{v}" for v in self.mirror.versions())
             raise ActionRefused(f"version {version} is no longer held (the trainer holds {held})")
-        sha = sha256_hex(data)
-        if sha == self.device.sha256:
+        if version == self.mirror.version and self.mirror.sha256 == self.device.sha256:
             raise ActionRefused(f"the device runs version {version} already")
         self.stats.rollbacks_ordered += 1
+        self._sent.clear()  # what was sent after it is no longer to be offered again
+        self._last_resync = None
+        sha = sha256_hex(data)
+        if sha == self.device.sha256:  # the device runs it; newer ones were on their way
+            self._return_to(version)
+            return f"training back on v{version}, which the device runs", []
         if self.device.previous == (version, sha):
-            self.mirror.roll_back(version)
-            self._train_from_mirror()
-            control = self._signed_control(
-                self.control().model_copy(update={"rollback_to": version})
-            )
-            self._record_update(control, f"rollback to v{version}")
-            return f"rollback to v{version}: a signed control (its standby slot holds it)", [
-                control
-            ]
+            self._return_to(version)
+            control = self.control().model_copy(update={"rollback_to": version})
+            signed = self._signed_control(control)
+            self._record_update(signed, f"rollback to v{version}")
+            return f"rollback to v{version}: a signed control (its standby slot holds it)", [signed]
+        return self._reissue(version)
+
+    def _reissue(self, version: int) -> tuple[str, list[Outgoing]]:
+        """The file of ``version`` as the next version: a delta, or (a device that takes none)
+        the full model, when full_model_interval_s allows."""
         update = self.mirror.reissue(version, self._delta_format())
         self._train_from_mirror()
+        self.save()  # the checkpoint's weights are the new version's (see _return_to)
+        done = f"rollback to v{version}: its file made v{self.mirror.version}"
+        if update is None:
+            return done + ", sent whole", self._full_model()
         self.stats.updates_sent += 1
         self._record_update(update, f"rollback to v{version}")
-        done = f"rollback to v{version}: its file sent as v{self.mirror.version}"
         return done, self._counted_downlink([update])
+
+    def _return_to(self, version: int) -> None:
+        """Training and the mirror back on the mirror's ``version``, crash-consistently: the
+        checkpoint holds that version's weights before the later versions leave the disk (a
+        checkpoint of a later version, with the mirror back on this one, would read as the
+        weights of the next version: see _restore)."""
+        self._train_from(self.mirror.versions()[version])
+        self._remember_sent()
+        self.save(making=version)
+        self.mirror.roll_back(version)
 
     def _record_update(
         self, update: Outgoing, cause: str, loss: tuple[float, float] | None = None
@@ -473,12 +494,14 @@ class Session:
         return True
 
     def _ack(self, ack: Ack) -> list[Outgoing]:
+        answered = self._sent.get(ack.ref_seq)
         if not self._answers(ack):
             self.stats.acks_unmatched += 1
             log.warning("%s: ignored an ack of %s %d: nothing sent it answers",
                         self.device_id, ack.ref_type, ack.ref_seq)  # fmt: skip
             return []
-        self._records.append(AckRecord(time.time(), ack.model_version, ack.ok, ack.reason or ""))
+        assert answered is not None  # _answers found it
+        self._records.append(AckRecord(time.time(), answered.version, ack.ok, ack.reason or ""))
         if ack.ok and ack.model_sha256 != self.device.sha256 and self.device.reported is not None:
             self.device.previous = (self.device.reported, self.device.sha256 or "")
         self.device.version, self.device.sha256 = ack.model_version, ack.model_sha256
@@ -498,9 +521,9 @@ class Session:
         """The device judged the trained model broken: training goes back to the file it
         runs, with fresh optimizer state, so later updates build on a model it accepted."""
         held = self.mirror.find(device_sha) if device_sha else None
-        if held is None or not self.mirror.roll_back(held):
+        if held is None:
             return  # the device runs a file the mirror no longer holds: keep training on
-        self._train_from_mirror()
+        self._return_to(held)
         self.stats.rollbacks += 1
         log.warning("%s: training rolled back to version %d", self.device_id, held)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -15,9 +16,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from cloud_trainer.dashboard import serve
 from cloud_trainer.dashboard.actions import Pause, Rollback
 from cloud_trainer.dashboard.app import MAX_ACTION_BYTES, Dashboard
-from cloud_trainer.dashboard.auth import COOKIE, Auth
+from cloud_trainer.dashboard.auth import COOKIE, COOKIE_MAX_AGE_S, Auth
 from cloud_trainer.dashboard.config import DashboardConfig
 from cloud_trainer.dashboard.overlay import GAP, overlay_jpeg, palette
 from cloud_trainer.dashboard.records import AckRecord, FrameView, Probe, UpdateRecord
@@ -25,6 +27,7 @@ from cloud_trainer.dashboard.server import DashboardServer
 from cloud_trainer.dashboard.state import FleetState
 from cloud_trainer.tools.local_broker import free_port
 from shared_schema.config_files import ConfigFileError
+from shared_schema.counters import Counters
 from shared_schema.messages import Telemetry
 
 TOKEN = "a-token-of-20-chars!"
@@ -48,8 +51,9 @@ def test_config_refuses_plain_http_off_loopback(fields, message):
 def test_config_allows_loopback_tls_or_a_loud_development_switch():
     assert not DashboardConfig().enabled  # no port: no dashboard
     assert DashboardConfig(port=1, host="::1").enabled
-    assert DashboardConfig(port=1, host="0.0.0.0", tls_cert="c", tls_key="k").tls
-    assert DashboardConfig(port=1, host="10.0.0.2", allow_plaintext=True).enabled
+    token = {"token_file": "t"}
+    assert DashboardConfig(port=1, host="0.0.0.0", tls_cert="c", tls_key="k", **token).tls
+    assert DashboardConfig(port=1, host="10.0.0.2", allow_plaintext=True, **token).enabled
 
 
 def test_a_token_file_that_is_missing_or_short_is_one_line(tmp_path):
@@ -64,6 +68,17 @@ def test_a_token_file_that_is_missing_or_short_is_one_line(tmp_path):
     good.write_text(TOKEN + "\n")
     auth = Auth.from_file(good, secure=True)
     assert auth.checks(TOKEN) and not auth.checks(TOKEN[:-1]) and auth.secure
+    assert not auth.checks("é" * 20) and not auth.checks("\udce9")  # any text: no crash
+
+
+def test_a_session_cookie_is_the_tokens_and_dies_after_its_age():
+    auth, other = Auth(TOKEN, secure=False), Auth(TOKEN + "x", secure=False)
+    cookie = auth.session()
+    assert auth._valid_session(cookie) and not other._valid_session(cookie)
+    old = auth.session(now=time.time() - COOKIE_MAX_AGE_S - 1)
+    assert not auth._valid_session(old)
+    forged = cookie.split(".")[0] + "." + "0" * 64
+    assert not auth._valid_session(forged) and not auth._valid_session("é.é")
 
 
 # -- the state -------------------------------------------------------------------------------
@@ -100,13 +115,17 @@ def test_acks_settle_the_updates_they_answer_and_probes_make_the_rows_miou():
         UpdateRecord(2.0, None, "qdelta", 0, "phase", (0.5, 0.45), sent=False),
         UpdateRecord(3.0, 2, "qdelta", 800, "phase", (0.4, 0.3)),
         AckRecord(4.0, 1, ok=True),
-        AckRecord(5.0, 1, ok=False, reason="bad_hash"),
+        AckRecord(5.0, 2, ok=False, reason="bad_hash"),
+        AckRecord(5.5, 7, ok=True),  # a resync's: it answers no row
         *(Probe(6.0 + i, 1, 0.5 + i / 10, 0.5, 2) for i in range(5)),
+        Probe(12.0, 1, float("nan"), 0.5, 2),  # no classes to score: not a point of the plot
+        UpdateRecord(13.0, 3, "qdelta", 700, "phase", (float("nan"), 0.3)),  # diverged
     ]
     state.session(figures, records)
     page = state.device("cam-1")
     outcomes = [(u["version"], u["outcome"]) for u in page["updates"]]
-    assert outcomes == [(1, "acked"), (None, "gated"), (2, "refused: bad_hash")]
+    assert outcomes == [(None, "gated"), (2, "refused: bad_hash"), (3, "sent")]
+    assert page["updates"][-1]["loss"] is None and "NaN" not in state.device_json("cam-1")
     assert len(page["probes"]) == 3 and page["row"]["rollbacks"] == 3  # history 3: the newest
     # the row: the newest probes' mean, beside the pretrained model's on the same frames
     assert page["row"]["miou"] == pytest.approx(np.mean([0.7, 0.8, 0.9]))
@@ -117,16 +136,17 @@ def test_the_actions_log_outlives_the_trainer_and_a_torn_line(tmp_path):
     log_path = tmp_path / "_actions.jsonl"
     state = FleetState(history=10, actions_log=log_path)
     entry = state.action("cam-1", Pause().model_dump(), "127.0.0.1")
-    assert entry.state == "queued" and not log_path.exists()  # written once it is done
+    assert json.loads(log_path.read_text())["state"] == "queued"  # on disk before it runs
     state.action_done(entry, "done", "learning paused")
     second = state.action("cam-1", Rollback(version=3).model_dump(), "127.0.0.1")
     state.action_done(second, "refused", "version 3 is no longer held")
+    state.action("cam-1", Pause().model_dump(), "127.0.0.1")  # the trainer stops before it runs
     with log_path.open("a") as f:
-        f.write('{"id": 3, "at": 1.0, "device')  # the power went
+        f.write('{"id": 4, "at": 1.0, "device')  # the power went
     again = FleetState(history=10, actions_log=log_path)
     actions = again.fleet()["actions"]
-    assert [(a["id"], a["state"]) for a in actions] == [(2, "refused"), (1, "done")]
-    assert again.action("cam-2", Pause().model_dump(), "::1").id == 3  # numbering goes on
+    assert [(a["id"], a["state"]) for a in actions] == [(3, "lost"), (2, "refused"), (1, "done")]
+    assert again.action("cam-2", Pause().model_dump(), "::1").id == 4  # numbering goes on
 
 
 # -- the picture -----------------------------------------------------------------------------
@@ -261,6 +281,51 @@ def test_signing_in_gives_a_strict_cookie_that_acts(served):
     session = cookie.split(";")[0]
     assert client.act("cam-1", {"kind": "resume"}, Cookie=session)[0] == 202
     assert submitted[0][1].kind == "resume"
+
+
+def test_stray_credentials_are_refused_never_a_crash(served):
+    client, _, submitted = served
+    for headers in ({"Cookie": f"{COOKIE}=\u00e9"}, {"Authorization": "Bearer \u00e9" * 20},
+                    {"Cookie": f"{COOKIE}=1.2.3"}):  # fmt: skip
+        encoded = {k: v.encode("latin-1").decode("latin-1") for k, v in headers.items()}
+        assert client.request("/", **encoded)[0] == 200  # a page still renders, read-only
+        assert client.act("cam-1", {"kind": "pause"}, **encoded)[0] == 401
+    status, body, _ = client.request("/login", b"token=%C3%A9&next=/")
+    assert status == 401 and b'id="wrong"' in body
+    assert submitted == []
+
+
+def test_a_request_for_another_host_name_is_refused(served):
+    """A web page that rebinds a name of its own to 127.0.0.1 reads nothing (DNS rebinding)."""
+    client, _, _ = served
+    assert client.request("/api/fleet", Host="attacker.example")[0] == 400
+    assert client.request("/api/fleet", Host=f"localhost:{client.url.rsplit(':', 1)[1]}")[0] == 200
+
+
+def test_off_loopback_every_page_needs_the_token(tmp_path):
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    config = DashboardConfig(port=free_port(), host="0.0.0.0", allow_plaintext=True,
+                             token_file=token, server_names=["cams.example"])  # fmt: skip
+    assert config.private and config.allowed_hosts == ["0.0.0.0", "cams.example"]
+    with pytest.raises(ValidationError, match="set token_file"):
+        DashboardConfig(port=1, host="10.0.0.2", allow_plaintext=True)
+    state = FleetState(history=10)
+    state.known(["cam-1"])
+    server = serve.server(config, state, lambda *a: None, Counters())
+    server.start()
+    try:
+        client, named = Client(f"http://127.0.0.1:{server.port}"), {"Host": "cams.example"}
+        assert client.request("/api/fleet")[0] == 400  # not a name it serves
+        status, _, headers = client.request("/devices/cam-1", **named)
+        assert status == 303 and headers["location"] == "/login?next=/devices/cam-1"
+        assert client.request("/api/fleet", **named)[0] == 401
+        assert client.request("/devices/cam-1/frame.jpg", **named)[0] == 401
+        assert client.request("/login", **named)[0] == 200
+        assert client.request("/static/dashboard.js", **named)[0] == 200
+        assert client.request("/api/fleet", **named, Authorization=f"Bearer {TOKEN}")[0] == 200
+    finally:
+        server.stop()
 
 
 def test_a_read_only_dashboard_says_how_to_act(tmp_path):

@@ -697,10 +697,34 @@ def seq_of_sent(session) -> int:
     return next(reversed(session._sent))
 
 
+def test_a_trainer_killed_after_a_rollback_resumes_on_the_version_it_went_back_to(
+    session, segments
+):
+    files = _two_versions_acked(session, segments)
+    session.save()  # a periodic checkpoint, of version 2's weights
+    session.act(Rollback(version=1))  # ... and the process is killed before the next one
+    resumed = _restarted(session)
+    assert (
+        resumed.restore() and resumed.mirror.version == 1 and resumed.stats.stale_checkpoints == 0
+    )
+    # its student holds version 1's weights, not those of the version the operator refused
+    assert resumed.mirror.candidate(resumed.student) == files[1] != files[2]
+
+
+def test_a_rollback_to_what_the_device_runs_stops_what_was_on_its_way(session, segments):
+    _run(session, hello(session.mirror.sha256))
+    _run_acked(session, envelope(*segments[0]))  # the device runs version 1
+    (pending,) = _updates(_run(session, envelope(*segments[1])))  # version 2: not applied yet
+    done, out = session.act(Rollback(version=1))
+    assert done == "training back on v1, which the device runs" and out == []
+    assert session.mirror.version == 1 and not session._sent  # v2 is not offered again
+    assert _run(session, envelope(_ack_of(pending, ok=False, reason=AckReason.EXPIRED))) == []
+
+
 def test_a_rollback_further_back_sends_that_file_as_the_next_version(session, segments):
     files = _two_versions_acked(session, segments)
     done, (update,) = session.act(Rollback(version=0))  # the booted file: no slot numbers it
-    assert done == "rollback to v0: its file sent as v3"
+    assert done == "rollback to v0: its file made v3"
     assert isinstance(update.msg, Update)
     assert (update.msg.base_version, update.msg.new_version) == (2, 3)
     assert apply_update(update.msg.format, files[2], update.body) == files[0]

@@ -60,12 +60,11 @@ class AdaptiveSamplingRate:
         return self.rate_fps
 
     def bound(self, min_fps: float, max_fps: float) -> None:
-        """An operator's [r_min, r_max] in place of the config's; the rate moves into them."""
-        if not 0 < min_fps <= max_fps:
-            raise ValueError(f"need 0 < min_fps <= max_fps, got {min_fps} and {max_fps}")
+        """An operator's [r_min, r_max] in place of the config's; the rate moves into them
+        (a ValidationError, as for the config, unless 0 < min_fps <= max_fps)."""
         initial = float(np.clip(self.config.initial_fps, min_fps, max_fps))
-        update = {"min_fps": min_fps, "max_fps": max_fps, "initial_fps": initial}
-        self.config = self.config.model_copy(update=update)
+        bounds = {"min_fps": min_fps, "max_fps": max_fps, "initial_fps": initial}
+        self.config = AsrConfig.model_validate({**self.config.model_dump(), **bounds})
         self.rate_fps = float(np.clip(self.rate_fps, min_fps, max_fps))
         self.bounds = (min_fps, max_fps)
 

@@ -17,7 +17,6 @@ and actions take JSON alone, so no other site's form can submit one.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from importlib.resources import files
@@ -27,6 +26,7 @@ from urllib.parse import parse_qs, quote
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import TypeAdapter, ValidationError
 from starlette.applications import Starlette
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
@@ -53,6 +53,7 @@ Submit = Callable[[str, Action, ActionEntry], None]
 LIVE_CHECK_S = 0.5  # how often a live view looks for a change
 HEARTBEAT_S = 15.0  # a comment line on a quiet stream, so proxies keep it open
 MAX_ACTION_BYTES = 4096
+WRONG_TOKEN_S = 1.0  # an answer to a wrong token waits this long: a guess per second
 _ACTION = TypeAdapter(Action)
 _HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self'; object-src 'none';"
@@ -64,10 +65,20 @@ _HEADERS = {
 
 class Dashboard:
     def __init__(
-        self, state: FleetState, auth: Auth, submit: Submit, counters: Counters | None = None
+        self,
+        state: FleetState,
+        auth: Auth,
+        submit: Submit,
+        counters: Counters | None = None,
+        *,
+        hosts: list[str] | None = None,
+        private: bool = False,
     ) -> None:
+        """``hosts``: the Host names requests may carry (default: loopback's); ``private``:
+        every page needs the token, not only the actions."""
         self.state = state
         self.auth = auth
+        self.private = private
         self._submit = submit
         self.counters = counters or Counters()
         self.stopping = asyncio.Event()  # set from uvicorn's loop: the live views end
@@ -93,7 +104,11 @@ class Dashboard:
                 Mount("/static", static, name="static"),
             ]
         )
+        # outermost last: the Host check, then the headers on every answer, then privacy
+        self.app.add_middleware(_Private, dashboard=self)
         self.app.add_middleware(_SecurityHeaders)
+        allowed = hosts or ["127.0.0.1", "localhost", "::1", "[::1]"]
+        self.app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed)
 
     # -- pages -----------------------------------------------------------------------------
 
@@ -127,31 +142,31 @@ class Dashboard:
     # -- JSON and live views ---------------------------------------------------------------
 
     async def fleet_json(self, request: Request) -> Response:
-        return JSONResponse(self.state.fleet())
+        return Response(self.state.fleet_json(), media_type="application/json")
 
     async def device_json(self, request: Request) -> Response:
-        device = self.state.device(request.path_params["device_id"])
-        if device is None:
+        device_id = request.path_params["device_id"]
+        if not self.state.has(device_id):
             return _error(404, "no such device")
-        return JSONResponse(device)
+        return Response(self.state.device_json(device_id), media_type="application/json")
 
     async def fleet_events(self, request: Request) -> Response:
-        return self._live(request, self.state.fleet)
+        return self._live(request, self.state.fleet_json)
 
     async def device_events(self, request: Request) -> Response:
         device_id = request.path_params["device_id"]
         if not self.state.has(device_id):
             return _error(404, "no such device")
-        return self._live(request, lambda: self.state.device(device_id))
+        return self._live(request, lambda: self.state.device_json(device_id))
 
-    def _live(self, request: Request, snapshot: Callable[[], object]) -> Response:
+    def _live(self, request: Request, snapshot: Callable[[], str]) -> Response:
         async def stream() -> AsyncIterator[str]:
             sent, quiet = None, 0.0
             while not self.stopping.is_set() and not await request.is_disconnected():
                 changed = self.state.changed
                 if changed != sent:
                     sent, quiet = changed, 0.0
-                    yield f"data: {json.dumps(snapshot())}\n\n"
+                    yield f"data: {snapshot()}\n\n"
                 elif quiet >= HEARTBEAT_S:
                     quiet = 0.0
                     yield ": quiet\n\n"
@@ -165,12 +180,14 @@ class Dashboard:
 
     async def act(self, request: Request) -> Response:
         device_id = request.path_params["device_id"]
-        remote = request.client.host if request.client else "?"
         refusal = self._refusal(request, device_id)
         if refusal is not None:
             status, reason = refusal
             self.counters.inc(f"dashboard.actions_refused.{status}")
-            log.warning("dashboard: action on %s from %s refused: %s", device_id, remote, reason)
+            log.warning("dashboard: action on %s from %s refused: %s", device_id,
+                        _remote(request), reason)  # fmt: skip
+            if status == 401:
+                await asyncio.sleep(WRONG_TOKEN_S)  # a guess per second at most, per connection
             return _error(status, reason)
         body = await _bounded_body(request)
         if body is None:
@@ -181,7 +198,7 @@ class Dashboard:
         except ValidationError as exc:
             self.counters.inc("dashboard.actions_refused.422")
             return _error(422, _first_error(exc))
-        entry = self.state.action(device_id, action.model_dump(), remote)
+        entry = self.state.action(device_id, action.model_dump(), _remote(request))
         self._submit(device_id, action, entry)
         self.counters.inc("dashboard.actions")
         return JSONResponse({"id": entry.id, "state": entry.state}, status_code=202)
@@ -205,12 +222,11 @@ class Dashboard:
         target = _local(form.get("next", "/"))
         if not self.auth.checks(form.get("token", "")):
             self.counters.inc("dashboard.logins_refused")
-            remote = request.client.host if request.client else "?"
-            log.warning("dashboard: a wrong token from %s", remote)
-            await asyncio.sleep(1.0)  # a guess per second at most, per connection
+            log.warning("dashboard: a wrong token from %s", _remote(request))
+            await asyncio.sleep(WRONG_TOKEN_S)
             return self._page(request, "login.html", 401, next=target, wrong=True)
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(COOKIE, self.auth.session, max_age=COOKIE_MAX_AGE_S, httponly=True,
+        response.set_cookie(COOKIE, self.auth.session(), max_age=COOKIE_MAX_AGE_S, httponly=True,
                             samesite="strict", secure=self.auth.secure)  # fmt: skip
         return response
 
@@ -218,6 +234,31 @@ class Dashboard:
         response = RedirectResponse("/", status_code=303)
         response.delete_cookie(COOKIE)
         return response
+
+
+class _Private:
+    """Where the dashboard is private, every request but the sign-in page's and the static
+    files needs the token: pages go to the sign-in page, the rest is refused."""
+
+    def __init__(self, app: Any, dashboard: Dashboard) -> None:
+        self.app = app
+        self.dashboard = dashboard
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        open_path = path == "/login" or path.startswith("/static/")
+        if scope["type"] != "http" or not self.dashboard.private or open_path:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        if self.dashboard.auth.allows(request):
+            await self.app(scope, receive, send)
+            return
+        if path.startswith("/api/") or path.endswith(".jpg"):
+            response: Response = _error(401, "sign in (/login) or send Authorization: Bearer")
+        else:
+            response = RedirectResponse(f"/login?next={quote(path)}", status_code=303)
+        await response(scope, receive, send)
 
 
 class _SecurityHeaders:
@@ -252,6 +293,10 @@ async def _small_form(request: Request) -> dict[str, str]:
         return {}
     fields = parse_qs(body.decode(errors="replace"), max_num_fields=8)
     return {name: values[0] for name, values in fields.items()}
+
+
+def _remote(request: Request) -> str:
+    return request.client.host if request.client else "?"
 
 
 def _error(status: int, message: str) -> Response:

@@ -1,11 +1,13 @@
 """Who may act: the holder of the operator's token (``[dashboard] token_file``), given as a
 bearer token (scripts) or once on the sign-in page (a browser, which then holds a session
-cookie: HttpOnly, SameSite=Strict, Secure over HTTPS). Everyone else reads only."""
+cookie for COOKIE_MAX_AGE_S: HttpOnly, SameSite=Strict, Secure over HTTPS). Everyone else
+reads only, and off loopback not even that."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from pathlib import Path
 
 from starlette.requests import Request
@@ -19,10 +21,8 @@ MIN_TOKEN = 16
 
 class Auth:
     def __init__(self, token: str | None, secure: bool) -> None:
-        self._token = token
+        self._token = None if token is None else token.encode()
         self.secure = secure  # the cookie goes over HTTPS only
-        # what the cookie holds: derived from the token, so a new token signs everyone out
-        self._session = None if token is None else _mac(token, "session")
 
     @classmethod
     def from_file(cls, path: Path | None, secure: bool) -> Auth:
@@ -31,9 +31,10 @@ class Auth:
             return cls(None, secure)
         try:
             token = path.read_text().strip()
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not text"
             raise ConfigFileError(
-                f"[dashboard] token_file {path}: {exc.strerror}: write one, e.g."
+                f"[dashboard] token_file {path}: {why}: write one, e.g."
                 f" openssl rand -hex 16 > {path}"
             ) from exc
         if len(token) < MIN_TOKEN:
@@ -48,24 +49,32 @@ class Auth:
         return self._token is not None
 
     def checks(self, token: str) -> bool:
-        return self._token is not None and hmac.compare_digest(token, self._token)
+        """``token`` is the operator's (compared as bytes: any text, in constant time)."""
+        given = token.encode(errors="surrogateescape")
+        return self._token is not None and hmac.compare_digest(given, self._token)
 
     def allows(self, request: Request) -> bool:
-        """The request carries the token (``Authorization: Bearer``) or a session cookie."""
-        if self._session is None:
-            return False
+        """The request carries the token (``Authorization: Bearer``) or a live session cookie."""
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and self.checks(given.strip()):
             return True
-        return hmac.compare_digest(request.cookies.get(COOKIE, ""), self._session)
+        return self._valid_session(request.cookies.get(COOKIE, ""))
 
-    @property
-    def session(self) -> str:
-        assert self._session is not None
-        return self._session
+    def session(self, now: float | None = None) -> str:
+        """A new session cookie's value: its time of issue and a MAC of it under the token (a
+        new token signs everyone out; every cookie dies after COOKIE_MAX_AGE_S)."""
+        issued = str(int(time.time() if now is None else now))
+        return f"{issued}.{self._mac(issued)}"
 
+    def _valid_session(self, value: str) -> bool:
+        issued, _, mac = value.partition(".")
+        if self._token is None or not issued.isdigit():
+            return False
+        fresh = 0 <= time.time() - int(issued) < COOKIE_MAX_AGE_S
+        return fresh and hmac.compare_digest(mac.encode(errors="surrogateescape"),
+                                             self._mac(issued).encode())  # fmt: skip
 
-def _mac(token: str, purpose: str) -> str:
-    return hmac.new(
-        token.encode(), f"amstream-dashboard-{purpose}".encode(), hashlib.sha256
-    ).hexdigest()
+    def _mac(self, issued: str) -> str:
+        assert self._token is not None
+        message = f"amstream-dashboard-session:{issued}".encode()
+        return hmac.new(self._token, message, hashlib.sha256).hexdigest()

@@ -47,10 +47,10 @@ class UpdateRecord:
 
 @dataclass(frozen=True)
 class AckRecord:
-    """The device's answer to a model, update or rollback."""
+    """The device's answer to a model, update or rollback the session sent."""
 
     at: float
-    version: int | None  # the version it runs after handling it
+    answered: int  # the version (the trainer's number) of what it answers
     ok: bool
     reason: str = ""
 

@@ -14,4 +14,6 @@ def server(
     config: DashboardConfig, state: FleetState, submit: Submit, counters: Counters
 ) -> DashboardServer:
     auth = Auth.from_file(config.token_file, secure=config.tls)
-    return DashboardServer(Dashboard(state, auth, submit, counters), config)
+    dashboard = Dashboard(state, auth, submit, counters, hosts=config.allowed_hosts,
+                          private=config.private)  # fmt: skip
+    return DashboardServer(dashboard, config)

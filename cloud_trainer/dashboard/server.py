@@ -18,6 +18,7 @@ from shared_schema.config_files import ConfigFileError
 log = logging.getLogger(__name__)
 
 STOP_S = 5.0  # open live views are cut after this on shutdown
+MAX_CONNECTIONS = 256  # open connections (each live view holds one); more are answered 503
 
 
 class DashboardServer:
@@ -45,6 +46,8 @@ class DashboardServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=STOP_S,
+            proxy_headers=False,  # the address in the actions log is the peer's, not a header's
+            limit_concurrency=MAX_CONNECTIONS,
             ssl_certfile=str(tls.tls_cert) if tls.tls_cert else None,
             ssl_keyfile=str(tls.tls_key) if tls.tls_key else None,
         )

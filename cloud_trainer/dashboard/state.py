@@ -3,8 +3,9 @@ telemetry (from its messages), its session's figures and records (from the worke
 operators' actions. Thread-safe; the web app only reads it (``fleet``, ``device``, ``frame``).
 
 A device's history (probes, updates) lives in memory, bounded by ``[dashboard] history``: after
-a restart the pages start from the sessions' checkpointed figures. The actions log is also
-appended to ``actions.jsonl`` beside the sessions, and read back on start.
+a restart the pages start from the sessions' checkpointed figures. Each action is appended to
+``_actions.jsonl`` beside the sessions when it is queued and again when it ends, and read back
+on start. A page's JSON is made once per change, however many browsers watch it.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -80,6 +83,7 @@ class FleetState:
         self._log_path = actions_log
         self._ids = itertools.count(1)
         self.changed = 0  # bumped on every change: the live views send only what is new
+        self._json: dict[str | None, tuple[int, str]] = {}  # page (None: the fleet) -> made at
         self._read_log()
 
     # -- fed by the daemon -----------------------------------------------------------------
@@ -125,28 +129,27 @@ class FleetState:
 
     def _take(self, device: _Device, record: Record) -> None:
         if isinstance(record, Probe):
-            _append(device.probes, record, self._history)
+            if math.isfinite(record.miou) and math.isfinite(record.pretrained):
+                _append(device.probes, record, self._history)
         elif isinstance(record, FrameView):
             device.frame, device.frames = record, device.frames + 1
         elif isinstance(record, UplinkRecord):
             device.uplink = record
         elif isinstance(record, UpdateRecord):
             entry = {**asdict(record), "outcome": "sent" if record.sent else "gated"}
+            if record.loss is not None and not all(map(math.isfinite, record.loss)):
+                entry["loss"] = None  # a diverged phase: JSON has no NaN
             _append(device.updates, entry, self._history)
         elif isinstance(record, AckRecord):
             self._answered(device, record)
 
     @staticmethod
     def _answered(device: _Device, ack: AckRecord) -> None:
-        """The newest update an ack answers: acknowledged, or refused with its reason."""
+        """The update an ack answers: acknowledged, or refused with its reason (a resync's
+        ack answers a version whose update was acknowledged already, or has no row)."""
         for entry in reversed(device.updates):
-            if entry["outcome"] != "sent":
-                continue
-            if ack.ok and entry["version"] == ack.version:
-                entry["outcome"] = "acked"
-                return
-            if not ack.ok:
-                entry["outcome"] = f"refused: {ack.reason}"
+            if entry["version"] == ack.answered and entry["outcome"] == "sent":
+                entry["outcome"] = "acked" if ack.ok else f"refused: {ack.reason}"
                 return
 
     @staticmethod
@@ -168,6 +171,7 @@ class FleetState:
             self._actions.append(entry)
             self.changed += 1
         log.info("dashboard: action %d from %s: %s %s", entry.id, remote, device_id, action)
+        self._write_log(entry)
         return entry
 
     def action_done(self, entry: ActionEntry, state: str, detail: str) -> None:
@@ -189,11 +193,17 @@ class FleetState:
     def _read_log(self) -> None:
         if self._log_path is None or not self._log_path.is_file():
             return
-        for line in self._log_path.read_text(errors="replace").splitlines()[-ACTIONS_SHOWN:]:
+        entries: dict[int, ActionEntry] = {}  # an action's last line says how it ended
+        for line in self._log_path.read_text(errors="replace").splitlines()[-2 * ACTIONS_SHOWN :]:
             try:
-                self._actions.append(ActionEntry(**json.loads(line)))
+                entry = ActionEntry(**json.loads(line))
             except (ValueError, TypeError):  # a line cut by a crash: the others stand
                 continue
+            entries[entry.id] = entry
+        for entry in sorted(entries.values(), key=lambda e: e.id):
+            if entry.state == "queued":  # the trainer stopped before it ran
+                entry.state, entry.detail = "lost", "the trainer stopped before it ran"
+            self._actions.append(entry)
         newest = max((a.id for a in self._actions), default=0)
         self._ids = itertools.count(newest + 1)
 
@@ -202,6 +212,19 @@ class FleetState:
     def has(self, device_id: str) -> bool:
         with self._lock:
             return device_id in self._devices
+
+    def fleet_json(self) -> str:
+        return self._cached(None, self.fleet)
+
+    def device_json(self, device_id: str) -> str:
+        return self._cached(device_id, lambda: self.device(device_id))
+
+    def _cached(self, page: str | None, make: Callable[[], object]) -> str:
+        changed = self.changed
+        made = self._json.get(page)
+        if made is None or made[0] != changed:
+            made = self._json[page] = (changed, json.dumps(make()))
+        return made[1]
 
     def fleet(self) -> dict[str, object]:
         """Every device's row and the latest actions."""

@@ -32,7 +32,7 @@ from typing import Any
 import tomli_w
 
 from cloud_trainer.config import DEFAULT_CONFIG
-from cloud_trainer.dashboard.config import DASHBOARD_PORT
+from cloud_trainer.dashboard.config import DASHBOARD_PORT, new_token_file
 from cloud_trainer.fleet import keys, mosquitto, pki
 from firmware_configs import PROFILE_DIR
 from shared_schema.config_files import (
@@ -300,7 +300,7 @@ def _trainer_bundle(fleet: Fleet, key_dir: Path) -> None:
     # the dashboard on loopback, its actions for the holder of a token of its own
     token = fleet.identity_dir(TRAINER) / DASHBOARD_TOKEN
     if not token.is_file():
-        write_private(token, (secrets.token_hex(16) + "\n").encode())
+        new_token_file(token)
     raw["dashboard"] = {**raw["dashboard"], "port": DASHBOARD_PORT, "token_file": DASHBOARD_TOKEN}
     _write_toml(fleet.identity_dir(TRAINER) / "trainer.toml", raw, "the trainer's config")
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
-import secrets
 import signal
 import tempfile
 import time
@@ -28,7 +26,7 @@ from rich.table import Table
 
 from cloud_trainer.config import TrainerConfig, load_config
 from cloud_trainer.daemon import TrainerDaemon
-from cloud_trainer.dashboard.config import DASHBOARD_PORT
+from cloud_trainer.dashboard.config import DASHBOARD_PORT, new_token_file
 from cloud_trainer.fleet import keys
 from cloud_trainer.tools.demo_device import DeviceSpec, run_device
 from cloud_trainer.tools.demo_report import percent, read_status, running_miou, write_report
@@ -49,10 +47,7 @@ def demo_trainer_config(
     """The default trainer with the demo's broker, key and lighter training; the dashboard on
     ``dashboard_port`` (0: a free one), its operator token in ``token_file`` or a new one."""
     config = load_config()
-    if token_file is None:
-        token_file = workdir / "dashboard-token"
-        token_file.write_text(secrets.token_hex(16) + "\n")
-        os.chmod(token_file, 0o600)
+    token_file = token_file or new_token_file(workdir / "dashboard-token")
     dashboard = {"port": dashboard_port or free_port(), "token_file": token_file}
     return config.model_copy(
         update={
