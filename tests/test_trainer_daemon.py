@@ -1,6 +1,6 @@
 """The trainer daemon with real devices on a real broker: two devices on two real videos each
 hot-swap verified updates and end on their mirror's file; a trainer killed with SIGKILL
-resumes every device without resending full models."""
+resumes every device without resending full models; an operator's rollback reaches a device."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.daemon import TrainerDaemon
+from cloud_trainer.dashboard.actions import Rollback
 from cloud_trainer.tools.emulation import EmulatedDevice, local_profile
 from cloud_trainer.tools.local_broker import free_port
 from shared_schema.envelope import decode, sha256_hex
@@ -236,6 +237,37 @@ def test_the_trainers_dnngrad_steps_a_devices_knobs(tmp_path, broker, shared_dir
         assert device.runtime.counters.get("gradient.rejected.bad_signature") == 0
         session = daemon.sessions["cam-a"]
         assert 0 < session.stats.gradient_bytes <= 33 * 33 * session.stats.segments
+    finally:
+        device.close()
+        daemon.stop()
+
+
+def test_an_operators_rollback_reaches_the_device_as_a_signed_control(tmp_path, broker, shared_dir):
+    raw = trainer_raw(tmp_path, broker)
+    raw["dashboard"] = {"port": free_port()}  # the fleet's state, where actions are logged
+    daemon = TrainerDaemon(TrainerConfig.model_validate(raw))
+    daemon.start()
+    assert daemon.endpoint.wait_connected(10)
+    device = start_device(tmp_path, broker, "cam-a", str(shared_dir / "videos/vtest.avi"))
+    try:
+        wait_until(lambda: device.swaps >= 2, timeout=240, what="two hot swaps")
+        device.pause()
+        assert daemon.wait_idle(120)
+        session = daemon.sessions["cam-a"]
+        wait_until(lambda: device.runtime.model.sha256 == session.mirror.sha256, timeout=60,
+                   what="the device on the mirror's file")  # fmt: skip
+        back = session.mirror.version - 1
+        expected = sha256_hex(session.mirror.versions()[back])
+        entry = daemon.fleet.action("cam-a", {"kind": "rollback", "version": back}, "test")
+        daemon.act("cam-a", Rollback(version=back), entry)
+        wait_until(lambda: device.runtime.model.version == back, timeout=60,
+                   what="the device back on its standby slot")  # fmt: skip
+        assert device.runtime.model.sha256 == expected
+        assert device.runtime.counters.get("slots.rollbacks") == 1  # a swap, no new file
+        wait_until(lambda: entry.state != "queued", timeout=30, what="the action's end")
+        assert entry.state == "done" and "a signed control" in entry.detail, entry
+        wait_until(lambda: session.device.version == back, timeout=30, what="the device's ack")
+        assert session.mirror.version == back and session.stats.rollbacks_ordered == 1
     finally:
         device.close()
         daemon.stop()
