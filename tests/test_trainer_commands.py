@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -34,6 +35,16 @@ TEACHER = "models/coral/deeplabv3_mnv2_pascal_quant.tflite"
 def test_demo_refuses_bad_arguments_before_starting_anything(shared_dir, capsys, args, message):
     assert main(["demo", *args]) == 2
     assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_demo_refuses_a_dashboard_port_in_use(shared_dir, capsys):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["demo", "--dashboard-port", str(port)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --dashboard-port {port}: in use on 127.0.0.1 (another demo or trainer?): pick"
+        " another, or 0 for a free one\n"
+    )
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,21 @@ def _demo_arguments(args: argparse.Namespace, videos: list[Path]) -> str | None:
         return f"--duration {args.duration}: must be positive"
     if not 0 <= args.dashboard_port <= 65535:
         return f"--dashboard-port {args.dashboard_port}: between 0 (a free one) and 65535"
+    if args.dashboard_port and not _free(args.dashboard_port):
+        return (f"--dashboard-port {args.dashboard_port}: in use on 127.0.0.1 (another demo or"
+                " trainer?): pick another, or 0 for a free one")  # fmt: skip
     host, _, port = (args.broker or "127.0.0.1:1883").rpartition(":")
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         return f"--broker {args.broker}: expected HOST:PORT"
     return None
+
+
+def _free(port: int) -> bool:
+    try:
+        socket.create_server(("127.0.0.1", port)).close()
+    except OSError:
+        return False
+    return True
 
 
 def _bench_updates(args: argparse.Namespace) -> int:
