@@ -391,7 +391,8 @@ class Session:
         """Back to the mirror's ``version``: a signed rollback control where the device's
         standby slot holds that file, or else the file made the next version (a device takes
         no version at or below the one it runs); training goes on from it either way, and
-        nothing sent before is offered again."""
+        nothing sent before it is offered again (a device that applied such an update
+        meanwhile is brought back: see _ack)."""
         data = self.mirror.versions().get(version)
         if data is None:
             held = ", ".join(f"v{v}" for v in self.mirror.versions())
@@ -399,8 +400,7 @@ class Session:
         if version == self.mirror.version and self.mirror.sha256 == self.device.sha256:
             raise ActionRefused(f"the device runs version {version} already")
         self.stats.rollbacks_ordered += 1
-        self._sent.clear()  # what was sent after it is no longer to be offered again
-        self._last_resync = None
+        self._last_resync = None  # whatever the device says next is answered afresh
         sha = sha256_hex(data)
         if sha == self.device.sha256:  # the device runs it; newer ones were on their way
             self._return_to(version)
@@ -508,6 +508,8 @@ class Session:
         self.device.reported = ack.model_version
         if ack.ok:
             self.stats.updates_acked += 1
+            if self.mirror.find(ack.model_sha256) is None:  # a version a rollback dropped
+                return self._catch_up(ack.model_sha256)
             return []
         self.stats.updates_rejected += 1
         log.warning("%s: device refused an update: %s %s", self.device_id, ack.reason, ack.detail)

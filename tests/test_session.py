@@ -717,8 +717,22 @@ def test_a_rollback_to_what_the_device_runs_stops_what_was_on_its_way(session, s
     (pending,) = _updates(_run(session, envelope(*segments[1])))  # version 2: not applied yet
     done, out = session.act(Rollback(version=1))
     assert done == "training back on v1, which the device runs" and out == []
-    assert session.mirror.version == 1 and not session._sent  # v2 is not offered again
-    assert _run(session, envelope(_ack_of(pending, ok=False, reason=AckReason.EXPIRED))) == []
+    assert session.mirror.version == 1  # v2 is no longer offered: it expires on its way
+    on_v1 = {"model_version": 1, "model_sha256": session.mirror.sha256}
+    expired = _ack_of(pending, ok=False, reason=AckReason.EXPIRED, **on_v1)
+    assert _run(session, envelope(expired)) == []  # the device runs the mirror's file
+    assert session.device.version == 1 and session.stats.full_models == 0
+
+
+def test_a_device_that_applied_what_a_rollback_dropped_is_brought_back(session, segments):
+    _run(session, hello(session.mirror.sha256))
+    _run_acked(session, envelope(*segments[0]))
+    (pending,) = _updates(_run(session, envelope(*segments[1])))
+    v1 = session.mirror.versions()[1]
+    session.act(Rollback(version=1))
+    (back,) = _run(session, envelope(_ack_of(pending)))  # it applied v2 after all
+    # v2 is gone from the trainer: v1's file comes whole, numbered after what the device runs
+    assert isinstance(back.msg, Model) and back.body == v1 and back.msg.version == 3
 
 
 def test_a_rollback_further_back_sends_that_file_as_the_next_version(session, segments):

@@ -40,6 +40,7 @@ from starlette.staticfiles import StaticFiles
 
 from cloud_trainer.dashboard.actions import Action
 from cloud_trainer.dashboard.auth import COOKIE, COOKIE_MAX_AGE_S, Auth
+from cloud_trainer.dashboard.config import LOOPBACK_NAMES
 from cloud_trainer.dashboard.overlay import overlay_jpeg
 from cloud_trainer.dashboard.state import ActionEntry, FleetState
 from shared_schema.counters import Counters
@@ -107,8 +108,7 @@ class Dashboard:
         # outermost last: the Host check, then the headers on every answer, then privacy
         self.app.add_middleware(_Private, dashboard=self)
         self.app.add_middleware(_SecurityHeaders)
-        allowed = hosts or ["127.0.0.1", "localhost", "::1", "[::1]"]
-        self.app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed)
+        self.app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts or LOOPBACK_NAMES)
 
     # -- pages -----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from shared_schema.config_files import write_private
 
 DASHBOARD_PORT = 8470  # the demo's and a provisioned trainer's dashboard (by default: off)
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]  # what a browser calls this machine
 
 
 class DashboardConfig(BaseModel):
@@ -48,7 +49,7 @@ class DashboardConfig(BaseModel):
 
     @property
     def allowed_hosts(self) -> list[str]:
-        loopback = ["127.0.0.1", "localhost", "::1", "[::1]"] if not self.private else []
+        loopback = [] if self.private else LOOPBACK_NAMES
         return [self.host, *self.server_names, *loopback]
 
     @model_validator(mode="after")
