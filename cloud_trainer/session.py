@@ -45,6 +45,7 @@ from cloud_trainer.oneadapt.dnngrad import DnnGrad
 from cloud_trainer.opa.elastic_student import ElasticStudent, is_elastic
 from cloud_trainer.opa.refit import SelectorRefit
 from cloud_trainer.outgoing import Outgoing
+from cloud_trainer.profiling import StageClock
 from cloud_trainer.recl.reuse import BASE, RETRAINED, ModelReuse
 from cloud_trainer.recl.selection import CURRENT
 from cloud_trainer.sample_buffer import Sample, SampleBuffer, labelled_samples
@@ -165,6 +166,10 @@ class SessionStats:
     rollbacks_ordered: int = 0  # by an operator (the dashboard)
     training_seconds: list[float] = field(default_factory=list)  # per phase, the last 100
     training_seconds_total: float = 0.0
+    # where the time went, summed per stage: decode, teacher, samples, probe, gradient; a
+    # phase's phase.select, then its steps' phase.batch, phase.forward, phase.backward and
+    # phase.optimizer; gate, checkpoint, write_back (bench-serve divides them by the phases)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -444,6 +449,11 @@ class Session:
         record = UpdateRecord(time.time(), self.mirror.version, fmt, len(update.body), cause, loss)
         self._records.append(record)
 
+    @property
+    def _stages(self) -> StageClock:
+        """Adds to the stats' sums (which a restore replaces)."""
+        return StageClock(self.config.training.device, self.stats.stage_seconds)
+
     def drain(self) -> list[Record]:
         """What the session did since the last call (for the dashboard); worker thread only."""
         records = list(self._records)
@@ -641,9 +651,10 @@ class Session:
         placed = self._clock.place(envelope.header.boot, envelope.msg.timestamps)
         segment = envelope.msg.model_copy(update={"timestamps": placed})
         try:
-            frames = decode_frames(
-                envelope.body, segment.timestamps, size=(segment.width, segment.height)
-            )
+            with self._stages.stage("decode"):
+                frames = decode_frames(
+                    envelope.body, segment.timestamps, size=(segment.width, segment.height)
+                )
         except SegmentDecodeError as exc:
             self.stats.segments_rejected += 1
             log.warning("%s: undecodable segment %d: %s", self.device_id, envelope.header.seq, exc)
@@ -656,20 +667,27 @@ class Session:
             )
             return [Outgoing(reject)]
         height, width = self._teacher.input_size
-        rgb = np.stack([f.rgb(width, height) for f in frames])
-        teacher_labels = self._teacher.label(rgb)
-        soft = self._teacher.scores(rgb) if self.config.training.distillation == "kl" else None
-        samples = labelled_samples(frames, teacher_labels, self.config.training.frame_size, soft)
-        self._add_samples(samples)
-        self._archive_segment(segment, envelope.body, np.stack([s.labels for s in samples]), soft)
+        with self._stages.stage("teacher"):
+            rgb = np.stack([f.rgb(width, height) for f in frames])
+            teacher_labels = self._teacher.label(rgb)
+            distilled = self.config.training.distillation == "kl"
+            soft = self._teacher.scores(rgb) if distilled else None
+        with self._stages.stage("samples"):
+            size = self.config.training.frame_size
+            samples = labelled_samples(frames, teacher_labels, size, soft)
+            self._add_samples(samples)
+            labels = np.stack([s.labels for s in samples])
+            self._archive_segment(segment, envelope.body, labels, soft)
         self.stats.segments += 1
         self.stats.frames += len(frames)
         self.stats.bytes_up += len(envelope.body)
         self._phase_due = not self.paused
         self._records.append(UplinkRecord(time.time(), segment.width, segment.height,
                                           segment.bitrate_kbps, len(frames)))  # fmt: skip
-        self._probe_accuracy(samples)
-        gradient = self._gradient(rgb[-1], segment.timestamps[-1])
+        with self._stages.stage("probe"):
+            self._probe_accuracy(samples)
+        with self._stages.stage("gradient"):
+            gradient = self._gradient(rgb[-1], segment.timestamps[-1])
         return gradient + self._rate_control(segment.timestamps[-1]) + self._select_model()
 
     def _probe_accuracy(self, samples: list[Sample]) -> None:
@@ -739,6 +757,8 @@ class Session:
             held_out,
         )
         self.stats.phases += 1
+        for stage, seconds in result.stages.items():
+            self._stages.add(f"phase.{stage}", seconds)
         self.stats.training_seconds = [*self.stats.training_seconds[-99:], result.seconds]
         self.stats.training_seconds_total += result.seconds
         log.info(
@@ -753,15 +773,19 @@ class Session:
         if fmt is None:
             return []
         loss = (result.first_loss, result.last_loss)
-        if not self._passes_gate(held_out):
+        with self._stages.stage("gate"):
+            passed = self._passes_gate(held_out)
+        if not passed:
             gated = UpdateRecord(time.time(), None, fmt.value, 0, "phase", loss, sent=False)
             self._records.append(gated)
             return []
         # The weights and optimizer state that make the next version are on disk before it is:
         # a trainer killed at any instant resumes exactly on them (see _restore).
-        self.save(making=self.mirror.version + 1)
+        with self._stages.stage("checkpoint"):
+            self.save(making=self.mirror.version + 1)
         before = self.mirror.data
-        update = self.mirror.advance(self.student, fmt, mask=self.optimizer.mask)
+        with self._stages.stage("write_back"):
+            update = self.mirror.advance(self.student, fmt, mask=self.optimizer.mask)
         self._remember_sent()
         self.stats.updates_sent += 1
         self._record_update(update, "phase", loss)

@@ -136,3 +136,13 @@ def test_bench_serve_loses_no_message(shared_dir, tmp_path):
     assert results["updates_delivered"][0] >= 1 and all(results["in_sync"])
     (seconds,) = results["training_seconds_per_phase"].values()
     assert seconds > 0
+    # where a phase's time goes: its steps' stages add up to (nearly all of) the phase
+    breakdown = results["phase_breakdown"]
+    stages = breakdown["seconds_per_phase"]
+    assert {"decode", "teacher", "phase.select", "phase.batch", "phase.forward", "phase.backward",
+            "phase.optimizer", "checkpoint", "write_back"} <= set(stages)  # fmt: skip
+    in_phase = sum(v for k, v in stages.items() if k.startswith("phase."))
+    assert 0.9 * seconds <= in_phase <= seconds
+    in_steps = in_phase - stages["phase.select"]  # 2 iterations: 2 steps
+    assert breakdown["step_seconds"] == pytest.approx(in_steps / 2, rel=0.01)
+    assert 0.0 < breakdown["step_outside_network"] < 1.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 import numpy as np
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_trainer.ams.coordinate_descent import CoordinateAdam, Selection
+from cloud_trainer.profiling import StageClock
 from cloud_trainer.sample_buffer import SampleBuffer
 
 _Side = Annotated[int, Field(ge=33, le=2049)]
@@ -70,6 +71,7 @@ class PhaseResult:
     first_loss: float
     last_loss: float
     samples: int  # in the buffer when the phase ran
+    stages: dict[str, float] = field(default_factory=dict)  # seconds: batch, forward, ...
 
 
 def new_optimizer(student: torch.nn.Module, config: TrainingConfig) -> CoordinateAdam:
@@ -132,25 +134,34 @@ def train_phase(
 ) -> PhaseResult:
     """K steps on the buffer, leaving out its ``held_out`` newest samples (the gate's)."""
     started = time.perf_counter()
-    student.train()
-    optimizer.begin_phase()
+    clock = StageClock(config.device)
+    with clock.stage("select"):  # the phase's parameters (lines 1-2)
+        student.train()
+        optimizer.begin_phase()
+        subset = classes if config.class_subset else None
+        weights = None if subset is None else class_weights(subset, student.num_classes,
+                                                             config.device)  # fmt: skip
     losses = []
-    subset = classes if config.class_subset else None
-    weights = None if subset is None else class_weights(subset, student.num_classes, config.device)
     for step in range(config.iterations):
-        rgb, labels, soft = buffer.batch(config.batch_size, rng, config.resolution, held_out)
-        x = torch.from_numpy(rgb).to(config.device)
-        target = torch.from_numpy(labels.astype(np.int64)).to(config.device)
-        if hasattr(student, "sandwich_loss"):  # an elastic student: its sub-networks too (OPA)
-            loss = student.sandwich_loss(x, target, weights, rng)
-        elif config.distillation == "kl" and soft is not None:
-            loss = kl_loss(student(x), soft.to(config.device), target, subset, config.temperature)
-        else:  # also a batch holding samples labelled before KL was on (an older checkpoint)
-            loss = F.cross_entropy(student(x), target, weight=weights)
-        student.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.lr = phase_lr(config, step)
-        optimizer.step()
-        losses.append(float(loss.detach()))
+        with clock.stage("batch"):
+            rgb, labels, soft = buffer.batch(config.batch_size, rng, config.resolution, held_out)
+            x = torch.from_numpy(rgb).to(config.device)
+            target = torch.from_numpy(labels.astype(np.int64)).to(config.device)
+        with clock.stage("forward"):  # and the loss
+            if hasattr(student, "sandwich_loss"):  # an elastic student: its sub-networks (OPA)
+                loss = student.sandwich_loss(x, target, weights, rng)
+            elif config.distillation == "kl" and soft is not None:
+                scores = student(x)
+                loss = kl_loss(scores, soft.to(config.device), target, subset, config.temperature)
+            else:  # also a batch holding samples labelled before KL was on (an older checkpoint)
+                loss = F.cross_entropy(student(x), target, weight=weights)
+        with clock.stage("backward"):
+            student.zero_grad(set_to_none=True)
+            loss.backward()
+        with clock.stage("optimizer"):
+            optimizer.lr = phase_lr(config, step)
+            optimizer.step()
+            losses.append(float(loss.detach()))
     student.eval()
-    return PhaseResult(time.perf_counter() - started, losses[0], losses[-1], len(buffer))
+    seconds = time.perf_counter() - started
+    return PhaseResult(seconds, losses[0], losses[-1], len(buffer), clock.seconds)

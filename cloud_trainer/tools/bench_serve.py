@@ -90,11 +90,9 @@ def _measure(
         + d.runtime.endpoint.counters.get("received.model")
         for d in fleet
     )
-    phases = {
-        d.device_id: daemon.sessions[d.device_id].stats.training_seconds
-        for d in fleet
-        if d.device_id in daemon.sessions
-    }
+    stats = {d.device_id: daemon.sessions[d.device_id].stats for d in fleet
+             if d.device_id in daemon.sessions}  # fmt: skip
+    phases = {device: s.training_seconds for device, s in stats.items()}
     return {
         "devices": devices,
         "duration_s": duration_s,
@@ -103,6 +101,12 @@ def _measure(
             for device, seconds in phases.items()
         },
         "phases": {device: len(seconds) for device, seconds in phases.items()},
+        # seconds per phase in each stage: the phase's own (phase.*) and the work around it
+        "stage_seconds_per_phase": {
+            device: {k: v / s.phases for k, v in sorted(s.stage_seconds.items())}
+            for device, s in stats.items()
+            if s.phases
+        },
         "updates_delivered": [d.swaps for d in fleet],
         "in_sync": [
             d.runtime.model.sha256 == daemon.sessions[d.device_id].mirror.sha256
@@ -153,5 +157,27 @@ def bench_serve(
         "in_sync": last["in_sync"],
         "message_loss": sum(run["message_loss"] for run in rounds),
         "training_seconds_per_phase_by_devices": growth,
+        "phase_breakdown": phase_breakdown(last, config.training.iterations),
         "rounds": rounds,
+    }
+
+
+def phase_breakdown(run: dict[str, object], iterations: int) -> dict[str, object]:
+    """A round's stages per phase, averaged over its devices, and a training step's share of
+    each (what a step spends outside the network: batch assembly and the optimizer)."""
+    per_device = list(run["stage_seconds_per_phase"].values())  # type: ignore[union-attr]
+    if not per_device:
+        return {}
+    stages = sorted({k for d in per_device for k in d})
+    mean = {k: round(statistics.mean(d.get(k, 0.0) for d in per_device), 4) for k in stages}
+    # a step's stages: all of the phase's but the selection, made once a phase
+    step = {k.removeprefix("phase."): v / iterations for k, v in mean.items()
+            if k.startswith("phase.") and k != "phase.select"}  # fmt: skip
+    step_s = sum(step.values())
+    network = step.get("forward", 0.0) + step.get("backward", 0.0)
+    return {
+        "seconds_per_phase": mean,
+        "step_seconds": round(step_s, 4),
+        "step_stage_seconds": {k: round(v, 4) for k, v in step.items()},
+        "step_outside_network": round(1 - network / step_s, 3) if step_s else None,
     }
