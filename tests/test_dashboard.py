@@ -105,6 +105,10 @@ def test_rates_come_from_consecutive_telemetry_and_versions_say_when_they_change
     assert row["version_since"] > first["version_since"]
     state.status("cam-1", False)
     assert state.fleet()["rows"][0]["online"] is False
+    # once its session speaks, its acks say the version first; a late telemetry does not undo it
+    state.session({"device_id": "cam-1", "device_version": 3}, [])
+    state.telemetry("cam-1", _telemetry(120.0, 0, 0, version=2))
+    assert state.fleet()["rows"][0]["version"] == 3
 
 
 def test_acks_settle_the_updates_they_answer_and_probes_make_the_rows_miou():

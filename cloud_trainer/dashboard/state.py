@@ -112,7 +112,8 @@ class FleetState:
                 device.kbps = (8 * max(up, 0) / seconds / 1000, 8 * max(down, 0) / seconds / 1000)
             device.telemetry, device.seen_at = telemetry, time.time()
             device.online = True  # it speaks (a status may have been missed)
-            self._versioned(device, telemetry.model_version)
+            if not device.figures:  # no session yet: its acks say it sooner (session())
+                self._versioned(device, telemetry.model_version)
             self.changed += 1
 
     def session(self, figures: dict[str, object], records: list[Record]) -> None:
@@ -123,8 +124,9 @@ class FleetState:
             device.figures = figures
             for record in records:
                 self._take(device, record)
-            if device.telemetry is None or device.telemetry.model_version is None:
-                self._versioned(device, figures.get("device_version"))  # type: ignore[arg-type]
+            # what the device runs as its hello and acks said (its own number), the moment
+            # they came; telemetry says the same, up to an interval later
+            self._versioned(device, figures.get("device_version"))  # type: ignore[arg-type]
             self.changed += 1
 
     def _take(self, device: _Device, record: Record) -> None:
