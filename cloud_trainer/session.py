@@ -422,8 +422,9 @@ class Session:
         """The file of ``version`` as the next version: a delta, or (a device that takes none)
         the full model, when full_model_interval_s allows."""
         update = self.mirror.reissue(version, self._delta_format())
+        # No checkpoint needed before this is sent: an older one reads as stale against the
+        # new version, and training resumes from its file (the daemon saves after the action).
         self._train_from_mirror()
-        self.save()  # the checkpoint's weights are the new version's (see _return_to)
         done = f"rollback to v{version}: its file made v{self.mirror.version}"
         if update is None:
             return done + ", sent whole", self._full_model()

@@ -56,6 +56,8 @@ class ActionEntry:
 @dataclass
 class _Device:
     device_id: str
+    probes: deque[Probe]  # the newest [dashboard] history of each
+    updates: deque[dict[str, object]]
     online: bool | None = None
     seen_at: float | None = None  # time.time() of its last status or telemetry
     telemetry: Telemetry | None = None
@@ -63,8 +65,6 @@ class _Device:
     version: int | None = None
     version_since: float | None = None
     figures: dict[str, object] = field(default_factory=dict)  # its session's metrics()
-    probes: deque[Probe] = field(default_factory=deque)
-    updates: deque[dict[str, object]] = field(default_factory=deque)
     frame: FrameView | None = None
     frames: int = 0  # FrameViews received: the overlay's cache key
     uplink: UplinkRecord | None = None
@@ -132,7 +132,7 @@ class FleetState:
     def _take(self, device: _Device, record: Record) -> None:
         if isinstance(record, Probe):
             if math.isfinite(record.miou) and math.isfinite(record.pretrained):
-                _append(device.probes, record, self._history)
+                device.probes.append(record)
         elif isinstance(record, FrameView):
             device.frame, device.frames = record, device.frames + 1
         elif isinstance(record, UplinkRecord):
@@ -141,7 +141,7 @@ class FleetState:
             entry = {**asdict(record), "outcome": "sent" if record.sent else "gated"}
             if record.loss is not None and not all(map(math.isfinite, record.loss)):
                 entry["loss"] = None  # a diverged phase: JSON has no NaN
-            _append(device.updates, entry, self._history)
+            device.updates.append(entry)
         elif isinstance(record, AckRecord):
             self._answered(device, record)
 
@@ -160,8 +160,11 @@ class FleetState:
             device.version, device.version_since = version, time.time()
 
     def _device(self, device_id: str) -> _Device:
-        if device_id not in self._devices:
-            self._devices[device_id] = _Device(device_id)
+        if device_id not in self._devices:  # its history bounded by [dashboard] history
+            history = self._history
+            self._devices[device_id] = _Device(
+                device_id, probes=deque(maxlen=history), updates=deque(maxlen=history)
+            )
         return self._devices[device_id]
 
     # -- actions ---------------------------------------------------------------------------
@@ -250,12 +253,6 @@ class FleetState:
             if device is None or device.frame is None:
                 return None
             return device.frames, device.frame
-
-
-def _append(items: deque, item: object, limit: int) -> None:
-    items.append(item)
-    while len(items) > limit:
-        items.popleft()
 
 
 def _row(device: _Device) -> dict[str, object]:
