@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -146,3 +148,74 @@ def test_bench_serve_loses_no_message(shared_dir, tmp_path):
     in_steps = in_phase - stages["phase.select"]  # 2 iterations: 2 steps
     assert breakdown["step_seconds"] == pytest.approx(in_steps / 2, rel=0.01)
     assert 0.0 < breakdown["step_outside_network"] < 1.0
+    # whether the session kept pace: phases spaced by the time between them, against T_update
+    (interval,) = results["rounds"][0]["phase_interval_s"].values()
+    (t_update,) = results["rounds"][0]["t_update_s"].values()
+    assert results["keeps_pace"] == (interval is not None and interval <= 1.2 * t_update)
+    # the step alone, beside its plain forward pass and the same network in float
+    step = results["step"]
+    assert step["steps"] == 2 and step["threads"] >= 1
+    assert step["step_seconds"] == pytest.approx(sum(step["step_stage_seconds"].values()), 0.01)
+    assert step["step_over_forward"] == pytest.approx(
+        step["step_seconds"] / step["forward_seconds"], rel=0.01
+    )
+    assert step["float_step_seconds"] > 0
+
+
+def _session(ends: list[float], t_update: float = 10.0) -> SimpleNamespace:
+    return SimpleNamespace(
+        stats=SimpleNamespace(phase_ends=ends), atr=SimpleNamespace(t_update_s=t_update)
+    )
+
+
+def test_a_session_keeps_pace_when_its_phases_come_within_a_fifth_of_t_update():
+    from cloud_trainer.tools.bench_serve import _pace
+
+    def pace(**sessions):
+        return _pace(SimpleNamespace(sessions=sessions), (20.0, 100.0))
+
+    every_10 = [5.0, 15.0, 25.0, 35.0, 45.0, 55.0]  # the first two are before the window
+    assert pace(a=_session(every_10))["keeps_pace"]
+    assert pace(a=_session([21.0, 33.0, 45.0]))["keeps_pace"]  # 12 s: the limit
+    late = pace(a=_session(every_10), b=_session([21.0, 34.0, 47.0]))  # b: 13 s
+    assert not late["keeps_pace"] and late["phase_interval_s"]["b"] == pytest.approx(13.0)
+    assert not pace(a=_session([30.0]))["keeps_pace"]  # one phase in the window: no pace
+    assert pace(a=_session([21.0, 40.0], t_update=16.0))["keeps_pace"]  # ATR's T_update
+    assert not pace()["keeps_pace"]  # no session at all
+
+
+def test_find_capacity_doubles_then_bisects(monkeypatch, tmp_path):
+    from cloud_trainer.tools import bench_serve
+    from tests.trainer_helpers import trainer_config
+
+    tried = []
+
+    def serve_round(config, video, devices, duration_s, settle_s):
+        tried.append(devices)
+        return {"devices": devices, "keeps_pace": devices <= 5, "message_loss": 0}
+
+    monkeypatch.setattr(bench_serve, "serve_round", serve_round)
+    monkeypatch.setattr(bench_serve, "bench_step", lambda config, video: {})
+    config = trainer_config(tmp_path)
+    found = bench_serve.find_capacity(Path("v.avi"), max_devices=32, config=config)
+    assert found["capacity"] == 5 and tried == [1, 2, 4, 8, 6, 5]
+    assert [r["devices"] for r in found["rounds"]] == [1, 2, 4, 5, 6, 8]
+    tried.clear()
+    capped = bench_serve.find_capacity(Path("v.avi"), max_devices=3, config=config)
+    assert capped["capacity"] == 3 and tried == [1, 2, 3]
+    tried.clear()
+    monkeypatch.setattr(bench_serve, "serve_round", lambda *a: {"keeps_pace": False,
+                                                                "message_loss": 0})  # fmt: skip
+    assert bench_serve.find_capacity(Path("v.avi"), max_devices=8, config=config)["capacity"] == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "bench-serve: --devices N is required (or --find-capacity)"),
+        (["--devices", "0"], "--devices 0: expected 1 to 1000"),
+    ],
+)
+def test_bench_serve_without_a_device_count_is_one_line(argv, message, capsys):
+    assert main(["bench-serve", "--video", "v.avi", *argv]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"

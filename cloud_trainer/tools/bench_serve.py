@@ -2,9 +2,11 @@
 playing a video in real time, over a real broker on loopback, for a fixed time.
 
 Reported per N: every device's training seconds per phase and updates delivered (verified
-and hot-swapped), and the QoS 1 messages lost (published by one side and never received by
-the other, in both directions: must be 0). With ``sweep``, the same run with 1 device first,
-so the growth of training time per device with N is measured in the same run.
+and hot-swapped), whether every session's phases kept pace with its T_update, and the QoS 1
+messages lost (published by one side and never received by the other, in both directions:
+must be 0). With ``sweep``, the same run with 1 device first, so the growth of training time
+per device with N is measured in the same run. ``find_capacity`` searches N for the most
+devices that keep pace. Both report a training step alone (``bench_step``) beside them.
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ from pathlib import Path
 
 from cloud_trainer.config import TrainerConfig, load_config
 from cloud_trainer.daemon import TrainerDaemon
+from cloud_trainer.tools.bench_step import bench_step
 from cloud_trainer.tools.emulation import EmulatedDevice, local_profile
 from cloud_trainer.tools.local_broker import local_fleet
+
+PACE_TOLERANCE = 0.2  # a session keeps pace when its phases come at most 20 % slower than T_update
+WARMUP_UPDATES = 2  # T_updates at the start left out of the pace: the first segment and phase
 
 
 def serve_round(
@@ -53,12 +59,14 @@ def serve_round(
             for device_id in ids
         ]
         try:
+            started = time.monotonic()
             time.sleep(duration_s)
+            window = (started + WARMUP_UPDATES * config.atr.tau_min_s, time.monotonic())
             for device in fleet:
                 device.pause()
             daemon.wait_idle(settle_s)
             _wait_settled(daemon, fleet, settle_s)
-            return _measure(daemon, fleet, devices, duration_s)
+            return {**_measure(daemon, fleet, devices, duration_s), **_pace(daemon, window)}
         finally:
             for device in fleet:
                 device.close()
@@ -77,6 +85,24 @@ def _wait_settled(daemon: TrainerDaemon, fleet: list[EmulatedDevice], timeout: f
         ):
             return
         time.sleep(0.1)
+
+
+def _pace(daemon: TrainerDaemon, window: tuple[float, float]) -> dict[str, object]:
+    """Whether every session's phases kept pace with its T_update (within PACE_TOLERANCE):
+    the mean time between the phases that ended in ``window`` (monotonic), from the first
+    T_updates on (the first segment comes a T_update after the start). A device whose trainer
+    falls behind has its segments queue up and labelled back to back, so its phases space out
+    by the time the trainer's round takes; one without two phases in the window fails."""
+    start, end = window
+    intervals, t_update = {}, {}
+    for device_id, session in daemon.sessions.items():
+        ends = [t for t in session.stats.phase_ends if start <= t <= end]
+        intervals[device_id] = (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else None
+        t_update[device_id] = session.atr.t_update_s
+    keeps = bool(intervals) and all(
+        v is not None and v <= (1 + PACE_TOLERANCE) * t_update[d] for d, v in intervals.items()
+    )
+    return {"phase_interval_s": intervals, "t_update_s": t_update, "keeps_pace": keeps}
 
 
 def _measure(
@@ -143,22 +169,66 @@ def bench_serve(
 
     growth = {str(run["devices"]): mean_phase(run) for run in rounds}
     return {
-        "video": str(video),
+        **_settings(config, video, duration_s),
         "devices": devices,
+        "training_seconds_per_phase": last["training_seconds_per_phase"],
+        "updates_delivered": last["updates_delivered"],
+        "in_sync": last["in_sync"],
+        "keeps_pace": last["keeps_pace"],
+        "message_loss": sum(run["message_loss"] for run in rounds),
+        "training_seconds_per_phase_by_devices": growth,
+        "phase_breakdown": phase_breakdown(last, config.training.iterations),
+        "step": bench_step(config, video),
+        "rounds": rounds,
+    }
+
+
+def find_capacity(
+    video: Path,
+    *,
+    max_devices: int,
+    duration_s: float = 90.0,
+    config: TrainerConfig | None = None,
+    settle_s: float = 120.0,
+) -> dict[str, object]:
+    """The most emulated devices whose sessions all keep pace (``_pace``): 1, 2, 4, ... up to
+    the first that does not, then a bisection between the last two counts."""
+    config = config or load_config()
+    rounds: dict[int, dict[str, object]] = {}
+
+    def keeps_pace(devices: int) -> bool:
+        rounds[devices] = serve_round(config, video, devices, duration_s, settle_s)
+        return bool(rounds[devices]["keeps_pace"])
+
+    low, high = 0, 1
+    while high <= max_devices and keeps_pace(high):
+        low, high = high, 2 * high
+    high = min(high, max_devices + 1)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if keeps_pace(middle) else (low, middle)
+    return {
+        **_settings(config, video, duration_s),
+        "capacity": low,
+        "max_devices": max_devices,
+        "pace_tolerance": PACE_TOLERANCE,
+        "message_loss": sum(run["message_loss"] for run in rounds.values()),
+        "step": bench_step(config, video),
+        "rounds": [rounds[n] for n in sorted(rounds)],
+    }
+
+
+def _settings(config: TrainerConfig, video: Path, duration_s: float) -> dict[str, object]:
+    return {
+        "video": str(video),
         "duration_s": duration_s,
         "training": {
             "resolution": list(config.training.resolution),
             "iterations": config.training.iterations,
             "batch_size": config.training.batch_size,
             "device": config.training.device,
+            "t_update_s": config.atr.tau_min_s,
         },
-        "training_seconds_per_phase": last["training_seconds_per_phase"],
-        "updates_delivered": last["updates_delivered"],
-        "in_sync": last["in_sync"],
-        "message_loss": sum(run["message_loss"] for run in rounds),
-        "training_seconds_per_phase_by_devices": growth,
-        "phase_breakdown": phase_breakdown(last, config.training.iterations),
-        "rounds": rounds,
     }
 
 

@@ -93,18 +93,24 @@ def _bench_updates(args: argparse.Namespace) -> int:
 
 def _bench_serve(args: argparse.Namespace) -> int:
     from cloud_trainer.config import load_config
-    from cloud_trainer.tools.bench_serve import bench_serve
+    from cloud_trainer.tools.bench_serve import bench_serve, find_capacity
 
+    if args.devices is None and not args.find_capacity:
+        return fail("bench-serve: --devices N is required (or --find-capacity)")
+    if args.devices is not None and not 1 <= args.devices <= 1000:
+        return fail(f"--devices {args.devices}: expected 1 to 1000")
     config = load_config(args.config)
     training = config.training.model_copy(update=_training_settings(args))
     config = config.model_copy(update={"training": training})
-    results = bench_serve(
-        Path(args.video),
-        devices=args.devices,
-        duration_s=args.duration,
-        config=config,
-        sweep=not args.no_sweep,
-    )
+    video, duration = Path(args.video), args.duration
+    if args.find_capacity:
+        most = args.devices or 32
+        results = find_capacity(video, max_devices=most, duration_s=duration, config=config)
+    else:
+        results = bench_serve(
+            video, devices=args.devices, duration_s=duration, config=config,
+            sweep=not args.no_sweep,
+        )  # fmt: skip
     results["saved_to"] = str(write_result("bench-serve", results, args.results_dir))
     print(json.dumps(results, indent=None if args.json else 2))
     return 0 if results["message_loss"] == 0 else 1
@@ -212,10 +218,15 @@ def add_tool_parsers(sub: Any) -> None:
     bs = sub.add_parser(
         "bench-serve", help="one trainer, N emulated devices on a local broker (JSON)"
     )
-    bs.add_argument("--devices", type=int, required=True)
+    bs.add_argument("--devices", type=int, help="devices (with --find-capacity: the most tried)")
     bs.add_argument("--video", required=True)
     bs.add_argument("--duration", type=float, default=60.0, help="seconds the devices play")
     bs.add_argument("--no-sweep", action="store_true", help="skip the 1-device round")
+    bs.add_argument(
+        "--find-capacity",
+        action="store_true",
+        help="the most devices whose phases all keep pace with T_update (within 20 %%)",
+    )
     _add_training_options(bs)
     bs.set_defaults(func=_bench_serve)
 

@@ -14,7 +14,13 @@ import torch.nn.functional as F
 from ai_edge_litert import schema_py_generated as schema
 from torch import Tensor, nn
 
-from cloud_trainer.student.tflite.quantization import ActQuant, QuantizedConstant, regrid, ste
+from cloud_trainer.student.tflite.quantization import (
+    ActQuant,
+    QuantizedConstant,
+    regrid,
+    round_half_up,
+    ste,
+)
 from cloud_trainer.student.tflite.tables import FLOAT_ACTIVATIONS
 
 
@@ -106,13 +112,19 @@ class Conv(Op):
         else:
             weight = self.weight.master
             bias = None if self.bias is None else self.bias.master
+        padding = (0, 0)
         if self.same_padding:
-            pad = same_padding(x.shape[2:], weight.shape[2:], self.stride, self.dilation)
-            x = F.pad(x, pad)
-        y = F.conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+            left, right, top, bottom = same_padding(
+                x.shape[2:], weight.shape[2:], self.stride, self.dilation
+            )
+            if (left, top) == (right, bottom):
+                padding = (top, left)  # the convolution pads in place: no padded copy of x
+            else:
+                x = F.pad(x, (left, right, top, bottom))
+        y = F.conv2d(x, weight, bias, self.stride, padding, self.dilation, self.groups)
         if not env.fake_quant:
             return FLOAT_ACTIVATIONS[self.activation](y)
-        return self.out.requantize(y * torch.from_numpy(self._multiplier).to(y.device))
+        return self.out.requantize(y, torch.from_numpy(self._multiplier).to(y.device))
 
 
 class Add(Op):
@@ -138,8 +150,7 @@ class Add(Op):
             return FLOAT_ACTIVATIONS[self.activation](a + b)
         # float64 holds the 29-bit products exactly
         v = self.a.to_int(a).double() * self.ratios[0] + self.b.to_int(b).double() * self.ratios[1]
-        rounded = torch.floor(v + 0.5)  # the integer kernels round half up
-        return self.out.requantize(ste(v, rounded).to(a.dtype))
+        return self.out.requantize(round_half_up(v).to(a.dtype))
 
 
 class AveragePool(Op):
@@ -205,7 +216,7 @@ class Quantize(Op):
         if not env.fake_quant:
             return x
         v = self.inp.to_int(x) * self.ratio
-        return self.out.requantize(ste(v, torch.floor(v + 0.5)))
+        return self.out.requantize(round_half_up(v))
 
 
 class Mean(Op):

@@ -15,6 +15,8 @@ from torch import Tensor, nn
 from cloud_trainer.student.tflite.tables import ACTIVATION_BOUNDS
 from shared_schema.tflite_file import ConstTensor, TensorInfo, round_half_away
 
+_Ctx = torch.autograd.function.FunctionCtx
+
 # Storage dtypes an activation may have: the importer emulates 8-bit integer kernels.
 _ACTIVATION_DTYPES = (np.dtype(np.uint8), np.dtype(np.int8))
 
@@ -62,6 +64,75 @@ def ste(x: Tensor, snapped: Tensor) -> Tensor:
     if not x.requires_grad:
         return snapped
     return x + (snapped - x).detach()
+
+
+class _RoundThrough(torch.autograd.Function):
+    """round(x / scale), with the gradient of x / scale: `ste` in one pass, nothing saved."""
+
+    @staticmethod
+    def forward(ctx: _Ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale  # type: ignore[attr-defined]
+        return torch.div(x, scale).round_()
+
+    @staticmethod
+    def backward(ctx: _Ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad / ctx.scale, None  # type: ignore[attr-defined]
+
+
+class _RoundHalfUp(torch.autograd.Function):
+    """(floor(v + 0.5) - offset) * scale, straight through: `(ste(v, torch.floor(v + 0.5)) -
+    offset) * scale` in place, in one new tensor."""
+
+    @staticmethod
+    def forward(ctx: _Ctx, v: Tensor, offset: float, scale: float) -> Tensor:
+        ctx.scale = scale  # type: ignore[attr-defined]
+        return _round_half_up(v, offset, scale)
+
+    @staticmethod
+    def backward(ctx: _Ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        return (grad if ctx.scale == 1.0 else grad * ctx.scale), None, None  # type: ignore[attr-defined]
+
+
+def _round_half_up(v: Tensor, offset: float, scale: float) -> Tensor:
+    rounded = torch.add(v, 0.5).floor_()
+    if offset:
+        rounded.sub_(offset)
+    return rounded if scale == 1.0 else rounded.mul_(scale)
+
+
+def round_half_up(v: Tensor, offset: float = 0.0, scale: float = 1.0) -> Tensor:
+    """(floor(v + 0.5) - offset) * scale: the integer kernels' rounding (half up), then the
+    real value of that integer on a grid of zero point ``offset``; straight-through gradient."""
+    if v.requires_grad:
+        return _RoundHalfUp.apply(v, float(offset), float(scale))
+    return _round_half_up(v, offset, scale)
+
+
+class _Requantize(torch.autograd.Function):
+    """clamp(round(v * multiplier), low, high) * scale with a straight-through gradient that the
+    clamp stops outside the range: what `ste(v * multiplier, round(...)).clamp(low, high) *
+    scale` computes, to the bit, in fewer passes and keeping only the clamp's mask."""
+
+    @staticmethod
+    def forward(
+        ctx: _Ctx,
+        v: Tensor,
+        multiplier: Tensor | None,
+        low: float,
+        high: float,
+        scale: float,
+    ) -> Tensor:
+        rounded = torch.round(v) if multiplier is None else torch.mul(v, multiplier).round_()
+        clamped = rounded.clamp(low, high)
+        ctx.save_for_backward(clamped != rounded, multiplier)
+        ctx.scale = scale  # type: ignore[attr-defined]
+        return clamped.mul_(scale)
+
+    @staticmethod
+    def backward(ctx: _Ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        outside, multiplier = ctx.saved_tensors  # type: ignore[attr-defined]
+        grad = grad.mul(ctx.scale).masked_fill_(outside, 0.0)  # type: ignore[attr-defined]
+        return (grad if multiplier is None else grad.mul_(multiplier)), None, None, None, None
 
 
 class QuantizedConstant(nn.Module):
@@ -160,22 +231,22 @@ class ActQuant:
         """Real values snapped to this grid."""
         return self.requantize(x / self.scale)
 
-    def requantize(self, v: Tensor) -> Tensor:
-        """Real values of v, a value in output units (q - zero_point), rounded half to even.
+    def requantize(self, v: Tensor, multiplier: Tensor | None = None) -> Tensor:
+        """Real values of v * multiplier (a value in output units, q - zero_point; the
+        multiplier per channel, or none), rounded half to even.
 
         XNNPACK rounds half to even; TFLite's reference kernels round half away from zero, but
         exact ties practically never occur in a requantized accumulator.
         """
         low, high = self.qmin - self.zero_point, self.qmax - self.zero_point
         if v.requires_grad:
-            # clamp passes no gradient outside the range, like the clamp in the kernels
-            return ste(v, torch.round(v)).clamp(low, high) * self.scale
-        return torch.round(v).clamp_(low, high).mul_(self.scale)
+            return _Requantize.apply(v, multiplier, float(low), float(high), self.scale)
+        rounded = torch.round(v) if multiplier is None else torch.mul(v, multiplier).round_()
+        return rounded.clamp_(low, high).mul_(self.scale)
 
     def to_int(self, x: Tensor) -> Tensor:
         """q - zero_point of an already fake-quantized tensor (rounding removes float noise)."""
-        v = x / self.scale
-        return ste(v, torch.round(v))
+        return _RoundThrough.apply(x, self.scale)
 
     def to_grid(self, x: Tensor) -> Tensor:
         """q of an already fake-quantized tensor."""

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from cloud_trainer.student.tflite.ops import Env, Node, Op
-from cloud_trainer.student.tflite.quantization import ActQuant, regrid, ste
+from cloud_trainer.student.tflite.quantization import ActQuant, regrid, round_half_up
 
 
 def _interpolation_points(
@@ -77,4 +77,7 @@ class ResizeBilinear(Op):
             return _bilinear(x, size, self.align_corners, self.half_pixel_centers)
         y = _bilinear(self.inp.to_grid(x), size, self.align_corners, self.half_pixel_centers)
         # The uint8 kernel adds 0.5 and truncates.
-        return self.out.requantize(regrid(ste(y, torch.floor(y + 0.5)), self.inp, self.out))
+        if self.inp == self.out:
+            # An interpolation of values on the grid stays inside its range: nothing to clamp.
+            return round_half_up(y, self.out.zero_point, self.out.scale)
+        return self.out.requantize(regrid(round_half_up(y), self.inp, self.out))
