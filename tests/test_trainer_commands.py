@@ -219,3 +219,23 @@ def test_find_capacity_doubles_then_bisects(monkeypatch, tmp_path):
 def test_bench_serve_without_a_device_count_is_one_line(argv, message, capsys):
     assert main(["bench-serve", "--video", "v.avi", *argv]) == 2
     assert capsys.readouterr().err.strip() == f"error: {message}"
+
+
+@pytest.mark.parametrize(
+    ("device", "teacher"), [("cpu", ("litert", "cpu")), ("cuda", ("torch", "cuda"))]
+)
+def test_bench_serve_on_an_accelerator_labels_there_too(device, teacher, monkeypatch, tmp_path):
+    from cloud_trainer.tools import bench_serve
+
+    seen = {}
+
+    def fake_bench_serve(video, *, devices, duration_s, config, sweep):
+        seen["config"] = config
+        return {"message_loss": 0}
+
+    monkeypatch.setattr(bench_serve, "bench_serve", fake_bench_serve)
+    argv = ["bench-serve", "--devices", "1", "--video", "v.avi", "--device", device]
+    assert main([*argv, "--results-dir", str(tmp_path)]) == 0
+    config = seen["config"]
+    assert config.training.device == device
+    assert (config.teacher.kind, config.teacher.device) == teacher

@@ -102,6 +102,9 @@ def _bench_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     training = config.training.model_copy(update=_training_settings(args))
     config = config.model_copy(update={"training": training})
+    if args.device != "cpu":  # the teacher labels on the same accelerator, as torch
+        teacher = config.teacher.model_copy(update={"kind": "torch", "device": args.device})
+        config = config.model_copy(update={"teacher": teacher})
     video, duration = Path(args.video), args.duration
     if args.find_capacity:
         most = args.devices or 32
@@ -309,7 +312,9 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=int, default=20, help="K")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", type=int, default=321, help="side of the random crops trained on")
-    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    parser.add_argument(
+        "--device", default="cpu", help="torch device: cpu or cuda (bench-serve: the teacher too)"
+    )
     parser.add_argument("--config", help="trainer.toml naming the student and teacher")
     parser.add_argument("--json", action="store_true", help="one line of JSON")
     add_results_dir_option(parser)
