@@ -165,7 +165,6 @@ class SessionStats:
     rollbacks: int = 0  # training went back to the device's file after it refused a model
     rollbacks_ordered: int = 0  # by an operator (the dashboard)
     training_seconds: list[float] = field(default_factory=list)  # per phase, the last 100
-    phase_ends: list[float] = field(default_factory=list)  # time.monotonic(), the last 100
     training_seconds_total: float = 0.0
     # where the time went, summed per stage: decode, teacher, samples, probe, gradient; a
     # phase's phase.select, then its steps' phase.batch, phase.forward, phase.backward and
@@ -239,6 +238,8 @@ class Session:
         self._remember_sent()
         self.subset = ClassSubset(self.student.num_classes)
         self.device = DeviceView()
+        # when its last phases ended (time.monotonic(): this process's, never checkpointed)
+        self.phase_ends: deque[float] = deque(maxlen=100)
         self.stats = SessionStats(mirror_files_damaged=len(self.mirror.damaged))
         self._rng = np.random.default_rng(training.seed)
         self._lock = threading.Lock()  # guards the two queues, filled by the MQTT thread
@@ -762,7 +763,7 @@ class Session:
         for stage, seconds in result.stages.items():
             self._stages.add(f"phase.{stage}", seconds)
         self.stats.training_seconds = [*self.stats.training_seconds[-99:], result.seconds]
-        self.stats.phase_ends = [*self.stats.phase_ends[-99:], time.monotonic()]
+        self.phase_ends.append(time.monotonic())
         self.stats.training_seconds_total += result.seconds
         log.info(
             "%s: phase %d in %.1f s, loss %.3f -> %.3f",

@@ -163,9 +163,7 @@ def test_bench_serve_loses_no_message(shared_dir, tmp_path):
 
 
 def _session(ends: list[float], t_update: float = 10.0) -> SimpleNamespace:
-    return SimpleNamespace(
-        stats=SimpleNamespace(phase_ends=ends), atr=SimpleNamespace(t_update_s=t_update)
-    )
+    return SimpleNamespace(phase_ends=ends, atr=SimpleNamespace(t_update_s=t_update))
 
 
 def test_a_session_keeps_pace_when_its_phases_come_within_a_fifth_of_t_update():

@@ -96,7 +96,7 @@ def _pace(daemon: TrainerDaemon, window: tuple[float, float]) -> dict[str, objec
     start, end = window
     intervals, t_update = {}, {}
     for device_id, session in daemon.sessions.items():
-        ends = [t for t in session.stats.phase_ends if start <= t <= end]
+        ends = [t for t in session.phase_ends if start <= t <= end]
         intervals[device_id] = (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else None
         t_update[device_id] = session.atr.t_update_s
     keeps = bool(intervals) and all(
