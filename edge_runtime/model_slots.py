@@ -15,7 +15,10 @@ or ``update`` message for a worker thread that, off the frame loop:
    the frame loop and acknowledges.
 
 The warm-up and the hand-over are the handshake with the frame loop, told step by step in
-swap.py.
+swap.py. The patch of step 1, the load of step 2 and its trial each start as a frame's
+inference ends (``Handover.after_next_frame``): the work in the gap a paced frame loop leaves
+before the next frame, where it competes with as little inference as it can on a small CPU,
+and the warm-up on a frame the load did not slow down already.
 
 A power cut at any point leaves ``slots.json`` naming a slot whose file matches its recorded
 hash, or, failing that, the other slot or the profile's initial model: the device always
@@ -239,6 +242,7 @@ class ModelSlots:
             raise Rejected(AckReason.BASE_MISMATCH, "base version differs", resync=True)
         # new_version > base_version (the message's own rule) = the running one: never stale
         self._check_signature(update, envelope)
+        self._handover.after_next_frame()
         try:
             result = verify_and_apply(update, active.layout or active.data, envelope.body)
         except ResultHashMismatch as exc:
@@ -314,6 +318,7 @@ class ModelSlots:
     def _install(self, data: bytes, version: int, layout: TFLiteFile | None = None) -> None:
         active = self._active()
         standby = SLOTS[1 - SLOTS.index(active.slot)]
+        self._handover.after_next_frame()
         try:
             engine = self._builder.build(data)  # type: ignore[union-attr]  # worker: started
         except Exception as exc:  # any back-end failure to load means: not a usable model

@@ -7,21 +7,19 @@ update messages (and rollback orders) to the slots' worker; the new model reache
 loop through the handshake of swap.py, between two frames. Control messages set the sampling
 rate, T_update and encoder knobs.
 
-Threads: the frame loop (the caller of ``run``), the MQTT network loop and dispatcher, the
-segment encoder, the uplink sender, the model-slot worker and the telemetry timer. Only the
-frame loop touches the active engine.
+Threads: the frame loop (the caller of ``run``), the prefetch reader and scaler, the MQTT
+network loop and dispatcher, the segment encoder, the uplink sender, the model-slot worker and
+the telemetry timer. Only the frame loop touches the active engine.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version as package_version
 
@@ -32,7 +30,7 @@ from edge_runtime.frames import Frame
 from edge_runtime.model_slots import ModelSlots
 from edge_runtime.oneadapt.adapter import KnobAdapter
 from edge_runtime.opa.engine import DeviceLoad, OpaEngine
-from edge_runtime.priority import lower_thread_priority
+from edge_runtime.prefetch import Prefetcher
 from edge_runtime.profile import Profile
 from edge_runtime.results import ResultSink, SummaryPublisher
 from edge_runtime.sampler import Sampler
@@ -208,11 +206,12 @@ class EdgeRuntime:
     def run(self, frames: Iterable[Frame], max_frames: int | None = None) -> RunSummary:
         """Process frames until the source ends, ``max_frames`` were done or ``stop()``.
 
-        The next frame is decoded and scaled to the model's input on a prefetch thread while
-        the current one is inferred, so those costs overlap inference instead of adding to it.
+        The next frames are decoded and scaled to the model's input beside the frame loop
+        (prefetch.py) while the current one is inferred, so those costs overlap inference
+        instead of adding to it.
         """
         started = time.monotonic()
-        with Prefetcher(frames, lambda: self.model.engine.input_size) as prepared:
+        with Prefetcher(frames, lambda: self.model.engine.input_size, self.stats) as prepared:
             for frame, rgb in prepared:
                 self.process(frame, rgb)
                 if self.endpoint is not None and self.endpoint.link.refusal is not None:
@@ -260,17 +259,20 @@ class EdgeRuntime:
     def process(self, frame: Frame, rgb: np.ndarray | None = None) -> np.ndarray:
         """Run one frame through the active model; returns its label map. ``rgb`` is the frame
         already scaled to the model's input, when a prefetcher made it."""
-        self._handover.between_frames()  # a new model lands here, never inside a frame
+        with self.stats.timed("swap"):
+            self._handover.between_frames()  # a new model lands here, never inside a frame
         started = time.perf_counter()
         model, labels = self._handover.infer(lambda model: self._input(model, frame, rgb))
         latency = time.perf_counter() - started
-        sampled = self.sampler.offer(frame.timestamp)
-        if sampled:
-            self.segments.add(frame)
-            if self.adapter is not None:
-                self.adapter.sampled(frame)
-        for sink in self.sinks:
-            sink(frame, labels, model.version)
+        with self.stats.timed("sample"):
+            sampled = self.sampler.offer(frame.timestamp)
+            if sampled:
+                self.segments.add(frame)
+                if self.adapter is not None:
+                    self.adapter.sampled(frame)
+        with self.stats.timed("sinks"):
+            for sink in self.sinks:
+                sink(frame, labels, model.version)
         self.stats.frame(latency, sampled)
         return labels
 
@@ -281,10 +283,18 @@ class EdgeRuntime:
             rgb = frame.rgb(width, height)
         return rgb
 
+    def stage_seconds(self) -> dict[str, float]:
+        """Where the time went since the start, per stage: wall time on the frame loop (``wait``
+        for the next frame, ``late_scale``, ``swap``, ``inference``, ``sample``, ``sinks``), CPU
+        time on the threads beside it (``source``, ``scale``, ``encode``, ``uplink``)."""
+        encode = self.segments.counters.get("encode_cpu_us") / 1e6
+        return self.stats.stages() | {"encode": encode}
+
     # -- messages ------------------------------------------------------------------------------
 
     def _on_segment(self, segment: EncodedSegment) -> None:
-        self.uplink.submit(segment.message(model_version=self.model.version), segment.data)
+        with self.stats.timed("uplink", time.thread_time):  # on the encoder's thread
+            self.uplink.submit(segment.message(model_version=self.model.version), segment.data)
 
     def _on_model_message(self, envelope: Envelope, topic: Topic) -> None:
         self.submit_model_message(envelope)
@@ -409,58 +419,6 @@ def engine_opener(profile: Profile) -> Callable[[bytes], Engine]:
 def opa_telemetry(engine: Engine) -> OpaTelemetry | None:
     """What OPA chose lately, where the engine is OPA's."""
     return engine.telemetry() if isinstance(engine, OpaEngine) else None
-
-
-class Prefetcher:
-    """Reads frames and scales them to the model's input one frame ahead, on its own thread.
-
-    Source errors reach the consumer at the point in the stream where they happened.
-    """
-
-    _END = object()
-
-    def __init__(self, frames: Iterable[Frame], input_size: Callable[[], tuple[int, int]]):
-        self._frames = frames
-        self._input_size = input_size
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=2)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._fill, name="prefetch", daemon=True)
-
-    def __enter__(self) -> Iterator[tuple[Frame, np.ndarray]]:
-        self._thread.start()
-        return self._drain()
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        while self._thread.is_alive():  # unblock a producer waiting on a full queue
-            with contextlib.suppress(queue.Empty):
-                self._queue.get(timeout=0.05)
-
-    def _fill(self) -> None:
-        lower_thread_priority()  # runs a frame ahead: it only needs the gaps inference leaves
-        try:
-            for frame in self._frames:
-                height, width = self._input_size()
-                if not self._put((frame, frame.rgb(width, height))):
-                    return
-            self._put(self._END)
-        except BaseException as exc:  # handed to the consumer, raised there
-            self._put(exc)
-
-    def _put(self, item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _drain(self) -> Iterator[tuple[Frame, np.ndarray]]:
-        while (item := self._queue.get()) is not self._END:
-            if isinstance(item, BaseException):
-                raise item
-            yield item  # type: ignore[misc]
 
 
 def _label_count(profile: Profile) -> int | None:

@@ -19,9 +19,10 @@ fits the limit (``h264.bitrate_for_size``): a blurrier segment still teaches the
 missing one teaches nothing. If even that does not fit, it is dropped and counted.
 
 Counters: ``segments_encoded``, ``frames_encoded``, ``bytes_encoded``, ``encode_us`` (time spent
-encoding), ``segments_dropped`` and ``frames_dropped`` (all causes), ``dropped.<cause>`` per cause
-(``backlog``, ``oversize``, ``encode_error``, ``closed``), ``segments_reencoded``,
-``segments_full`` (closed at ``max_frames``) and ``callback_errors``.
+encoding) and ``encode_cpu_us`` (the CPU time of it: the worker runs at a low priority, so the
+difference is time it waited for a core), ``segments_dropped`` and ``frames_dropped`` (all
+causes), ``dropped.<cause>`` per cause (``backlog``, ``oversize``, ``encode_error``, ``closed``),
+``segments_reencoded``, ``segments_full`` (closed at ``max_frames``) and ``callback_errors``.
 """
 
 from __future__ import annotations
@@ -250,7 +251,7 @@ class SegmentBuffer:
             self._deliver(batch)
 
     def _deliver(self, batch: _Batch) -> None:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         try:
             data, knobs = self._encode(batch)
         except Exception:  # a codec failure loses this segment, never the worker
@@ -260,6 +261,7 @@ class SegmentBuffer:
         finally:
             elapsed = time.perf_counter() - started
             self.counters.inc("encode_us", round(elapsed * 1e6))
+            self.counters.inc("encode_cpu_us", round((time.thread_time() - cpu_started) * 1e6))
         if data is None:
             self._drop(batch, "oversize")
             return

@@ -7,7 +7,7 @@ Two threads take part. The worker (``ModelSlots`` in model_slots.py) turns a ``m
 the frame loop never waits for the worker:
 
 1. Offer: the worker offers the loaded model to the frame loop as a ``Trial``
-   (``Handover.try_out``) and waits for the verdict.
+   (``Handover.try_out``), as a frame ends, and waits for the verdict.
 2. Claim and decide: at the start of its next frame the frame loop claims the trial and runs
    that frame on the new model, its warm-up (``warm_up``), which refuses a model that cannot
    run a frame or whose output is unusable next to the running model's (``invalid_output``).
@@ -48,6 +48,9 @@ from edge_runtime.backends.base import Engine
 from shared_schema.tflite_file import TFLiteFile
 
 TRIAL_TIMEOUT_S = 2.0  # how long a new model waits for a frame before the worker warms it up
+# How long the worker waits for a frame to end before a patch, an engine build or a trial;
+# frames at 4 fps or more end sooner.
+FRAME_END_TIMEOUT_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -68,9 +71,17 @@ def invalid_output(labels: np.ndarray, running_labels: np.ndarray) -> str | None
         return (
             f"warm-up output has shape {labels.shape}, the running model's {running_labels.shape}"
         )
-    if np.unique(labels).size == 1 and np.unique(running_labels).size > 1:
+    if _classes(labels) == 1 and _classes(running_labels) > 1:
         return "warm-up output is all one class where the running model's is not"
     return None
+
+
+def _classes(labels: np.ndarray) -> int:
+    """0, 1, or 2 for two classes or more. Not np.unique: sorting a 513x513 map takes 5 ms of
+    the warm-up frame, a comparison 0.06 ms."""
+    if labels.size == 0:
+        return 0
+    return 1 if (labels == labels.flat[0]).all() else 2
 
 
 def warm_up(
@@ -132,6 +143,7 @@ class Handover:
         self._next: LoadedModel | None = None
         self._retired: list[Engine] = []
         self._latest: tuple[np.ndarray, np.ndarray] | None = None  # (input, labels)
+        self._frame_done = threading.Event()  # set as each frame's inference ends
         self._lock = threading.Lock()
 
     @property
@@ -150,6 +162,9 @@ class Handover:
     def try_out(self, model: LoadedModel) -> str | None:
         """Steps 1 to 3: the new model's warm-up, on the frame loop's next frame or, when none
         comes in time, here. Returns why the model is refused, or None."""
+        # Offered as a frame ends: the warm-up (a first inference, slower) is then never the
+        # frame that the engine's load just slowed down too.
+        self.after_next_frame()
         trial = Trial(model)
         with self._lock:
             self._trial = trial
@@ -160,6 +175,15 @@ class Handover:
         if latest is None:
             return None  # no frame ever ran: nothing to warm up on
         return warm_up(model.engine, *latest)[1]
+
+    def after_next_frame(self) -> None:
+        """Return once the frame loop ends a frame's inference (or no frame came in time).
+
+        Work begun then has the gap before the next frame, where a paced frame loop leaves the
+        cores idle, instead of competing with that frame's inference for them.
+        """
+        self._frame_done.clear()
+        self._frame_done.wait(min(self._trial_timeout_s, FRAME_END_TIMEOUT_S))
 
     def hand_over(self, model: LoadedModel, retired: Engine | None = None) -> None:
         """Step 5 (and 6): the frame loop takes ``model`` before its next frame, then closes
@@ -192,6 +216,7 @@ class Handover:
             result = self._running, rgb, self._running.engine.infer(rgb)
         model, rgb, labels = result
         self.record_frame(rgb, labels)
+        self._frame_done.set()
         return model, labels
 
     def record_frame(self, rgb: np.ndarray, labels: np.ndarray) -> None:

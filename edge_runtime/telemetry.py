@@ -6,7 +6,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 import numpy as np
@@ -16,11 +17,14 @@ from shared_schema.messages import MAX_COUNTERS, OpaTelemetry, Telemetry
 
 
 class FrameStats:
-    """Counts frames and keeps the latest inference latencies, for percentiles."""
+    """Counts frames, keeps the latest inference latencies for percentiles, and sums the seconds
+    each stage of the frame path took since the start (``stages``): the inference latencies
+    under ``inference``, the others where ``timed`` records them."""
 
     def __init__(self, window: int = 1024, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._latencies: deque[float] = deque(maxlen=window)
+        self._stages: dict[str, float] = {}
         self._lock = threading.Lock()
         self.started = clock()
         self.frames = 0
@@ -31,6 +35,28 @@ class FrameStats:
             self.frames += 1
             self.frames_sampled += sampled
             self._latencies.append(latency_s)
+            self._add_stage("inference", latency_s)
+
+    @contextmanager
+    def timed(self, name: str, clock: Callable[[], float] = time.perf_counter) -> Iterator[None]:
+        """Add the time the block takes to stage ``name``: wall time by default; a thread
+        working beside the frame loop passes ``time.thread_time``, as its wall time is mostly
+        waiting for a core."""
+        started = clock()
+        try:
+            yield
+        finally:
+            elapsed = clock() - started
+            with self._lock:
+                self._add_stage(name, elapsed)
+
+    def stages(self) -> dict[str, float]:
+        """Seconds per stage since the start."""
+        with self._lock:
+            return dict(self._stages)
+
+    def _add_stage(self, name: str, seconds: float) -> None:  # with the lock held
+        self._stages[name] = self._stages.get(name, 0.0) + seconds
 
     def latency_ms(self, *percentiles: float) -> list[float]:
         with self._lock:

@@ -43,6 +43,16 @@ def test_throughput_bench_compares_with_a_bare_loop(shared_dir, results_dir, cap
     ):
         assert out[key] > 0, key
     assert out["ratio"] == pytest.approx(out["fps_runtime"] / out["fps_bare"], rel=1e-6)
+    stages = out["stages_ms"]  # one round: its frame times are the fps' inverses
+    assert stages["frame"] == pytest.approx(1000 / out["fps_runtime"], rel=1e-6)
+    assert stages["bare_frame"] == pytest.approx(1000 / out["fps_bare"], rel=1e-6)
+    loop, beside = stages["loop"], stages["beside_cpu"]
+    assert set(loop) == {"wait", "late_scale", "swap", "inference", "sample", "sinks", "other"}
+    assert all(ms >= 0 for ms in [*loop.values(), *beside.values()])
+    named = sum(loop.values()) - loop["other"]  # the stages the frame loop times
+    assert 0 < loop["inference"] < named <= stages["frame"]
+    assert sum(loop.values()) == pytest.approx(stages["frame"])  # all of a frame's time
+    assert beside["scale"] + loop["late_scale"] > 0 and beside["encode"] > 0
     saved = json.loads(next(results_dir.glob("edge-bench-*.json")).read_text())
     assert saved["results"]["ratio"] == out["ratio"]
     assert saved["machine"]["cpu_count"] and saved["command"] and saved["date"]
@@ -81,5 +91,10 @@ def test_swap_bench_applies_real_updates_while_paced(shared_dir, results_dir, ca
     assert out["swaps"] >= 2
     assert len(out["swap_apply_ms"]) == out["swaps"]
     assert out["median_frame_gap_ms"] == pytest.approx(100, rel=0.2)
-    assert {"dropped_frames", "max_frame_gap_ms", "baseline_max_frame_gap_ms"} <= set(out)
+    for prefix in ("", "baseline_"):
+        gaps = [out[f"{prefix}{name}_frame_gap_ms"] for name in ("median", "p99", "max")]
+        assert gaps == sorted(gaps) and out[f"{prefix}dropped_frames"] >= 0
+    assert out["p99_gap_ratio"] == pytest.approx(
+        out["p99_frame_gap_ms"] / out["baseline_p99_frame_gap_ms"], rel=1e-6
+    )
     assert next(results_dir.glob("edge-swap-*.json"))

@@ -62,6 +62,19 @@ def test_labels_equal_a_bare_interpreter(tmp_path, video):
     runtime.shutdown()
 
 
+def test_run_times_each_stage_with_the_scaling_beside_the_frame_loop(tmp_path, video):
+    runtime = EdgeRuntime.from_profile(device_profile(tmp_path), connect=False)
+    with open_source(video) as frames:
+        summary = runtime.run(frames, max_frames=30)
+    runtime.shutdown()  # encodes the last segment: 3 sampled frames
+    stages = runtime.stage_seconds()
+    on_the_loop = ("wait", "late_scale", "swap", "inference", "sample", "sinks")
+    assert 0 < stages["inference"] < sum(stages.get(s, 0.0) for s in on_the_loop)
+    assert sum(stages.get(s, 0.0) for s in on_the_loop) <= summary.seconds
+    assert stages["source"] > 0 and stages.get("scale", 0.0) + stages.get("late_scale", 0.0) > 0
+    assert stages["encode"] > 0 and summary.frames == 30
+
+
 @pytest.fixture
 def trainer(broker):
     endpoint = TrainerEndpoint(broker.client_config())

@@ -160,3 +160,21 @@ def test_without_frames_the_worker_warms_up_on_the_latest_frame():
     handover.hand_over(good)
     assert handover.upcoming is good  # what the device reports, before any frame runs
     assert handover.running is running  # the frame loop alone moves it
+
+
+def test_the_worker_starts_heavy_work_as_a_frame_ends(monkeypatch):
+    monkeypatch.setattr("edge_runtime.swap.FRAME_END_TIMEOUT_S", 60.0)  # only a frame ends it
+    handover = Handover(_model(SEVERAL))
+    waiting = threading.Thread(target=handover.after_next_frame)
+    waiting.start()
+    _frames_until(handover, lambda: not waiting.is_alive())
+    waiting.join()
+
+
+def test_without_a_frame_loop_the_worker_does_not_wait_for_a_frame(monkeypatch):
+    monkeypatch.setattr("edge_runtime.swap.FRAME_END_TIMEOUT_S", 60.0)
+    handover = Handover(_model(SEVERAL), trial_timeout_s=0)
+    waiting = threading.Thread(target=handover.after_next_frame)
+    waiting.start()
+    waiting.join(30)
+    assert not waiting.is_alive()

@@ -127,7 +127,9 @@ class LiteRtEngine(TensorEngine):
         self._output_index = outputs[0]["index"]
 
     def _run(self, tensor: np.ndarray) -> np.ndarray:
-        self._interpreter.set_tensor(self._input_index, tensor)
+        # One copy, straight into the input buffer: set_tensor first makes a padded frame
+        # contiguous. The view is gone before invoke, which refuses to run while one lives.
+        self._interpreter.tensor(self._input_index)()[...] = tensor
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output_index)  # a copy, never a view
 

@@ -150,11 +150,15 @@ class TensorEngine(Engine):
         return self._decode(self._run(self.prepare(rgb)))
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
-        """The input tensor (batch of one) the model gets for this image; may be a view of it."""
+        """The input tensor (batch of one) the model gets for this image; may be a view of it.
+
+        A channels-last one stays a view, rows padded as the decoder left them: the back-end
+        copies it into its input once. A transposed one is made contiguous here.
+        """
         x = rgb if self._table is None else np.take(self._table, rgb)
-        if not self._channels_last:
-            x = x.transpose(2, 0, 1)
-        return np.ascontiguousarray(x[np.newaxis])
+        if self._channels_last:
+            return x[np.newaxis]
+        return np.ascontiguousarray(x.transpose(2, 0, 1)[np.newaxis])
 
     def close(self) -> None:
         self._closed = True
