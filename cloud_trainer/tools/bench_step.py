@@ -22,15 +22,14 @@ from cloud_trainer.config import TrainerConfig
 from cloud_trainer.sample_buffer import SampleBuffer, labelled_samples
 from cloud_trainer.student import student_from
 from cloud_trainer.teacher import load_teacher
-from edge_runtime.sources import open_source
+from edge_runtime.bench import load_frames
 
 
 def labelled_buffer(config: TrainerConfig, video: Path, frames: int) -> SampleBuffer:
     """The video's first ``frames`` frames, labelled by the teacher, as a session keeps them."""
     teacher = load_teacher(config.teacher)
     height, width = teacher.input_size
-    with open_source(str(video)) as source:
-        decoded = [frame for _, frame in zip(range(frames), source, strict=False)]
+    decoded = load_frames(str(video), frames)
     labels = teacher.label(np.stack([f.rgb(width, height) for f in decoded]))
     buffer = SampleBuffer(config.training.horizon_s)
     for sample in labelled_samples(decoded, labels, config.training.frame_size):

@@ -108,6 +108,11 @@ def round_half_up(v: Tensor, offset: float = 0.0, scale: float = 1.0) -> Tensor:
     return _round_half_up(v, offset, scale)
 
 
+def _rounded(v: Tensor, multiplier: Tensor | None) -> Tensor:
+    """round(v * multiplier) (half to even) in a new tensor."""
+    return torch.round(v) if multiplier is None else torch.mul(v, multiplier).round_()
+
+
 class _Requantize(torch.autograd.Function):
     """clamp(round(v * multiplier), low, high) * scale with a straight-through gradient that the
     clamp stops outside the range: what `ste(v * multiplier, round(...)).clamp(low, high) *
@@ -122,7 +127,7 @@ class _Requantize(torch.autograd.Function):
         high: float,
         scale: float,
     ) -> Tensor:
-        rounded = torch.round(v) if multiplier is None else torch.mul(v, multiplier).round_()
+        rounded = _rounded(v, multiplier)
         clamped = rounded.clamp(low, high)
         ctx.save_for_backward(clamped != rounded, multiplier)
         ctx.scale = scale  # type: ignore[attr-defined]
@@ -241,7 +246,7 @@ class ActQuant:
         low, high = self.qmin - self.zero_point, self.qmax - self.zero_point
         if v.requires_grad:
             return _Requantize.apply(v, multiplier, float(low), float(high), self.scale)
-        rounded = torch.round(v) if multiplier is None else torch.mul(v, multiplier).round_()
+        rounded = _rounded(v, multiplier)
         return rounded.clamp_(low, high).mul_(self.scale)
 
     def to_int(self, x: Tensor) -> Tensor:
