@@ -30,7 +30,12 @@ def _serve(args: argparse.Namespace) -> int:
         )
     source = args.config or DEFAULT_CONFIG  # what an error names
     try:
-        daemon = TrainerDaemon(config)
+        if args.ray:
+            from cloud_trainer.scaleout.front import RayFront
+
+            daemon: TrainerDaemon | RayFront = RayFront(config, args.ray, args.front)
+        else:
+            daemon = TrainerDaemon(config)
         daemon.start()
     except ConfigFileError as exc:  # e.g. a TLS file that is not there, a port in use
         return fail(f"{source}: {exc}")
@@ -39,8 +44,8 @@ def _serve(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     try:
         while not stop.wait(0.5):
-            if daemon.endpoint.link.refusal is not None:
-                return fail(f"{source}: {daemon.endpoint.link.refusal}")
+            if daemon.refusal is not None:
+                return fail(f"{source}: {daemon.refusal}")
     finally:
         daemon.stop()
     return 0
@@ -107,6 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="the trainer daemon: AMS for every device on the broker")
     serve.add_argument("--config", help="trainer.toml (default: the bundled default_trainer.toml)")
     serve.add_argument("--device", help="torch device for training and a torch teacher: cpu, cuda")
+    serve.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run each device's session as a Ray actor on this cluster (host:port, auto, or"
+        " local: a cluster of this process's own); this process is one MQTT front of [ray] group",
+    )
+    serve.add_argument(
+        "--front",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --ray: this front's number, unique in the group (its MQTT client id)",
+    )
     serve.set_defaults(func=_serve)
 
     unit = sub.add_parser(

@@ -29,6 +29,7 @@ from cloud_trainer.dashboard.config import DashboardConfig
 from cloud_trainer.oneadapt.config import OneAdaptConfig
 from cloud_trainer.opa.config import OpaConfig
 from cloud_trainer.recl.config import ReclConfig
+from cloud_trainer.scaleout.config import RayConfig
 from cloud_trainer.student.float16 import Precision
 from cloud_trainer.teacher import TeacherConfig
 from shared_schema.config_files import (
@@ -152,6 +153,7 @@ class TrainerConfig(_Section):
     checkpoint: CheckpointConfig
     metrics: MetricsConfig = MetricsConfig()
     dashboard: DashboardConfig = DashboardConfig()
+    ray: RayConfig = RayConfig()  # used by serve --ray only
     max_sessions: int = Field(64, ge=1)  # in memory at once: idle ones leave (state on disk)
     session_idle_s: float = Field(600.0, gt=0.0)  # no message for this long: the session leaves
     max_pending_segments: int = Field(8, ge=1)  # per session, before the oldest is dropped

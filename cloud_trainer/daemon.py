@@ -13,6 +13,7 @@ retained MQTT messages, and to Prometheus when a port is set.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -21,24 +22,18 @@ from pathlib import Path
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.dashboard.actions import Action, ActionRefused
 from cloud_trainer.dashboard.state import ActionEntry, FleetState
-from cloud_trainer.oneadapt.dnngrad import DnnGrad
-from cloud_trainer.outgoing import Outgoing
+from cloud_trainer.host import SessionHost, checkpointed, housekeep, recently_active
 from cloud_trainer.prometheus import TrainerMetrics
-from cloud_trainer.recl.reuse import ModelReuse
 from cloud_trainer.recl.scheduler import MarginalGain
 from cloud_trainer.scheduler import RoundRobin
-from cloud_trainer.session import CHECKPOINT, Session, open_inbox, store_segment
-from cloud_trainer.student import import_tflite
-from cloud_trainer.teacher import load_teacher
+from cloud_trainer.session import Session, open_inbox, store_segment
 from edge_runtime.spool import Spool
 from shared_schema import prometheus
 from shared_schema.endpoint import TrainerEndpoint
 from shared_schema.envelope import Envelope
-from shared_schema.errors import ProtocolError
-from shared_schema.messages import MessageType, Metrics, Telemetry
+from shared_schema.messages import MessageType, Telemetry
 from shared_schema.metrics import label_names
-from shared_schema.signing import Signer, load_private_key
-from shared_schema.topics import Plain, Topic, plain_json, validate_device_id
+from shared_schema.topics import Topic
 
 log = logging.getLogger(__name__)
 
@@ -47,29 +42,12 @@ class TrainerDaemon:
     def __init__(self, config: TrainerConfig) -> None:
         self.config = config
         self.endpoint = TrainerEndpoint(config.mqtt, trainer_id=config.trainer_id)
-        self.teacher = load_teacher(config.teacher)
-        self._initial_model = config.student.model.read_bytes()
-        key = config.updates.signing_key
-        lifetime = config.updates.signature_lifetime_s
-        self._signer = Signer(load_private_key(key), lifetime) if key else None
-        if self._signer is None:
-            log.warning(
-                "UNSIGNED: [updates] allow_unsigned is on: devices take any model, update or"
-                " control from anyone who can publish on their topics (development only)"
-            )
+        self.host = SessionHost(config, self.endpoint)
         self.sessions: dict[str, Session] = {}  # in memory: the active ones
         self._heard: dict[str, float] = {}  # device -> time.monotonic() of its last message
         self._waiting: dict[str, list[Envelope]] = {}  # admitted: hellos, acks before its session
         self._inboxes: dict[str, Spool] = {}  # admitted: segments on disk before its session
         self._lock = threading.Lock()
-        self.reuse = None  # RECL's one zoo for every device, where [recl] is on
-        if config.recl.enabled:
-            threads = config.teacher.threads
-            self.reuse = ModelReuse(config.recl, self._initial_model, config.zoo_directory, threads)
-        self.dnngrad = None  # OneAdapt's, one for every session, where [oneadapt] is on
-        if config.oneadapt.enabled:
-            teacher = import_tflite(config.teacher.model)
-            self.dnngrad = DnnGrad(teacher.to(config.teacher.device), config.oneadapt.threshold)
         self._gains = MarginalGain(config.recl.max_wait)
         marginal = config.recl.scheduler == "marginal-gain"
         self.scheduler = RoundRobin(self._step, self._choose if marginal else None)
@@ -125,9 +103,14 @@ class TrainerDaemon:
         for thread in self._threads:
             thread.join(timeout)
         self._save_all()
-        if self.reuse is not None:
-            self.reuse.close()
+        self.host.close()
         self.endpoint.stop()
+
+    @property
+    def refusal(self) -> str | None:
+        """Why the broker refused the trainer for good (a login or TLS to fix), if it did."""
+        refusal = self.endpoint.link.refusal
+        return None if refusal is None else str(refusal)
 
     def wait_idle(self, timeout: float) -> bool:
         """True once no session has work queued (for tests and benchmarks)."""
@@ -163,7 +146,7 @@ class TrainerDaemon:
 
     def _inbox(self, device_id: str) -> Spool:
         if device_id not in self._inboxes:
-            self._inboxes[device_id] = open_inbox(self._directory(device_id), self.config)
+            self._inboxes[device_id] = open_inbox(self.host.directory(device_id), self.config)
         return self._inboxes[device_id]
 
     def _wait(self, device_id: str, envelope: Envelope) -> None:
@@ -195,8 +178,7 @@ class TrainerDaemon:
     def _step(self, device_id: str) -> bool:
         session = self._session(device_id)
         phases = session.stats.phases
-        for outgoing in session.step():
-            self._send(session, outgoing)
+        self.host.step(session)
         if session.stats.phases > phases and session.last_phase is not None:
             self._gains.record(device_id, *session.last_phase)
         self._show(session)
@@ -233,8 +215,8 @@ class TrainerDaemon:
             self.fleet.action_done(entry, "failed", f"{type(exc).__name__}: {exc}")
             return
         for outgoing in messages:
-            self._send(session, outgoing)
-        self._save(session)  # a pause or bounds survive a restart from now on
+            self.host.send(session, outgoing)
+        self.host.save(session)  # a pause or bounds survive a restart from now on
         self.fleet.action_done(entry, "done", done)
         self._show(session)
 
@@ -252,7 +234,7 @@ class TrainerDaemon:
             session = self.sessions.get(device_id)
             if session is not None:
                 return session
-        session = self._new_session(device_id)
+        session = self.host.open(device_id, self._inboxes.pop(device_id, None))
         with self._lock:
             session.adopt_inbox()  # segments that arrived while it was being made
             for envelope in self._waiting.pop(device_id, []):
@@ -260,52 +242,18 @@ class TrainerDaemon:
             self.sessions[device_id] = session
         return session
 
-    def _directory(self, device_id: str) -> Path:
-        return self.checkpoint_dir / device_id
-
-    def _new_session(self, device_id: str) -> Session:
-        session = Session(
-            device_id,
-            self.config,
-            self.teacher,
-            self._initial_model,
-            directory=self._directory(device_id),
-            signer=self._signer,
-            inbox=self._inboxes.pop(device_id, None),
-            reuse=self.reuse,
-            dnngrad=self.dnngrad,
-        )
-        resumed = session.restore()
-        log.info(
-            "%s: session %s (mirror at version %d)",
-            device_id,
-            "resumed" if resumed else "created",
-            session.mirror.version,
-        )
-        return session
-
     def _resume_active(self) -> None:
-        """Sessions checkpointed within session_idle_s resume at once, newest first (up to
-        max_sessions), so that a version made just before a crash reaches its device even if
-        the device says nothing; the others when their device speaks."""
-        recent = time.time() - self.config.session_idle_s
-        found = [(path.stat().st_mtime, path.parent.name) for path in self._checkpoints()]
-        active = sorted((f for f in found if f[0] >= recent), reverse=True)
-        for _, device_id in active[: self.config.max_sessions]:
+        """Sessions checkpointed within session_idle_s resume at once (host.recently_active);
+        the others when their device speaks."""
+        for device_id in recently_active(self.config):
             with self._lock:
                 self._waiting.setdefault(device_id, [])
                 self._heard[device_id] = time.monotonic()
             self.scheduler.notify(device_id)
 
-    def _checkpoints(self) -> list[Path]:
-        if not self.checkpoint_dir.is_dir():
-            return []
-        paths = self.checkpoint_dir.glob(f"*/{CHECKPOINT}")
-        return [path for path in paths if _is_device_id(path.parent.name)]
-
     def _checkpointed(self) -> list[str]:
         """The devices the trainer has a session checkpoint of."""
-        return sorted(path.parent.name for path in self._checkpoints())
+        return sorted(path.parent.name for path in checkpointed(self.config))
 
     def _unload_idle(self) -> None:
         """On the worker: checkpoint and unload every session idle for session_idle_s (an
@@ -321,44 +269,28 @@ class TrainerDaemon:
                 self._heard.pop(session.device_id, None)
                 self._gains.forget(session.device_id)
         for session in idle:
-            self._save(session)
+            self.host.save(session)
             self.endpoint.counters.inc("trainer.sessions_unloaded")
             log.info("%s: idle: session unloaded (its checkpoint stays)", session.device_id)
 
-    def _send(self, session: Session, outgoing: Outgoing) -> None:
-        handle = self.endpoint.send(session.device_id, outgoing.msg, outgoing.body)
-        session.sent(handle.seq, outgoing)
-
     def _save_all(self) -> None:
         for session in list(self.sessions.values()):
-            self._save(session)
-
-    @staticmethod
-    def _save(session: Session) -> None:
-        try:
-            session.save()
-        except Exception:
-            log.exception("%s: checkpoint failed", session.device_id)
+            self.host.save(session)
 
     # -- housekeeping --------------------------------------------------------------------------
 
     def _housekeep(self) -> None:
         """Every second: wake sessions whose deferred work is due and unload idle ones; every
-        metrics interval: report; every checkpoint interval: checkpoint."""
-        metrics_s, checkpoint_s = self.config.metrics.interval_s, self.config.checkpoint.interval_s
-        tick = min(1.0, metrics_s)
-        since_metrics = since_checkpoint = 0.0
-        while not self._stop.wait(tick):
-            since_metrics += tick
-            since_checkpoint += tick
+        metrics interval: report; every checkpoint interval: checkpoint (on the worker: never
+        mid-step)."""
+
+        def every_second() -> None:
             self._wake_due()
             self.scheduler.call(self._unload_idle)
-            if since_checkpoint >= checkpoint_s:
-                since_checkpoint = 0.0
-                self.scheduler.call(self._save_all)  # on the worker: never mid-step
-            if since_metrics >= metrics_s:
-                since_metrics = 0.0
-                self.report()
+
+        save_all = functools.partial(self.scheduler.call, self._save_all)
+        housekeep(self._stop, self.config, every_second=every_second, checkpoint=save_all,
+                  report=self.report)  # fmt: skip
 
     def _wake_due(self) -> None:
         with self._lock:
@@ -368,26 +300,13 @@ class TrainerDaemon:
 
     def report(self) -> list[dict[str, object]]:
         """Every session's metrics: logged, published retained, and exported."""
-        reports = []
-        zoo = None
-        if self.reuse is not None:
-            zoo = self.reuse.metrics()
+        if self.host.reuse is not None:
+            zoo = self.host.reuse.metrics()
             log.info("metrics model zoo %s", zoo.model_dump())
             self.metrics.trainer(zoo.model_dump())
+        reports = []
         for session in list(self.sessions.values()):
-            figures = session.metrics()
+            figures = self.host.report(session)
             reports.append(figures)
-            log.info("metrics %s", figures)
-            fields = {k: v for k, v in figures.items() if k in Metrics.model_fields}
-            self.endpoint.send(session.device_id, Metrics(**fields, zoo=zoo))
-            self.endpoint.publish_plain(session.device_id, Plain.SESSION, plain_json(figures))
             self.metrics.session(figures)
         return reports
-
-
-def _is_device_id(name: str) -> bool:
-    try:
-        validate_device_id(name)
-    except ProtocolError:
-        return False
-    return True

@@ -59,7 +59,10 @@ class Endpoint:
         sender_id: str,
         limits: Limits = DEFAULT_LIMITS,
         counters: Counters | None = None,
+        link: MqttLink | None = None,
     ) -> None:
+        """``link``: a connection of its own making (one relayed through another process:
+        anything with MqttLink's methods); by default, an MqttLink to ``config``'s broker."""
         self.config = config
         self.prefix = config.prefix
         self.sender_id = validate_device_id(sender_id)
@@ -73,7 +76,7 @@ class Endpoint:
         self._dedupe = DuplicateFilter()
         self._reassembler = Reassembler(limits=limits)
         self._connect_hooks: list[Callable[[], None]] = []
-        self.link = MqttLink(
+        self.link = link or MqttLink(
             config,
             client_id=config.client_id or sender_id,
             will=self._will(),
@@ -85,7 +88,7 @@ class Endpoint:
 
     def start(self) -> None:
         for topic_filter in self._subscriptions():
-            self.link.subscribe(topic_filter, 1, self._receive)
+            self.link.subscribe(topic_filter, 1, self.receive)
         self.link.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -163,7 +166,8 @@ class Endpoint:
         for hook in self._connect_hooks:
             hook()
 
-    def _receive(self, inbound: Inbound) -> None:
+    def receive(self, inbound: Inbound) -> None:
+        """One message as the link delivers it: validated, then handed to its handler."""
         self.counters.inc("bytes_in", len(inbound.payload))
         try:
             if self._receive_plain(inbound):
@@ -199,14 +203,20 @@ class Endpoint:
         topic = plain_topic(self.prefix, device_id, kind)
         return Outbound(topic, payload, d.qos, d.retain, d.expiry_s)
 
-    def _validate(self, inbound: Inbound) -> tuple[Envelope | None, Topic]:
+    def check(self, inbound: Inbound) -> tuple[Envelope, Topic]:
+        """What can be checked of one message alone: its topic, envelope, sender and type
+        (a chunk's: the type of the message it is part of)."""
         topic = parse_topic(self.prefix, inbound.topic)
         if topic.direction not in self._accepts:
             raise ProtocolError(Reason.BAD_TOPIC, "not a topic this side receives")
         envelope = self._check_sender(decode(inbound.payload, self.limits), topic)
+        if envelope.type == MessageType.CHUNK and envelope.msg.inner_type != topic.type:
+            raise ProtocolError(Reason.WRONG_TYPE, "chunk of another message type")
+        return envelope, topic
+
+    def _validate(self, inbound: Inbound) -> tuple[Envelope | None, Topic]:
+        envelope, topic = self.check(inbound)
         if envelope.type == MessageType.CHUNK:
-            if envelope.msg.inner_type != topic.type:
-                raise ProtocolError(Reason.WRONG_TYPE, "chunk of another message type")
             if self._dedupe.seen(envelope.key):
                 self.counters.inc("duplicates")
                 return None, topic
@@ -283,9 +293,15 @@ class TrainerEndpoint(Endpoint):
         trainer_id: str = "trainer",
         limits: Limits = DEFAULT_LIMITS,
         counters: Counters | None = None,
+        subscriptions: list[str] | None = None,
+        link: MqttLink | None = None,
     ) -> None:
+        """``subscriptions``: the topic filters it takes (default: every device's uplink and
+        status; none for an endpoint that only sends, shared ones for one of several fronts)."""
         self._status_handler: Callable[[str, bool], None] | None = None
-        super().__init__(config, sender_id=trainer_id, limits=limits, counters=counters)
+        every = trainer_subscriptions(config.prefix)
+        self._filters = every if subscriptions is None else subscriptions
+        super().__init__(config, sender_id=trainer_id, limits=limits, counters=counters, link=link)
 
     def send(self, device_id: str, msg: AnyMessage, body: bytes = b"") -> PublishHandle:
         direction = None if msg.type == MessageType.METRICS else Direction.DOWN
@@ -308,4 +324,4 @@ class TrainerEndpoint(Endpoint):
         return True
 
     def _subscriptions(self) -> list[str]:
-        return trainer_subscriptions(self.prefix)
+        return self._filters

@@ -250,6 +250,13 @@ class PublishHandle:
         self.seq: int | None = None  # the envelope's sequence number, where an endpoint sent it
 
     @classmethod
+    def done(cls, ok: bool, qos: int = 1) -> PublishHandle:
+        """A publish settled elsewhere (relayed through another process's connection)."""
+        outcome = _Outcome(ok, qos)
+        outcome.settle(ok)
+        return cls([outcome])
+
+    @classmethod
     def combine(cls, handles: list[PublishHandle]) -> PublishHandle:
         return cls([o for h in handles for o in h._outcomes])
 
@@ -591,7 +598,7 @@ class MqttLink:
 
     def _deliver(self, item: Inbound) -> None:
         with self._handlers_lock:
-            handlers = [h for f, _, h in self._handlers if paho.topic_matches_sub(f, item.topic)]
+            handlers = [h for f, _, h in self._handlers if _matches(f, item.topic)]
         for handler in handlers:
             try:
                 handler(item)
@@ -600,3 +607,11 @@ class MqttLink:
                 log.exception("handler failed on %s", item.topic)
         if item.qos > 0 and item.generation == self._generation:
             self._client.ack(item.mid, item.qos)
+
+
+def _matches(topic_filter: str, topic: str) -> bool:
+    """Whether a subscription's filter takes ``topic``; a shared subscription
+    (``$share/<group>/<filter>``, MQTT 5) takes what its filter takes."""
+    if topic_filter.startswith("$share/"):
+        topic_filter = topic_filter.split("/", 2)[2]
+    return paho.topic_matches_sub(topic_filter, topic)

@@ -214,6 +214,13 @@ def trainer_subscriptions(prefix: str) -> list[str]:
     return [f"{prefix}/+/up/#", f"{prefix}/+/{Plain.STATUS.value}"]
 
 
+def shared_subscriptions(prefix: str, group: str) -> list[str]:
+    """The trainer's subscriptions shared by the fronts of one group (MQTT 5): the broker hands
+    each message to one of them."""
+    group = validate_device_id(group)  # a single level: no '/', '+' or '#'
+    return [f"$share/{group}/{f}" for f in trainer_subscriptions(prefix)]
+
+
 class Access(StrEnum):
     READ = "read"
     WRITE = "write"

@@ -58,9 +58,11 @@ TEST_DEVICES = ("cam-1", "cam-2", "cam-7", "cam-9", "cam-a", "cam-b", "cam-k", "
 
 @pytest.fixture(scope="session")
 def fleet(tmp_path_factory: pytest.TempPathFactory, trainer_keys: Path) -> Fleet:
-    """A provisioned fleet (CA, broker certificate, logins, ACL) the tests' brokers run on."""
+    """A provisioned fleet (CA, broker certificate, logins, ACL) the tests' brokers run on, with
+    a second login for the trainer's fronts (serve --ray)."""
     root = tmp_path_factory.mktemp("fleet")
-    provision(root, list(TEST_DEVICES), key_dir=trainer_keys, broker_user=getpass.getuser())
+    user = getpass.getuser()
+    provision(root, list(TEST_DEVICES), key_dir=trainer_keys, broker_user=user, fronts=2)
     return Fleet(root)
 
 

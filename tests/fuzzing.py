@@ -6,7 +6,7 @@ The suite runs the fuzz in fresh interpreters (``python -m tests.fuzzing protoco
 that their peak RSS can be read before and after; each prints one JSON report.
 
 Protocol cases are MQTT messages (a topic and a payload) handed to what the endpoint subscribes
-with, ``Endpoint._receive``, exactly as the MQTT link's dispatcher does; update cases are update
+with, ``Endpoint.receive``, exactly as the MQTT link's dispatcher does; update cases are update
 messages for the real student, through a ``DeviceEndpoint`` into ``ModelSlots``.
 """
 
@@ -1000,7 +1000,7 @@ def protocol_case(seed: int, msg_type: MessageType, index: int) -> Case:
 
 class Receiver:
     """One endpoint of each side, never connected: payloads go in where the MQTT link's
-    dispatcher hands them over (the endpoint's subscription handler, ``_receive``)."""
+    dispatcher hands them over (the endpoint's subscription handler, ``receive``)."""
 
     def __init__(self) -> None:
         config = BrokerConfig(prefix=PREFIX)
@@ -1018,7 +1018,7 @@ class Receiver:
         endpoint = self.endpoints[side]
         before = endpoint.counters.snapshot()
         self._delivered = []
-        endpoint._receive(Inbound(topic, payload, 1, False, False, 1, 0))
+        endpoint.receive(Inbound(topic, payload, 1, False, False, 1, 0))
         after = endpoint.counters.snapshot()
         moved = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
         moved.pop("bytes_in", None)
@@ -1590,7 +1590,7 @@ class FuzzDevice:
         """The endpoint's outcome for one MQTT message (as ``Receiver.feed``)."""
         before = self.endpoint.counters.snapshot()
         try:
-            self.endpoint._receive(Inbound(topic, payload, 1, False, False, 1, 0))
+            self.endpoint.receive(Inbound(topic, payload, 1, False, False, 1, 0))
         except Exception:
             return f"exception: {traceback.format_exc()}"
         after = self.endpoint.counters.snapshot()

@@ -163,14 +163,14 @@ def test_bench_serve_loses_no_message(shared_dir, tmp_path):
 
 
 def _session(ends: list[float], t_update: float = 10.0) -> SimpleNamespace:
-    return SimpleNamespace(phase_ends=ends, atr=SimpleNamespace(t_update_s=t_update))
+    return SimpleNamespace(phase_ends=ends, t_update_s=t_update)
 
 
 def test_a_session_keeps_pace_when_its_phases_come_within_a_fifth_of_t_update():
     from cloud_trainer.tools.bench_serve import _pace
 
     def pace(**sessions):
-        return _pace(SimpleNamespace(sessions=sessions), (20.0, 100.0))
+        return _pace(sessions, (20.0, 100.0))
 
     every_10 = [5.0, 15.0, 25.0, 35.0, 45.0, 55.0]  # the first two are before the window
     assert pace(a=_session(every_10))["keeps_pace"]
@@ -188,7 +188,7 @@ def test_find_capacity_doubles_then_bisects(monkeypatch, tmp_path):
 
     tried = []
 
-    def serve_round(config, video, devices, duration_s, settle_s):
+    def serve_round(config, video, devices, duration_s, settle_s, on_ray):
         tried.append(devices)
         return {"devices": devices, "keeps_pace": devices <= 5, "message_loss": 0}
 
@@ -210,7 +210,7 @@ def test_find_capacity_doubles_then_bisects(monkeypatch, tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        ([], "bench-serve: --devices N is required (or --find-capacity)"),
+        ([], "bench-serve: --devices N is required (or --find-capacity, --ray)"),
         (["--devices", "0"], "--devices 0: expected 1 to 1000"),
     ],
 )

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import queue
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -18,29 +16,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.daemon import TrainerDaemon
 from cloud_trainer.dashboard.actions import Rollback
-from cloud_trainer.tools.emulation import EmulatedDevice, local_profile
 from cloud_trainer.tools.local_broker import free_port
 from shared_schema.envelope import decode, sha256_hex
 from shared_schema.messages import Metrics
 from shared_schema.mqtt import MqttLink
 from tests.mqtt_helpers import wait_until
-from tests.trainer_helpers import trainer_raw, write_toml
+from tests.trainer_helpers import serve, start_device, terminate, trainer_raw, write_toml
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
-
-
-def start_device(tmp_path, broker, device_id: str, video: str, **sections) -> EmulatedDevice:
-    profile = local_profile(
-        broker.mqtt_table(device_id),
-        tmp_path / device_id,
-        device_id=device_id,
-        buffer={"t_update_s": 2.0},
-        telemetry={"interval_s": 5.0, "results_rate_hz": 0.0},
-        **sections,
-    )
-    device = EmulatedDevice(profile, video)
-    assert device.runtime.endpoint.wait_connected(10)
-    return device
 
 
 def _settled(devices, mirror_sha) -> bool:
@@ -131,27 +114,9 @@ def _retained_metrics(broker, device_id: str) -> Metrics:
         link.stop()
 
 
-def _serve(config_path):
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cloud_trainer",
-            "--log-level",
-            "WARNING",
-            "serve",
-            "--config",
-            str(config_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_a_killed_trainer_resumes_without_resending_full_models(tmp_path, broker, shared_dir):
     config_path = write_toml(trainer_raw(tmp_path, broker), tmp_path / "trainer.toml")
-    trainer = _serve(config_path)
+    trainer = serve(config_path)
     device = start_device(tmp_path, broker, "cam-k", str(shared_dir / "videos/vtest.avi"))
     mirror_dir = tmp_path / "ckpt" / "cam-k" / "mirror"
 
@@ -164,7 +129,7 @@ def test_a_killed_trainer_resumes_without_resending_full_models(tmp_path, broker
         trainer.send_signal(signal.SIGKILL)
         trainer.wait()
         swaps_at_kill = device.swaps
-        trainer = _serve(config_path)
+        trainer = serve(config_path)
         wait_until(
             lambda: device.swaps >= swaps_at_kill + 2,
             timeout=180,
@@ -182,11 +147,7 @@ def test_a_killed_trainer_resumes_without_resending_full_models(tmp_path, broker
         assert device.runtime.counters.get("slots.rejected.bad_hash") == 0
     finally:
         device.close()
-        trainer.send_signal(signal.SIGTERM)
-        try:
-            trainer.wait(30)
-        except subprocess.TimeoutExpired:
-            trainer.kill()
+        terminate(trainer)
 
 
 def test_a_second_device_receives_an_expert_the_first_one_trained(tmp_path, broker, shared_dir):
@@ -200,13 +161,13 @@ def test_a_second_device_receives_an_expert_the_first_one_trained(tmp_path, brok
     video = str(shared_dir / "videos/vtest.avi")
     devices = [start_device(tmp_path, broker, "cam-a", video)]
     try:
-        wait_until(lambda: daemon.reuse.stats.admitted >= 1, timeout=240,
+        wait_until(lambda: daemon.host.reuse.stats.admitted >= 1, timeout=240,
                    what="an expert of cam-a in the zoo")  # fmt: skip
         devices.append(start_device(tmp_path, broker, "cam-b", video))
         wait_until(lambda: "cam-b" in daemon.sessions and daemon.sessions["cam-b"].stats.reuses,
                    timeout=240, what="cam-b trained on from an expert")  # fmt: skip
         wait_until(lambda: devices[1].swaps >= 1, timeout=120, what="cam-b's hot swap")
-        picked = [e for e in daemon.reuse.zoo.experts if e.picks]
+        picked = [e for e in daemon.host.reuse.zoo.experts if e.picks]
         assert picked and picked[0].origin == "cam-a"
         assert devices[1].runtime.counters.get("slots.rejected.bad_hash") == 0
         assert daemon.sessions["cam-b"].stats.full_models == 0  # an ordinary signed update

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import tomli_w
 import tomllib
 
 from cloud_trainer.config import DEFAULT_CONFIG, PATH_KEYS, TrainerConfig
+from cloud_trainer.tools.emulation import EmulatedDevice, local_profile
 from edge_runtime.h264 import encode_segment
 from edge_runtime.sources import open_source
 from shared_schema.config_files import expand_config
@@ -60,3 +64,35 @@ def vtest_segments(shared_dir: Path) -> list[tuple[Segment, bytes]]:
         )
         out.append((msg, h264))
     return out
+
+
+def start_device(tmp_path, broker, device_id: str, video: str, **sections) -> EmulatedDevice:
+    """An emulated device on ``broker`` playing ``video``, updated every 2 s."""
+    profile = local_profile(
+        broker.mqtt_table(device_id),
+        tmp_path / device_id,
+        device_id=device_id,
+        buffer={"t_update_s": 2.0},
+        telemetry={"interval_s": 5.0, "results_rate_hz": 0.0},
+        **sections,
+    )
+    device = EmulatedDevice(profile, video)
+    assert device.runtime.endpoint.wait_connected(10)
+    return device
+
+
+def serve(config_path: Path, *args: str) -> subprocess.Popen:
+    """``cloud-trainer serve`` in a process of its own, its output in a log beside the config."""
+    log = config_path.with_suffix(".log").open("ab")
+    command = ["-m", "cloud_trainer", "--log-level", "WARNING", "serve", "--config",
+               str(config_path), *args]  # fmt: skip
+    return subprocess.Popen([sys.executable, *command], stdout=log, stderr=log)
+
+
+def terminate(process: subprocess.Popen) -> None:
+    """SIGTERM, as systemd stops it; killed if it has not exited 30 s later."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()

@@ -5,6 +5,7 @@ need to talk over TLS with a login each and an ACL, in one directory.
     <dir>/ca/ca.pem, ca.key               the fleet's CA (keep ca.key offline)
     <dir>/broker/                         server.pem/.key, passwd, acl, mosquitto.conf
     <dir>/trainer/                        trainer.toml, password, ca.pem, dashboard-token
+    <dir>/trainer-front<N>/               the same for the trainer's other MQTT fronts (serve --ray)
     <dir>/monitor/                        monitor.toml ([mqtt] only: read-only, everything)
     <dir>/devices/<id>/                   profile.toml, password, ca.pem, the trainer's public keys
 
@@ -63,6 +64,14 @@ SERVICES: dict[str, Callable[[str], list[tuple[Access, str]]]] = {
     TRAINER: trainer_grants,
     MONITOR: observer_grants,
 }
+# serve --ray's MQTT fronts beyond the first (which logs in as the trainer): a login each, as
+# the broker gives each login one connection (the client id is the login name)
+_FRONT = re.compile(rf"{TRAINER}-front[1-9][0-9]*")
+
+
+def front_logins(fronts: int) -> list[str]:
+    """The logins of a trainer with ``fronts`` MQTT fronts, the trainer's own excluded."""
+    return [f"{TRAINER}-front{i}" for i in range(1, fronts)]
 
 
 class FleetError(ConfigFileError):
@@ -84,7 +93,8 @@ class Fleet:
         return self.root / "broker"
 
     def identity_dir(self, name: str) -> Path:
-        return self.root / name if name in SERVICES else self.root / "devices" / name
+        service = name in SERVICES or _FRONT.fullmatch(name)
+        return self.root / name if service else self.root / "devices" / name
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -139,20 +149,25 @@ def provision(
     key_dir: Path | None = None,
     state_dir: str | None = None,
     broker_user: str | None = None,
+    fronts: int = 1,
 ) -> dict[str, Any]:
-    """Make or extend the fleet in ``root``; returns what was written and how to start it."""
+    """Make or extend the fleet in ``root``; returns what was written and how to start it.
+    ``fronts``: the trainer's MQTT fronts (serve --ray), each with a login and a config."""
     state_dir, broker_user = state_dir or DEFAULT_STATE_DIR, broker_user or DEFAULT_BROKER_USER
     fleet = Fleet(root)
     _check_request(devices, hosts, port, prefix, profile)  # before anything is written
-    settings = _settings(fleet, devices, hosts, port, prefix)
+    if fronts < 1:
+        raise FleetError(f"--trainer-fronts {fronts}: give 1 or more")
+    settings = _settings(fleet, devices, hosts, port, prefix, fronts)
     key_dir = key_dir or expand_path(f"${{{KEY_DIR_ENV}}}", Path.cwd())
     keys.describe(key_dir)  # the trainer's keys must exist: its error says how to make them
     _pki(fleet, settings["hosts"])
     (root / "fleet.json").write_text(json.dumps(settings, indent=2) + "\n")
-    identities = [*SERVICES, *settings["devices"]]
-    _logins(fleet, identities)
+    fronts_ = front_logins(settings["fronts"])
+    _logins(fleet, [*SERVICES, *fronts_, *settings["devices"]])
     _broker_files(fleet, settings, broker_user)
-    _trainer_bundle(fleet, key_dir)
+    for login in (TRAINER, *fronts_):
+        _trainer_bundle(fleet, key_dir, login)
     _monitor_bundle(fleet)
     for device_id in settings["devices"]:
         _device_bundle(fleet, device_id, profile, key_dir, state_dir)
@@ -165,7 +180,10 @@ def provision(
         "fleet": str(root),
         "devices": settings["devices"],
         "broker": broker,
-        "trainer": {"config": str(fleet.identity_dir(TRAINER) / "trainer.toml")},
+        "trainer": {
+            "config": str(fleet.identity_dir(TRAINER) / "trainer.toml"),
+            "fronts": [str(fleet.identity_dir(f) / "trainer.toml") for f in fronts_],
+        },
         "monitor": {"config": str(fleet.identity_dir(MONITOR) / "monitor.toml")},
         "device profiles": {d: str(fleet.identity_dir(d) / "profile.toml") for d in devices},
     }
@@ -180,7 +198,7 @@ def _check_request(
 ) -> None:
     for device_id in devices:
         _valid("device", device_id, validate_device_id)
-        if device_id in SERVICES:
+        if device_id in SERVICES or _FRONT.fullmatch(device_id):
             raise FleetError(f"device {device_id!r}: the name of a service's login; pick another")
     for host in hosts or ():
         if not _is_host(host):
@@ -220,6 +238,7 @@ def _settings(
     hosts: list[str] | None,
     port: int | None,
     prefix: str | None,
+    fronts: int,
 ) -> dict[str, Any]:
     wanted = {"hosts": hosts, "port": port, "prefix": prefix}
     if (fleet.root / "fleet.json").is_file():
@@ -230,12 +249,14 @@ def _settings(
                     f"{fleet.root}: provisioned with {name} {known[name]!r}, not {value!r}: "
                     "provision a new fleet directory to change it"
                 )
-        return {**known, "devices": sorted({*known["devices"], *devices})}
+        devices = sorted({*known["devices"], *devices})
+        return {**known, "devices": devices, "fronts": max(known.get("fronts", 1), fronts)}
     return {
         "hosts": list(hosts or DEFAULT_HOSTS),
         "port": port or DEFAULT_PORT,
         "prefix": prefix or "ams",
         "devices": sorted(set(devices)),
+        "fronts": fronts,
     }
 
 
@@ -269,6 +290,7 @@ def _logins(fleet: Fleet, identities: list[str]) -> None:
 def _broker_files(fleet: Fleet, settings: dict[str, Any], user: str) -> None:
     prefix = settings["prefix"]
     grants = {name: rules(prefix) for name, rules in SERVICES.items()}
+    grants |= {f: trainer_grants(prefix) for f in front_logins(settings["fronts"])}
     grants |= {d: device_grants(prefix, d) for d in settings["devices"]}
     security = fleet.security()
     write_private(security.acl_file, mosquitto.acl_text(grants).encode())
@@ -293,16 +315,16 @@ def _hand_to(user: str, paths: tuple[Path, ...]) -> bool:
     return True
 
 
-def _trainer_bundle(fleet: Fleet, key_dir: Path) -> None:
+def _trainer_bundle(fleet: Fleet, key_dir: Path, login: str) -> None:
     raw = read_toml(DEFAULT_CONFIG, FleetError)
-    raw["mqtt"] = {**raw["mqtt"], **fleet.mqtt_table(TRAINER, relative=True)}
+    raw["mqtt"] = {**raw["mqtt"], **fleet.mqtt_table(login, relative=True)}
     raw["updates"]["signing_key"] = str((key_dir / f"{keys.CURRENT}.pem").resolve())
-    # the dashboard on loopback, its actions for the holder of a token of its own
-    token = fleet.identity_dir(TRAINER) / DASHBOARD_TOKEN
-    if not token.is_file():
-        new_token_file(token)
-    raw["dashboard"] = {**raw["dashboard"], "port": DASHBOARD_PORT, "token_file": DASHBOARD_TOKEN}
-    _write_toml(fleet.identity_dir(TRAINER) / "trainer.toml", raw, "the trainer's config")
+    if login == TRAINER:  # the dashboard on loopback, its actions for a token of its own
+        token = fleet.identity_dir(TRAINER) / DASHBOARD_TOKEN
+        if not token.is_file():
+            new_token_file(token)
+        raw["dashboard"] |= {"port": DASHBOARD_PORT, "token_file": DASHBOARD_TOKEN}
+    _write_toml(fleet.identity_dir(login) / "trainer.toml", raw, "the trainer's config")
 
 
 def _monitor_bundle(fleet: Fleet) -> None:

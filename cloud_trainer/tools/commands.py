@@ -93,10 +93,10 @@ def _bench_updates(args: argparse.Namespace) -> int:
 
 def _bench_serve(args: argparse.Namespace) -> int:
     from cloud_trainer.config import load_config
-    from cloud_trainer.tools.bench_serve import bench_serve, find_capacity
+    from cloud_trainer.tools.bench_serve import bench_serve, find_capacity, ray_overhead
 
-    if args.devices is None and not args.find_capacity:
-        return fail("bench-serve: --devices N is required (or --find-capacity)")
+    if args.devices is None and not (args.find_capacity or args.ray):
+        return fail("bench-serve: --devices N is required (or --find-capacity, --ray)")
     if args.devices is not None and not 1 <= args.devices <= 1000:
         return fail(f"--devices {args.devices}: expected 1 to 1000")
     config = load_config(args.config)
@@ -106,7 +106,10 @@ def _bench_serve(args: argparse.Namespace) -> int:
         teacher = config.teacher.model_copy(update={"kind": "torch", "device": args.device})
         config = config.model_copy(update={"teacher": teacher})
     video, duration = Path(args.video), args.duration
-    if args.find_capacity:
+    if args.ray:
+        most = args.devices or 32
+        results = ray_overhead(video, max_devices=most, duration_s=duration, config=config)
+    elif args.find_capacity:
         most = args.devices or 32
         results = find_capacity(video, max_devices=most, duration_s=duration, config=config)
     else:
@@ -158,6 +161,7 @@ def _fleet(args: argparse.Namespace) -> int:
         key_dir=Path(args.keys) if args.keys else None,
         state_dir=args.state_dir,
         broker_user=args.broker_user,
+        fronts=args.trainer_fronts,
     )
     print(json.dumps(result, indent=2))
     return 0
@@ -230,6 +234,12 @@ def add_tool_parsers(sub: Any) -> None:
         action="store_true",
         help="the most devices whose phases all keep pace with T_update (within 20 %%)",
     )
+    bs.add_argument(
+        "--ray",
+        action="store_true",
+        help="--find-capacity for the single process and for the same sessions on a local Ray"
+        " cluster (serve --ray), on the same cores: the Ray path's overhead",
+    )
     _add_training_options(bs)
     bs.set_defaults(func=_bench_serve)
 
@@ -280,6 +290,14 @@ def add_tool_parsers(sub: Any) -> None:
         "chown to run",
     )
     prov.add_argument("--prefix", help="topic prefix (default ams)")
+    prov.add_argument(
+        "--trainer-fronts",
+        type=int,
+        default=1,
+        metavar="N",
+        help="the trainer's MQTT fronts (serve --ray --front 0..N-1): front 0 logs in as the "
+        "trainer, each other one with a login and a trainer.toml of its own (default 1)",
+    )
     prov.add_argument("--profile", default="cpu", help="the bundled profile devices start from")
     prov.add_argument("--keys", help="the trainer's key directory (default: $AMS_KEY_DIR)")
     prov.add_argument(

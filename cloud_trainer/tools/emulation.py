@@ -40,8 +40,12 @@ class EmulatedDevice:
         self.runtime.start()
         self._video = video
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._play, name=profile.device.id, daemon=True)
-        self._thread.start()
+        self._thread = self._playing()
+
+    def _playing(self) -> threading.Thread:
+        thread = threading.Thread(target=self._play, name=self.device_id, daemon=True)
+        thread.start()
+        return thread
 
     @property
     def device_id(self) -> str:
@@ -64,6 +68,11 @@ class EmulatedDevice:
         self._stop.set()
         self._thread.join(10)
         self.runtime.segments.flush()
+
+    def resume(self) -> None:
+        """Play again (from the start of the video) after ``pause``."""
+        self._stop.clear()
+        self._thread = self._playing()
 
     def close(self) -> None:
         self.pause()

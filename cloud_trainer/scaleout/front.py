@@ -1,0 +1,244 @@
+"""The trainer's MQTT fronts on Ray: several, sharing the uplink subscription.
+
+A front is a Ray actor (``FrontActor``) on the machine of the ``serve --ray`` process that
+started it (its login's files are there), holding the front's MQTT connection. The broker hands
+each uplink message to one front of the group. The front checks what can be checked of the
+message alone (topic, envelope, sender, type: ``Endpoint.check``, so forged or malformed
+payloads are refused and counted here and never reach an actor), then forwards it as it came
+to the device's session actor, creating the actor on the device's first message (up to
+``max_sessions`` session actors in the namespace). The forward returns once the actor holds the
+message (a segment on disk), and only then does the front's link acknowledge it to the broker:
+a front or an actor that dies before has the broker deliver it again, to a front of the group.
+Session actors publish what they send down through a front's connection (``publish``).
+Telemetry and status are the front's own (logged, counted, exported to Prometheus).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from cloud_trainer.config import TrainerConfig
+from cloud_trainer.host import recently_active
+from cloud_trainer.prometheus import TrainerMetrics
+from cloud_trainer.scaleout.actor import (
+    FORWARDED,
+    FRONT_PREFIX,
+    SESSION_PREFIX,
+    SessionActor,
+    SessionRetired,
+    actor_name,
+)
+from shared_schema import prometheus
+from shared_schema.config_files import ConfigFileError
+from shared_schema.endpoint import TrainerEndpoint
+from shared_schema.envelope import Envelope
+from shared_schema.messages import MessageType, Telemetry
+from shared_schema.mqtt import Inbound, Outbound
+from shared_schema.topics import Topic, shared_subscriptions
+
+log = logging.getLogger(__name__)
+
+FORWARD_ATTEMPTS = 5  # an actor that left (idle) or cannot be reached: open it again, this often
+SESSIONS_CHECK_S = 5.0  # how long a count of the session actors in the namespace is trusted
+FRONT_THREADS = 16  # the front actor's calls at once: session actors publishing through it
+
+
+class RayConfigError(ConfigFileError):
+    """A trainer.toml or command line that ``serve --ray`` cannot run."""
+
+
+def check_ray_config(config: TrainerConfig) -> None:
+    """Refuse the sections that live in one process (one line each, naming the key)."""
+    if config.recl.enabled:
+        raise RayConfigError(
+            "[recl] enabled: the expert zoo is shared within one process; serve RECL without"
+            " --ray (a zoo shared across Ray actors is not built yet)"
+        )
+    if config.dashboard.enabled:
+        raise RayConfigError(
+            "[dashboard] port: the dashboard sees the sessions of one process; set port = 0"
+            " with --ray (sessions' figures are on their retained metrics topics)"
+        )
+
+
+class FrontEndpoint(TrainerEndpoint):
+    """The trainer's endpoint on a shared subscription that forwards what sessions take."""
+
+    def __init__(
+        self, config: TrainerConfig, index: int, forward: Callable[[Topic, Inbound], None]
+    ) -> None:
+        mqtt = config.mqtt
+        if index:  # a broker that does not make the login the client id tells them apart so
+            base = mqtt.client_id or config.trainer_id
+            mqtt = mqtt.model_copy(update={"client_id": f"{base}-front{index}"})
+        subscriptions = shared_subscriptions(mqtt.prefix, config.ray.group)
+        super().__init__(mqtt, trainer_id=config.trainer_id, subscriptions=subscriptions)
+        self._forward = forward
+
+    def _validate(self, inbound: Inbound) -> tuple[Envelope | None, Topic]:
+        _, topic = self.check(inbound)
+        if topic.type not in FORWARDED:
+            return super()._validate(inbound)  # telemetry: the front's own
+        self._forward(topic, inbound)
+        return None, topic
+
+
+class FrontActor:
+    def __init__(self, config: TrainerConfig, index: int) -> None:
+        import ray
+
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        self.config = config
+        self._ray = ray
+        self.endpoint = FrontEndpoint(config, index, self._forward)
+        self.endpoint.on(MessageType.TELEMETRY, self._telemetry)
+        self.endpoint.on_status(self._status)
+        self.metrics = TrainerMetrics()
+        options = config.ray
+        self._sessions_class = ray.remote(SessionActor)
+        self._options = {
+            "namespace": options.namespace,
+            "lifetime": "detached",  # outlives the front that made it: every front reaches it
+            "max_restarts": options.max_restarts,
+            "max_task_retries": -1,  # a call to a restarting actor waits for it
+            "num_cpus": options.num_cpus,
+            "num_gpus": options.num_gpus,
+        }
+        self._actors: dict[str, object] = {}  # handles this front holds, by device
+        self._sessions: tuple[float, int] = (-float("inf"), 0)  # (when counted, how many)
+
+    # -- lifecycle (called by the serve process) -----------------------------------------------
+
+    def start(self) -> None:
+        port = self.config.metrics.prometheus_port
+        if port:
+            prometheus.serve(self.metrics, self.config.metrics.prometheus_host, port,
+                             "metrics.prometheus_port")  # fmt: skip
+        for device_id in recently_active(self.config):  # as the single daemon resumes them
+            self.actor(device_id)
+        self.endpoint.start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.endpoint.wait_connected(timeout)
+
+    def refusal(self) -> str | None:
+        refusal = self.endpoint.link.refusal
+        return None if refusal is None else str(refusal)
+
+    def counters(self) -> dict[str, int]:
+        return self.endpoint.counters.snapshot()
+
+    def stop(self) -> None:
+        """Disconnect; the session actors stay (other fronts, or the next, reach them)."""
+        self.endpoint.stop()
+
+    # -- for the session actors ----------------------------------------------------------------
+
+    def publish(self, messages: list[Outbound]) -> bool:
+        """Publish a session's framed messages (one envelope, or its chunks) on this link."""
+        return self.endpoint.link.publish_many(messages).accepted
+
+    # -- forwarding ----------------------------------------------------------------------------
+
+    def actor(self, device_id: str) -> object | None:
+        """The device's session actor: the one in the namespace, or a new one where there is
+        room for it (max_sessions)."""
+        handle = self._actors.get(device_id)
+        if handle is None:
+            name = actor_name(device_id)
+            try:
+                handle = self._ray.get_actor(name, namespace=self.config.ray.namespace)
+            except ValueError:  # none yet (or it left)
+                if not self._room():
+                    return None
+                options = {**self._options, "name": name, "get_if_exists": True}
+                handle = self._sessions_class.options(**options).remote(self.config, device_id)
+            self._actors[device_id] = handle
+        return handle
+
+    def _room(self) -> bool:
+        counted_at, count = self._sessions
+        if time.monotonic() - counted_at > SESSIONS_CHECK_S:
+            names = self._ray.util.list_named_actors()
+            count = sum(1 for name in names if name.startswith(SESSION_PREFIX))
+            counted_at = time.monotonic()
+        if count >= self.config.max_sessions:
+            return False
+        self._sessions = (counted_at, count + 1)
+        return True
+
+    def _forward(self, topic: Topic, inbound: Inbound) -> None:
+        device_id = topic.device_id
+        for attempt in range(FORWARD_ATTEMPTS):
+            actor = self.actor(device_id)
+            if actor is None:
+                self.endpoint.counters.inc("trainer.sessions_refused")
+                return
+            try:
+                self._ray.get(actor.deliver.remote(inbound.topic, inbound.payload))
+                self.endpoint.counters.inc(f"forwarded.{topic.type.value}")
+                return
+            except (SessionRetired, self._ray.exceptions.RayActorError) as exc:
+                log.info("%s: session actor gone (%s): opening it again", device_id,
+                         type(exc).__name__)  # fmt: skip
+                self._actors.pop(device_id, None)
+                time.sleep(0.2 * 2**attempt)  # its name is freed as it leaves
+        self.endpoint.counters.inc("trainer.forward_failed")
+        log.error("%s: no session actor took a %s message after %d attempts: dropped (see the"
+                  " Ray cluster's log)", device_id, topic.type.value, FORWARD_ATTEMPTS)  # fmt: skip
+
+    # -- the front's own -----------------------------------------------------------------------
+
+    def _status(self, device_id: str, online: bool) -> None:
+        self.metrics.online(device_id, online)
+
+    def _telemetry(self, envelope: Envelope, topic: Topic) -> None:
+        assert isinstance(envelope.msg, Telemetry)
+        self.metrics.telemetry(topic.device_id, envelope.msg)
+
+
+class RayFront:
+    """``serve --ray``: this process's front, a Ray actor on this machine, named by its number
+    (one per number in the namespace); it leaves with this process."""
+
+    def __init__(self, config: TrainerConfig, address: str, index: int = 0) -> None:
+        """``address``: the Ray cluster's (``auto``: the one this machine belongs to;
+        ``local``: a cluster of this process's own)."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        check_ray_config(config)
+        self._ray = ray
+        if not ray.is_initialized():
+            ray.init(address=None if address == "local" else address,
+                     namespace=config.ray.namespace, logging_level=logging.WARNING)  # fmt: skip
+        name = f"{FRONT_PREFIX}{index}"
+        if name in ray.util.list_named_actors():
+            raise RayConfigError(f"--front {index}: that front runs already; give another number")
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        options = {"name": name, "namespace": config.ray.namespace, "num_cpus": 0,
+                   "max_concurrency": FRONT_THREADS, "scheduling_strategy": here}  # fmt: skip
+        self.actor = ray.remote(FrontActor).options(**options).remote(config, index)
+
+    def start(self) -> None:
+        self._ray.get(self.actor.start.remote())
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._ray.get(self.actor.wait_connected.remote(timeout))
+
+    @property
+    def refusal(self) -> str | None:
+        return self._ray.get(self.actor.refusal.remote())
+
+    def counters(self) -> dict[str, int]:
+        return self._ray.get(self.actor.counters.remote())
+
+    def stop(self, timeout: float = 60.0) -> None:
+        try:
+            self._ray.get(self.actor.stop.remote(), timeout=timeout)
+        finally:
+            self._ray.kill(self.actor)
