@@ -76,6 +76,28 @@ def test_provisioning_again_keeps_logins_and_adds_devices(tmp_path, trainer_keys
     assert {k: after[k] for k in before} == before and "cam-3" in after
 
 
+def test_each_trainer_front_gets_a_login_and_a_config_of_its_own(tmp_path, trainer_keys):
+    root = tmp_path / "fleet"
+    provision(root, ["cam-1"], key_dir=trainer_keys)
+    result = provision(root, [], key_dir=trainer_keys, fronts=3)  # added to a fleet, later
+    fleet = Fleet(root)
+    logins = set(read_password_file(fleet.security().password_file))
+    assert {"trainer", "trainer-front1", "trainer-front2"} <= logins
+    assert result["trainer"]["fronts"] == [
+        str(fleet.identity_dir(f"trainer-front{i}") / "trainer.toml") for i in (1, 2)
+    ]
+    front = load_config(fleet.identity_dir("trainer-front2") / "trainer.toml")
+    assert front.mqtt.username == "trainer-front2" and front.mqtt.read_password()
+    assert front.dashboard.port == 0  # the trainer's own login has the dashboard
+    acl = fleet.security().acl_file.read_text()
+    assert "user trainer-front2\ntopic read ams/+/up/#\n" in acl
+    assert provision(root, [], key_dir=trainer_keys)["trainer"]["fronts"]  # they stay
+    with pytest.raises(FleetError, match="the name of a service's login"):
+        provision(root, ["trainer-front7"], key_dir=trainer_keys)
+    with pytest.raises(FleetError, match="give 1 or more"):
+        provision(root, [], key_dir=trainer_keys, fronts=0)
+
+
 @pytest.mark.parametrize(
     ("devices", "options", "message"),
     [

@@ -2,8 +2,9 @@
 
 Each device's session runs in a Ray actor of its own (``actor.py``), named after the device so
 that any front can reach it, restarted from its checkpoint by Ray if its worker dies. The MQTT
-front ends (``front.py``) share one subscription (MQTT 5 ``$share``): the broker hands each
-uplink message to one of them, which checks it and forwards it to the device's actor; the actor
-publishes what the session sends down itself. Sessions run the same code as in the single
-process (``cloud_trainer.host``).
+fronts (``front.py``, one per ``serve --ray`` process, each with its own login) share one
+subscription (MQTT 5 ``$share``): the broker hands each uplink message to one of them, which
+checks it and forwards it to the device's session actor. What a session sends down, its actor
+frames and numbers itself and publishes through a front's connection. Sessions run the same
+code as in the single process (``cloud_trainer.host``).
 """
