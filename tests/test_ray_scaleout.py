@@ -183,10 +183,16 @@ def test_a_front_forwards_what_sessions_take_and_refuses_forgeries(tmp_path):
     assert sum(v for k, v in front.counters.snapshot().items() if k.startswith("rejected.")) == 2
 
 
-@pytest.mark.parametrize("section", ["recl", "dashboard"])
-def test_serve_with_ray_refuses_what_lives_in_one_process(tmp_path, section):
-    raw = trainer_raw(tmp_path)
-    raw[section] = {"enabled": True} if section == "recl" else {"port": 8123}
+@pytest.mark.parametrize(
+    ("section", "table"),
+    [("recl", {"enabled": True}), ("dashboard", {"port": 8123}), ("ray", {"num_gpus": 0.0})],
+)
+def test_serve_with_ray_refuses_what_it_cannot_run(tmp_path, section, table):
+    """What lives in one process; a GPU Ray would hide from the sessions."""
+    raw = trainer_raw(tmp_path, device="cuda")
+    raw["ray"] = {"num_gpus": 0.1}
+    check_ray_config(TrainerConfig.model_validate(raw))  # refuses nothing else
+    raw[section] = table
     with pytest.raises(RayConfigError, match=rf"\[{section}\]"):
         check_ray_config(TrainerConfig.model_validate(raw))
 

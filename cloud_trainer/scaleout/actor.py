@@ -23,6 +23,8 @@ import time
 import zlib
 from dataclasses import asdict
 
+import ray
+
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.host import SessionHost, housekeep
 from cloud_trainer.scheduler import RoundRobin
@@ -75,8 +77,6 @@ class RelayedLink:
         return self.publish_many([message])
 
     def publish_many(self, messages: list[Outbound]) -> PublishHandle:
-        import ray
-
         for attempt in range(RELAY_ATTEMPTS):
             front = self._front or self._pick()
             if front is not None:
@@ -91,8 +91,6 @@ class RelayedLink:
         return PublishHandle.done(False, messages[0].qos)
 
     def _pick(self) -> object | None:
-        import ray
-
         fronts = sorted(n for n in ray.util.list_named_actors() if n.startswith(FRONT_PREFIX))
         if not fronts:
             return None
@@ -191,8 +189,6 @@ class SessionActor:
             if not idle or self.session.has_queued_work:
                 return
             self._retired = True
-        import ray
-
         self._stop.set()
         self.scheduler.stop()
         self.host.save(self.session)

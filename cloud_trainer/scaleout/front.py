@@ -19,6 +19,9 @@ import logging
 import time
 from collections.abc import Callable
 
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.host import recently_active
 from cloud_trainer.prometheus import TrainerMetrics
@@ -56,6 +59,12 @@ def check_ray_config(config: TrainerConfig) -> None:
             "[recl] enabled: the expert zoo is shared within one process; serve RECL without"
             " --ray (a zoo shared across Ray actors is not built yet)"
         )
+    on_gpu = "cuda" in (config.training.device, config.teacher.device)
+    if on_gpu and config.ray.num_gpus == 0:  # Ray hides the GPUs from an actor that asks none
+        raise RayConfigError(
+            '[ray] num_gpus: sessions train on "cuda": give each a share of a GPU (0.1: ten'
+            " sessions per GPU)"
+        )
     if config.dashboard.enabled:
         raise RayConfigError(
             "[dashboard] port: the dashboard sees the sessions of one process; set port = 0"
@@ -87,13 +96,10 @@ class FrontEndpoint(TrainerEndpoint):
 
 class FrontActor:
     def __init__(self, config: TrainerConfig, index: int) -> None:
-        import ray
-
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
         self.config = config
-        self._ray = ray
         self.endpoint = FrontEndpoint(config, index, self._forward)
         self.endpoint.on(MessageType.TELEMETRY, self._telemetry)
         self.endpoint.on_status(self._status)
@@ -151,7 +157,7 @@ class FrontActor:
         if handle is None:
             name = actor_name(device_id)
             try:
-                handle = self._ray.get_actor(name, namespace=self.config.ray.namespace)
+                handle = ray.get_actor(name, namespace=self.config.ray.namespace)
             except ValueError:  # none yet (or it left)
                 if not self._room():
                     return None
@@ -163,7 +169,7 @@ class FrontActor:
     def _room(self) -> bool:
         counted_at, count = self._sessions
         if time.monotonic() - counted_at > SESSIONS_CHECK_S:
-            names = self._ray.util.list_named_actors()
+            names = ray.util.list_named_actors()
             count = sum(1 for name in names if name.startswith(SESSION_PREFIX))
             counted_at = time.monotonic()
         if count >= self.config.max_sessions:
@@ -179,10 +185,10 @@ class FrontActor:
                 self.endpoint.counters.inc("trainer.sessions_refused")
                 return
             try:
-                self._ray.get(actor.deliver.remote(inbound.topic, inbound.payload))
+                ray.get(actor.deliver.remote(inbound.topic, inbound.payload))
                 self.endpoint.counters.inc(f"forwarded.{topic.type.value}")
                 return
-            except (SessionRetired, self._ray.exceptions.RayActorError) as exc:
+            except (SessionRetired, ray.exceptions.RayActorError) as exc:
                 log.info("%s: session actor gone (%s): opening it again", device_id,
                          type(exc).__name__)  # fmt: skip
                 self._actors.pop(device_id, None)
@@ -208,11 +214,7 @@ class RayFront:
     def __init__(self, config: TrainerConfig, address: str, index: int = 0) -> None:
         """``address``: the Ray cluster's (``auto``: the one this machine belongs to;
         ``local``: a cluster of this process's own)."""
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
         check_ray_config(config)
-        self._ray = ray
         if not ray.is_initialized():
             ray.init(address=None if address == "local" else address,
                      namespace=config.ray.namespace, logging_level=logging.WARNING)  # fmt: skip
@@ -225,20 +227,20 @@ class RayFront:
         self.actor = ray.remote(FrontActor).options(**options).remote(config, index)
 
     def start(self) -> None:
-        self._ray.get(self.actor.start.remote())
+        ray.get(self.actor.start.remote())
 
     def wait_connected(self, timeout: float) -> bool:
-        return self._ray.get(self.actor.wait_connected.remote(timeout))
+        return ray.get(self.actor.wait_connected.remote(timeout))
 
     @property
     def refusal(self) -> str | None:
-        return self._ray.get(self.actor.refusal.remote())
+        return ray.get(self.actor.refusal.remote())
 
     def counters(self) -> dict[str, int]:
-        return self._ray.get(self.actor.counters.remote())
+        return ray.get(self.actor.counters.remote())
 
     def stop(self, timeout: float = 60.0) -> None:
         try:
-            self._ray.get(self.actor.stop.remote(), timeout=timeout)
+            ray.get(self.actor.stop.remote(), timeout=timeout)
         finally:
-            self._ray.kill(self.actor)
+            ray.kill(self.actor)

@@ -72,7 +72,8 @@ class _Daemon:
 class _OnRay:
     """The sessions as Ray actors on a cluster of this process's own, behind one front; every
     actor is scheduled (logical CPUs for all) and trains with as many threads as the single
-    process (``[ray] num_cpus``: this machine's cores), so both share the same cores."""
+    process (``[ray] num_cpus``: this machine's cores), so both share the same cores (and, on
+    cuda, an equal share of one GPU)."""
 
     def __init__(self, config: TrainerConfig, ids: list[str]) -> None:
         import ray
@@ -81,9 +82,10 @@ class _OnRay:
 
         self._ray, self._ids = ray, ids
         cores = os.cpu_count() or 1
-        config = config.model_copy(
-            update={"ray": config.ray.model_copy(update={"num_cpus": float(cores)})}
-        )
+        shares = {"num_cpus": float(cores)}
+        if config.training.device.startswith("cuda"):  # one GPU shared by the sessions
+            shares["num_gpus"] = (10_000 // len(ids)) / 10_000  # Ray's resolution: 0.0001
+        config = config.model_copy(update={"ray": config.ray.model_copy(update=shares)})
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(num_cpus=cores * len(ids), namespace=config.ray.namespace,
                  include_dashboard=False, logging_level="WARNING", log_to_driver=False)  # fmt: skip
