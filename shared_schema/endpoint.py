@@ -16,6 +16,7 @@ import itertools
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable
 
 from shared_schema.chunking import Reassembler, split
@@ -70,7 +71,9 @@ class Endpoint:
         self.limits = limits
         self.counters = counters or Counters()
         self._rejections = RejectionLog(self.counters, log)
-        self._seq = itertools.count()
+        # Acks name only a sequence number: starting from the clock (in µs) keeps a restarted
+        # sender's numbers above its previous life's, so a late ack cannot match a new message.
+        self._seq = itertools.count(time.time_ns() // 1000)
         self._seq_lock = threading.Lock()
         self._handlers: dict[MessageType, MessageHandler] = {}
         self._dedupe = DuplicateFilter()

@@ -11,7 +11,7 @@ import signal
 
 import pytest
 
-from cloud_trainer.config import TrainerConfig
+from cloud_trainer.config import TrainerConfig, load_config
 from cloud_trainer.scaleout.actor import SESSION_PREFIX, actor_name
 from cloud_trainer.scaleout.front import FrontEndpoint, RayConfigError, check_ray_config
 from shared_schema.envelope import encode
@@ -185,16 +185,25 @@ def test_a_front_forwards_what_sessions_take_and_refuses_forgeries(tmp_path):
 
 @pytest.mark.parametrize(
     ("section", "table"),
-    [("recl", {"enabled": True}), ("dashboard", {"port": 8123}), ("ray", {"num_gpus": 0.0})],
+    [("recl", {"enabled": True}), ("ray", {"num_gpus": 0.0})],
 )
 def test_serve_with_ray_refuses_what_it_cannot_run(tmp_path, section, table):
-    """What lives in one process; a GPU Ray would hide from the sessions."""
-    raw = trainer_raw(tmp_path, device="cuda")
+    """The zoo lives in one process; Ray hides the GPU from sessions that ask for none."""
+    raw = trainer_raw(tmp_path, device="cuda:0")
     raw["ray"] = {"num_gpus": 0.1}
     check_ray_config(TrainerConfig.model_validate(raw))  # refuses nothing else
     raw[section] = table
     with pytest.raises(RayConfigError, match=rf"\[{section}\]"):
         check_ray_config(TrainerConfig.model_validate(raw))
+
+
+def test_the_provisioned_trainer_config_serves_on_ray_without_its_dashboard(
+    tmp_path, fleet, caplog
+):
+    config = load_config(fleet.identity_dir("trainer") / "trainer.toml")
+    assert config.dashboard.enabled  # the single daemon's, on loopback
+    check_ray_config(config)
+    assert "[dashboard] port 8470: not served with --ray" in caplog.text
 
 
 def test_a_shared_subscription_takes_what_its_filter_takes():

@@ -83,7 +83,7 @@ class RelayedLink:
                 try:
                     taken = ray.get(front.publish.remote(messages), timeout=RELAY_TIMEOUT_S)
                     return PublishHandle.done(taken, messages[0].qos)
-                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                except ray.exceptions.RayError:  # gone, timed out, or failed: another front
                     self._front = None
             time.sleep(0.5 * 2**attempt)
         log.warning("%s: no front took a message down (%s): the session offers it again",
@@ -129,8 +129,9 @@ class SessionActor:
     # -- from the fronts -----------------------------------------------------------------------
 
     def deliver(self, topic: str, payload: bytes) -> None:
-        """One uplink message as the broker delivered it to a front; a segment is on disk when
-        this returns. Raises SessionRetired once the actor is leaving."""
+        """One uplink message as the broker delivered it to a front; a whole segment is on disk
+        when this returns (a chunk of one waits in memory until its message is whole, as in the
+        single daemon). Raises SessionRetired once the actor is leaving."""
         with self._lock:
             if self._retired:
                 raise SessionRetired(self.device_id)

@@ -43,7 +43,8 @@ from shared_schema.topics import Topic, shared_subscriptions
 
 log = logging.getLogger(__name__)
 
-FORWARD_ATTEMPTS = 5  # an actor that left (idle) or cannot be reached: open it again, this often
+REOPEN_S = 120.0  # how long an actor that left (idle) or died is opened again before giving up
+DELIVER_TIMEOUT_S = 300.0  # a new actor loads the teacher and its checkpoint; Ray places it first
 SESSIONS_CHECK_S = 5.0  # how long a count of the session actors in the namespace is trusted
 FRONT_THREADS = 16  # the front actor's calls at once: session actors publishing through it
 
@@ -53,23 +54,22 @@ class RayConfigError(ConfigFileError):
 
 
 def check_ray_config(config: TrainerConfig) -> None:
-    """Refuse the sections that live in one process (one line each, naming the key)."""
+    """Refuse what Ray cannot run (one line each, naming the key); say what it leaves off."""
     if config.recl.enabled:
         raise RayConfigError(
             "[recl] enabled: the expert zoo is shared within one process; serve RECL without"
             " --ray (a zoo shared across Ray actors is not built yet)"
         )
-    on_gpu = "cuda" in (config.training.device, config.teacher.device)
+    on_gpu = any(d.startswith("cuda") for d in (config.training.device, config.teacher.device))
     if on_gpu and config.ray.num_gpus == 0:  # Ray hides the GPUs from an actor that asks none
         raise RayConfigError(
             '[ray] num_gpus: sessions train on "cuda": give each a share of a GPU (0.1: ten'
             " sessions per GPU)"
         )
-    if config.dashboard.enabled:
-        raise RayConfigError(
-            "[dashboard] port: the dashboard sees the sessions of one process; set port = 0"
-            " with --ray (sessions' figures are on their retained metrics topics)"
-        )
+    if config.dashboard.enabled:  # the trainer's provisioned config has it: not an error
+        log.warning("[dashboard] port %d: not served with --ray (the dashboard sees the sessions"
+                    " of one process); sessions' figures are on their retained metrics topics",
+                    config.dashboard.port)  # fmt: skip
 
 
 class FrontEndpoint(TrainerEndpoint):
@@ -178,24 +178,37 @@ class FrontActor:
         return True
 
     def _forward(self, topic: Topic, inbound: Inbound) -> None:
+        """Hand the message to the device's session actor; one that left (idle) or died is
+        opened again, for up to REOPEN_S (a leaving actor keeps its name while it saves)."""
         device_id = topic.device_id
-        for attempt in range(FORWARD_ATTEMPTS):
+        deadline = time.monotonic() + REOPEN_S
+        while True:
             actor = self.actor(device_id)
             if actor is None:
                 self.endpoint.counters.inc("trainer.sessions_refused")
                 return
             try:
-                ray.get(actor.deliver.remote(inbound.topic, inbound.payload))
+                ray.get(actor.deliver.remote(inbound.topic, inbound.payload),
+                        timeout=DELIVER_TIMEOUT_S)  # fmt: skip
                 self.endpoint.counters.inc(f"forwarded.{topic.type.value}")
                 return
+            except ray.exceptions.GetTimeoutError:  # never placed, or stuck: not this front too
+                self._actors.pop(device_id, None)
+                self.endpoint.counters.inc("trainer.forward_timeouts")
+                log.error("%s: its session actor did not take a %s message in %.0f s: dropped;"
+                          " is there room on the Ray cluster for [ray] num_cpus and num_gpus?",
+                          device_id, topic.type.value, DELIVER_TIMEOUT_S)  # fmt: skip
+                return
             except (SessionRetired, ray.exceptions.RayActorError) as exc:
+                self._actors.pop(device_id, None)
+                if time.monotonic() > deadline:
+                    break
                 log.info("%s: session actor gone (%s): opening it again", device_id,
                          type(exc).__name__)  # fmt: skip
-                self._actors.pop(device_id, None)
-                time.sleep(0.2 * 2**attempt)  # its name is freed as it leaves
+                time.sleep(0.5)  # its name is freed as it leaves
         self.endpoint.counters.inc("trainer.forward_failed")
-        log.error("%s: no session actor took a %s message after %d attempts: dropped (see the"
-                  " Ray cluster's log)", device_id, topic.type.value, FORWARD_ATTEMPTS)  # fmt: skip
+        log.error("%s: no session actor took a %s message in %.0f s: dropped (see the Ray"
+                  " cluster's log)", device_id, topic.type.value, REOPEN_S)  # fmt: skip
 
     # -- the front's own -----------------------------------------------------------------------
 
