@@ -28,7 +28,6 @@ from cloud_trainer.recl.scheduler import MarginalGain
 from cloud_trainer.scheduler import RoundRobin
 from cloud_trainer.session import Session, open_inbox, store_segment
 from edge_runtime.spool import Spool
-from shared_schema import prometheus
 from shared_schema.endpoint import TrainerEndpoint
 from shared_schema.envelope import Envelope
 from shared_schema.messages import MessageType, Telemetry
@@ -75,10 +74,7 @@ class TrainerDaemon:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        port = self.config.metrics.prometheus_port
-        if port:
-            prometheus.serve(self.metrics, self.config.metrics.prometheus_host, port,
-                             "metrics.prometheus_port")  # fmt: skip
+        self.metrics.serve(self.config.metrics)
         self._resume_active()
         if self.dashboard is not None:
             assert self.fleet is not None

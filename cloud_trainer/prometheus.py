@@ -15,7 +15,9 @@ from dataclasses import fields
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cloud_trainer.config import MetricsConfig
 from cloud_trainer.session import SessionStats
+from shared_schema import prometheus
 from shared_schema.messages import Telemetry
 from shared_schema.prometheus import (
     DEVICE_COUNTERS,
@@ -54,6 +56,12 @@ class TrainerMetrics(Collector):
     def online(self, device_id: str, online: bool) -> None:
         with self._lock:
             self._online[device_id] = online
+
+    def serve(self, config: MetricsConfig) -> None:
+        """Export on ``[metrics] prometheus_host:prometheus_port``, where a port is set."""
+        if config.prometheus_port:
+            prometheus.serve(self, config.prometheus_host, config.prometheus_port,
+                             "metrics.prometheus_port")  # fmt: skip
 
     def trainer(self, figures: dict[str, float]) -> None:
         """Trainer-wide levels (the model zoo's)."""

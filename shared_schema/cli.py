@@ -24,12 +24,15 @@ def command_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser
     return parser, parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
 
+def configure_logging(level: int | str) -> None:
+    """The project's log lines, in a command or in a process it has Ray start (an actor)."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     """Parse ``argv`` and run its subcommand; a config file it cannot use is one line."""
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level)
     try:
         return args.func(args)
     except ConfigFileError as exc:

@@ -28,6 +28,7 @@ import ray
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.host import SessionHost, housekeep
 from cloud_trainer.scheduler import RoundRobin
+from shared_schema.cli import configure_logging
 from shared_schema.endpoint import TrainerEndpoint
 from shared_schema.envelope import Envelope
 from shared_schema.messages import MessageType
@@ -104,9 +105,7 @@ class RelayedLink:
 
 class SessionActor:
     def __init__(self, config: TrainerConfig, device_id: str) -> None:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        configure_logging(logging.INFO)
         self.device_id = device_id
         self.endpoint = TrainerEndpoint(config.mqtt, trainer_id=config.trainer_id,
                                         subscriptions=[], link=RelayedLink(device_id))  # fmt: skip

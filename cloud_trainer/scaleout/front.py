@@ -33,7 +33,7 @@ from cloud_trainer.scaleout.actor import (
     SessionRetired,
     actor_name,
 )
-from shared_schema import prometheus
+from shared_schema.cli import configure_logging
 from shared_schema.config_files import ConfigFileError
 from shared_schema.endpoint import TrainerEndpoint
 from shared_schema.envelope import Envelope
@@ -96,9 +96,7 @@ class FrontEndpoint(TrainerEndpoint):
 
 class FrontActor:
     def __init__(self, config: TrainerConfig, index: int) -> None:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        configure_logging(logging.INFO)
         self.config = config
         self.endpoint = FrontEndpoint(config, index, self._forward)
         self.endpoint.on(MessageType.TELEMETRY, self._telemetry)
@@ -120,10 +118,7 @@ class FrontActor:
     # -- lifecycle (called by the serve process) -----------------------------------------------
 
     def start(self) -> None:
-        port = self.config.metrics.prometheus_port
-        if port:
-            prometheus.serve(self.metrics, self.config.metrics.prometheus_host, port,
-                             "metrics.prometheus_port")  # fmt: skip
+        self.metrics.serve(self.config.metrics)
         for device_id in recently_active(self.config):  # as the single daemon resumes them
             self.actor(device_id)
         self.endpoint.start()
