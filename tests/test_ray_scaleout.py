@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import signal
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cloud_trainer.config import TrainerConfig, load_config
 from cloud_trainer.scaleout.actor import SESSION_PREFIX, actor_name
 from cloud_trainer.scaleout.front import FrontEndpoint, RayConfigError, check_ray_config
+from cloud_trainer.tools.local_broker import free_port
 from shared_schema.envelope import encode
 from shared_schema.messages import MessageType
 from shared_schema.mqtt import Inbound
@@ -85,10 +88,12 @@ def _settle(ray, devices, *, counted: bool = True) -> None:
 def test_two_fronts_split_two_devices_messages_and_both_converge(tmp_path, broker, shared_dir, ray):
     from cloud_trainer.scaleout.front import RayFront
 
-    fronts = []
+    fronts, ports = [], []
     for index, login in enumerate(("trainer", "trainer-front1")):  # a login each
         raw = trainer_raw(tmp_path, broker)
         raw["mqtt"].update(broker.mqtt_table(login))
+        raw["metrics"]["prometheus_port"] = port = free_port()
+        ports.append(port)
         fronts.append(RayFront(TrainerConfig.model_validate(raw), "auto", index))
     for front in fronts:
         front.start()
@@ -112,11 +117,27 @@ def test_two_fronts_split_two_devices_messages_and_both_converge(tmp_path, broke
         forwarded = [f.counters().get("forwarded.segment", 0) for f in fronts]
         sent = sum(d.runtime.endpoint.counters.get("sent.segment") for d in devices)
         assert all(n > 0 for n in forwarded) and sum(forwarded) == sent  # split, not doubled
+        _check_prometheus(ray, ports, devices)
     finally:
         for device in devices:
             device.close()
         for front in fronts:
             front.stop()
+
+
+def _check_prometheus(ray, ports: list[int], devices) -> None:
+    """Each session's figures reach Prometheus through the front it publishes through: a
+    session's phases are counted on the fronts' endpoints, as far as its last report."""
+    phases: dict[str, list[float]] = {}
+    for port in ports:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+        for family in text_string_to_metric_families(text.decode()):
+            for sample in family.samples:
+                if sample.name == "amstream_session_phases_total":
+                    phases.setdefault(sample.labels["device"], []).append(sample.value)
+    for device in devices:
+        reported = phases[device.device_id]
+        assert 2 <= max(reported) <= _view(ray, device.device_id)["stats"]["phases"]
 
 
 @pytest.mark.broker

@@ -10,11 +10,14 @@ to the device's session actor, creating the actor on the device's first message 
 message (a segment on disk), and only then does the front's link acknowledge it to the broker:
 a front or an actor that dies before has the broker deliver it again, to a front of the group.
 Session actors publish what they send down through a front's connection (``publish``).
-Telemetry and status are the front's own (logged, counted, exported to Prometheus).
+Telemetry and status are the front's own (logged, counted, exported to Prometheus), and so are
+the figures of the sessions that publish through it (their plain ``session`` topic, read as it
+passes): a session's figures reach one front's Prometheus endpoint, the one its device id picks.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -39,7 +42,7 @@ from shared_schema.endpoint import TrainerEndpoint
 from shared_schema.envelope import Envelope
 from shared_schema.messages import MessageType, Telemetry
 from shared_schema.mqtt import Inbound, Outbound
-from shared_schema.topics import Topic, shared_subscriptions
+from shared_schema.topics import Plain, Topic, parse_plain_topic, shared_subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +143,14 @@ class FrontActor:
     # -- for the session actors ----------------------------------------------------------------
 
     def publish(self, messages: list[Outbound]) -> bool:
-        """Publish a session's framed messages (one envelope, or its chunks) on this link."""
-        return self.endpoint.link.publish_many(messages).accepted
+        """Publish a session's messages (one envelope, its chunks, or a plain topic's value)
+        on this link; a session's figures also go to this front's Prometheus endpoint."""
+        accepted = self.endpoint.link.publish_many(messages).accepted
+        for message in messages:
+            plain = parse_plain_topic(self.config.mqtt.prefix, message.topic)
+            if plain is not None and plain[1] is Plain.SESSION:
+                self.metrics.session(json.loads(message.payload))
+        return accepted
 
     # -- forwarding ----------------------------------------------------------------------------
 
