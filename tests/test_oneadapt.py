@@ -59,6 +59,19 @@ def test_dnngrad_is_the_utilitys_derivative_by_finite_differences(dnngrad64, sma
     assert all(p.grad is None for p in dnngrad64.module.parameters())  # no weight gradients
 
 
+def test_no_confident_pixel_costs_no_backward_pass(dnngrad64, small_frame, monkeypatch):
+    """Its z is 0 and so is its gradient, exactly: the pass stops after the forward."""
+    nothing = DnnGrad(dnngrad64.module, threshold=1.0)  # no probability exceeds 1
+
+    def backward(*args, **kwargs):
+        raise AssertionError("a backward pass ran")
+
+    monkeypatch.setattr(torch.autograd, "grad", backward)
+    grad_map, utility = nothing(small_frame)
+    assert utility == 0.0 and not grad_map.values.any()
+    assert grad_map.values.shape == (2, 3)
+
+
 def test_the_map_is_the_mean_magnitude_per_macroblock_and_survives_its_bytes(
     dnngrad64, small_frame
 ):
@@ -238,12 +251,17 @@ def test_the_uplink_evaluation_sets_every_scheme_on_the_same_frames(shared_dir, 
     assert adapting["backward_passes"] == 2 and 0 < adapting["gradient_kbps"] < 2.0
     # the AccGrad measurement is not charged: only the backward passes are extra
     assert adapting["teacher_maps"] == 12
+    # vtest's people are confident in both intervals: a backward pass each, none forward alone
+    assert adapting["forward_only_passes"] == 0
     assert adapting["extra_compute_s"] == pytest.approx(2 * up.mean_seconds("backward"))
     # AccGrad by its definition: the 6-frame segment again with each of the 4 knobs moved
     assert [r.measure_maps for r in runs["oneadapt_1"].records] == [4 * 6, 4 * 6]
     assert all(len(r.measured) == 4 for r in runs["oneadapt_1"].records)
     assert all(-1 <= c <= 1 for c in adapting["cosines"])
-    assert set(result["costs_s"]) == {"teacher", "backward"} and min(up.costs.values()) > 0
+    assert set(result["costs_s"]) == {"teacher", "backward", "forward"}
+    assert min(up.costs.values()) > 0
+    # timed 5 times on the first interval, once on the second
+    assert all(len(seconds) == 6 for seconds in result["timings_s"].values())
     assert 0.0 <= adapting["sign_agreement"] <= 1.0
     assert runs["oneadapt_1"].records[1].knobs != runs["oneadapt_1"].records[0].knobs
     assert len(runs["oneadapt_1"].records[0].acc_grad) == 2 + 2  # quality, resolution, 2 regions

@@ -7,7 +7,8 @@ decoded as the trainer decodes it and labelled by the teacher at its input size.
 accuracy is the mIoU of those labels against the teacher's labels on the original frames (seed
 000 §3.1: accuracy against the most expensive configuration), over the classes either map
 holds, averaged over the segment's frames. Trainer compute is counted in teacher label maps
-and DNNGrad backward passes (and their measured seconds).
+and DNNGrad passes (and their measured seconds): a backward pass, or the forward alone where
+no pixel of the teacher's output passes θ (``DnnGrad``).
 
 - ``fixed``: the device's default, 200 kbps at the source's size; ``sweep``: fixed bitrates,
   the Pareto curve;
@@ -21,15 +22,16 @@ and DNNGrad backward passes (and their measured seconds).
   paper varies.
 
 Extra compute is what a scheme spends beyond labelling its own uploads: AWStream's profiling
-maps, OneAdapt's backward passes, in seconds at the measured mean cost of each. On every
+maps, OneAdapt's DNNGrad passes, in seconds at the measured mean cost of each kind. On every
 ``cosine_every``-th interval OneAdapt's OutputGrad vector is set beside AccGrad measured by its
 definition (each knob a level up on its own, the interval's segment uploaded and labelled by
 the teacher), and their cosine similarity reported (seed 000 Fig. 6), with the share of knobs
 whose signs agree and, over the intervals, the correlation of the two for the quality knob;
 that measurement is not the scheme's compute.
 
-The costs of a teacher map and of a backward pass are measured side by side on the first
-interval (``calibration``): the machine's noise hits both alike.
+The costs of a teacher map, a backward pass and a forward alone are measured side by side,
+``calibration`` times on the first interval and once more on each interval after it: the
+machine's noise, and its drift over the run, hit them alike.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ class UplinkSettings(BaseModel):
     profile_crf: tuple[float, ...] = (18.0, 24.0, 30.0, 36.0, 42.0)
     profile_scales: tuple[float, ...] = (0.5, 0.75, 1.0)
     cosine_every: int = Field(2, ge=1)  # intervals; each costs a segment's maps per knob
-    calibration: int = Field(5, ge=1)  # teacher maps and backward passes timed, alternately
+    calibration: int = Field(5, ge=1)  # of each, timed alternately at the start (then 1/interval)
     bounds: KnobsSection = KnobsSection()  # the device profile's [knobs]
 
 
@@ -101,7 +103,8 @@ class Record:
     bytes: int
     accuracy: float
     teacher_maps: int  # the uploads' and those spent choosing the knobs
-    backward: int = 0
+    backward: int = 0  # DNNGrad passes that ran a backward
+    forward_only: int = 0  # ... that found no confident pixel and stopped after the forward
     measure_maps: int = 0  # spent measuring AccGrad by its definition (not the scheme's)
     gradient_bytes: int = 0
     cosine: float | None = None
@@ -131,12 +134,12 @@ class Uplink:
         hits cost nothing), for the calibration."""
         self.teacher = teacher
         self._uncached = uncached or teacher
-        self.costs: dict[str, float] = {}  # seconds of one teacher map / one backward pass
+        self.timings: dict[str, list[float]] = {}  # seconds of each map / DNNGrad pass timed
         self.dnngrad = dnngrad
         self.settings = settings
         self.num_classes = dnngrad.module.num_classes
-        self.seconds = {"teacher": 0.0, "backward": 0.0}
-        self.counts = {"teacher": 0, "backward": 0}
+        self.seconds = {"teacher": 0.0, "backward": 0.0, "forward": 0.0}
+        self.counts = {"teacher": 0, "backward": 0, "forward": 0}
 
     @property
     def size(self) -> tuple[int, int]:
@@ -150,8 +153,7 @@ class Uplink:
         for start in range(0, len(frames), per):
             chunk = frames[start : start + per]
             originals = np.stack([f.rgb(*self.size) for f in chunk])
-            if not self.costs:
-                self.calibrate(originals[0])
+            self.calibrate(originals[0], 1 if self.timings else self.settings.calibration)
             yield Interval(video, chunk[0].timestamp, chunk, self.label(originals))
 
     def label(self, rgb: np.ndarray) -> np.ndarray:
@@ -164,25 +166,35 @@ class Uplink:
     def dnngrad_of(self, rgb: np.ndarray) -> tuple[GradientMap, float]:
         started = time.perf_counter()
         out = self.dnngrad(rgb)
-        self.seconds["backward"] += time.perf_counter() - started
-        self.counts["backward"] += 1
+        kind = "backward" if out[1] > 0 else "forward"
+        self.seconds[kind] += time.perf_counter() - started
+        self.counts[kind] += 1
         return out
 
-    def calibrate(self, rgb: np.ndarray) -> None:
-        """Time a teacher map and a backward pass on ``rgb`` (H, W, 3), alternately, each
-        after one untimed call: a long-running trainer pays their steady cost, not the first
-        call's set-up."""
-        runs = {"teacher": lambda: self._uncached(rgb[None]), "backward": lambda: self.dnngrad(rgb)}
-        spent = dict.fromkeys(runs, 0.0)
-        for repeat in range(self.settings.calibration + 1):
+    def calibrate(self, rgb: np.ndarray, repeats: int) -> None:
+        """Time a teacher map and both kinds of DNNGrad pass on ``rgb`` (H, W, 3), alternately,
+        ``repeats`` times, the first time after one untimed call of each: a long-running
+        trainer pays their steady cost, not the first call's set-up. At θ = 0 every pixel
+        counts, so the backward always runs; above 1 none does, so it never does."""
+        module, background = self.dnngrad.module, self.dnngrad.background
+        backward, forward = DnnGrad(module, 0.0, background), DnnGrad(module, 1.0, background)
+        runs = {"teacher": lambda: self._uncached(rgb[None]), "backward": lambda: backward(rgb),
+                "forward": lambda: forward(rgb)}  # fmt: skip
+        warm = bool(self.timings)
+        for repeat in range(repeats + (not warm)):
             for kind, run in runs.items():
                 started = time.perf_counter()
                 run()
-                spent[kind] += (time.perf_counter() - started) if repeat else 0.0
-        self.costs = {k: v / self.settings.calibration for k, v in spent.items()}
+                if warm or repeat:
+                    self.timings.setdefault(kind, []).append(time.perf_counter() - started)
+
+    @property
+    def costs(self) -> dict[str, float]:
+        """The mean cost of one teacher map, backward pass or forward alone, as timed."""
+        return {kind: float(np.mean(seconds)) for kind, seconds in self.timings.items()}
 
     def mean_seconds(self, kind: str) -> float:
-        """The calibrated cost of one teacher map or one backward pass."""
+        """The mean cost of one ``kind`` ("teacher", "backward", "forward")."""
         return self.costs[kind]
 
     def upload(self, frames: Sequence[Frame], knobs: EncoderKnobs) -> Upload:
@@ -276,7 +288,8 @@ class OneAdapt:
             measured, maps = self._acc_grad(up, space, interval, knobs, accuracy)
         self.intervals += 1
         return Record(interval.video, interval.t, len(interval.frames), _knobs(knobs),
-                      sent.size, accuracy, len(interval.frames), backward=1,
+                      sent.size, accuracy, len(interval.frames), backward=int(utility > 0),
+                      forward_only=int(utility == 0),
                       measure_maps=maps,
                       gradient_bytes=grad_map.values.size,
                       cosine=None if measured is None else _cosine(g.acc, measured),
@@ -348,14 +361,16 @@ class Run:
         cosines = [r.cosine for r in self.records if r.cosine is not None]
         maps = sum(r.teacher_maps for r in self.records)
         backward = sum(r.backward for r in self.records)
-        extra = (maps - frames) * up.mean_seconds("teacher") + backward * up.mean_seconds(
-            "backward"
-        )
+        forward = sum(r.forward_only for r in self.records)
+        extra = ((maps - frames) * up.mean_seconds("teacher")
+                 + backward * up.mean_seconds("backward")
+                 + forward * up.mean_seconds("forward"))  # fmt: skip
         return {
             "uplink_kbps": sum(r.bytes for r in self.records) * 8 / seconds / 1000,
             "accuracy": float(np.mean([r.accuracy for r in self.records])),
             "teacher_maps": maps,
             "backward_passes": backward,
+            "forward_only_passes": forward,
             # beyond labelling its uploads, at the measured mean cost of a map / a pass
             "extra_compute_s": extra,
             "labelling_s": frames * up.mean_seconds("teacher"),
@@ -436,7 +451,8 @@ def write_uplink_report(out: Path, up: Uplink, runs: dict[str, Run], meta: dict)
     compared = comparisons(summaries)
     records = {name: [r.__dict__ for r in run.records] for name, run in runs.items()}
     result = {**meta, "settings": up.settings.model_dump(mode="json"), "schemes": summaries,
-              "comparisons": compared, "costs_s": up.costs, "seconds": up.seconds,
+              "comparisons": compared, "costs_s": up.costs, "timings_s": up.timings,
+              "seconds": up.seconds,
               "counts": up.counts,
               "records": records}  # fmt: skip
     (out / "uplink.json").write_text(json.dumps(result, indent=1, default=str))
@@ -448,7 +464,7 @@ def write_uplink_report(out: Path, up: Uplink, runs: dict[str, Run], meta: dict)
 def _markdown(summaries: dict[str, dict], compared: list[dict[str, object]]) -> str:
     lines = [
         "| scheme | uplink (Kbps) | label accuracy (%) | extra compute (s) | teacher maps | "
-        "backward | DNNGrad (Kbps) | cos(OutputGrad, AccGrad) | same sign | "
+        "backward / forward only | DNNGrad (Kbps) | cos(OutputGrad, AccGrad) | same sign | "
         "quality: correlation |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -459,7 +475,8 @@ def _markdown(summaries: dict[str, dict], compared: list[dict[str, object]]) -> 
         lines.append(
             f"| {name} | {s['uplink_kbps']:.1f} | {100 * s['accuracy']:.2f} | "
             f"{s['extra_compute_s']:.1f} | {s['teacher_maps']} | "
-            f"{s['backward_passes']} | {s['gradient_kbps']:.2f} | {cosine} | {sign} | {corr} |"
+            f"{s['backward_passes']} / {s['forward_only_passes']} | {s['gradient_kbps']:.2f} | "
+            f"{cosine} | {sign} | {corr} |"
         )
     lines += ["", "| OneAdapt | against | accuracy (points) | equal (within 1) | uplink saving "
               "| share of its extra compute |", "|---|---|---|---|---|---|"]  # fmt: skip
