@@ -12,9 +12,9 @@ byte per macroblock.
 z is counted on the teacher's logits at its input size, after the bilinear resize that ends
 DeepLab's graph. Counted on its own 33x33 grid instead, a pass cost about a quarter less on 2
 CPU cores and the per-macroblock maps correlated 0.89-1.0 with these on the shared videos, yet
-AMS with OneAdapt on its uplink fell from 82.85 to 79.74 % on the paper stream (the bottle
+AMS with OneAdapt on its uplink fell from 82.86 to 79.74 % on the paper stream (the bottle
 video, -8.46 points against +1.44): the loop is that sensitive to its knobs' path, so the maps
-stay as they were measured.
+stay as they were measured (benchmarks/results/evaluate-oneadapt-ams/run.md).
 """
 
 from __future__ import annotations
