@@ -207,6 +207,20 @@ def test_a_bundled_profile_for_this_machine_keeps_its_state_in_the_workdir(tmp_p
         bundled_profile("cpu", tmp_path, device_id="cam-7", buffer={"t_update_s": -1})
 
 
+def test_a_bundled_profiles_overrides_take_paths_from_the_current_directory(tmp_path, monkeypatch):
+    """``edge-runtime bench --model ../shared/...`` means the model beside the caller, not
+    beside the bundled profile's file."""
+    from edge_runtime.profile import bundled_profile
+
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    model = {"initial": "../student.tflite"}
+    profile = bundled_profile("cpu", tmp_path, device_id="cam-7", model=model,
+                              source={"uri": "clip.mp4"})  # fmt: skip
+    assert profile.model.initial == tmp_path / "student.tflite"
+    assert profile.source.uri == str(tmp_path / "here" / "clip.mp4")
+
+
 def test_every_string_of_a_profile_takes_environment_variables(monkeypatch):
     monkeypatch.setenv("AMS_TEST_HOST", "broker.lan")
     monkeypatch.setenv("AMS_TEST_PORT", "8884")
