@@ -92,6 +92,9 @@ def _bench(args: argparse.Namespace) -> int:
     from edge_runtime import bench
 
     common = {"rounds": args.rounds, "threads": args.threads}
+    for flag, path in (("--model", args.model), ("--teacher", args.teacher)):
+        if path is not None and not Path(path).is_file():
+            return fail(f"{flag} {path}: no such file (give the .tflite's path)")
     if args.opa_budget_ms is not None:
         from edge_runtime.opa import bench as opa_bench
 

@@ -98,3 +98,16 @@ def test_swap_bench_applies_real_updates_while_paced(shared_dir, results_dir, ca
         out["p99_frame_gap_ms"] / out["baseline_p99_frame_gap_ms"], rel=1e-6
     )
     assert next(results_dir.glob("edge-swap-*.json"))
+
+
+@pytest.mark.parametrize("flag", ["--model", "--teacher"])
+def test_a_missing_model_file_is_one_line(shared_dir, tmp_path, capsys, flag):
+    model = str(shared_dir / "models/coral/deeplabv3_mnv2_dm05_pascal_quant.tflite")
+    given = {"--model": model, "--teacher": model, flag: str(tmp_path / "nope.tflite")}
+    args = ["--model", given["--model"], "--teacher", given["--teacher"]]
+    video = str(shared_dir / "videos/vtest.avi")
+    assert main(["bench", *args, "--source", video, "--opa-budget-ms", "20"]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: {flag} {tmp_path / 'nope.tflite'}: no such file (give the .tflite's path)\n"
+    )
