@@ -69,14 +69,19 @@ def bench_profile(
     oneadapt: bool = False,
 ) -> Profile:
     """The ``cpu`` profile, T_update as it has it, with the benchmark's settings; it trusts
-    ``public_key`` alone (the benchmark's own key)."""
+    ``public_key`` alone (the benchmark's own key). Relative paths are the caller's (from the
+    current directory), not the bundled profile's."""
     url = urlsplit(f"mqtt://{broker}") if broker else None
     return bundled_profile(
         "cpu",
         workdir,
         device_id="bench-0",
         inference={"threads": threads},
-        model={"initial": str(model), "public_key": str(public_key), "next_public_key": None},
+        model={
+            "initial": str(model.resolve()),
+            "public_key": str(public_key.resolve()),
+            "next_public_key": None,
+        },
         sampling={
             "min_fps": min(0.1, sampling_fps),
             "max_fps": max(1.0, sampling_fps),

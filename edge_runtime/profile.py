@@ -284,14 +284,12 @@ def bundled_profile(
     name: str, workdir: Path, *, device_id: str, **tables: dict[str, object]
 ) -> Profile:
     """A bundled profile for a device on this machine (tools, benchmarks, tests), its slots and
-    spool in ``workdir``; ``tables`` set keys of its tables (``buffer={"t_update_s": 2.0}``),
-    their relative paths the caller's (from the current directory), the file's its own."""
+    spool in ``workdir``; ``tables`` set keys of its tables (``buffer={"t_update_s": 2.0}``)."""
     raw = read_toml(PROFILE_DIR / f"{name}.toml", ProfileError)
     raw["device"]["id"] = device_id
     raw["model"]["slot_dir"] = str(workdir / "slots")
     raw["buffer"]["spool_dir"] = str(workdir / "spool")
     for table, values in tables.items():
-        values = expand_config({table: values}, Path.cwd(), _PATH_KEYS)[table]
         raw.setdefault(table, {}).update(values)
     return parse_profile(raw, base_dir=PROFILE_DIR, source=f"{name}.toml")
 

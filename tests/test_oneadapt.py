@@ -298,3 +298,19 @@ def test_the_uplink_flags_refuse_bad_values_in_one_line(shared_dir, tmp_path, fl
         run_command(parser, argv)
     assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_extra_compute_charges_each_kind_of_pass_at_its_own_cost():
+    """Maps beyond the uploads' at a map's cost, a pass with its backward at its cost, and one
+    that stopped after the forward (no confident pixel) at that cost."""
+    from types import SimpleNamespace
+
+    from cloud_trainer.evaluation.uplink import Record, Run, UplinkSettings
+
+    costs = {"teacher": 0.04, "backward": 0.2, "forward": 0.1}
+    up = SimpleNamespace(settings=UplinkSettings(), mean_seconds=costs.__getitem__)
+    records = [Record(0, 0.0, 10, {}, 1000, 0.9, 10, backward=1),
+               Record(0, 10.0, 10, {}, 1000, 0.9, 12, forward_only=1)]  # fmt: skip
+    summary = Run("oneadapt_1", records).summary(up)
+    assert (summary["backward_passes"], summary["forward_only_passes"]) == (1, 1)
+    assert summary["extra_compute_s"] == pytest.approx(2 * 0.04 + 0.2 + 0.1)

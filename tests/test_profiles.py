@@ -207,18 +207,18 @@ def test_a_bundled_profile_for_this_machine_keeps_its_state_in_the_workdir(tmp_p
         bundled_profile("cpu", tmp_path, device_id="cam-7", buffer={"t_update_s": -1})
 
 
-def test_a_bundled_profiles_overrides_take_paths_from_the_current_directory(tmp_path, monkeypatch):
+def test_the_benchs_paths_are_the_callers(tmp_path, monkeypatch):
     """``edge-runtime bench --model ../shared/...`` means the model beside the caller, not
     beside the bundled profile's file."""
-    from edge_runtime.profile import bundled_profile
+    from edge_runtime.bench import bench_profile
 
     (tmp_path / "here").mkdir()
     monkeypatch.chdir(tmp_path / "here")
-    model = {"initial": "../student.tflite"}
-    profile = bundled_profile("cpu", tmp_path, device_id="cam-7", model=model,
-                              source={"uri": "clip.mp4"})  # fmt: skip
+    settings = {"threads": 1, "sampling_fps": 1.0, "bitrate_kbps": 200.0, "broker": None}
+    profile = bench_profile(Path("../student.tflite"), tmp_path, public_key=Path("bench.pub"),
+                            **settings)  # fmt: skip
     assert profile.model.initial == tmp_path / "student.tflite"
-    assert profile.source.uri == str(tmp_path / "here" / "clip.mp4")
+    assert profile.model.public_key == tmp_path / "here" / "bench.pub"
 
 
 def test_every_string_of_a_profile_takes_environment_variables(monkeypatch):

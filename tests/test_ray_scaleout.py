@@ -125,9 +125,8 @@ def test_two_fronts_split_two_devices_messages_and_both_converge(tmp_path, broke
             front.stop()
 
 
-def _check_prometheus(ray, ports: list[int], devices) -> None:
-    """Each session's figures reach Prometheus through the front it publishes through: a
-    session's phases are counted on the fronts' endpoints, as far as its last report."""
+def _phases_scraped(ports: list[int]) -> dict[str, list[float]]:
+    """Each session's phases as the fronts' Prometheus endpoints have them, by device."""
     phases: dict[str, list[float]] = {}
     for port in ports:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
@@ -135,9 +134,21 @@ def _check_prometheus(ray, ports: list[int], devices) -> None:
             for sample in family.samples:
                 if sample.name == "amstream_session_phases_total":
                     phases.setdefault(sample.labels["device"], []).append(sample.value)
+    return phases
+
+
+def _check_prometheus(ray, ports: list[int], devices) -> None:
+    """Each session's figures reach Prometheus through the front it publishes through (its
+    report comes every second): its phases, as far as its last report."""
+
+    def reported() -> bool:
+        phases = _phases_scraped(ports)
+        return all(max(phases.get(d.device_id, [0])) >= 2 for d in devices)
+
+    wait_until(reported, timeout=30, what="every session's phases on a front's endpoint")
+    phases = _phases_scraped(ports)
     for device in devices:
-        reported = phases[device.device_id]
-        assert 2 <= max(reported) <= _view(ray, device.device_id)["stats"]["phases"]
+        assert max(phases[device.device_id]) <= _view(ray, device.device_id)["stats"]["phases"]
 
 
 @pytest.mark.broker

@@ -40,6 +40,7 @@ import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,11 @@ class Uplink:
         self._uncached = uncached or teacher
         self.timings: dict[str, list[float]] = {}  # seconds of each map / DNNGrad pass timed
         self.dnngrad = dnngrad
+        # the two kinds of pass, for the timings: at θ = 0 every pixel counts, so the backward
+        # always runs; above 1 none does, so it never does
+        module, background = dnngrad.module, dnngrad.background
+        self._passes = {"backward": DnnGrad(module, 0.0, background),
+                        "forward": DnnGrad(module, 1.0, background)}  # fmt: skip
         self.settings = settings
         self.num_classes = dnngrad.module.num_classes
         self.seconds = {"teacher": 0.0, "backward": 0.0, "forward": 0.0}
@@ -166,7 +172,7 @@ class Uplink:
     def dnngrad_of(self, rgb: np.ndarray) -> tuple[GradientMap, float]:
         started = time.perf_counter()
         out = self.dnngrad(rgb)
-        kind = "backward" if out[1] > 0 else "forward"
+        kind = "forward" if out[1] == 0.0 else "backward"  # as DnnGrad decides
         self.seconds[kind] += time.perf_counter() - started
         self.counts[kind] += 1
         return out
@@ -174,12 +180,9 @@ class Uplink:
     def calibrate(self, rgb: np.ndarray, repeats: int) -> None:
         """Time a teacher map and both kinds of DNNGrad pass on ``rgb`` (H, W, 3), alternately,
         ``repeats`` times, the first time after one untimed call of each: a long-running
-        trainer pays their steady cost, not the first call's set-up. At θ = 0 every pixel
-        counts, so the backward always runs; above 1 none does, so it never does."""
-        module, background = self.dnngrad.module, self.dnngrad.background
-        backward, forward = DnnGrad(module, 0.0, background), DnnGrad(module, 1.0, background)
-        runs = {"teacher": lambda: self._uncached(rgb[None]), "backward": lambda: backward(rgb),
-                "forward": lambda: forward(rgb)}  # fmt: skip
+        trainer pays their steady cost, not the first call's set-up."""
+        runs = {kind: partial(dnngrad, rgb) for kind, dnngrad in self._passes.items()}
+        runs = {"teacher": partial(self._uncached, rgb[None]), **runs}
         warm = bool(self.timings)
         for repeat in range(repeats + (not warm)):
             for kind, run in runs.items():
@@ -288,8 +291,8 @@ class OneAdapt:
             measured, maps = self._acc_grad(up, space, interval, knobs, accuracy)
         self.intervals += 1
         return Record(interval.video, interval.t, len(interval.frames), _knobs(knobs),
-                      sent.size, accuracy, len(interval.frames), backward=int(utility > 0),
-                      forward_only=int(utility == 0),
+                      sent.size, accuracy, len(interval.frames), backward=int(utility != 0.0),
+                      forward_only=int(utility == 0.0),
                       measure_maps=maps,
                       gradient_bytes=grad_map.values.size,
                       cosine=None if measured is None else _cosine(g.acc, measured),

@@ -149,8 +149,21 @@ class FrontActor:
         for message in messages:
             plain = parse_plain_topic(self.config.mqtt.prefix, message.topic)
             if plain is not None and plain[1] is Plain.SESSION:
-                self.metrics.session(json.loads(message.payload))
+                self._export(plain[0], message.payload)
         return accepted
+
+    def _export(self, device_id: str, payload: bytes) -> None:
+        """A session's figures (its plain JSON) for this front's Prometheus endpoint; what is
+        not a JSON object is counted and skipped, and the message went out all the same."""
+        try:
+            figures = json.loads(payload)
+        except ValueError:
+            figures = None
+        if not isinstance(figures, dict):
+            self.endpoint.counters.inc("trainer.figures_unreadable")
+            log.warning("%s: its session figures are not a JSON object: not exported", device_id)
+            return
+        self.metrics.session({**figures, "device_id": device_id})
 
     # -- forwarding ----------------------------------------------------------------------------
 

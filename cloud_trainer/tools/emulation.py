@@ -25,7 +25,7 @@ def local_profile(
     """The ``cpu`` profile for a device on a local broker (``mqtt``: its ``[mqtt]`` table, e.g.
     ``LocalBroker.mqtt_table(device_id)``), with its slots and spool in ``workdir``;
     ``sections`` override profile tables (e.g. ``buffer={...}``)."""
-    source = {"realtime": True, "loop": True, "uri": str(video) if video else None}
+    source = {"realtime": True, "loop": True, "uri": str(video.resolve()) if video else None}
     tables = {"mqtt": mqtt, "source": source}
     for name, values in sections.items():
         tables[name] = {**tables.get(name, {}), **values}
