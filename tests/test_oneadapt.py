@@ -314,3 +314,18 @@ def test_extra_compute_charges_each_kind_of_pass_at_its_own_cost():
     summary = Run("oneadapt_1", records).summary(up)
     assert (summary["backward_passes"], summary["forward_only_passes"]) == (1, 1)
     assert summary["extra_compute_s"] == pytest.approx(2 * 0.04 + 0.2 + 0.1)
+
+
+def test_equal_accuracy_means_no_more_than_a_point_below():
+    """A OneAdapt run more accurate than the baseline counts as at its accuracy; one more
+    than a point below does not."""
+    from cloud_trainer.evaluation.uplink import comparisons
+
+    def run(accuracy: float, kbps: float) -> dict:
+        return {"accuracy": accuracy, "uplink_kbps": kbps, "extra_compute_s": 1.0}
+
+    summaries = {"oneadapt_1": run(0.86, 100.0), "fixed": run(0.84, 200.0),
+                 "awstream_1": run(0.875, 300.0)}  # fmt: skip
+    fixed, aws = comparisons(summaries)
+    assert fixed["equal_accuracy"] and fixed["uplink_saving"] == pytest.approx(0.5)
+    assert not aws["equal_accuracy"] and aws["compute_share"] == pytest.approx(1.0)
