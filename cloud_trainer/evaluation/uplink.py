@@ -169,13 +169,15 @@ class Uplink:
         self.counts["teacher"] += len(rgb)
         return labels
 
-    def dnngrad_of(self, rgb: np.ndarray) -> tuple[GradientMap, float]:
+    def dnngrad_of(self, rgb: np.ndarray) -> tuple[GradientMap, float, bool]:
+        """The DNNGrad of ``rgb``, its utility, and whether its pass ran a backward."""
         started = time.perf_counter()
-        out = self.dnngrad(rgb)
-        kind = "forward" if out[1] == 0.0 else "backward"  # as DnnGrad decides
+        grad_map, utility = self.dnngrad(rgb)
+        backward = DnnGrad.backward_runs(utility)
+        kind = "backward" if backward else "forward"
         self.seconds[kind] += time.perf_counter() - started
         self.counts[kind] += 1
-        return out
+        return grad_map, utility, backward
 
     def calibrate(self, rgb: np.ndarray, repeats: int) -> None:
         """Time a teacher map and both kinds of DNNGrad pass on ``rgb`` (H, W, 3), alternately,
@@ -283,7 +285,7 @@ class OneAdapt:
         knobs = self.knobs or space.knobs(space.vector(EncoderKnobs()))  # as a device starts
         sent = up.upload(interval.frames, knobs)
         accuracy = up.accuracy(sent.labels, interval.reference)
-        grad_map, utility = up.dnngrad_of(sent.rgb[-1])  # the trainer's, on what it received
+        grad_map, utility, backward = up.dnngrad_of(sent.rgb[-1])  # on what the trainer got
         self.knobs, g = step(self.config, s.bounds, last, knobs, grad_map, utility,
                              s.sampling_fps)  # fmt: skip
         measured, maps = None, 0
@@ -291,8 +293,8 @@ class OneAdapt:
             measured, maps = self._acc_grad(up, space, interval, knobs, accuracy)
         self.intervals += 1
         return Record(interval.video, interval.t, len(interval.frames), _knobs(knobs),
-                      sent.size, accuracy, len(interval.frames), backward=int(utility != 0.0),
-                      forward_only=int(utility == 0.0),
+                      sent.size, accuracy, len(interval.frames), backward=int(backward),
+                      forward_only=int(not backward),
                       measure_maps=maps,
                       gradient_bytes=grad_map.values.size,
                       cosine=None if measured is None else _cosine(g.acc, measured),

@@ -48,6 +48,12 @@ class DnnGrad:
         self.threshold = threshold
         self.background = background
 
+    @staticmethod
+    def backward_runs(utility: float) -> bool:
+        """Whether a pass whose z came to ``utility`` back-propagates: not where z is 0 (no
+        pixel above θ), as then its gradient is 0 too."""
+        return utility != 0.0
+
     def pixels(self, rgb: np.ndarray) -> tuple[Tensor, float]:
         """∂z/∂pixel (H, W, 3) for one (H, W, 3) uint8 frame, per unit of pixel value, and z."""
         weight = next(self.module.parameters())  # its device, and its dtype (float64 in tests)
@@ -56,7 +62,7 @@ class DnnGrad:
         real = self.module.input_quant.from_grid(pixels)  # the input tensor's real values
         z = output_utility(self.module(real), self.threshold, self.background)
         utility = float(z.detach())
-        if utility == 0.0:  # no pixel above θ: a zero gradient, with no backward pass
+        if not self.backward_runs(utility):  # a zero gradient, exactly
             return torch.zeros_like(pixels[0]), utility
         (grad,) = torch.autograd.grad(z, pixels)
         return grad[0], utility
