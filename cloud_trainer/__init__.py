@@ -3,7 +3,12 @@ student (Adaptive Model Streaming), sends back quantized deltas, and evaluates t
 
 import os
 
-# torch's OpenMP threads spin between parallel regions by default; beside other busy processes
-# (a broker, devices, the teacher) that spinning starves the threads it waits for, and a
-# 0.6 s training phase took 8-24 s. Set before torch loads; an operator's setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# torch's OpenMP threads spin between parallel regions before they sleep (libgomp: 300,000
+# times by default). Beside other busy threads on the same cores (devices, a broker, the teacher)
+# that spinning starves the threads it waits for: two devices' daemon test ran its phases 70 %
+# slower. Sleeping at once (OMP_WAIT_POLICY=PASSIVE) made a training step alone 1.5 x slower. A
+# short spin keeps most of the speed without the starving (README, "Benchmarks"). Set before torch
+# loads; an operator's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins (on a trainer machine of its own,
+# GOMP_SPINCOUNT=300000 is libgomp's default).
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")

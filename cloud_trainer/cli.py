@@ -7,6 +7,7 @@ import json
 
 from cloud_trainer.evaluation.command import add_evaluate_parser
 from cloud_trainer.export.command import add_export_parser
+from cloud_trainer.memory import keep_freed_memory
 from cloud_trainer.opa.command import add_opa_parser
 from cloud_trainer.tools.commands import add_tool_parsers
 from shared_schema.cli import command_parser, fail, run_command
@@ -169,4 +170,5 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()
     return run_command(build_parser(), argv)

@@ -21,6 +21,8 @@ from pathlib import Path
 from shared_schema.compat import UTC
 
 RESULTS_DIR_ENV = "AMS_BENCH_RESULTS"
+# Variables that change how fast the same code runs (threads, their waiting, the allocator)
+TUNING_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "GLIBC_TUNABLES")
 
 
 def results_dir() -> Path:
@@ -55,6 +57,7 @@ def machine() -> dict[str, object]:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "packages": packages,
+        "environment": {k: os.environ[k] for k in TUNING_VARIABLES if k in os.environ},
     }
 
 

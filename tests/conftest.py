@@ -10,9 +10,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_trainer.fleet import Fleet, keys, provision
+from cloud_trainer.memory import keep_freed_memory
 from shared_schema.config_files import KEY_DIR_ENV, find_shared_dir
 from shared_schema.signing import load_private_key
 from tests.broker import Mosquitto, env_flag
+
+keep_freed_memory()  # the tests' training runs as cloud-trainer's does
 
 Stoppable = TypeVar("Stoppable", bound=Any)
 

@@ -28,3 +28,11 @@ def test_a_result_says_what_ran_where_and_when(tmp_path):
     assert record["machine"]["cpu_count"] >= 1 and record["machine"]["python"]
     assert record["date"].endswith("+00:00") and record["version"]
     assert "commit" in record  # None for an installed wheel, a hash in a checkout
+
+
+def test_a_result_names_the_settings_that_change_its_speed(tmp_path, monkeypatch):
+    monkeypatch.setenv("GOMP_SPINCOUNT", "300000")
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    record = json.loads(write_result("probe", {}, tmp_path).read_text())
+    assert record["machine"]["environment"]["GOMP_SPINCOUNT"] == "300000"
+    assert "GLIBC_TUNABLES" not in record["machine"]["environment"]

@@ -27,6 +27,7 @@ import ray
 
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.host import SessionHost, housekeep
+from cloud_trainer.memory import keep_freed_memory
 from cloud_trainer.scheduler import RoundRobin
 from shared_schema.cli import configure_logging
 from shared_schema.endpoint import TrainerEndpoint
@@ -106,6 +107,7 @@ class RelayedLink:
 class SessionActor:
     def __init__(self, config: TrainerConfig, device_id: str) -> None:
         configure_logging(logging.INFO)
+        keep_freed_memory()  # a worker process of Ray's, not the command's
         self.device_id = device_id
         self.endpoint = TrainerEndpoint(config.mqtt, trainer_id=config.trainer_id,
                                         subscriptions=[], link=RelayedLink(device_id))  # fmt: skip

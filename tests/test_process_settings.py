@@ -1,0 +1,64 @@
+"""The trainer process's settings: large blocks come from the heap, not from a fresh mmap per
+allocation, once ``keep_freed_memory`` has run (cloud_trainer.memory); torch's OpenMP threads
+spin briefly before they sleep unless the operator says otherwise (cloud_trainer/__init__.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from cloud_trainer.memory import keep_freed_memory
+
+# Counts the mmapped blocks (glibc's mallinfo2().hblks) a 64 MB array adds while it lives.
+_PROBE = """
+import ctypes, sys
+import numpy as np
+from cloud_trainer.memory import keep_freed_memory
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                 "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+before = libc.mallinfo2().hblks
+block = np.ones(64 << 20, np.uint8)
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+def _mapped_blocks(mode: str) -> int:
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True
+    )
+    return int(out.stdout)
+
+
+def test_a_large_block_comes_from_the_heap_once_freed_memory_is_kept() -> None:
+    assert _mapped_blocks("default") == 1  # glibc's default: its own mmap
+    assert _mapped_blocks("keep") == 0
+
+
+def test_keeping_freed_memory_twice_is_harmless() -> None:
+    assert keep_freed_memory() is True
+    assert keep_freed_memory() is True
+
+
+_SPIN = "import os, cloud_trainer; print(os.environ.get('GOMP_SPINCOUNT'))"
+
+
+def _spin_count(**env: str) -> str:
+    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", _SPIN], env={**clean, **env},
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return out.stdout.strip()
+
+
+def test_openmp_threads_spin_briefly_unless_the_operator_sets_a_policy() -> None:
+    assert _spin_count() == "10000"
+    assert _spin_count(GOMP_SPINCOUNT="300000") == "300000"
+    assert _spin_count(OMP_WAIT_POLICY="PASSIVE") == "None"  # libgomp would let the count win
