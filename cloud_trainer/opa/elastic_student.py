@@ -116,15 +116,20 @@ class ElasticStudent(nn.Module):
     def subnet_logits(self, x: Tensor, subnet: Subnet) -> Tensor:
         """The sub-network's logits (N, C, h, w) for an NHWC uint8 batch at its resolution."""
         twins = self._twins[subnet.name]
-        return self._run(x, self._skipped[subnet.name], self.student.logits_index, twins)
+        logits, op = self._run(x, self._skipped[subnet.name], self.student.logits_index, twins)
+        return self.student.real(logits, op.out)
 
     def head_scores(self, x: Tensor) -> Tensor:
         """The head's scores (N, C, h, w) on the pioneer's features, for an NHWC uint8 batch."""
-        features = self._run(x, frozenset(), self.features, {})
-        return self.head([features], Env(self.student.fake_quant))
+        features, _ = self._run(x, frozenset(), self.features, {})
+        scores = self.head([features], Env(self.student.fake_quant))
+        return self.student.real(scores, self.head.out)
 
-    def _run(self, x: Tensor, skipped: frozenset[int], until: int, twins: dict[int, Op]) -> Tensor:
-        """The student's ops up to the one writing tensor `until`, those in `skipped` left out."""
+    def _run(
+        self, x: Tensor, skipped: frozenset[int], until: int, twins: dict[int, Op]
+    ) -> tuple[Tensor, Op]:
+        """The student's ops up to the one writing tensor `until`, those in `skipped` left out:
+        that tensor as the ops hold it (see `ops`) and the op that wrote it."""
         env = Env(self.student.fake_quant)
         prepared = self.student._prepare_input(x)
         table = {self.student.input_index: prepared}
@@ -140,7 +145,7 @@ class ElasticStudent(nn.Module):
                 if y.ndim == 4:
                     env.sizes[op.output] = (y.shape[2], y.shape[3])
             if op.output == until:
-                return table[until]
+                return table[until], op
         raise ValueError(f"tensor {until} is not computed by the student's graph")
 
     def stored(self) -> dict[int, np.ndarray]:

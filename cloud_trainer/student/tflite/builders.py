@@ -100,7 +100,8 @@ def _build_resize_bilinear(graph: Graph, node: Node) -> Op:
 
 def _build_concatenation(graph: Graph, node: Node) -> Op:
     axis = graph.channel_axis(node, node.options.axis)
-    return Concatenation(node, axis, _out_quant(graph, node))
+    grids = [graph.act_quant(t) for t in node.inputs]
+    return Concatenation(node, axis, grids, _out_quant(graph, node))
 
 
 def _build_quantize(graph: Graph, node: Node) -> Op:
@@ -121,12 +122,13 @@ def _build_mean(graph: Graph, node: Node) -> Op:
 def _build_pad(graph: Graph, node: Node) -> Op:
     before_after = graph.int_values(node.inputs[1]).reshape(-1, 2)  # per TFLite axis
     rank = len(before_after)
-    if graph.act_quant(node.inputs[0]) != graph.act_quant(node.outputs[0]):
+    grid = graph.act_quant(node.inputs[0])
+    if grid != graph.act_quant(node.outputs[0]):
         raise UnsupportedOpsError(["PAD with different input and output quantization"])
     torch_axes = [graph.channel_axis(node, axis) for axis in range(rank)]
     by_torch_axis = dict(zip(torch_axes, before_after.tolist(), strict=True))
     pad = [int(v) for axis in reversed(range(rank)) for v in by_torch_axis[axis]]
-    return Pad(node, tuple(pad))
+    return Pad(node, tuple(pad), grid)
 
 
 BUILDERS: dict[str, Callable[[Graph, Node], Op]] = {

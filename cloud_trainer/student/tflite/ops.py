@@ -1,6 +1,11 @@
 """The TFLite ops the importer rebuilds, as torch modules, each in plain float and in fake-quant
 (the integer kernels of LiteRT's XNNPACK path, emulated on the file's frozen grids).
-RESIZE_BILINEAR, with its own interpolation arithmetic, is in `resize`."""
+RESIZE_BILINEAR, with its own interpolation arithmetic, is in `resize`.
+
+In fake-quant an activation travels as the integer kernels hold it: integers in its grid's
+units (q - zero_point, in float32), so no op divides its input back onto a grid; an op's `out`
+says which grid its output is on, and the student turns only what it returns into real values.
+"""
 
 from __future__ import annotations
 
@@ -43,12 +48,6 @@ class Node:
     options: object
 
 
-def finish(y: Tensor, out: ActQuant, activation: int, fake_quant: bool) -> Tensor:
-    if fake_quant:
-        return out.fake(y)  # the clamp range already includes the fused activation
-    return FLOAT_ACTIVATIONS[activation](y)
-
-
 def same_padding(
     size: Sequence[int], kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]
 ) -> tuple[int, int, int, int]:
@@ -62,7 +61,10 @@ def same_padding(
 
 
 class Op(nn.Module):
-    """One TFLite op: reads the activation tensors `inputs`, writes the tensor `output`."""
+    """One TFLite op: reads the activation tensors `inputs`, writes the tensor `output`, on the
+    grid `out` (None: not a quantized activation)."""
+
+    out: ActQuant | None = None
 
     def __init__(self, node: Node, inputs: Sequence[int]) -> None:
         super().__init__()
@@ -106,7 +108,6 @@ class Conv(Op):
         if env.fake_quant:
             # Integer-valued operands keep the float32 accumulator exact, as in the integer
             # kernels; q - zero_point is 0 where TFLite pads with the zero point.
-            x = self.inp.to_int(x)
             weight = self.weight.integers()
             bias = None if self.bias is None else self.bias.integers()
         else:
@@ -149,7 +150,7 @@ class Add(Op):
         if not env.fake_quant:
             return FLOAT_ACTIVATIONS[self.activation](a + b)
         # float64 holds the 29-bit products exactly
-        v = self.a.to_int(a).double() * self.ratios[0] + self.b.to_int(b).double() * self.ratios[1]
+        v = a.double() * self.ratios[0] + b.double() * self.ratios[1]
         return self.out.requantize(round_half_up(v).to(a.dtype))
 
 
@@ -189,14 +190,20 @@ class AveragePool(Op):
 
 
 class Concatenation(Op):
-    def __init__(self, node: Node, axis: int, out: ActQuant) -> None:
+    def __init__(self, node: Node, axis: int, grids: Sequence[ActQuant], out: ActQuant) -> None:
         super().__init__(node, node.inputs)
         self.axis = axis
         self.activation = node.options.fusedActivationFunction
+        self.grids = tuple(grids)
         self.out = out
 
     def forward(self, args: list[Tensor], env: Env) -> Tensor:
-        return finish(torch.cat(args, self.axis), self.out, self.activation, env.fake_quant)
+        if not env.fake_quant:
+            return FLOAT_ACTIVATIONS[self.activation](torch.cat(args, self.axis))
+        # Each input on its own grid: their real values, snapped to the output's grid (whose
+        # clamp range already includes the fused activation).
+        real = [grid.real(x) for grid, x in zip(self.grids, args, strict=True)]
+        return self.out.quantize(torch.cat(real, self.axis))
 
 
 class Quantize(Op):
@@ -215,7 +222,7 @@ class Quantize(Op):
         (x,) = args
         if not env.fake_quant:
             return x
-        v = self.inp.to_int(x) * self.ratio
+        v = x * self.ratio
         return self.out.requantize(round_half_up(v))
 
 
@@ -234,17 +241,18 @@ class Mean(Op):
         # An exact integer sum, rescaled and rounded once: LiteRT's int8 MEAN over the spatial
         # axes (an image-pooling branch) to the bit.
         count = math.prod(x.shape[a] for a in self.axes)
-        total = self.inp.to_int(x).sum(self.axes, keepdim=self.keep_dims)
+        total = x.sum(self.axes, keepdim=self.keep_dims)
         return self.out.requantize(total * (self.inp.scale / (self.out.scale * count)))
 
 
 class Pad(Op):
-    def __init__(self, node: Node, pad: tuple[int, ...]) -> None:
+    def __init__(self, node: Node, pad: tuple[int, ...], grid: ActQuant) -> None:
         super().__init__(node, node.inputs[:1])
         self.pad = pad  # F.pad order: last torch axis first
+        self.out = grid  # its input's
 
     def forward(self, args: list[Tensor], env: Env) -> Tensor:
-        # TFLite pads quantized tensors with their zero point: real 0, on the grid in fake-quant.
+        # TFLite pads quantized tensors with their zero point: real 0, and 0 in the grid's units.
         return F.pad(args[0], self.pad)
 
 

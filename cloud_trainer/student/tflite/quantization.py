@@ -66,46 +66,30 @@ def ste(x: Tensor, snapped: Tensor) -> Tensor:
     return x + (snapped - x).detach()
 
 
-class _RoundThrough(torch.autograd.Function):
-    """round(x / scale), with the gradient of x / scale: `ste` in one pass, nothing saved."""
+class _RoundHalfUp(torch.autograd.Function):
+    """floor(v + 0.5) - offset, straight through: `ste(v, torch.floor(v + 0.5)) - offset` in
+    place, in one new tensor."""
 
     @staticmethod
-    def forward(ctx: _Ctx, x: Tensor, scale: float) -> Tensor:
-        ctx.scale = scale  # type: ignore[attr-defined]
-        return torch.div(x, scale).round_()
+    def forward(ctx: _Ctx, v: Tensor, offset: float) -> Tensor:
+        return _round_half_up(v, offset)
 
     @staticmethod
     def backward(ctx: _Ctx, grad: Tensor) -> tuple[Tensor, None]:
-        return grad / ctx.scale, None  # type: ignore[attr-defined]
+        return grad, None
 
 
-class _RoundHalfUp(torch.autograd.Function):
-    """(floor(v + 0.5) - offset) * scale, straight through: `(ste(v, torch.floor(v + 0.5)) -
-    offset) * scale` in place, in one new tensor."""
-
-    @staticmethod
-    def forward(ctx: _Ctx, v: Tensor, offset: float, scale: float) -> Tensor:
-        ctx.scale = scale  # type: ignore[attr-defined]
-        return _round_half_up(v, offset, scale)
-
-    @staticmethod
-    def backward(ctx: _Ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        return (grad if ctx.scale == 1.0 else grad * ctx.scale), None, None  # type: ignore[attr-defined]
-
-
-def _round_half_up(v: Tensor, offset: float, scale: float) -> Tensor:
+def _round_half_up(v: Tensor, offset: float) -> Tensor:
     rounded = torch.add(v, 0.5).floor_()
-    if offset:
-        rounded.sub_(offset)
-    return rounded if scale == 1.0 else rounded.mul_(scale)
+    return rounded.sub_(offset) if offset else rounded
 
 
-def round_half_up(v: Tensor, offset: float = 0.0, scale: float = 1.0) -> Tensor:
-    """(floor(v + 0.5) - offset) * scale: the integer kernels' rounding (half up), then the
-    real value of that integer on a grid of zero point ``offset``; straight-through gradient."""
+def round_half_up(v: Tensor, offset: float = 0.0) -> Tensor:
+    """floor(v + 0.5) - offset: the integer kernels' rounding (half up), then that integer on a
+    grid of zero point ``offset``, in its units (q - zero_point); straight-through gradient."""
     if v.requires_grad:
-        return _RoundHalfUp.apply(v, float(offset), float(scale))
-    return _round_half_up(v, offset, scale)
+        return _RoundHalfUp.apply(v, float(offset))
+    return _round_half_up(v, offset)
 
 
 def _rounded(v: Tensor, multiplier: Tensor | None) -> Tensor:
@@ -114,30 +98,22 @@ def _rounded(v: Tensor, multiplier: Tensor | None) -> Tensor:
 
 
 class _Requantize(torch.autograd.Function):
-    """clamp(round(v * multiplier), low, high) * scale with a straight-through gradient that the
-    clamp stops outside the range: what `ste(v * multiplier, round(...)).clamp(low, high) *
-    scale` computes, to the bit, in fewer passes and keeping only the clamp's mask."""
+    """clamp(round(v * multiplier), low, high) with a straight-through gradient that the clamp
+    stops outside the range: what `ste(v * multiplier, round(...)).clamp(low, high)` computes,
+    to the bit, in fewer passes and keeping only the clamp's mask."""
 
     @staticmethod
-    def forward(
-        ctx: _Ctx,
-        v: Tensor,
-        multiplier: Tensor | None,
-        low: float,
-        high: float,
-        scale: float,
-    ) -> Tensor:
+    def forward(ctx: _Ctx, v: Tensor, multiplier: Tensor | None, low: float, high: float) -> Tensor:
         rounded = _rounded(v, multiplier)
         clamped = rounded.clamp(low, high)
         ctx.save_for_backward(_inside(rounded, clamped), multiplier)
-        ctx.scale = scale  # type: ignore[attr-defined]
-        return clamped.mul_(scale)
+        return clamped
 
     @staticmethod
     def backward(ctx: _Ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         inside, multiplier = ctx.saved_tensors  # type: ignore[attr-defined]
-        grad = grad.mul(ctx.scale).mul_(inside)  # type: ignore[attr-defined]
-        return (grad if multiplier is None else grad.mul_(multiplier)), None, None, None, None
+        grad = grad * inside
+        return (grad if multiplier is None else grad.mul_(multiplier)), None, None, None
 
 
 def _inside(rounded: Tensor, clamped: Tensor) -> Tensor:
@@ -239,30 +215,29 @@ class ActQuant:
         qmax = info.max if high is None else min(info.max, to_q(high))
         return cls(float(scale), zero_point, qmin, qmax)
 
-    def fake(self, x: Tensor) -> Tensor:
-        """Real values snapped to this grid."""
+    def quantize(self, x: Tensor) -> Tensor:
+        """Real values snapped to this grid, in its units (q - zero_point)."""
         return self.requantize(x / self.scale)
 
     def requantize(self, v: Tensor, multiplier: Tensor | None = None) -> Tensor:
-        """Real values of v * multiplier (a value in output units, q - zero_point; the
-        multiplier per channel, or none), rounded half to even.
+        """v * multiplier (a value in output units; the multiplier per channel, or none) on
+        this grid, in its units (q - zero_point), rounded half to even and clamped.
 
         XNNPACK rounds half to even; TFLite's reference kernels round half away from zero, but
         exact ties practically never occur in a requantized accumulator.
         """
         low, high = self.qmin - self.zero_point, self.qmax - self.zero_point
         if v.requires_grad:
-            return _Requantize.apply(v, multiplier, float(low), float(high), self.scale)
-        rounded = _rounded(v, multiplier)
-        return rounded.clamp_(low, high).mul_(self.scale)
+            return _Requantize.apply(v, multiplier, float(low), float(high))
+        return _rounded(v, multiplier).clamp_(low, high)
 
-    def to_int(self, x: Tensor) -> Tensor:
-        """q - zero_point of an already fake-quantized tensor (rounding removes float noise)."""
-        return _RoundThrough.apply(x, self.scale)
+    def real(self, units: Tensor) -> Tensor:
+        """The real values of integers in this grid's units."""
+        return units * self.scale
 
-    def to_grid(self, x: Tensor) -> Tensor:
-        """q of an already fake-quantized tensor."""
-        return self.to_int(x) + self.zero_point
+    def to_grid(self, units: Tensor) -> Tensor:
+        """q of integers in this grid's units."""
+        return units + self.zero_point
 
     def from_grid(self, q: Tensor) -> Tensor:
         return (q - self.zero_point) * self.scale

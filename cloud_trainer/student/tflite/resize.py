@@ -79,5 +79,5 @@ class ResizeBilinear(Op):
         # The uint8 kernel adds 0.5 and truncates.
         if self.inp == self.out:
             # An interpolation of values on the grid stays inside its range: nothing to clamp.
-            return round_half_up(y, self.out.zero_point, self.out.scale)
+            return round_half_up(y, self.out.zero_point)
         return self.out.requantize(regrid(round_half_up(y), self.inp, self.out))

@@ -45,6 +45,9 @@ class TFLiteStudent(nn.Module):
         self.logits_index = logits_index
         self.num_classes = num_classes  # channels of the logits
         self.fake_quant = True
+        # The grid of every activation tensor, for the values a forward pass hands out.
+        self.grids: dict[int, ActQuant | None] = {input_index: input_quant}
+        self.grids.update((op.output, op.out) for op in ops)
         last_use = {t: position for position, op in enumerate(ops) for t in op.inputs}
         last_use.pop(logits_index, None)
         self._release: list[list[int]] = [[] for _ in ops]
@@ -76,7 +79,7 @@ class TFLiteStudent(nn.Module):
             x = self.input_quant.from_grid(x.float())
         elif not x.is_floating_point():
             raise TypeError(f"input must be {self.input_dtype} or floating point, got {x.dtype}")
-        return self.input_quant.fake(x) if self.fake_quant else x
+        return self.input_quant.quantize(x) if self.fake_quant else x
 
     def forward(self, x: Tensor | np.ndarray) -> Tensor:
         """Logits (N, C, H, W) for an NHWC batch.
@@ -107,7 +110,12 @@ class TFLiteStudent(nn.Module):
         missing = [t for t in tensors if t not in taken]
         if missing:
             raise ValueError(f"tensors {missing} are not computed by the student's graph")
-        return [taken[t] for t in tensors]
+        return [self.real(taken[t], self.grids[t]) for t in tensors]
+
+    def real(self, y: Tensor, grid: ActQuant | None) -> Tensor:
+        """The real values of a tensor this student's ops computed on ``grid``: in fake-quant
+        they hold integers in the grid's units."""
+        return grid.real(y) if self.fake_quant and grid is not None else y
 
     @torch.no_grad()
     def labels(self, x: Tensor | np.ndarray) -> Tensor:
