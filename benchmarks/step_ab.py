@@ -19,7 +19,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from shared_schema.bench_results import add_results_dir_option, write_result
+from shared_schema.bench_results import (
+    TUNING_VARIABLES,
+    add_results_dir_option,
+    git_commit,
+    write_result,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +40,10 @@ else:
     keep_freed_memory()
 from cloud_trainer.config import load_config
 from cloud_trainer.tools.bench_step import bench_step
-print(json.dumps(bench_step(load_config(), Path(sys.argv[1]))))
+import os
+step = bench_step(load_config(), Path(sys.argv[1]))  # the tuning variables as the tree set them:
+tuning = {k: os.environ[k] for k in json.loads(sys.argv[2]) if k in os.environ}
+print(json.dumps({**step, "environment": tuning}))
 """
 
 
@@ -44,11 +52,12 @@ def _git(*args: str) -> str:
                           text=True).stdout.strip()  # fmt: skip
 
 
-def _step(tree: Path, video: Path, env: dict[str, str]) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(video)], cwd=tree, env=env,
-                         check=True, capture_output=True, text=True).stdout  # fmt: skip
-    result = json.loads(out.strip().splitlines()[-1])
-    return {k: result[k] for k in ("step_seconds", "forward_seconds", "float_step_seconds")}
+def _step(tree: Path, video: Path, env: dict[str, str]) -> dict[str, object]:
+    command = [sys.executable, "-c", _CHILD, str(video), json.dumps(TUNING_VARIABLES)]
+    out = subprocess.run(command, cwd=tree, env=env, check=True, capture_output=True, text=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    keys = ("step_seconds", "forward_seconds", "float_step_seconds", "environment")
+    return {k: result[k] for k in keys}
 
 
 def main() -> int:
@@ -65,8 +74,9 @@ def main() -> int:
         worktree = Path(tmp) / "old"
         _git("worktree", "add", "--detach", str(worktree), old)
         try:
-            for _ in range(args.runs):
-                for tree, name in ((worktree, "old"), (ROOT, "new")):
+            trees = [(worktree, "old"), (ROOT, "new")]
+            for run in range(args.runs):
+                for tree, name in trees if run % 2 == 0 else trees[::-1]:  # either goes first
                     runs.append({"tree": name, **_step(tree, args.video.resolve(), env)})
                     print(json.dumps(runs[-1]), file=sys.stderr)
         finally:
@@ -76,9 +86,8 @@ def main() -> int:
                for k in ("step_seconds", "forward_seconds", "float_step_seconds")}
         for tree in ("old", "new")
     }  # fmt: skip
-    dirty = "+" if _git("status", "--porcelain", "--untracked-files=no") else ""
     results = {
-        "commits": {"old": old, "new": _git("rev-parse", "--short", "HEAD") + dirty},
+        "commits": {"old": old, "new": git_commit()},
         "runs": runs,
         "medians": medians,
         "new_over_old_step": round(

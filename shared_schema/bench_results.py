@@ -22,7 +22,13 @@ from shared_schema.compat import UTC
 
 RESULTS_DIR_ENV = "AMS_BENCH_RESULTS"
 # Variables that change how fast the same code runs (threads, their waiting, the allocator)
-TUNING_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "GLIBC_TUNABLES")
+TUNING_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "GOMP_SPINCOUNT",
+    "KMP_BLOCKTIME",
+    "GLIBC_TUNABLES",
+)
 
 
 def results_dir() -> Path:
@@ -69,19 +75,23 @@ def _version(name: str) -> str | None:
 
 
 def git_commit() -> str | None:
-    """The commit of the code that ran: its checkout's, or None for an installed wheel."""
+    """The commit of the code that ran: its checkout's, with a "+" where tracked files differ
+    from it, or None for an installed wheel."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parents[1],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=5,
+        commit, changed = (
+            subprocess.run(
+                ["git", *args],
+                cwd=Path(__file__).resolve().parents[1],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=5,
+            ).stdout.strip()
+            for args in (("rev-parse", "--short", "HEAD"), ("status", "--porcelain", "-uno"))
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return (commit + ("+" if changed else "")) or None
 
 
 def write_result(name: str, results: dict[str, object], directory: Path | None = None) -> Path:

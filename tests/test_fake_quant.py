@@ -66,10 +66,10 @@ def test_round_half_up_onto_a_grid_is_the_rounding_in_the_grids_units() -> None:
     _same(lambda v: round_half_up(v, 34), lambda v: ste(v, torch.floor(v + 0.5)) - 34, _values())
 
 
-def test_quantize_snaps_real_values_into_the_grids_units_and_real_undoes_it() -> None:
-    real = _values() * GRID.scale
+def test_quantize_snaps_real_values_into_the_grids_units_and_back() -> None:
     low, high = GRID.qmin - GRID.zero_point, GRID.qmax - GRID.zero_point
-    units = GRID.quantize(real)
-    assert torch.equal(units, torch.round(real / GRID.scale).clamp(low, high))
-    assert torch.equal(GRID.real(units), units * GRID.scale)
-    assert torch.equal(GRID.to_grid(units), units + GRID.zero_point)
+    integers = torch.round(_values())
+    units = GRID.quantize(integers * GRID.scale)
+    assert torch.equal(units, integers.clamp(low, high))
+    assert torch.equal(GRID.quantize(GRID.real(units)), units)  # real values of the grid's own
+    assert torch.equal(GRID.from_grid(GRID.to_grid(units)), GRID.real(units))

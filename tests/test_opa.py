@@ -243,6 +243,8 @@ def test_the_torch_twin_runs_every_subnet_as_litert_does(elastic, frames):
             theirs = tail(features=features)["labels"][0]
             assert (theirs == ours).mean() > 0.999, subnet.name
             assert runner.labels(subnet, features).shape == (513, 513)  # scaled up, nearest
+        full = torch.from_numpy(at_resolution(frames[3], twin.model.largest.resolution)[None])
+        assert torch.equal(twin.subnet_logits(full, twin.model.largest), twin(full))  # real units
         scores = twin.head_scores(torch.from_numpy(frames[3][None]))[0].permute(1, 2, 0).numpy()
         features = runner.features(513, frames[3])
         assert np.allclose(scores, runner.scores(513, features))

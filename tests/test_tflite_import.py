@@ -165,6 +165,21 @@ def test_fake_quant_gradients_pass_straight_through_to_the_weights(
     assert sum(bool(g.abs().sum() > 0) for g in grads) == len(grads)
 
 
+def test_activations_are_real_values_on_their_tensors_grids(frames_513: torch.Tensor) -> None:
+    student = import_tflite(_shared(STUDENT))
+    x = frames_513[:1, ::4, ::4]
+    inner = [op.output for op in student.ops[::7]]  # convolutions, adds, a concatenation...
+    taken = student.activations(x, inner)
+    for tensor, values in zip(inner, taken, strict=True):
+        grid = student.grids[tensor]
+        units = values / grid.scale
+        assert torch.allclose(units, units.round(), atol=1e-3)  # on the grid, in real units
+        assert units.min() >= grid.qmin - grid.zero_point - 1e-3
+        assert units.max() <= grid.qmax - grid.zero_point + 1e-3
+    (logits,) = student.activations(x, (student.logits_index,))
+    assert torch.equal(logits, student(x))
+
+
 def test_float_mode_runs_the_same_graph_without_quantization(frames_513: torch.Tensor) -> None:
     student = import_tflite(_shared(STUDENT))
     quantized = student.labels(frames_513)

@@ -3,8 +3,9 @@
 RESIZE_BILINEAR, with its own interpolation arithmetic, is in `resize`.
 
 In fake-quant an activation travels as the integer kernels hold it: integers in its grid's
-units (q - zero_point, in float32), so no op divides its input back onto a grid; an op's `out`
-says which grid its output is on, and the student turns only what it returns into real values.
+units (q - zero_point, in float32), so no op divides its input back onto a grid (but a
+concatenation, whose inputs may lie on other grids than its output); an op's `out` says which
+grid its output is on, and the student turns only what it returns into real values.
 """
 
 from __future__ import annotations
@@ -96,7 +97,6 @@ class Conv(Op):
         self.dilation = (options.dilationHFactor, options.dilationWFactor)
         self.same_padding = options.padding == schema.Padding.SAME
         self.activation = options.fusedActivationFunction
-        self.inp = inp
         self.out = out
         # XNNPACK's requantization scale, computed in float32 as it does, per output channel.
         weight_scale = np.asarray(weight.spec.quant.scale, np.float32)
@@ -132,8 +132,6 @@ class Add(Op):
     def __init__(self, node: Node, a: ActQuant, b: ActQuant, out: ActQuant) -> None:
         super().__init__(node, node.inputs)
         self.activation = node.options.fusedActivationFunction
-        self.a = a
-        self.b = b
         self.out = out
         ratios = [
             np.float32(a.scale) / np.float32(out.scale),
@@ -209,7 +207,6 @@ class Concatenation(Op):
 class Quantize(Op):
     def __init__(self, node: Node, inp: ActQuant, out: ActQuant) -> None:
         super().__init__(node, node.inputs[:1])
-        self.inp = inp
         self.out = out
         ratio = np.float32(inp.scale) / np.float32(out.scale)
         # XNNPACK takes requantizations with ratios in [2^-8, 128] and multiplies by the ratio

@@ -92,8 +92,8 @@ class TFLiteStudent(nn.Module):
         return logits
 
     def activations(self, x: Tensor | np.ndarray, tensors: Sequence[int]) -> list[Tensor]:
-        """The values of these tensors (TFLite indices; NCHW where 4-D) for an NHWC batch,
-        taken as the graph computes them (see ``forward`` for ``x``)."""
+        """The real values of these tensors (TFLite indices; NCHW where 4-D) for an NHWC batch,
+        as the graph computes them (see ``forward`` for ``x``)."""
         env = Env(self.fake_quant)
         table = {self.input_index: self._prepare_input(x)}
         env.sizes[self.input_index] = tuple(table[self.input_index].shape[2:])
