@@ -27,6 +27,7 @@ from shared_schema.bench_results import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+TIMES = ("step_seconds", "forward_seconds", "float_step_seconds")  # what bench_step measures
 
 # Run in a tree's own directory, so that its cloud_trainer is the one imported.
 _CHILD = """
@@ -56,8 +57,7 @@ def _step(tree: Path, video: Path, env: dict[str, str]) -> dict[str, object]:
     command = [sys.executable, "-c", _CHILD, str(video), json.dumps(TUNING_VARIABLES)]
     out = subprocess.run(command, cwd=tree, env=env, check=True, capture_output=True, text=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    keys = ("step_seconds", "forward_seconds", "float_step_seconds", "environment")
-    return {k: result[k] for k in keys}
+    return {k: result[k] for k in (*TIMES, "environment")}
 
 
 def main() -> int:
@@ -82,8 +82,7 @@ def main() -> int:
         finally:
             _git("worktree", "remove", "--force", str(worktree))
     medians = {
-        tree: {k: statistics.median(r[k] for r in runs if r["tree"] == tree)
-               for k in ("step_seconds", "forward_seconds", "float_step_seconds")}
+        tree: {k: statistics.median(r[k] for r in runs if r["tree"] == tree) for k in TIMES}
         for tree in ("old", "new")
     }  # fmt: skip
     results = {
