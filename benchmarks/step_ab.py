@@ -67,7 +67,10 @@ def main() -> int:
     parser.add_argument("--video", type=Path, default=ROOT.parent / "shared/videos/vtest.avi")
     add_results_dir_option(parser)
     args = parser.parse_args()
-    old = _git("rev-parse", "--short", args.old)
+    try:
+        old = _git("rev-parse", "--short", "--verify", f"{args.old}^{{commit}}")
+    except subprocess.CalledProcessError:
+        parser.error(f"--old {args.old}: not a commit of {ROOT} (a hash, tag or branch)")
     env = {**os.environ, "AMS_SHARED_DIR": str(ROOT.parent / "shared")}
     runs = []
     with tempfile.TemporaryDirectory(prefix="step-ab-") as tmp:
