@@ -152,6 +152,7 @@ class SessionStats:
     selector_refits: int = 0  # an elastic student's OPA selection refitted and sent
     rebases: int = 0  # the base model did better on new samples: training restarted from it
     reuses: int = 0  # an expert of the zoo did: training went on from it (RECL)
+    scene_cuts: int = 0  # segments the device sent at once on a cut (edge_runtime.scene_cut)
     gradient_bytes: int = 0  # OneAdapt's DNNGrad bodies sent
     switch_bytes: int = 0  # what the updates that took the device to a chosen model cost
     updates_sent: int = 0
@@ -675,6 +676,9 @@ class Session:
             teacher_labels = self._teacher.label(rgb)
             distilled = self.config.training.distillation == "kl"
             soft = self._teacher.scores(rgb) if distilled else None
+        if segment.scene_cut:  # no φ across the cut: it measures no scene's pace
+            self.stats.scene_cuts += 1
+            self._previous_labels = None
         with self._stages.stage("samples"):
             size = self.config.training.frame_size
             samples = labelled_samples(frames, teacher_labels, size, soft)
@@ -684,14 +688,17 @@ class Session:
         self.stats.segments += 1
         self.stats.frames += len(frames)
         self.stats.bytes_up += len(envelope.body)
-        self._phase_due = not self.paused
+        # a cut's lone frame is judged (below), not trained on: one frame of a new scene,
+        # trained on at once, taught the model that scene's first look (README, scene cuts)
+        self._phase_due = not self.paused and not segment.scene_cut
         self._records.append(UplinkRecord(time.time(), segment.width, segment.height,
                                           segment.bitrate_kbps, len(frames)))  # fmt: skip
         with self._stages.stage("probe"):
             self._probe_accuracy(samples)
         with self._stages.stage("gradient"):
             gradient = self._gradient(rgb[-1], segment.timestamps[-1])
-        return gradient + self._rate_control(segment.timestamps[-1]) + self._select_model()
+        controls = self._rate_control(segment.timestamps[-1], cut=segment.scene_cut)
+        return gradient + controls + self._select_model() + self._rebase_at_cut(segment)
 
     def _probe_accuracy(self, samples: list[Sample]) -> None:
         """For the dashboard: the device's model and the pretrained one on the newest of these
@@ -728,16 +735,21 @@ class Session:
             self._previous_labels = sample.labels
             self.buffer.add(sample)
 
-    def _rate_control(self, device_time: float) -> list[Outgoing]:
-        """ASR then ATR every δt of the device's video time; a control message on a change."""
+    def _rate_control(self, device_time: float, *, cut: bool = False) -> list[Outgoing]:
+        """ASR then ATR every δt of the device's video time; a control message on a change.
+        A scene ``cut`` restarts both, as the device did: the rate at its maximum, T_update
+        at τ_min; the control goes even if unchanged, since the device moved its rate alone."""
         if self._next_rate_update is None:
             self._next_rate_update = device_time + self.config.asr.interval_s
         before = self.control()
+        if cut:
+            self.asr.cut()
+            self.atr.cut()
         while device_time >= self._next_rate_update:
             self.atr.update(self.asr.update())
             self._next_rate_update += self.config.asr.interval_s
         after = self.control()
-        return [] if after == before else [self._signed_control(after)]
+        return [] if after == before and not cut else [self._signed_control(after)]
 
     def _train(self) -> list[Outgoing]:
         self._phase_due = False
@@ -829,23 +841,24 @@ class Session:
         gain -= self._judge.score(before, judged, classes)
         self.last_phase = (gain, seconds)
 
-    def _rebase_if_better(self, fresh: int) -> None:
+    def _rebase_if_better(self, fresh: int) -> bool:
         """Back to the base model and the ``fresh`` samples' scene alone, if the base labels
-        them better than the device's model (see ``ams.rebase``)."""
+        them better than the device's model (see ``ams.rebase``); whether it did."""
         rule = self.config.rebase
         if not rule.enabled or fresh == 0 or self.mirror.data == self._base:
-            return
+            return False
         new = self.buffer.newest(fresh)
         judged, classes = new[-rule.samples :], self.subset.classes
         base = self._judge.score(self._base, judged, classes)
         running = self._judge.score(self.mirror.data, judged, classes)
         if not should_rebase(base, running, rule.margin):
-            return
+            return False
         self._restart_from(self._base, new[0].timestamp)
         self.stats.rebases += 1
         log.info("%s: rebased before phase %d: the base model scored %.3f against the device's"
                  " %.3f on %d new samples; %d samples kept", self.device_id,
                  self.stats.phases + 1, base, running, len(judged), len(self.buffer))  # fmt: skip
+        return True
 
     def _select_model(self) -> list[Outgoing]:
         """RECL's selection (``recl.reuse``), every update window, before the device waits
@@ -879,12 +892,25 @@ class Session:
         log.info("%s: %s scored %.3f against the device's %.3f on %d new samples: the device"
                  " moves to it", self.device_id, choice.name, scores[choice.name],
                  scores[CURRENT], judged)  # fmt: skip
+        return self._switch(fmt, choice.name)
+
+    def _rebase_at_cut(self, segment: Segment) -> list[Outgoing]:
+        """At a scene cut, the rebase rule on the cut's frame at once; where the base wins the
+        device goes back to it now rather than at the next phase (RECL's selection, where on,
+        has judged the frame already)."""
+        fmt = self._delta_format()
+        if not segment.scene_cut or self._reuse is not None or fmt is None or self.paused:
+            return []
+        return self._switch(fmt, BASE) if self._rebase_if_better(self._fresh) else []
+
+    def _switch(self, fmt: UpdateFormat, name: str) -> list[Outgoing]:
+        """The update that takes the device to the model training goes on from (``name``)."""
         self.save(making=self.mirror.version + 1)  # as a phase's: see _train
         update = self.mirror.advance(self.student, fmt)
         self._remember_sent()
         self.stats.updates_sent += 1
         self.stats.switch_bytes += len(update.body)
-        self._record_update(update, choice.name)
+        self._record_update(update, name)
         return self._counted_downlink([update])
 
     def _restart_from(self, data: bytes, since: float, state: dict | None = None) -> None:

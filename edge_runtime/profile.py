@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import ErrorDetails
 
 from edge_runtime.backends import Backend, InferenceConfig
+from edge_runtime.scene_cut import SceneCutSection
 from firmware_configs import PROFILE_DIR
 from shared_schema.config_files import ConfigFileError, expand_config, read_toml
 from shared_schema.messages import MAX_ROI_REGIONS, EncoderKnobs, ModelFormat
@@ -199,6 +200,7 @@ class Profile(_Section):
     knobs: KnobsSection = KnobsSection()
     oneadapt: OneAdaptSection = OneAdaptSection()
     opa: OpaSection = OpaSection()
+    scene_cut: SceneCutSection = SceneCutSection()
     source: SourceSection = SourceSection()
     telemetry: TelemetrySection = TelemetrySection()
 

@@ -34,6 +34,7 @@ from edge_runtime.prefetch import Prefetcher
 from edge_runtime.profile import Profile
 from edge_runtime.results import ResultSink, SummaryPublisher
 from edge_runtime.sampler import Sampler
+from edge_runtime.scene_cut import SceneCutDetector
 from edge_runtime.segment_buffer import EncodedSegment, SegmentBuffer
 from edge_runtime.spool import Spool
 from edge_runtime.swap import Handover, LoadedModel
@@ -116,6 +117,7 @@ class EdgeRuntime:
                 profile.oneadapt, profile.knobs, profile.buffer.initial_knobs,
                 lambda knobs: self.segments.reconfigure(knobs=knobs), self.counters,
             )  # fmt: skip
+        self.cuts = SceneCutDetector(profile.scene_cut) if profile.scene_cut.enabled else None
         self.stats = FrameStats()
         self._telemetry = TelemetryReporter(self.stats)
         self._stop = threading.Event()
@@ -265,9 +267,10 @@ class EdgeRuntime:
         model, labels = self._handover.infer(lambda model: self._input(model, frame, rgb))
         latency = time.perf_counter() - started
         with self.stats.timed("sample"):
+            cut = self._scene_cut(frame)
             sampled = self.sampler.offer(frame.timestamp)
             if sampled:
-                self.segments.add(frame)
+                self.segments.add(frame, scene_cut=cut)
                 if self.adapter is not None:
                     self.adapter.sampled(frame)
         with self.stats.timed("sinks"):
@@ -275,6 +278,16 @@ class EdgeRuntime:
                 sink(frame, labels, model.version)
         self.stats.frame(latency, sampled)
         return labels
+
+    def _scene_cut(self, frame: Frame) -> bool:
+        """Whether ``frame`` starts a new scene; if so it is sampled, and sampling goes to its
+        maximum rate until the trainer's next control (``edge_runtime.scene_cut``)."""
+        if self.cuts is None or not self.cuts.cut(frame):
+            return False
+        self.sampler.cut(frame.timestamp)
+        self.segments.reconfigure(sampling_rate_fps=self.sampler.rate_fps)
+        self.counters.inc("scene_cuts")
+        return True
 
     @staticmethod
     def _input(model: LoadedModel, frame: Frame, rgb: np.ndarray | None) -> np.ndarray:

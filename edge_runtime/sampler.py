@@ -33,6 +33,13 @@ class Sampler:
                 self._next = self._last + 1.0 / self._rate
             return self._rate
 
+    def cut(self, timestamp: float) -> None:
+        """A scene cut at ``timestamp``: that frame is a sample (the next ``offer`` of it says
+        so) and the rate goes to its maximum until the trainer sets one again."""
+        with self._lock:
+            self._rate = self.max_fps
+            self._next = timestamp
+
     def offer(self, timestamp: float) -> bool:
         """True if the frame taken at ``timestamp`` (seconds, non-decreasing) is a sample."""
         with self._lock:

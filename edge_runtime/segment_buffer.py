@@ -69,6 +69,7 @@ class EncodedSegment:
     sampling_rate_fps: float
     knobs: EncoderKnobs  # as encoded: a lowered bitrate after an oversize retry
     encode_s: float
+    scene_cut: bool = False  # its one frame starts a new scene (``edge_runtime.scene_cut``)
 
     @classmethod
     def of(
@@ -78,13 +79,14 @@ class EncodedSegment:
         knobs: EncoderKnobs,
         sampling_rate_fps: float,
         encode_s: float = 0.0,
+        scene_cut: bool = False,
     ) -> EncodedSegment:
         """``frames`` as ``encode_segment`` encoded them into ``data`` with ``knobs``: at the
         size ``upload_size`` gives for the first frame."""
         first = frames[0]
         width, height = upload_size(first.width, first.height, knobs.width, knobs.height)
         timestamps = tuple(frame.timestamp for frame in frames)
-        return cls(data, timestamps, width, height, sampling_rate_fps, knobs, encode_s)
+        return cls(data, timestamps, width, height, sampling_rate_fps, knobs, encode_s, scene_cut)
 
     def message(self, model_version: int | None = None) -> Segment:
         """The ``Segment`` message that carries these bytes as its body."""
@@ -95,6 +97,7 @@ class EncodedSegment:
             sampling_rate_fps=self.sampling_rate_fps,
             bitrate_kbps=self.knobs.bitrate_kbps,
             model_version=model_version,
+            scene_cut=self.scene_cut,
         )
 
 
@@ -104,6 +107,7 @@ class _Batch:
 
     settings: BufferSettings
     frames: list[Frame]
+    scene_cut: bool = False
 
     def takes(self, frame: Frame) -> bool:
         first, last = self.frames[0].timestamp, self.frames[-1].timestamp
@@ -174,12 +178,18 @@ class SegmentBuffer:
     def encode_seconds(self) -> float:
         return self.counters.get("encode_us") / 1e6
 
-    def add(self, frame: Frame) -> None:
-        """Take a sampled frame. Never waits for the encoder."""
+    def add(self, frame: Frame, *, scene_cut: bool = False) -> None:
+        """Take a sampled frame. Never waits for the encoder. A ``scene_cut`` frame closes the
+        segment being filled and goes up at once in a segment of its own."""
         with self._cond:
             if self._closed:
                 self.counters.inc("frames_dropped")
                 self.counters.inc("dropped.closed")
+                return
+            if scene_cut:
+                self._close_open()
+                self._open = _Batch(self._settings, [frame], scene_cut=True)
+                self._close_open()
                 return
             if self._open is not None and not self._open.takes(frame):
                 self._close_open()
@@ -269,7 +279,7 @@ class SegmentBuffer:
         self.counters.inc("frames_encoded", len(batch.frames))
         self.counters.inc("bytes_encoded", len(data))
         segment = EncodedSegment.of(
-            data, batch.frames, knobs, batch.settings.sampling_rate_fps, elapsed
+            data, batch.frames, knobs, batch.settings.sampling_rate_fps, elapsed, batch.scene_cut
         )
         try:
             self._on_segment(segment)

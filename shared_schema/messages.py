@@ -111,6 +111,7 @@ class Segment(Message):
     sampling_rate_fps: Fps
     bitrate_kbps: Annotated[float, Field(gt=0.0, le=1_000_000.0)]
     model_version: Version | None = None
+    scene_cut: bool = False  # the device saw its first frame start a new scene
 
     @model_validator(mode="after")
     def _timestamps_in_order(self) -> Segment:

@@ -203,6 +203,7 @@ def _segment(rng: random.Random) -> Message:
         sampling_rate_fps=fps(rng),
         bitrate_kbps=rng.choice((1e6, 1e-6, rng.uniform(1.0, 5000.0))),
         model_version=maybe(rng, lambda: version(rng)),
+        scene_cut=rng.random() < 0.1,
     )
 
 

@@ -389,7 +389,8 @@ def test_evaluate_runs_on_a_stream_of_recurring_scenes(shared_dir, tmp_path):
     videos = ["car-detection.mp4", "vtest.avi"]
     argv = ["--log-level=WARNING", "evaluate", "--preset", "quick", "--schemes", "no_custom",
             "--rotation", "1", "--rounds", "2", "--out", str(out),
-            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+            "--cache-dir", str(tmp_path / "cache"),
+            "--variant", "cut:scene_cut.enabled=true"]  # fmt: skip
     for video in videos:
         argv += ["--video", str(shared_dir / "videos" / video)]
     assert run_command(parser, argv) == 0
@@ -397,6 +398,10 @@ def test_evaluate_runs_on_a_stream_of_recurring_scenes(shared_dir, tmp_path):
     assert list(results["schemes"]["no_custom"]["per_video"]) == [
         "car-detection.mp4", "vtest.avi", "car-detection.mp4@1s", "vtest.avi@1s"]  # fmt: skip
     assert results["config"]["stream"]["rotation_s"] == 1.0
+    # the device's cut detector: at each change of scene but the one within hold_s (2 s)
+    cuts = json.loads((out / "variants/cut.json").read_text())["extra"]["scene_cut_at"]
+    assert cuts == pytest.approx([1.0, 3.0], abs=0.1)
+    assert results["variants"]["cut"]["scene_cuts"] == 2
 
 
 def test_time_to_accuracy_is_when_the_smoothed_miou_reaches_the_scenes_steady_level():

@@ -56,3 +56,14 @@ def test_no_burst_after_a_gap():
 def test_bounds_are_validated():
     with pytest.raises(ValueError):
         Sampler(1.0, min_fps=2.0, max_fps=1.0)
+
+
+def test_a_scene_cut_samples_its_frame_and_goes_to_the_maximum_rate():
+    sampler = Sampler(0.1, min_fps=0.1, max_fps=2.0)
+    assert _sampled(sampler, [i / 10 for i in range(0, 35)]) == [0.0]  # next due at 10 s
+    sampler.cut(3.5)
+    assert sampler.rate_fps == 2.0
+    kept = _sampled(sampler, [i / 10 for i in range(35, 60)])
+    assert kept == pytest.approx([3.5, 4.0, 4.5, 5.0, 5.5])
+    assert sampler.set_rate(0.5) == 0.5  # the trainer's next control sets it again
+    assert _sampled(sampler, [i / 10 for i in range(60, 80)]) == pytest.approx([7.5])

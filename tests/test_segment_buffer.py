@@ -407,3 +407,20 @@ def test_from_config_takes_the_profiles_buffer_section(tmp_path: Path):
     buffer = SegmentBuffer.from_config(section, Collector(), sampling_rate_fps=0.5)
     assert buffer.settings == BufferSettings(5.0, 0.5, EncoderKnobs(bitrate_kbps=150.0, width=320))
     buffer.close()
+
+
+def test_a_scene_cut_goes_up_alone_at_once(small: list[Frame]):
+    """The segment being filled closes unflagged; the cut frame is a segment of its own, sent
+    without waiting for T_update, and its message says so; later frames start a new one."""
+    got = Collector()
+    buffer = SegmentBuffer(got, BufferSettings(t_update_s=10.0), max_pending=8)
+    frames = _stamped(small, [0.0, 1.0, 2.0, 3.0, 4.0])
+    for frame in frames[:3]:
+        buffer.add(frame)
+    buffer.add(frames[3], scene_cut=True)
+    old, cut = got.wait_for(2)  # delivered before the buffer closes
+    buffer.add(frames[4])
+    buffer.close()
+    assert old.timestamps == (0.0, 1.0, 2.0) and not old.scene_cut
+    assert cut.timestamps == (3.0,) and cut.scene_cut and cut.message().scene_cut
+    assert got.segments[2].timestamps == (4.0,) and not got.segments[2].message().scene_cut

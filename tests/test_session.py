@@ -169,6 +169,29 @@ def test_rate_control_runs_every_interval_of_video_time(session, segments):
     assert len(updates) == 4
 
 
+def test_a_scene_cut_restarts_the_rates_and_is_judged_not_trained_on(session, segments):
+    """A segment the device flagged as a cut: counted, no φ across it, the rate back at its
+    maximum and T_update at τ_min (a control even though the rate alone moved on the device);
+    no phase trains on it."""
+    _run(session, hello(session.mirror.sha256))
+    _run(session, envelope(*segments[0]))
+    session.asr.rate_fps, session.atr.slowdown, session.atr.t_update_s = 0.1, True, 30.0
+    observed = []
+    observe = session.asr.observe
+    session.asr.observe = lambda phi: (observed.append(phi), observe(phi))
+    msg, h264 = segments[1]
+    out = _run(session, envelope(msg.model_copy(update={"scene_cut": True}), h264))
+    (control,) = [o.msg for o in out if isinstance(o.msg, Control)]
+    config = session.config
+    assert control.sampling_rate_fps == config.asr.max_fps
+    assert control.t_update_s == config.atr.tau_min_s and not session.atr.slowdown
+    assert len(observed) == 2  # its 3 frames' two pairs: none with the frame before the cut
+    assert session.stats.scene_cuts == 1 and session.stats.phases == 1  # judged, not trained on
+    assert _updates(out) == [] and session.stats.rebases == 0  # the base does no better here
+    unchanged = _run(session, envelope(msg.model_copy(update={"scene_cut": True}), h264))
+    assert [o.msg for o in unchanged if isinstance(o.msg, Control)] == [control]
+
+
 def test_an_undecodable_segment_is_acknowledged_as_rejected(session, segments):
     msg, h264 = segments[0]
     out = _run(session, envelope(msg, h264[: len(h264) // 3]))
@@ -629,6 +652,25 @@ def test_a_device_model_the_base_beats_on_new_samples_restarts_training_from_it(
     assert resumed.restore()
     assert [s.timestamp for s in resumed.buffer.samples()] == list(segments[1][0].timestamps)
     assert resumed.buffer.start == session.buffer.start and resumed.stats.rebases == 1
+
+
+def test_at_a_scene_cut_a_better_base_goes_to_the_device_at_once(tmp_path, segments):
+    """The rebase rule on the cut's frames as they come: the base, untrained, as an update
+    from the device's file; the buffer keeps the new scene alone; no phase until the next
+    segment, which trains from the base."""
+    session = _rebasing_session(tmp_path)
+    _run(session, hello(session.mirror.sha256))
+    (first,) = _updates(_run(session, envelope(*segments[0])))  # v1: wrecked, sent
+    msg, h264 = segments[1]
+    (back,) = _updates(_run(session, envelope(msg.model_copy(update={"scene_cut": True}), h264)))
+    base = session.config.student.model.read_bytes()
+    assert back.msg.base_sha256 == first.msg.result_sha256 and session.mirror.data == base
+    assert apply_update(back.msg.format, session.mirror.versions()[1], back.body) == base
+    assert session.stats.rebases == 1 and session.stats.phases == 1
+    assert [s.timestamp for s in session.buffer.samples()] == list(msg.timestamps)
+    (trained,) = _updates(_run(session, envelope(*segments[2])))
+    assert session.stats.phases == 2 and session.stats.rebases == 1
+    assert trained.msg.base_sha256 == sha256_hex(base)
 
 
 def test_without_rebase_the_wrecked_model_trains_on(tmp_path, segments):

@@ -49,6 +49,13 @@ class AdaptiveSamplingRate:
     def observe(self, phi: float) -> None:
         self._phis.append(phi)
 
+    def cut(self) -> None:
+        """A scene cut: the rate goes to r_max (the device went there on its own), and the φ
+        measured so far, the old scene's, is dropped. Off, the rate stays."""
+        if self.config.enabled:
+            self.rate_fps = self.config.max_fps
+        self._phis.clear()
+
     def update(self) -> float:
         """Eq. 1, once per δt; with no new φ (no samples arrived) the rate stays."""
         cfg = self.config

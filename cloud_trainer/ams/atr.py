@@ -36,6 +36,12 @@ class AdaptiveTrainingRate:
         self.t_update_s = self.config.tau_min_s
         self.slowdown = False
 
+    def cut(self) -> None:
+        """A scene cut: out of slow-down mode, T_update back to τ_min."""
+        if self.config.enabled:
+            self.slowdown = False
+            self.t_update_s = self.config.tau_min_s
+
     def update(self, rate_fps: float) -> float:
         """Eq. 2 with ASR's latest rate decision r_n; returns the next T_update."""
         cfg = self.config

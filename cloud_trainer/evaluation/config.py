@@ -21,6 +21,7 @@ from cloud_trainer.evaluation.names import PRESETS
 from cloud_trainer.recl.config import ReclConfig
 from cloud_trainer.student.float16 import Precision
 from edge_runtime.profile import KnobsSection, OneAdaptSection
+from edge_runtime.scene_cut import SceneCutSection
 from shared_schema.config_files import ConfigFileError, validation_message
 from shared_schema.messages import UpdateFormat
 from shared_schema.tflite_file import TFLiteFile, TFLiteFormatError
@@ -105,6 +106,8 @@ class AmsSettings(_Settings):
     # ``segment_kbps``, else the segments stay at ``segment_kbps``
     oneadapt: OneAdaptSection = OneAdaptSection()
     knobs: KnobsSection = KnobsSection()
+    # the device's [scene_cut]: a cut sends its frame up at once (edge_runtime.scene_cut)
+    scene_cut: SceneCutSection = SceneCutSection()
 
 
 class OneTimeSettings(_Settings):

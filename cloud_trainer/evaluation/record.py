@@ -50,7 +50,7 @@ class SchemeRun:
         which = np.asarray(self.frame_video)
         up, down = sum(n for _, n in self.uplink), sum(n for _, n in self.downlink)
         # for the plots, not the tables
-        series = ("sampling_fps", "t_update_s", "rebased_at", "reused_at", "knobs")
+        series = ("sampling_fps", "t_update_s", "rebased_at", "reused_at", "scene_cut_at", "knobs")
         extra = {k: v for k, v in self.extra.items() if k not in series}
         # Model updates re-encoded as seed 002 sends them (fp16 values of the phase's mask),
         # and, for Just-In-Time, as the full-model float16 updates its paper numbers assume.

@@ -279,6 +279,7 @@ def _details(schemes: dict[str, dict], names: list[SchemeName]) -> str:
         ("share_of_oracle_gain", "{:.1%}"),
         ("phases_gated", "{:d}"),
         ("rebases", "{:d}"),
+        ("scene_cuts", "{:d}"),
         ("saturated_weights", "{:d}"),
         ("trainer_seconds", "{:.1f}"),
         ("wall_seconds", "{:.1f}"),

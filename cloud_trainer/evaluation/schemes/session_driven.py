@@ -41,6 +41,7 @@ from edge_runtime.h264 import encode_segment
 from edge_runtime.oneadapt.step import step
 from edge_runtime.runtime import UPDATE_FORMATS
 from edge_runtime.sampler import Sampler
+from edge_runtime.scene_cut import SceneCutDetector
 from edge_runtime.segment_buffer import EncodedSegment
 from shared_schema.envelope import decode, encode
 from shared_schema.gradient import GradientMap
@@ -110,6 +111,7 @@ class SessionScheme(ModelScheme):
         accepted = UPDATE_FORMATS[ModelFormat.TFLITE]
         self.session.device.update_formats = tuple(f.value for f in accepted)
         self.sampler = Sampler(asr.initial_fps, min_fps=asr.min_fps, max_fps=asr.max_fps)
+        self.cuts = SceneCutDetector(settings.scene_cut) if settings.scene_cut.enabled else None
         self.t_update_s = atr.tau_min_s if window_s is None else window_s
         self.window_s = window_s
         self.knobs = EncoderKnobs(bitrate_kbps=settings.segment_kbps)
@@ -126,6 +128,8 @@ class SessionScheme(ModelScheme):
         ctx.run.extra["reuses"] = 0  # training went on from an expert of the zoo (RECL)
         ctx.run.extra["rebased_at"] = []  # end of the interval that moved it to the base
         ctx.run.extra["reused_at"] = []  # ... to an expert of the zoo
+        ctx.run.extra["scene_cuts"] = 0  # frames the device saw start a new scene
+        ctx.run.extra["scene_cut_at"] = []  # ... and when
         ctx.run.extra["saturated_weights"] = 0  # trained values the int8 grid clamps, at the end
         ctx.run.extra["sampling_fps"] = [(0.0, self.sampler.rate_fps)]
         ctx.run.extra["t_update_s"] = [(0.0, self.t_update_s)]
@@ -140,17 +144,35 @@ class SessionScheme(ModelScheme):
         while frame.t >= self._interval_end:
             self._end_interval(self._interval_end)
             self._interval_end += self.t_update_s
-        if frame.t < self._sampling_until and self.sampler.offer(frame.t):
+        if frame.t >= self._sampling_until:
+            return
+        cut = self._scene_cut(frame)
+        if self.sampler.offer(frame.t):
             self._samples.append(frame.on_clock())
+        if cut:  # the frame goes up at once, alone, and a new interval starts
+            self._end_interval(frame.t, scene_cut=True)
+            self._interval_end = frame.t + self.t_update_s
 
-    def _end_interval(self, end_s: float) -> None:
-        if not self._upload(end_s):
+    def _scene_cut(self, frame: StreamFrame) -> bool:
+        """As the runtime's: on a cut the samples so far go up as they are, the frame is
+        sampled, and sampling goes to its maximum rate (``edge_runtime.scene_cut``)."""
+        if self.cuts is None or not self.cuts.cut(frame.on_clock()):
+            return False
+        self._end_interval(frame.t)
+        self.sampler.cut(frame.t)
+        self.ctx.run.extra["scene_cuts"] += 1
+        self.ctx.run.extra["scene_cut_at"].append(frame.t)
+        self.ctx.run.extra["sampling_fps"].append((frame.t, self.sampler.rate_fps))
+        return True
+
+    def _end_interval(self, end_s: float, *, scene_cut: bool = False) -> None:
+        if not self._upload(end_s, scene_cut):
             return
         with self.ctx.compute() as spent:
             replies = self.work()
         self.handle(end_s, spent[0], replies)
 
-    def _upload(self, end_s: float) -> bool:
+    def _upload(self, end_s: float, scene_cut: bool) -> bool:
         """The interval's samples as one H.264 segment into the session; False if none."""
         if not self._samples:
             return False
@@ -158,7 +180,7 @@ class SessionScheme(ModelScheme):
         self._uploaded = {f.timestamp: f for f in frames}
         rate = self.sampler.rate_fps
         h264 = encode_segment(frames, self.knobs, fps=rate)
-        segment = EncodedSegment.of(h264, frames, self.knobs, rate).message()
+        segment = EncodedSegment.of(h264, frames, self.knobs, rate, scene_cut=scene_cut).message()
         self.ctx.run.uplink.append((end_s, len(h264)))
         seq = next(self._seq)
         wire = encode(segment, device_id=self.device_id, seq=seq, boot=_BOOT_ID, body=h264)
