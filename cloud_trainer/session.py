@@ -676,9 +676,8 @@ class Session:
             teacher_labels = self._teacher.label(rgb)
             distilled = self.config.training.distillation == "kl"
             soft = self._teacher.scores(rgb) if distilled else None
-        if segment.scene_cut:  # no φ across the cut: it measures no scene's pace
-            self.stats.scene_cuts += 1
-            self._previous_labels = None
+        if segment.scene_cut:
+            self._cut(segment.timestamps[0])
         with self._stages.stage("samples"):
             size = self.config.training.frame_size
             samples = labelled_samples(frames, teacher_labels, size, soft)
@@ -688,17 +687,21 @@ class Session:
         self.stats.segments += 1
         self.stats.frames += len(frames)
         self.stats.bytes_up += len(envelope.body)
-        # a cut's lone frame is judged (below), not trained on: one frame of a new scene,
-        # trained on at once, taught the model that scene's first look (README, scene cuts)
-        self._phase_due = not self.paused and not segment.scene_cut
+        # a cut's frame is judged (below), not trained on alone: one frame of a new scene,
+        # trained on at once, taught the model that scene's first look (README, scene cuts);
+        # a phase the segment before it made due still trains, unless the cut rebases
+        self._phase_due = not self.paused and (self._phase_due or not segment.scene_cut)
         self._records.append(UplinkRecord(time.time(), segment.width, segment.height,
                                           segment.bitrate_kbps, len(frames)))  # fmt: skip
         with self._stages.stage("probe"):
             self._probe_accuracy(samples)
         with self._stages.stage("gradient"):
             gradient = self._gradient(rgb[-1], segment.timestamps[-1])
-        controls = self._rate_control(segment.timestamps[-1], cut=segment.scene_cut)
-        return gradient + controls + self._select_model() + self._rebase_at_cut(segment)
+        # a device sampling faster than it was told missed a control or cut on its own
+        resend = segment.scene_cut or segment.sampling_rate_fps > self.asr.rate_fps
+        controls = self._rate_control(segment.timestamps[-1], resend=resend)
+        rebased = self._rebase_at_cut(len(samples)) if segment.scene_cut else []
+        return gradient + controls + self._select_model() + rebased
 
     def _probe_accuracy(self, samples: list[Sample]) -> None:
         """For the dashboard: the device's model and the pretrained one on the newest of these
@@ -735,21 +738,27 @@ class Session:
             self._previous_labels = sample.labels
             self.buffer.add(sample)
 
-    def _rate_control(self, device_time: float, *, cut: bool = False) -> list[Outgoing]:
-        """ASR then ATR every δt of the device's video time; a control message on a change.
-        A scene ``cut`` restarts both, as the device did: the rate at its maximum, T_update
-        at τ_min; the control goes even if unchanged, since the device moved its rate alone."""
+    def _cut(self, device_time: float) -> None:
+        """A scene cut the device saw at ``device_time``: ASR and ATR start again, as the device
+        did (the rate at its maximum, T_update at τ_min), their next step a δt away; no φ
+        across the cut, which measures no scene's pace."""
+        self.stats.scene_cuts += 1
+        self._previous_labels = None
+        self.asr.cut()
+        self.atr.cut()
+        self._next_rate_update = device_time + self.config.asr.interval_s
+
+    def _rate_control(self, device_time: float, *, resend: bool = False) -> list[Outgoing]:
+        """ASR then ATR every δt of the device's video time; a control message on a change,
+        or with ``resend`` (the device's rate moved without one)."""
         if self._next_rate_update is None:
             self._next_rate_update = device_time + self.config.asr.interval_s
         before = self.control()
-        if cut:
-            self.asr.cut()
-            self.atr.cut()
         while device_time >= self._next_rate_update:
             self.atr.update(self.asr.update())
             self._next_rate_update += self.config.asr.interval_s
         after = self.control()
-        return [] if after == before and not cut else [self._signed_control(after)]
+        return [] if after == before and not resend else [self._signed_control(after)]
 
     def _train(self) -> list[Outgoing]:
         self._phase_due = False
@@ -855,9 +864,9 @@ class Session:
             return False
         self._restart_from(self._base, new[0].timestamp)
         self.stats.rebases += 1
-        log.info("%s: rebased before phase %d: the base model scored %.3f against the device's"
+        log.info("%s: rebased after phase %d: the base model scored %.3f against the device's"
                  " %.3f on %d new samples; %d samples kept", self.device_id,
-                 self.stats.phases + 1, base, running, len(judged), len(self.buffer))  # fmt: skip
+                 self.stats.phases, base, running, len(judged), len(self.buffer))  # fmt: skip
         return True
 
     def _select_model(self) -> list[Outgoing]:
@@ -894,14 +903,18 @@ class Session:
                  scores[CURRENT], judged)  # fmt: skip
         return self._switch(fmt, choice.name)
 
-    def _rebase_at_cut(self, segment: Segment) -> list[Outgoing]:
-        """At a scene cut, the rebase rule on the cut's frame at once; where the base wins the
-        device goes back to it now rather than at the next phase (RECL's selection, where on,
-        has judged the frame already)."""
+    def _rebase_at_cut(self, count: int) -> list[Outgoing]:
+        """At a scene cut, the rebase rule on the cut's ``count`` samples alone, at once; where
+        the base wins the device goes back to it now rather than at the next phase, and a
+        phase due on the old scene's samples, which the buffer forgets, is not trained (RECL's
+        selection, where on, has judged the samples already)."""
         fmt = self._delta_format()
-        if not segment.scene_cut or self._reuse is not None or fmt is None or self.paused:
+        if self._reuse is not None or fmt is None or self.paused:
             return []
-        return self._switch(fmt, BASE) if self._rebase_if_better(self._fresh) else []
+        if not self._rebase_if_better(count):
+            return []
+        self._phase_due, self._fresh = False, count
+        return self._switch(fmt, BASE)
 
     def _switch(self, fmt: UpdateFormat, name: str) -> list[Outgoing]:
         """The update that takes the device to the model training goes on from (``name``)."""

@@ -13,7 +13,8 @@ costs the loop only where it takes a core inference would have used.
 OneAdapt (``oneadapt_every``): each round also runs the runtime with ``[oneadapt]`` on and a
 DNNGrad offered every S seconds for its newest sampled frame, so that every S seconds the device
 re-encodes a frame at each perturbed knob and steps; its fps over the plain runtime's in the
-same round is the cost to the frame loop.
+same round is the cost to the frame loop. Scene cuts (``scene_cut``): likewise, the runtime
+with ``[scene_cut]`` on, whose detector looks at every frame.
 
 Swap (``swap_every``): frames paced at a fixed rate while a real qdelta update (5 % of the
 weights moved by one quantization step: the device's work does not depend on how the values
@@ -67,6 +68,7 @@ def bench_profile(
     broker: str | None,
     public_key: Path,
     oneadapt: bool = False,
+    scene_cut: bool = False,
 ) -> Profile:
     """The ``cpu`` profile, T_update as it has it, with the benchmark's settings; it trusts
     ``public_key`` alone (the benchmark's own key). Relative paths are the caller's (from the
@@ -90,6 +92,7 @@ def bench_profile(
         buffer={"bitrate_kbps": bitrate_kbps},
         telemetry={"interval_s": 10.0, "results_rate_hz": 0.0},
         oneadapt={"enabled": oneadapt},
+        scene_cut={"enabled": scene_cut},
         mqtt={} if url is None else {"host": url.hostname or "127.0.0.1", "port": url.port or 1883},
     )
 
@@ -134,6 +137,7 @@ def runtime_round(
         "uplink_kbps": runtime.counters.get("uplink.bytes_sent") * 8 / video_s / 1000,
         "segments": runtime.counters.get("uplink.segments_accepted"),
         "oneadapt_steps": steps,
+        "scene_cuts": runtime.counters.get("scene_cuts"),
     }
 
 
@@ -163,33 +167,44 @@ def throughput(
     bitrate_kbps: float,
     broker: str | None,
     oneadapt_every_s: float = 0.0,
+    scene_cut: bool = False,
 ) -> dict:
     """The runtime against a bare loop on the same frames (the settings' defaults are the
-    command line's); with ``oneadapt_every_s``, also the runtime stepping its knobs."""
+    command line's); with ``oneadapt_every_s``, also the runtime stepping its knobs; with
+    ``scene_cut``, also the runtime with its scene-cut detector on."""
     decoded = load_frames(source, frames)
     height, width = TFLiteFile(model.read_bytes()).input_size
     inputs = [frame.rgb(width, height) for frame in decoded]
-    bare, runs, adapting = [], [], []
+    arms = {"plain": {}}
+    if oneadapt_every_s:
+        arms["oneadapt"] = {"oneadapt": True}
+    if scene_cut:
+        arms["scene_cut"] = {"scene_cut": True}
+    bare: list[float] = []
+    runs: dict[str, list[dict]] = {arm: [] for arm in arms}
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         _, public_key = _bench_key(Path(tmp))
         for round_index in range(rounds):
             bare.append(bare_fps(model, inputs, threads))
-            for oneadapt, out in ((False, runs), (True, adapting)):
-                if oneadapt and not oneadapt_every_s:
-                    continue
+            for arm, switches in arms.items():
                 profile = bench_profile(
                     model,
-                    Path(tmp) / f"round{round_index}-{oneadapt}",
+                    Path(tmp) / f"round{round_index}-{arm}",
                     threads=threads,
                     sampling_fps=sampling_fps,
                     bitrate_kbps=bitrate_kbps,
                     broker=broker,
                     public_key=public_key,
-                    oneadapt=oneadapt,
+                    **switches,
                 )
-                out.append(runtime_round(profile, decoded, broker, oneadapt_every_s * oneadapt))
-    ratios = [run["fps"] / b for run, b in zip(runs, bare, strict=True)]
-    return _oneadapt_figures(adapting, runs, oneadapt_every_s) | {
+                gradient_every_s = oneadapt_every_s if arm == "oneadapt" else 0.0
+                runs[arm].append(runtime_round(profile, decoded, broker, gradient_every_s))
+    plain = runs.pop("plain")
+    ratios = [run["fps"] / b for run, b in zip(plain, bare, strict=True)]
+    extra = {name: _arm_figures(name, arm_runs, plain) for name, arm_runs in runs.items()}
+    if "oneadapt" in extra:
+        extra["oneadapt"] |= {"oneadapt_every_s": oneadapt_every_s}
+    return {k: v for figures in extra.values() for k, v in figures.items()} | {
         "model": str(model),
         "source": source,
         "frames": len(decoded),
@@ -199,13 +214,13 @@ def throughput(
         "bitrate_kbps": bitrate_kbps,
         "uplink": f"mqtt://{broker}" if broker else "null",
         "fps_bare": statistics.median(bare),
-        "fps_runtime": statistics.median(run["fps"] for run in runs),
+        "fps_runtime": statistics.median(run["fps"] for run in plain),
         "ratio": statistics.median(ratios),
         "ratios": ratios,
-        "latency_p50_ms": statistics.median(run["latency_p50_ms"] for run in runs),
-        "latency_p95_ms": statistics.median(run["latency_p95_ms"] for run in runs),
-        "uplink_kbps": statistics.median(run["uplink_kbps"] for run in runs),
-        "stages_ms": stage_breakdown(runs, bare),
+        "latency_p50_ms": statistics.median(run["latency_p50_ms"] for run in plain),
+        "latency_p95_ms": statistics.median(run["latency_p95_ms"] for run in plain),
+        "uplink_kbps": statistics.median(run["uplink_kbps"] for run in plain),
+        "stages_ms": stage_breakdown(plain, bare),
     }
 
 
@@ -238,17 +253,20 @@ def stage_breakdown(runs: list[dict], bare: list[float]) -> dict:
     }
 
 
-def _oneadapt_figures(adapting: list[dict], plain: list[dict], every_s: float) -> dict:
-    """What the knob steps cost the frame loop: fps with them over fps without, per round."""
-    if not adapting:
-        return {}
-    ratios = [a["fps"] / p["fps"] for a, p in zip(adapting, plain, strict=True)]
+def _arm_figures(arm: str, runs: list[dict], plain: list[dict]) -> dict:
+    """What an arm's feature costs the frame loop: fps with it over fps without, per round, and
+    how often it acted (knob steps, scene cuts)."""
+    ratios = [run["fps"] / p["fps"] for run, p in zip(runs, plain, strict=True)]
+    acted = "oneadapt_steps" if arm == "oneadapt" else "scene_cuts"
     return {
-        "oneadapt_every_s": every_s,
-        "fps_runtime_oneadapt": statistics.median(run["fps"] for run in adapting),
-        "oneadapt_ratio": statistics.median(ratios),
-        "oneadapt_ratios": ratios,
-        "oneadapt_steps": sum(run["oneadapt_steps"] for run in adapting),
+        f"fps_runtime_{arm}": statistics.median(run["fps"] for run in runs),
+        f"{arm}_ratio": statistics.median(ratios),
+        f"{arm}_ratios": ratios,
+        acted: sum(run[acted] for run in runs),
+        # the sampler's stage a frame, where the detector runs (the plain runtime's: stages_ms)
+        f"{arm}_sample_ms": sum(run["stage_seconds"].get("sample", 0.0) for run in runs)
+        * 1000
+        / sum(run["frames"] for run in runs),
     }
 
 

@@ -117,7 +117,7 @@ def _bench(args: argparse.Namespace) -> int:
         results = bench.throughput(
             Path(args.model), args.source, frames=args.frames, sampling_fps=args.sampling_fps,
             bitrate_kbps=args.bitrate, broker=args.broker, oneadapt_every_s=args.oneadapt_every,
-            **common,
+            scene_cut=args.scene_cut, **common,
         )  # fmt: skip
     if not args.no_save:
         results["saved_to"] = str(write_result(name, results, args.results_dir))
@@ -239,8 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the runtime against a bare LiteRT loop in the same run (JSON)",
         description="Throughput of the whole runtime against a bare set_tensor/invoke/"
         "get_tensor loop on the same frames; with --oneadapt-every, also with the knobs "
-        "stepped; with --swap-every, frame gaps while updates are hot-swapped. Results are "
-        "also written under benchmarks/results/.",
+        "stepped; with --scene-cuts, also with the scene-cut detector on; with --swap-every, "
+        "frame gaps while updates are hot-swapped. Results are also written under "
+        "benchmarks/results/.",
     )
     bench.add_argument("--model", required=True, help=".tflite model")
     bench.add_argument("--source", required=True, help="video file")
@@ -254,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--oneadapt-every", type=float, default=0.0, help="also step the knobs every S seconds"
     )
+    bench.add_argument(
+        "--scene-cuts", dest="scene_cut", action="store_true",
+        help="also run the runtime with [scene_cut] on (its detector on every frame)",
+    )  # fmt: skip
     bench.add_argument("--fps", type=float, help="pace frames at this rate (swap benchmark)")
     bench.add_argument(
         "--opa-budget-ms",

@@ -268,7 +268,9 @@ class EdgeRuntime:
         latency = time.perf_counter() - started
         with self.stats.timed("sample"):
             cut = self._scene_cut(frame)
-            sampled = self.sampler.offer(frame.timestamp)
+            sampled = self.sampler.offer(frame.timestamp, cut=cut)
+            if cut:  # the cut's segment is sampled at the new rate
+                self.segments.reconfigure(sampling_rate_fps=self.sampler.rate_fps)
             if sampled:
                 self.segments.add(frame, scene_cut=cut)
                 if self.adapter is not None:
@@ -280,12 +282,10 @@ class EdgeRuntime:
         return labels
 
     def _scene_cut(self, frame: Frame) -> bool:
-        """Whether ``frame`` starts a new scene; if so it is sampled, and sampling goes to its
-        maximum rate until the trainer's next control (``edge_runtime.scene_cut``)."""
+        """Whether ``frame`` starts a new scene (``edge_runtime.scene_cut``); if so it is
+        sampled, and sampling goes to its maximum rate until the trainer's next control."""
         if self.cuts is None or not self.cuts.cut(frame):
             return False
-        self.sampler.cut(frame.timestamp)
-        self.segments.reconfigure(sampling_rate_fps=self.sampler.rate_fps)
         self.counters.inc("scene_cuts")
         return True
 

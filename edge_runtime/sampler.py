@@ -33,16 +33,13 @@ class Sampler:
                 self._next = self._last + 1.0 / self._rate
             return self._rate
 
-    def cut(self, timestamp: float) -> None:
-        """A scene cut at ``timestamp``: that frame is a sample (the next ``offer`` of it says
-        so) and the rate goes to its maximum until the trainer sets one again."""
+    def offer(self, timestamp: float, *, cut: bool = False) -> bool:
+        """True if the frame taken at ``timestamp`` (seconds, non-decreasing) is a sample. A
+        scene ``cut`` makes it one and puts the rate at its maximum until the trainer sets one
+        again (under the same lock: a control landing between the two cannot unsample it)."""
         with self._lock:
-            self._rate = self.max_fps
-            self._next = timestamp
-
-    def offer(self, timestamp: float) -> bool:
-        """True if the frame taken at ``timestamp`` (seconds, non-decreasing) is a sample."""
-        with self._lock:
+            if cut:
+                self._rate, self._next = self.max_fps, timestamp
             if self._next is None:
                 self._next = timestamp
             if timestamp < self._next:

@@ -90,7 +90,6 @@ class SceneCutDetector:
         self.config = config
         self._previous: np.ndarray | None = None
         self._last_cut = -float("inf")
-        self.cuts = 0
 
     def cut(self, frame: Frame) -> bool:
         """Whether ``frame`` starts a new scene."""
@@ -101,5 +100,4 @@ class SceneCutDetector:
         if distance(previous, histogram) <= self.config.threshold:
             return False
         self._last_cut = frame.timestamp
-        self.cuts += 1
         return True

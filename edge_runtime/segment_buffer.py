@@ -186,7 +186,7 @@ class SegmentBuffer:
                 self.counters.inc("frames_dropped")
                 self.counters.inc("dropped.closed")
                 return
-            if scene_cut:
+            if scene_cut:  # (behind a backlog the oldest queued segment gives way, as ever)
                 self._close_open()
                 self._open = _Batch(self._settings, [frame], scene_cut=True)
                 self._close_open()

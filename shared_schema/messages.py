@@ -111,7 +111,9 @@ class Segment(Message):
     sampling_rate_fps: Fps
     bitrate_kbps: Annotated[float, Field(gt=0.0, le=1_000_000.0)]
     model_version: Version | None = None
-    scene_cut: bool = False  # the device saw its first frame start a new scene
+    # the device saw its first frame start a new scene; left out when false, so a trainer from
+    # before scene cuts (whose messages forbid unknown fields) still reads every other segment
+    scene_cut: bool = Field(False, exclude_if=lambda cut: not cut)
 
     @model_validator(mode="after")
     def _timestamps_in_order(self) -> Segment:

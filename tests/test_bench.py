@@ -70,6 +70,22 @@ def test_throughput_bench_measures_the_knob_steps_against_the_plain_runtime(
     assert out["oneadapt_ratio"] == pytest.approx(
         out["fps_runtime_oneadapt"] / out["fps_runtime"], rel=1e-6
     )
+    assert "scene_cut_ratio" not in out
+
+
+def test_throughput_bench_measures_the_scene_cut_detector(shared_dir, results_dir, capsys):
+    """The detector looks at every frame: its time shows in the sampler's stage; vtest.avi has
+    no cut."""
+    out = _run(
+        capsys,
+        *("--model", str(shared_dir / STUDENT), "--source", str(shared_dir / "videos/vtest.avi")),
+        *("--frames", "40", "--rounds", "1", "--scene-cuts"),
+    )
+    assert out["scene_cuts"] == 0 and "oneadapt_ratio" not in out
+    assert out["scene_cut_ratio"] == pytest.approx(
+        out["fps_runtime_scene_cut"] / out["fps_runtime"], rel=1e-6
+    )
+    assert out["scene_cut_sample_ms"] > out["stages_ms"]["loop"]["sample"]
 
 
 def test_swap_bench_applies_real_updates_while_paced(shared_dir, results_dir, capsys):

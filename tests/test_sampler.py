@@ -61,9 +61,9 @@ def test_bounds_are_validated():
 def test_a_scene_cut_samples_its_frame_and_goes_to_the_maximum_rate():
     sampler = Sampler(0.1, min_fps=0.1, max_fps=2.0)
     assert _sampled(sampler, [i / 10 for i in range(0, 35)]) == [0.0]  # next due at 10 s
-    sampler.cut(3.5)
-    assert sampler.rate_fps == 2.0
-    kept = _sampled(sampler, [i / 10 for i in range(35, 60)])
-    assert kept == pytest.approx([3.5, 4.0, 4.5, 5.0, 5.5])
+    sampler.set_rate(0.1)  # a control just before the cut (moves the next sample to 10 s)
+    assert sampler.offer(3.5, cut=True) and sampler.rate_fps == 2.0
+    kept = _sampled(sampler, [i / 10 for i in range(36, 60)])
+    assert kept == pytest.approx([4.0, 4.5, 5.0, 5.5])
     assert sampler.set_rate(0.5) == 0.5  # the trainer's next control sets it again
     assert _sampled(sampler, [i / 10 for i in range(60, 80)]) == pytest.approx([7.5])

@@ -169,27 +169,51 @@ def test_rate_control_runs_every_interval_of_video_time(session, segments):
     assert len(updates) == 4
 
 
+def _cut(segment):
+    msg, h264 = segment
+    return envelope(msg.model_copy(update={"scene_cut": True}), h264)
+
+
 def test_a_scene_cut_restarts_the_rates_and_is_judged_not_trained_on(session, segments):
-    """A segment the device flagged as a cut: counted, no φ across it, the rate back at its
-    maximum and T_update at τ_min (a control even though the rate alone moved on the device);
-    no phase trains on it."""
+    """A segment the device flagged as a cut: counted, no φ across it (its own frames' φ kept),
+    the rate back at its maximum and T_update at τ_min (a control even though unchanged: the
+    device moved its rate alone), and no phase trains on it alone."""
     _run(session, hello(session.mirror.sha256))
     _run(session, envelope(*segments[0]))
     session.asr.rate_fps, session.atr.slowdown, session.atr.t_update_s = 0.1, True, 30.0
-    observed = []
-    observe = session.asr.observe
-    session.asr.observe = lambda phi: (observed.append(phi), observe(phi))
-    msg, h264 = segments[1]
-    out = _run(session, envelope(msg.model_copy(update={"scene_cut": True}), h264))
+    used = []
+    update = session.asr.update
+    session.asr.update = lambda: used.append(list(session.asr.state_dict()["phis"])) or update()
+    out = _run(session, _cut(segments[1]))
     (control,) = [o.msg for o in out if isinstance(o.msg, Control)]
     config = session.config
     assert control.sampling_rate_fps == config.asr.max_fps
     assert control.t_update_s == config.atr.tau_min_s and not session.atr.slowdown
-    assert len(observed) == 2  # its 3 frames' two pairs: none with the frame before the cut
+    # ASR's next step came δt (2 s) after the cut, on its 3 frames' 2 pairs, none across it
+    assert [len(phis) for phis in used] == [2]
     assert session.stats.scene_cuts == 1 and session.stats.phases == 1  # judged, not trained on
     assert _updates(out) == [] and session.stats.rebases == 0  # the base does no better here
-    unchanged = _run(session, envelope(msg.model_copy(update={"scene_cut": True}), h264))
-    assert [o.msg for o in unchanged if isinstance(o.msg, Control)] == [control]
+    again = _run(session, _cut(segments[2]))  # a second cut: a control again
+    assert [o.msg.t_update_s for o in again if isinstance(o.msg, Control)] == [control.t_update_s]
+
+
+def test_a_device_sampling_faster_than_told_is_told_again(session, segments):
+    _run(session, hello(session.mirror.sha256))
+    session.asr.rate_fps = 0.5  # what the trainer said; the segments were sampled at 1 fps
+    (control,) = [
+        o.msg for o in _run(session, envelope(*segments[0])) if isinstance(o.msg, Control)
+    ]
+    assert control.sampling_rate_fps == 0.5
+
+
+def test_a_phase_due_before_a_cut_still_trains(session, segments):
+    """The segment before the cut and the cut's arrive together (the device sends both at
+    once): the first one's phase trains, on a buffer that holds the cut's frames too."""
+    _run(session, hello(session.mirror.sha256))
+    _run(session, envelope(*segments[0]))
+    out = _run(session, envelope(*segments[1]), _cut(segments[2]))
+    assert session.stats.phases == 2 and len(_updates(out)) == 1 and session.stats.rebases == 0
+    assert len(session.buffer) == 9
 
 
 def test_an_undecodable_segment_is_acknowledged_as_rejected(session, segments):
@@ -655,20 +679,20 @@ def test_a_device_model_the_base_beats_on_new_samples_restarts_training_from_it(
 
 
 def test_at_a_scene_cut_a_better_base_goes_to_the_device_at_once(tmp_path, segments):
-    """The rebase rule on the cut's frames as they come: the base, untrained, as an update
-    from the device's file; the buffer keeps the new scene alone; no phase until the next
-    segment, which trains from the base."""
+    """The rebase rule on the cut's frames alone, as they come: the base, untrained, as an
+    update from the device's file; the buffer keeps the cut's frames alone; the phase the
+    segment before the cut made due is not trained; the next segment's phase trains from the
+    base."""
     session = _rebasing_session(tmp_path)
     _run(session, hello(session.mirror.sha256))
     (first,) = _updates(_run(session, envelope(*segments[0])))  # v1: wrecked, sent
-    msg, h264 = segments[1]
-    (back,) = _updates(_run(session, envelope(msg.model_copy(update={"scene_cut": True}), h264)))
+    (back,) = _updates(_run(session, envelope(*segments[1]), _cut(segments[2])))
     base = session.config.student.model.read_bytes()
     assert back.msg.base_sha256 == first.msg.result_sha256 and session.mirror.data == base
     assert apply_update(back.msg.format, session.mirror.versions()[1], back.body) == base
     assert session.stats.rebases == 1 and session.stats.phases == 1
-    assert [s.timestamp for s in session.buffer.samples()] == list(msg.timestamps)
-    (trained,) = _updates(_run(session, envelope(*segments[2])))
+    assert [s.timestamp for s in session.buffer.samples()] == list(segments[2][0].timestamps)
+    (trained,) = _updates(_run(session, envelope(*segments[3])))
     assert session.stats.phases == 2 and session.stats.rebases == 1
     assert trained.msg.base_sha256 == sha256_hex(base)
 

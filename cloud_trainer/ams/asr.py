@@ -50,8 +50,9 @@ class AdaptiveSamplingRate:
         self._phis.append(phi)
 
     def cut(self) -> None:
-        """A scene cut: the rate goes to r_max (the device went there on its own), and the φ
-        measured so far, the old scene's, is dropped. Off, the rate stays."""
+        """A scene cut: the rate goes to r_max (the device went to its own maximum, and the
+        control that follows says this one), and the φ measured so far, the old scene's, is
+        dropped. Off, the rate stays."""
         if self.config.enabled:
             self.rate_fps = self.config.max_fps
         self._phis.clear()

@@ -8,7 +8,8 @@ beyond what the running model learnt: the student starts again from the base wei
 optimizer state), and the buffer forgets every sample older than those judged, which belong to
 the scene it was specialised for. The phase then trains from the base on the new scene alone,
 and its update (a qdelta from the device's file, so every weight changed since the base) takes
-the device there.
+the device there. At a scene cut the device reports (``edge_runtime.scene_cut``) the rule runs
+at once on the cut's frame alone, and a win sends the base itself, untrained.
 
 Why: on a stream of scenes, AMS's T_horizon buffer is dominated by the previous scene for
 minutes, and a model specialised for it can label the next scene worse than the pretrained

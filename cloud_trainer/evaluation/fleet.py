@@ -61,9 +61,7 @@ class FleetDevice(SessionScheme):
 
     waiting_since: float | None = None  # when its phase became due, until the trainer takes it
 
-    def _end_interval(self, end_s: float) -> None:
-        if not self._upload(end_s):
-            return
+    def _answer(self, end_s: float) -> None:
         self.handle(end_s, 0.0, self.work(until_phase=True))
         if self.session.trains_next and self.waiting_since is None:
             self.waiting_since = end_s

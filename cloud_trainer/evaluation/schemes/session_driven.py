@@ -147,32 +147,39 @@ class SessionScheme(ModelScheme):
         if frame.t >= self._sampling_until:
             return
         cut = self._scene_cut(frame)
-        if self.sampler.offer(frame.t):
+        if not self.sampler.offer(frame.t, cut=cut):
+            return
+        if not cut:
             self._samples.append(frame.on_clock())
-        if cut:  # the frame goes up at once, alone, and a new interval starts
-            self._end_interval(frame.t, scene_cut=True)
-            self._interval_end = frame.t + self.t_update_s
+            return
+        # as the runtime's segment buffer: the samples so far go up as they are, the cut's
+        # frame right after them alone; the trainer has both before it works on either
+        self._upload(frame.t)
+        self._samples = [frame.on_clock()]
+        self._upload(frame.t, scene_cut=True)
+        self._answer(frame.t)
+        self._interval_end = frame.t + self.t_update_s
 
     def _scene_cut(self, frame: StreamFrame) -> bool:
-        """As the runtime's: on a cut the samples so far go up as they are, the frame is
-        sampled, and sampling goes to its maximum rate (``edge_runtime.scene_cut``)."""
+        """The device's detector (``edge_runtime.scene_cut``) on the frame."""
         if self.cuts is None or not self.cuts.cut(frame.on_clock()):
             return False
-        self._end_interval(frame.t)
-        self.sampler.cut(frame.t)
         self.ctx.run.extra["scene_cuts"] += 1
         self.ctx.run.extra["scene_cut_at"].append(frame.t)
-        self.ctx.run.extra["sampling_fps"].append((frame.t, self.sampler.rate_fps))
+        self.ctx.run.extra["sampling_fps"].append((frame.t, self.sampler.max_fps))
         return True
 
-    def _end_interval(self, end_s: float, *, scene_cut: bool = False) -> None:
-        if not self._upload(end_s, scene_cut):
-            return
+    def _end_interval(self, end_s: float) -> None:
+        if self._upload(end_s):
+            self._answer(end_s)
+
+    def _answer(self, end_s: float) -> None:
+        """The trainer's work on what it was sent, and its replies to the device."""
         with self.ctx.compute() as spent:
             replies = self.work()
         self.handle(end_s, spent[0], replies)
 
-    def _upload(self, end_s: float, scene_cut: bool) -> bool:
+    def _upload(self, end_s: float, scene_cut: bool = False) -> bool:
         """The interval's samples as one H.264 segment into the session; False if none."""
         if not self._samples:
             return False
