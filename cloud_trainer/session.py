@@ -697,7 +697,8 @@ class Session:
             self._probe_accuracy(samples)
         with self._stages.stage("gradient"):
             gradient = self._gradient(rgb[-1], segment.timestamps[-1])
-        # a device sampling faster than it was told missed a control or cut on its own
+        # a device sampling faster than it was told missed a control or cut on its own (or began
+        # the segment before a lower rate reached it: the control goes once more, harmless)
         resend = segment.scene_cut or segment.sampling_rate_fps > self.asr.rate_fps
         controls = self._rate_control(segment.timestamps[-1], resend=resend)
         rebased = self._rebase_at_cut(len(samples)) if segment.scene_cut else []
