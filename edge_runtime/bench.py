@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -175,36 +176,35 @@ def throughput(
     decoded = load_frames(source, frames)
     height, width = TFLiteFile(model.read_bytes()).input_size
     inputs = [frame.rgb(width, height) for frame in decoded]
-    arms = {"plain": {}}
+    arms = {"plain": _Arm()}
     if oneadapt_every_s:
-        arms["oneadapt"] = {"oneadapt": True}
+        arms["oneadapt"] = _Arm("oneadapt", "oneadapt_steps", oneadapt_every_s)
     if scene_cut:
-        arms["scene_cut"] = {"scene_cut": True}
+        arms["scene_cut"] = _Arm("scene_cut", "scene_cuts")
     bare: list[float] = []
     runs: dict[str, list[dict]] = {arm: [] for arm in arms}
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         _, public_key = _bench_key(Path(tmp))
         for round_index in range(rounds):
             bare.append(bare_fps(model, inputs, threads))
-            for arm, switches in arms.items():
+            for name, arm in arms.items():
                 profile = bench_profile(
                     model,
-                    Path(tmp) / f"round{round_index}-{arm}",
+                    Path(tmp) / f"round{round_index}-{name}",
                     threads=threads,
                     sampling_fps=sampling_fps,
                     bitrate_kbps=bitrate_kbps,
                     broker=broker,
                     public_key=public_key,
-                    **switches,
+                    **({arm.section: True} if arm.section else {}),
                 )
-                gradient_every_s = oneadapt_every_s if arm == "oneadapt" else 0.0
-                runs[arm].append(runtime_round(profile, decoded, broker, gradient_every_s))
+                runs[name].append(runtime_round(profile, decoded, broker, arm.gradient_every_s))
     plain = runs.pop("plain")
     ratios = [run["fps"] / b for run, b in zip(plain, bare, strict=True)]
-    extra = {name: _arm_figures(name, arm_runs, plain) for name, arm_runs in runs.items()}
-    if "oneadapt" in extra:
-        extra["oneadapt"] |= {"oneadapt_every_s": oneadapt_every_s}
-    return {k: v for figures in extra.values() for k, v in figures.items()} | {
+    extra: dict[str, object] = {}
+    for name, arm_runs in runs.items():
+        extra |= _arm_figures(name, arms[name], arm_runs, plain)
+    return extra | {
         "model": str(model),
         "source": source,
         "frames": len(decoded),
@@ -238,10 +238,7 @@ def stage_breakdown(runs: list[dict], bare: list[float]) -> dict:
     def per_frame(seconds: float) -> float:
         return seconds * 1000 / frames
 
-    def total(stage: str) -> float:
-        return sum(run["stage_seconds"].get(stage, 0.0) for run in runs)
-
-    loop = {stage: per_frame(total(stage)) for stage in LOOP_STAGES}
+    loop = {stage: stage_ms(runs, stage) for stage in LOOP_STAGES}
     frame_ms = per_frame(sum(run["seconds"] for run in runs))
     return {
         "frame": frame_ms,
@@ -249,25 +246,41 @@ def stage_breakdown(runs: list[dict], bare: list[float]) -> dict:
             sum(run["frames"] / fps for run, fps in zip(runs, bare, strict=True))
         ),
         "loop": loop | {"other": frame_ms - sum(loop.values())},
-        "beside_cpu": {stage: per_frame(total(stage)) for stage in BESIDE_STAGES},
+        "beside_cpu": {stage: stage_ms(runs, stage) for stage in BESIDE_STAGES},
     }
 
 
-def _arm_figures(arm: str, runs: list[dict], plain: list[dict]) -> dict:
-    """What an arm's feature costs the frame loop: fps with it over fps without, per round, and
-    how often it acted (knob steps, scene cuts)."""
+def stage_ms(runs: list[dict], stage: str) -> float:
+    """A stage's milliseconds per frame over all rounds."""
+    seconds = sum(run["stage_seconds"].get(stage, 0.0) for run in runs)
+    return seconds * 1000 / sum(run["frames"] for run in runs)
+
+
+@dataclass(frozen=True)
+class _Arm:
+    """A runtime measured beside the plain one: the profile section it turns on, the counter
+    that says it acted, and for OneAdapt the DNNGrad period."""
+
+    section: str = ""  # "": the plain runtime
+    acted: str = ""
+    gradient_every_s: float = 0.0
+
+
+def _arm_figures(name: str, arm: _Arm, runs: list[dict], plain: list[dict]) -> dict:
+    """What an arm's feature costs the frame loop: fps with it over fps without, per round;
+    how often it acted (knob steps, scene cuts); the sampler's stage a frame, where the scene
+    detector runs (the plain runtime's is in ``stages_ms``)."""
     ratios = [run["fps"] / p["fps"] for run, p in zip(runs, plain, strict=True)]
-    acted = "oneadapt_steps" if arm == "oneadapt" else "scene_cuts"
-    return {
-        f"fps_runtime_{arm}": statistics.median(run["fps"] for run in runs),
-        f"{arm}_ratio": statistics.median(ratios),
-        f"{arm}_ratios": ratios,
-        acted: sum(run[acted] for run in runs),
-        # the sampler's stage a frame, where the detector runs (the plain runtime's: stages_ms)
-        f"{arm}_sample_ms": sum(run["stage_seconds"].get("sample", 0.0) for run in runs)
-        * 1000
-        / sum(run["frames"] for run in runs),
+    figures = {
+        f"fps_runtime_{name}": statistics.median(run["fps"] for run in runs),
+        f"{name}_ratio": statistics.median(ratios),
+        f"{name}_ratios": ratios,
+        arm.acted: sum(run[arm.acted] for run in runs),
+        f"{name}_sample_ms": stage_ms(runs, "sample"),
     }
+    if arm.gradient_every_s:
+        figures[f"{name}_every_s"] = arm.gradient_every_s
+    return figures
 
 
 def perturbed(model: TFLiteFile, fraction: float, rng: np.random.Generator) -> bytes:

@@ -117,7 +117,7 @@ class EdgeRuntime:
                 profile.oneadapt, profile.knobs, profile.buffer.initial_knobs,
                 lambda knobs: self.segments.reconfigure(knobs=knobs), self.counters,
             )  # fmt: skip
-        self.cuts = SceneCutDetector(profile.scene_cut) if profile.scene_cut.enabled else None
+        self.cuts = SceneCutDetector.of(profile.scene_cut)
         self.stats = FrameStats()
         self._telemetry = TelemetryReporter(self.stats)
         self._stop = threading.Event()

@@ -91,6 +91,11 @@ class SceneCutDetector:
         self._previous: np.ndarray | None = None
         self._last_cut = -float("inf")
 
+    @classmethod
+    def of(cls, config: SceneCutSection) -> SceneCutDetector | None:
+        """The detector a profile's ``[scene_cut]`` asks for; None where it is off."""
+        return cls(config) if config.enabled else None
+
     def cut(self, frame: Frame) -> bool:
         """Whether ``frame`` starts a new scene."""
         histogram = hue_saturation_histogram(frame.rgb(THUMBNAIL, THUMBNAIL))

@@ -64,7 +64,9 @@ def _frame(t: float, colour: int) -> Frame:
 
 
 def test_one_cut_per_hold_and_none_on_the_first_frame():
-    detector = SceneCutDetector(SceneCutSection(enabled=True, hold_s=2.0))
+    assert SceneCutDetector.of(SceneCutSection()) is None  # off: no detector at all
+    detector = SceneCutDetector.of(SceneCutSection(enabled=True, hold_s=2.0))
+    assert detector is not None
     frames = [_frame(0.0, 0), _frame(0.1, 2), _frame(0.2, 0), _frame(1.0, 0), _frame(3.0, 2)]
     assert [detector.cut(f) for f in frames] == [False, True, False, False, True]
 

@@ -111,7 +111,7 @@ class SessionScheme(ModelScheme):
         accepted = UPDATE_FORMATS[ModelFormat.TFLITE]
         self.session.device.update_formats = tuple(f.value for f in accepted)
         self.sampler = Sampler(asr.initial_fps, min_fps=asr.min_fps, max_fps=asr.max_fps)
-        self.cuts = SceneCutDetector(settings.scene_cut) if settings.scene_cut.enabled else None
+        self.cuts = SceneCutDetector.of(settings.scene_cut)
         self.t_update_s = atr.tau_min_s if window_s is None else window_s
         self.window_s = window_s
         self.knobs = EncoderKnobs(bitrate_kbps=settings.segment_kbps)
@@ -161,12 +161,12 @@ class SessionScheme(ModelScheme):
         self._interval_end = frame.t + self.t_update_s
 
     def _scene_cut(self, frame: StreamFrame) -> bool:
-        """The device's detector (``edge_runtime.scene_cut``) on the frame."""
+        """The device's detector (``edge_runtime.scene_cut``) on the frame (the rate it moves to
+        is recorded with the control the trainer answers every cut with)."""
         if self.cuts is None or not self.cuts.cut(frame.on_clock()):
             return False
         self.ctx.run.extra["scene_cuts"] += 1
         self.ctx.run.extra["scene_cut_at"].append(frame.t)
-        self.ctx.run.extra["sampling_fps"].append((frame.t, self.sampler.max_fps))
         return True
 
     def _end_interval(self, end_s: float) -> None:
