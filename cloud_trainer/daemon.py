@@ -230,12 +230,16 @@ class TrainerDaemon:
             session = self.sessions.get(device_id)
             if session is not None:
                 return session
-        session = self.host.open(device_id, self._inboxes.pop(device_id, None))
+            # one Spool per inbox directory: segments that arrive while the session is being
+            # made go to the same one (a second would clear its half-written entries)
+            inbox = self._inbox(device_id)
+        session = self.host.open(device_id, inbox)
         with self._lock:
             session.adopt_inbox()  # segments that arrived while it was being made
             for envelope in self._waiting.pop(device_id, []):
                 session.deliver(envelope)
             self.sessions[device_id] = session
+            del self._inboxes[device_id]  # the session's from now on
         return session
 
     def _resume_active(self) -> None:

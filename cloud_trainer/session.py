@@ -246,7 +246,9 @@ class Session:
         self._lock = threading.Lock()  # guards the two queues, filled by the MQTT thread
         self._events: deque[Envelope] = deque()
         # Segments wait on disk (acknowledged to the broker only once there) until labelled.
-        self._inbox = inbox or open_inbox(directory, config)
+        # the daemon's own inbox where it has one, empty or not: a second Spool on the same
+        # directory would clear the first one's half-written entries as it opens
+        self._inbox = inbox if inbox is not None else open_inbox(directory, config)
         self._segments: deque[SpoolEntry] = deque()
         self._archive: deque[_Archived] = deque()
         self._previous_labels: np.ndarray | None = None

@@ -15,7 +15,7 @@ from cloud_trainer.config import TrainerConfig
 from cloud_trainer.dashboard.actions import ActionRefused, Pause, Resume, Rollback, SamplingBounds
 from cloud_trainer.dashboard.records import AckRecord, FrameView, Probe, UpdateRecord, UplinkRecord
 from cloud_trainer.device_clock import RESTART_GAP_S, DeviceClock
-from cloud_trainer.session import Session
+from cloud_trainer.session import Session, open_inbox
 from cloud_trainer.student import import_tflite
 from cloud_trainer.teacher import load_teacher
 from shared_schema.envelope import decode, encode, sha256_hex
@@ -123,6 +123,23 @@ def _ack_of(outgoing, *, ok=True, **fields):
     sha = msg.result_sha256 if isinstance(msg, Update) else sha256_hex(outgoing.body)
     values = {"model_version": version, "model_sha256": sha, **fields}
     return Ack(ref_type=msg.type, ref_seq=seq_of(outgoing), ok=ok, **values)
+
+
+def test_a_session_keeps_the_inbox_it_is_given_even_empty(tmp_path, segments):
+    """The daemon's inbox, though empty, is the session's: a second Spool opened on the same
+    directory would clear the half-written entry of a segment being stored through the first
+    (seen as a FileNotFoundError in the fault-injection run)."""
+    config = trainer_config(tmp_path)
+    directory = tmp_path / "ckpt" / "cam-1"
+    inbox = open_inbox(directory, config)
+    assert len(inbox) == 0
+    half_written = directory / "inbox" / "0000000000000001.segment.env.tmp"
+    half_written.write_bytes(b"partial")  # a put through the daemon's inbox, under way
+    student = config.student.model.read_bytes()
+    teacher = load_teacher(config.teacher)
+    session = Session("cam-1", config, teacher, student, directory=directory, inbox=inbox)
+    _run(session, envelope(*segments[0]))
+    assert half_written.exists() and session.stats.segments == 1
 
 
 def test_hello_from_a_device_running_the_student_sends_only_control(session):
