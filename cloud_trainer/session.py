@@ -703,8 +703,9 @@ class Session:
         # the segment before a lower rate reached it: the control goes once more, harmless)
         resend = segment.scene_cut or segment.sampling_rate_fps > self.asr.rate_fps
         controls = self._rate_control(segment.timestamps[-1], resend=resend)
-        rebased = self._rebase_at_cut(len(samples)) if segment.scene_cut else []
-        return gradient + controls + self._select_model() + rebased
+        cut = len(samples) if segment.scene_cut else 0
+        moved = self._rebase_at_cut(cut) if self._reuse is None else self._select_model(cut)
+        return gradient + controls + moved
 
     def _probe_accuracy(self, samples: list[Sample]) -> None:
         """For the dashboard: the device's model and the pretrained one on the newest of these
@@ -872,19 +873,20 @@ class Session:
                  self.stats.phases, base, running, len(judged), len(self.buffer))  # fmt: skip
         return True
 
-    def _select_model(self) -> list[Outgoing]:
+    def _select_model(self, cut: int = 0) -> list[Outgoing]:
         """RECL's selection (``recl.reuse``), every update window, before the device waits
         for a training slot: the base or an expert of the zoo, where one labels the samples
         since the last phase (none of them trained on yet) better than the device's model
         (the rebase is its zoo of one). The switch leaves at once, an ordinary delta update;
         training goes on from the chosen model (an expert's master weights and optimizer state
         where the zoo keeps them; the base's weights with fresh moments; the last retrained
-        model's, a gated phase's, are the student's already)."""
+        model's, a gated phase's, are the student's already). At a scene cut the ``cut``
+        samples of the new scene are judged alone, as the rebase rule does (_rebase_at_cut)."""
         unjudged, self._unjudged = self._unjudged, 0
         fmt = self._delta_format()
         if self._reuse is None or unjudged == 0 or self._fresh == 0 or fmt is None or self.paused:
             return []
-        new = self.buffer.newest(self._fresh)
+        new = self.buffer.newest(cut or self._fresh)
         retrained = self.mirror.candidate(self.student)
         runs = retrained == self.mirror.data  # the student is the device's model: no gated phase
         choice = self._reuse.select(
@@ -896,6 +898,8 @@ class Session:
             return []
         if choice.name != RETRAINED:  # the retrained model is the student's already
             self._restart_from(choice.data, new[0].timestamp, choice.state)
+            # the buffer holds the new scene alone: a phase due on the old one is not trained
+            self._fresh, self._phase_due = len(new), self._phase_due and not cut
             if choice.name == BASE:
                 self.stats.rebases += 1
             else:
@@ -909,10 +913,9 @@ class Session:
     def _rebase_at_cut(self, count: int) -> list[Outgoing]:
         """At a scene cut, the rebase rule on the cut's ``count`` samples alone, at once; where
         the base wins the device goes back to it now rather than at the next phase, and a
-        phase due on the old scene's samples, which the buffer forgets, is not trained (RECL's
-        selection, where on, has judged the samples already)."""
+        phase due on the old scene's samples, which the buffer forgets, is not trained."""
         fmt = self._delta_format()
-        if self._reuse is not None or fmt is None or self.paused:
+        if not count or fmt is None or self.paused:
             return []
         if not self._rebase_if_better(count):
             return []

@@ -427,6 +427,7 @@ def test_a_fleet_shares_one_trainer_budget_between_its_devices(shared_dir, tmp_p
     argv = ["--log-level=WARNING", "evaluate", "--preset", "quick", "--fleet", "2",
             "--budget", "2", "--step-s", "0.25", "--rotation", "3", "--rounds", "2",
             "--schemes", "ams,recl,ideal_reuse", "--out", str(out),
+            "--variant", "cuts:scene_cut.enabled=true",
             "--cache-dir", str(tmp_path / "c")]  # fmt: skip
     for video in ("car-detection.mp4", "vtest.avi"):
         argv += ["--video", str(shared_dir / "videos" / video)]
@@ -434,6 +435,8 @@ def test_a_fleet_shares_one_trainer_budget_between_its_devices(shared_dir, tmp_p
     results = json.loads((out / "fleet.json").read_text())
     assert results["fleet"] == {"devices": 2, "budget": 2.0, "step_s": 0.25}
     assert {"command", "date", "commit", "machine"} <= set(results)
+    # one --variant sets every scheme's AMS settings: the devices see the cuts between videos
+    assert results["variant"] == {"name": "cuts", "overrides": {"scene_cut.enabled": True}}
     ams, recl = results["schemes"]["ams"], results["schemes"]["recl"]
     for summary in (ams, recl):
         assert len(summary["per_device"]) == 2 and 0 < summary["miou"] <= 1
@@ -443,6 +446,7 @@ def test_a_fleet_shares_one_trainer_budget_between_its_devices(shared_dir, tmp_p
         # the phase the last instant starts
         assert sum(summary["training_s"]) <= 2 * 12.0 + 16 * 0.25
         assert summary["time_to_accuracy_return_s"] is not None
+        assert all(cuts >= 2 for cuts in summary["scene_cuts"])  # at 3, 6 and 9 s
     assert all(p >= 1 for p in ams["phases"]) and ams["downlink_kbps"] > 0
     assert recl["zoo"]["selections"] >= 1 and "ams" not in results["schemes"]["recl"]
     assert len(recl["switches"]) == 2 and sum(recl["switches"]) == recl["zoo"]["switches"]
@@ -451,3 +455,17 @@ def test_a_fleet_shares_one_trainer_budget_between_its_devices(shared_dir, tmp_p
     assert sum(ideal["switches"]) >= 1 and ideal["bytes_per_switch"] > 0
     assert "| recl |" in (out / "fleet.md").read_text()
     assert (out / "fleet.png").stat().st_size > 10_000
+
+
+def test_a_fleet_takes_one_variant_for_all_its_schemes(shared_dir, tmp_path):
+    from cloud_trainer.evaluation.command import add_evaluate_parser
+    from edge_runtime.cli import command_parser, run_command
+
+    parser, sub = command_parser("cloud-trainer", "test")
+    add_evaluate_parser(sub)
+    argv = ["evaluate", "--fleet", "2", "--variant", "a:scene_cut.enabled=true", "--variant",
+            "b:training.lr=0.001", "--video", str(shared_dir / "videos" / "vtest.avi"),
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    with pytest.raises(SystemExit, match="--variant: with --fleet give one"):
+        run_command(parser, argv)
+    assert not (tmp_path / "out").exists()

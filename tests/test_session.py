@@ -714,6 +714,41 @@ def test_at_a_scene_cut_a_better_base_goes_to_the_device_at_once(tmp_path, segme
     assert trained.msg.base_sha256 == sha256_hex(base)
 
 
+def test_at_a_scene_cut_recls_selection_judges_the_new_scene_alone(tmp_path, segments):
+    """With RECL on, the cut's frames alone go through the safety check at once (not the
+    older samples since the last phase); a move there takes the device to the base now, the
+    buffer keeps the cut's frames alone and the phase the segment before made due is not
+    trained."""
+    from cloud_trainer.recl.reuse import ModelReuse
+
+    raw = trainer_raw(tmp_path, lr=1.0)  # a phase wrecks the model: the base wins the check
+    raw["recl"] = {"enabled": True, "samples": 6}
+    config = TrainerConfig.model_validate(raw)
+    base = config.student.model.read_bytes()
+    reuse = ModelReuse(config.recl, base, config.zoo_directory, threads=2)
+    session = Session("cam-1", config, load_teacher(config.teacher), base,
+                      directory=tmp_path / "ckpt" / "cam-1", reuse=reuse)  # fmt: skip
+    judged, select = [], reuse.select
+
+    def recorded(device_id, current, samples, *args, **kwargs):
+        judged.append([s.timestamp for s in samples])
+        choice = select(device_id, current, samples, *args, **kwargs)
+        # before the cut the check keeps the device on its model (no candidate by the margin)
+        return choice if samples[0].timestamp == segments[2][0].timestamps[0] else None
+
+    reuse.select = recorded
+    _run(session, hello(session.mirror.sha256))
+    (first,) = _updates(_run(session, envelope(*segments[0])))  # v1: wrecked, sent
+    (back,) = _updates(_run(session, envelope(*segments[1]), _cut(segments[2])))
+    assert judged[-1] == list(segments[2][0].timestamps)  # the cut's frames alone
+    assert session.mirror.data == base and back.msg.base_sha256 == first.msg.result_sha256
+    assert session.stats.rebases == 1 and session.stats.phases == 1
+    assert [s.timestamp for s in session.buffer.samples()] == list(segments[2][0].timestamps)
+    (trained,) = _updates(_run(session, envelope(*segments[3])))
+    assert session.stats.phases == 2 and trained.msg.base_sha256 == sha256_hex(base)
+    reuse.close()
+
+
 def test_without_rebase_the_wrecked_model_trains_on(tmp_path, segments):
     session = _rebasing_session(tmp_path, enabled=False)
     assert len(_updates_of_two_segments(session, segments)) == 2

@@ -20,7 +20,7 @@ from cloud_trainer.evaluation.names import (
 from shared_schema.config_files import find_shared_dir
 
 if TYPE_CHECKING:
-    from cloud_trainer.evaluation.config import EvalConfig
+    from cloud_trainer.evaluation.config import EvalConfig, Variant
     from edge_runtime.profile import OneAdaptSection
 
 _STUDENT = "models/coral/deeplabv3_mnv2_dm05_pascal_quant.tflite"
@@ -176,6 +176,17 @@ def _cache_dir(args: argparse.Namespace) -> Path:
     )
 
 
+def _fleet_variant(args: argparse.Namespace, config: EvalConfig) -> Variant | None:
+    """With --fleet, one --variant sets the AMS settings every scheme of the fleet runs
+    with (e.g. the devices' scene cuts)."""
+    from cloud_trainer.evaluation.config import Variant
+
+    if len(args.variant) > 1:
+        raise SystemExit("error: --variant: with --fleet give one: it sets the AMS settings"
+                         " of every scheme")  # fmt: skip
+    return Variant.parse(args.variant[0], config.ams) if args.variant else None
+
+
 def _mode_schemes(args: argparse.Namespace, allowed: tuple[str, ...], flag: str) -> list[str]:
     """The schemes ``--schemes`` names for a mode of its own (``flag``): all of ``allowed``
     unless told; a name outside them is refused, with the choices."""
@@ -269,6 +280,9 @@ def evaluate_fleet(args: argparse.Namespace, config: EvalConfig) -> int:
     given = {"devices": args.fleet, "budget": args.budget, "step_s": args.step_s}
     settings = FleetSettings(**{k: v for k, v in given.items() if v is not None})
     schemes = _mode_schemes(args, FLEET_SCHEMES, "--fleet")
+    variant = _fleet_variant(args, config)
+    if variant is not None:
+        config = config.model_copy(update={"ams": variant.settings})
     if config.stream.rotation_s is None:  # a fleet replays rotations: 30 s unless told
         config = config.model_copy(update={"stream": config.stream.model_copy(
             update={"rotation_s": 30.0})})  # fmt: skip
@@ -285,7 +299,9 @@ def evaluate_fleet(args: argparse.Namespace, config: EvalConfig) -> int:
               f" per device  training {sum(s['training_s']):.0f} s")  # fmt: skip
     stream = {"rotation_s": config.stream.rotation_s, "rounds": config.stream.rounds,
               "videos": [v.name for v in args.video], "classes": list(classes)}  # fmt: skip
-    meta = _run_meta(commit, fleet=settings.model_dump(), stream=stream)
+    meta = _run_meta(commit, fleet=settings.model_dump(), stream=stream,
+                     variant=None if variant is None else
+                     {"name": variant.name, "overrides": variant.overrides})  # fmt: skip
     write_fleet_report(args.out, summaries, meta, runs, fleet.streams, classes)
     print(f"results in {args.out}")
     return 0

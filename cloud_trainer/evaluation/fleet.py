@@ -63,7 +63,9 @@ class FleetDevice(SessionScheme):
 
     def _answer(self, end_s: float) -> None:
         self.handle(end_s, 0.0, self.work(until_phase=True))
-        if self.session.trains_next and self.waiting_since is None:
+        if not self.session.trains_next:  # a move at a scene cut drops the old scene's phase
+            self.waiting_since = None
+        elif self.waiting_since is None:
             self.waiting_since = end_s
 
     @property
@@ -306,6 +308,7 @@ def _summary(
         "training_s": run.training_s,
         "phases": run.phases,
         "switches": [len(s) for s in run.switches],
+        "scene_cuts": [r.extra.get("scene_cuts", 0) for r in run.runs],  # the devices' own
         "bytes_per_switch": sum(run.switch_bytes) / max(1, sum(len(s) for s in run.switches)),
         **({"zoo": run.zoo} if run.zoo else {}),
     }
