@@ -417,6 +417,45 @@ def test_time_to_accuracy_is_when_the_smoothed_miou_reaches_the_scenes_steady_le
     assert time_to_accuracy(t, miou, level=0.9) == pytest.approx(t[-1])
 
 
+def test_time_to_gain_cancels_what_the_frames_hold_and_keeps_the_models_progress():
+    """One device: scene A, scene B, A again. Every scheme's frames get harder then easier
+    together (what they show); on the return the fast learner is 10 points above No
+    Customization from 2 s in, the slow one from 6 s: time to gain tells them apart by
+    their progress, No Customization never gains (the scene's length)."""
+    from pathlib import Path
+
+    from cloud_trainer.evaluation.fleet import FleetRun, summarise
+    from cloud_trainer.evaluation.record import SchemeRun
+    from cloud_trainer.evaluation.stream import ReplayStream, VideoPart
+
+    parts = [VideoPart(Path(f"{v}.mp4"), 10.0, start) for v, start in
+             (("a", 0.0), ("b", 0.0), ("a", 10.0))]  # fmt: skip
+    stream = ReplayStream([], (8, 8), parts=parts)
+    t = np.arange(0.0, 30.0, 0.5)
+    content = np.where(t % 10 < 5, 0.6, 0.9)
+    into = t - 20.0  # seconds into the return
+
+    def run(name, gain):
+        scheme = SchemeRun(name, {})
+        for x, score in zip(t, content + gain, strict=True):
+            scheme.add_frame(x, int(x // 10), np.array([[round(1000 * score)], [1000]]))
+        scheme.duration_s = 30.0
+        return FleetRun(name, [scheme], [0.0], [0], [[]], [0])
+
+    runs = {"no_custom": run("no_custom", 0.0 * t),
+            "fast": run("fast", np.where(into >= 2.0, 0.1, 0.0)),
+            "slow": run("slow", np.where(into >= 6.0, 0.1, 0.0))}  # fmt: skip
+    summary = summarise(runs, [stream], (0,))
+    fast, slow, nc = summary["fast"], summary["slow"], summary["no_custom"]
+    # when its last 2 s have all gained: 2 s after the gain began
+    assert fast["time_to_gain_return_s"] == pytest.approx(4.0)
+    assert slow["time_to_gain_return_s"] == pytest.approx(8.0)
+    assert nc["time_to_gain_return_s"] == pytest.approx(9.5)  # never: the scene's last frame
+    # what the frames hold: the raw time waits for the easy half for all of them alike
+    assert fast["time_to_accuracy_return_s"] == pytest.approx(7.0)
+    assert fast["time_to_gain_first_s"] == 0.0  # no run gains on a first visit
+
+
 def test_a_fleet_shares_one_trainer_budget_between_its_devices(shared_dir, tmp_path):
     from cloud_trainer.evaluation.command import add_evaluate_parser
     from edge_runtime.cli import command_parser, run_command
@@ -426,7 +465,7 @@ def test_a_fleet_shares_one_trainer_budget_between_its_devices(shared_dir, tmp_p
     out = tmp_path / "out"
     argv = ["--log-level=WARNING", "evaluate", "--preset", "quick", "--fleet", "2",
             "--budget", "2", "--step-s", "0.25", "--rotation", "3", "--rounds", "2",
-            "--schemes", "ams,recl,ideal_reuse", "--out", str(out),
+            "--schemes", "no_custom,ams,recl,ideal_reuse", "--out", str(out),
             "--variant", "cuts:scene_cut.enabled=true",
             "--cache-dir", str(tmp_path / "c")]  # fmt: skip
     for video in ("car-detection.mp4", "vtest.avi"):
@@ -446,6 +485,7 @@ def test_a_fleet_shares_one_trainer_budget_between_its_devices(shared_dir, tmp_p
         # the phase the last instant starts
         assert sum(summary["training_s"]) <= 2 * 12.0 + 16 * 0.25
         assert summary["time_to_accuracy_return_s"] is not None
+        assert summary["time_to_gain_return_s"] is not None  # beside No Customization's
         assert all(cuts >= 2 for cuts in summary["scene_cuts"])  # at 3, 6 and 9 s
     assert all(p >= 1 for p in ams["phases"]) and ams["downlink_kbps"] > 0
     assert recl["zoo"]["selections"] >= 1 and "ams" not in results["schemes"]["recl"]

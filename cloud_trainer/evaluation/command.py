@@ -293,9 +293,10 @@ def evaluate_fleet(args: argparse.Namespace, config: EvalConfig) -> int:
     runs = {name: fleet.run(name, args.out) for name in schemes}
     summaries = summarise(runs, fleet.streams, classes)
     for name, s in summaries.items():
-        back = s["time_to_accuracy_return_s"]
-        print(f"{name:>11}: mIoU {100 * s['miou']:6.2f} %  time to accuracy on a return"
-              f" {'–' if back is None else f'{back:.1f}'} s  down {s['downlink_kbps']:.1f} Kbps"
+        back, gain = s["time_to_accuracy_return_s"], s.get("time_to_gain_return_s")
+        print(f"{name:>11}: mIoU {100 * s['miou']:6.2f} %  on a return: time to accuracy"
+              f" {'–' if back is None else f'{back:.1f}'} s, to gain"
+              f" {'–' if gain is None else f'{gain:.1f}'} s  down {s['downlink_kbps']:.1f} Kbps"
               f" per device  training {sum(s['training_s']):.0f} s")  # fmt: skip
     stream = {"rotation_s": config.stream.rotation_s, "rounds": config.stream.rounds,
               "videos": [v.name for v in args.video], "classes": list(classes)}  # fmt: skip

@@ -264,14 +264,36 @@ class _Scenes:
         mask = self.part[device] == index
         return self.t[device][mask], self.miou[device][mask]
 
+    def less(self, other: _Scenes) -> _Scenes:
+        """Frame by frame, this run's mIoU less ``other``'s (the same frames: every scheme
+        replays the same streams)."""
+        return _Scenes(self.t, [a - b for a, b in zip(self.miou, other.miou, strict=True)],
+                       self.part)  # fmt: skip
+
 
 def summarise(
     runs: dict[str, FleetRun], streams: list[ReplayStream], classes: tuple[int, ...]
 ) -> dict[str, dict]:
     """Every run's figures. A scene's time to accuracy is measured against the best steady
     level any of the runs reached on it (the same reference for all), first visits of a video
-    apart from returns to it."""
+    apart from returns to it. With ``no_custom`` among the runs, the time to gain too: the
+    same on each frame's mIoU less No Customization's on that frame, so that what the frames
+    hold (a person walking in) cancels out and what is left is the model's progress (No
+    Customization itself never gains: its time is the scene's length, unless no run gains)."""
     scenes = {name: _Scenes.of(run, classes) for name, run in runs.items()}
+    gains = {}
+    if "no_custom" in scenes:
+        nc = scenes["no_custom"]
+        gains = {name: s.less(nc) for name, s in scenes.items()}
+    references = [_references(scenes, streams), _references(gains, streams)]
+    return {name: _summary(runs[name], scenes[name], gains.get(name), streams, references)
+            for name in runs}  # fmt: skip
+
+
+def _references(
+    scenes: dict[str, _Scenes], streams: list[ReplayStream]
+) -> dict[tuple[int, int], float]:
+    """Per (device, scene): the best steady level any run reached there."""
     reference = {}
     for d, stream in enumerate(streams):
         for i in range(len(stream.parts)):
@@ -279,31 +301,43 @@ def summarise(
                       if len(m)]  # fmt: skip
             if levels:
                 reference[(d, i)] = max(levels)
-    return {name: _summary(runs[name], scenes[name], streams, reference) for name in runs}
+    return reference
+
+
+def _times(
+    scenes: _Scenes, streams: list[ReplayStream], reference: dict[tuple[int, int], float]
+) -> dict[str, float | None]:
+    """Mean time to ``reference`` over the scenes a device visits first, and over returns."""
+    first, again = [], []
+    for d, stream in enumerate(streams):
+        seen: set[str] = set()
+        for index, piece in enumerate(stream.parts):
+            if (d, index) in reference:
+                t, score = scenes.scene(d, index)
+                tta = time_to_accuracy(t, score, reference[(d, index)])
+                (again if piece.path.name in seen else first).append(tta)
+            seen.add(piece.path.name)
+    return {"first_s": float(np.nanmean(first)) if first else None,
+            "return_s": float(np.nanmean(again)) if again else None}  # fmt: skip
 
 
 def _summary(
     run: FleetRun,
     scenes: _Scenes,
+    gains: _Scenes | None,
     streams: list[ReplayStream],
-    reference: dict[tuple[int, int], float],
+    references: list[dict[tuple[int, int], float]],
 ) -> dict:
-    first, again, down = [], [], 0
-    for d, stream in enumerate(streams):
-        seen: set[str] = set()
-        for index, piece in enumerate(stream.parts):
-            if (d, index) in reference:
-                t, miou = scenes.scene(d, index)
-                tta = time_to_accuracy(t, miou, reference[(d, index)])
-                (again if piece.path.name in seen else first).append(tta)
-            seen.add(piece.path.name)
-        down += sum(n for _, n in run.runs[d].downlink)
+    accuracy = _times(scenes, streams, references[0])
+    gain = {} if gains is None else _times(gains, streams, references[1])
+    down = sum(n for r in run.runs for _, n in r.downlink)
     duration = max(r.duration_s for r in run.runs)
     return {
         "miou": float(np.mean(np.concatenate(scenes.miou))),
         "per_device": [float(np.mean(s)) for s in scenes.miou],
-        "time_to_accuracy_first_s": float(np.nanmean(first)) if first else None,
-        "time_to_accuracy_return_s": float(np.nanmean(again)) if again else None,
+        "time_to_accuracy_first_s": accuracy["first_s"],
+        "time_to_accuracy_return_s": accuracy["return_s"],
+        **{f"time_to_gain_{when}": v for when, v in gain.items()},
         "downlink_kbps": down * 8 / duration / 1000 / len(run.runs),  # per device
         "training_s": run.training_s,
         "phases": run.phases,
@@ -326,17 +360,20 @@ def write_fleet_report(
     (out / "fleet.json").write_text(json.dumps({**meta, "schemes": summaries}, indent=1) + "\n")
     lines = [
         "| scheme | mIoU (%) | time to accuracy, first visit (s) | on a return (s) |"
+        " time to gain, first visit (s) | on a return (s) |"
         " down (Kbps per device) | training s per device | phases | switches |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in summaries.items():
 
         def num(v: float | None) -> str:
             return "–" if v is None else f"{v:.1f}"
 
+        times = [s.get(f"time_to_{what}_{when}_s") for what in ("accuracy", "gain")
+                 for when in ("first", "return")]  # fmt: skip
         lines.append(
-            f"| {name} | {100 * s['miou']:.2f} | {num(s['time_to_accuracy_first_s'])}"
-            f" | {num(s['time_to_accuracy_return_s'])} | {s['downlink_kbps']:.1f}"
+            f"| {name} | {100 * s['miou']:.2f} | {' | '.join(num(x) for x in times)}"
+            f" | {s['downlink_kbps']:.1f}"
             f" | {', '.join(f'{x:.0f}' for x in s['training_s'])}"
             f" | {', '.join(str(p) for p in s['phases'])}"
             f" | {', '.join(str(n) for n in s['switches'])} |"
