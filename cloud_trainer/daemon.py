@@ -173,10 +173,12 @@ class TrainerDaemon:
 
     def _step(self, device_id: str) -> bool:
         session = self._session(device_id)
-        phases = session.stats.phases
+        phases, requests = session.stats.phases, session.requests
         self.host.step(session)
         if session.stats.phases > phases and session.last_phase is not None:
             self._gains.record(device_id, *session.last_phase)
+        elif session.requests > requests:
+            self._gains.new_request(device_id)
         self._show(session)
         return session.has_work
 

@@ -315,6 +315,14 @@ class Session:
         return self.has_queued_work or due
 
     @property
+    def requests(self) -> int:
+        """Training requests begun so far (Algorithm 4): a scene cut or a move to another
+        model makes the next phase train for another scene or from another model, whose gain
+        the last phase's says nothing of."""
+        stats = self.stats
+        return stats.scene_cuts + stats.rebases + stats.reuses
+
+    @property
     def trains_next(self) -> bool:
         """Its next step is a training phase (nothing from the device waits before it)."""
         with self._lock:

@@ -454,6 +454,30 @@ def test_time_to_gain_cancels_what_the_frames_hold_and_keeps_the_models_progress
     # what the frames hold: the raw time waits for the easy half for all of them alike
     assert fast["time_to_accuracy_return_s"] == pytest.approx(7.0)
     assert fast["time_to_gain_first_s"] == 0.0  # no run gains on a first visit
+    # scene by scene: the mean above is the one return's
+    assert [(x["video"], x["return"]) for x in fast["scenes"]] == [
+        ("a.mp4", False), ("b.mp4", False), ("a.mp4", True)]  # fmt: skip
+    assert fast["scenes"][2]["to_gain_s"] == pytest.approx(4.0)
+    assert fast["scenes"][2]["to_accuracy_s"] == pytest.approx(7.0)
+
+
+def test_only_recl_and_ideal_reuse_take_the_marginal_gain_scheduler():
+    """AMS and AMS + zoo share the trainer in turn, as the issue's baselines do."""
+    from cloud_trainer.evaluation.config import AmsSettings
+    from cloud_trainer.evaluation.fleet import scheme_settings
+
+    ams = AmsSettings()
+    recl = {name: scheme_settings(ams, name).recl
+            for name in ("no_custom", "ams", "ams_zoo", "recl", "ideal_reuse")}  # fmt: skip
+    assert {n: (r.enabled, r.scheduler) for n, r in recl.items()} == {
+        "no_custom": (False, "round-robin"),
+        "ams": (False, "round-robin"),
+        "ams_zoo": (True, "round-robin"),
+        "recl": (True, "marginal-gain"),
+        "ideal_reuse": (True, "marginal-gain"),
+    }
+    assert recl["ideal_reuse"].top_k == ams.recl.capacity and recl["ideal_reuse"].margin == 0.0
+    assert recl["recl"].top_k == ams.recl.top_k and recl["recl"].margin == ams.recl.margin
 
 
 def test_a_fleet_shares_one_trainer_budget_between_its_devices(shared_dir, tmp_path):

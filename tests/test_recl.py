@@ -302,12 +302,33 @@ def test_the_scheduler_measures_each_session_then_trains_the_fastest_learner():
     assert scheduler.seconds == {"a": 1.0, "b": 2.0, "c": 1.0}
 
 
+def test_a_new_request_is_measured_again_before_it_competes():
+    """A session whose curve had flattened cuts to a new scene: its old gain said nothing of
+    the new scene's, so it gets the next micro-window, then competes on what it measured."""
+    scheduler = MarginalGain(max_wait=100)
+    for session, gain in (("a", 0.05), ("b", 0.001)):
+        scheduler.pick([session])
+        scheduler.record(session, gain, 1.0)
+    assert scheduler.pick(["a", "b"]) == "a"
+    scheduler.new_request("b")
+    assert scheduler.pick(["a", "b"]) == "b"
+    scheduler.record("b", 0.08, 1.0)  # the new scene's curve is steep
+    assert scheduler.pick(["a", "b"]) == "b"
+    assert scheduler.seconds["b"] == 2.0  # its training time counts across requests
+
+
 def test_no_session_starves():
     scheduler = MarginalGain(max_wait=3)
     for session in ("fast", "slow"):
         scheduler.pick([session])
         scheduler.record(session, 0.1 if session == "fast" else 0.0, 1.0)
     picks = [scheduler.pick(["fast", "slow"]) for _ in range(8)]
+    assert picks.count("slow") == 2 and "slow" in picks[:4]
+    # nor where the fast one makes a new request every time (a device that keeps moving)
+    picks = []
+    for _ in range(8):
+        picks.append(scheduler.pick(["fast", "slow"]))
+        scheduler.new_request("fast")
     assert picks.count("slow") == 2 and "slow" in picks[:4]
     with pytest.raises(ValueError):
         scheduler.pick([])

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from edge_runtime.frames import Frame
 from edge_runtime.h264 import decode_segment
 from edge_runtime.profile import bundled_profile
 from edge_runtime.runtime import EdgeRuntime
@@ -29,6 +28,7 @@ from shared_schema.signing import Signer
 from shared_schema.tflite_file import TFLiteFile
 from tests.mirror import Mirror
 from tests.mqtt_helpers import Inbox, wait_until
+from tests.trainer_helpers import two_scenes
 
 
 def device_profile(tmp_path, broker=None, **sections):
@@ -130,30 +130,13 @@ def test_device_uplink_hello_telemetry_and_control(tmp_path, broker, trainer, vi
     assert abs(sum(results.msg.class_fractions) - 1.0) < 1e-6
 
 
-def _two_scenes(shared_dir) -> tuple[list[Frame], float]:
-    """The last 2 s of car-detection.mp4 (a fast pan) then 1.5 s of bottle-detection.mp4, on
-    one clock from 0 s, and when the bottles start."""
-    videos = shared_dir / "videos"
-    with open_source(str(videos / "car-detection.mp4")) as source:
-        cars = list(source)
-    end = cars[-1].timestamp
-    cars = [f for f in cars if f.timestamp > end - 2.0]
-    with open_source(str(videos / "bottle-detection.mp4")) as source:
-        bottles = [f for f in source if f.timestamp < 1.5]
-    start, gap = cars[0].timestamp, end - cars[-2].timestamp
-    scenes = [Frame(i, f.timestamp - start, f.video) for i, f in enumerate(cars)]
-    after = scenes[-1].timestamp + gap
-    scenes += [Frame(len(scenes) + i, after + f.timestamp, f.video) for i, f in enumerate(bottles)]
-    return scenes, after + bottles[0].timestamp
-
-
 @pytest.mark.broker
 def test_a_scene_cut_goes_up_at_once(tmp_path, broker, trainer, shared_dir):
     """[scene_cut] on: the cars sampled so far go up as they are, the first bottle frame right
     after them in a segment of its own, flagged, long before T_update; then sampling runs at
     the profile's maximum rate."""
     _, inbox = trainer
-    frames, first_bottle = _two_scenes(shared_dir)
+    frames, first_bottle = two_scenes(shared_dir)
     profile = device_profile(tmp_path, broker, sampling={"initial_fps": 0.5},
                              scene_cut={"enabled": True})  # fmt: skip
     runtime = _start(profile)

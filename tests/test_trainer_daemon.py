@@ -16,12 +16,21 @@ from prometheus_client.parser import text_string_to_metric_families
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.daemon import TrainerDaemon
 from cloud_trainer.dashboard.actions import Rollback
+from cloud_trainer.tools.emulation import local_profile
 from cloud_trainer.tools.local_broker import free_port
+from edge_runtime.runtime import EdgeRuntime
 from shared_schema.envelope import decode, sha256_hex
 from shared_schema.messages import Metrics
 from shared_schema.mqtt import MqttLink
 from tests.mqtt_helpers import wait_until
-from tests.trainer_helpers import serve, start_device, terminate, trainer_raw, write_toml
+from tests.trainer_helpers import (
+    serve,
+    start_device,
+    terminate,
+    trainer_raw,
+    two_scenes,
+    write_toml,
+)
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -179,6 +188,40 @@ def test_a_second_device_receives_an_expert_the_first_one_trained(tmp_path, brok
     finally:
         for device in devices:
             device.close()
+        daemon.stop()
+
+
+def test_a_devices_scene_cut_is_judged_by_the_trainer_at_once(tmp_path, broker, shared_dir):
+    """[scene_cut] on the device, RECL on the trainer: the cars go up, then the first bottle
+    frame alone, flagged; the daemon's session counts the cut, runs RECL's selection on that
+    frame at once (one selection per segment: two) and sends its rate control again, which
+    the device takes."""
+    raw = trainer_raw(tmp_path, broker)
+    raw["recl"] = {"enabled": True}
+    daemon = TrainerDaemon(TrainerConfig.model_validate(raw))
+    daemon.start()
+    assert daemon.endpoint.wait_connected(10)
+    profile = local_profile(broker.mqtt_table("cam-9"), tmp_path / "cam-9", device_id="cam-9",
+                            source={"realtime": False, "loop": False},
+                            sampling={"initial_fps": 0.5}, scene_cut={"enabled": True})  # fmt: skip
+    runtime = EdgeRuntime.from_profile(profile)
+    runtime.start()
+    try:
+        assert runtime.endpoint.wait_connected(10)
+        frames, _ = two_scenes(shared_dir)
+        runtime.run(frames)
+        wait_until(lambda: "cam-9" in daemon.sessions
+                   and daemon.sessions["cam-9"].stats.segments == 2,
+                   timeout=60, what="the cars' segment and the cut's")  # fmt: skip
+        assert daemon.wait_idle(60)
+        session, reuse = daemon.sessions["cam-9"], daemon.host.reuse
+        assert session.stats.scene_cuts == 1 and runtime.counters.get("scene_cuts") == 1
+        assert reuse.stats.selections == 2
+        wait_until(lambda: runtime.endpoint.counters.get("received.control") >= 1,
+                   timeout=30, what="the control the cut made the trainer send again")  # fmt: skip
+        assert not [k for k in runtime.counters.snapshot() if k.startswith("control.rejected")]
+    finally:
+        runtime.shutdown(drain_s=2)
         daemon.stop()
 
 

@@ -12,6 +12,7 @@ import tomllib
 
 from cloud_trainer.config import DEFAULT_CONFIG, PATH_KEYS, TrainerConfig
 from cloud_trainer.tools.emulation import EmulatedDevice, local_profile
+from edge_runtime.frames import Frame
 from edge_runtime.h264 import encode_segment
 from edge_runtime.sources import open_source
 from shared_schema.config_files import expand_config
@@ -64,6 +65,23 @@ def vtest_segments(shared_dir: Path) -> list[tuple[Segment, bytes]]:
         )
         out.append((msg, h264))
     return out
+
+
+def two_scenes(shared_dir: Path) -> tuple[list[Frame], float]:
+    """The last 2 s of car-detection.mp4 (a fast pan) then 1.5 s of bottle-detection.mp4, on
+    one clock from 0 s, and when the bottles start."""
+    videos = shared_dir / "videos"
+    with open_source(str(videos / "car-detection.mp4")) as source:
+        cars = list(source)
+    end = cars[-1].timestamp
+    cars = [f for f in cars if f.timestamp > end - 2.0]
+    with open_source(str(videos / "bottle-detection.mp4")) as source:
+        bottles = [f for f in source if f.timestamp < 1.5]
+    start, gap = cars[0].timestamp, end - cars[-2].timestamp
+    scenes = [Frame(i, f.timestamp - start, f.video) for i, f in enumerate(cars)]
+    after = scenes[-1].timestamp + gap
+    scenes += [Frame(len(scenes) + i, after + f.timestamp, f.video) for i, f in enumerate(bottles)]
+    return scenes, after + bottles[0].timestamp
 
 
 def start_device(tmp_path, broker, device_id: str, video: str, **sections) -> EmulatedDevice:

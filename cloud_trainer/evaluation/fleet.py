@@ -21,6 +21,7 @@ charged for its safety checks: they are forward passes (seed 003 §6.3.2 ignores
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import tempfile
 from collections.abc import Iterator
@@ -53,6 +54,19 @@ class FleetSettings(BaseModel):
     devices: int = Field(4, ge=1, le=64)
     budget: float = Field(1.0, gt=0.0)  # training seconds the trainer has per second
     step_s: float = Field(0.5, gt=0.0)  # what one training step costs it (a phase: K of them)
+
+
+def scheme_settings(ams: AmsSettings, name: str) -> AmsSettings:
+    """The AMS settings fleet scheme ``name`` runs with: RECL's zoo for ``ams_zoo``, ``recl``
+    and ``ideal_reuse``, Algorithm 4's scheduler for ``recl`` and ``ideal_reuse`` (round-robin
+    for the others), every expert through a safety check at no margin for ``ideal_reuse``."""
+    recl = ams.recl.model_copy(update={
+        "enabled": name in ("ams_zoo", "recl", "ideal_reuse"),
+        "scheduler": "marginal-gain" if name in ("recl", "ideal_reuse") else "round-robin",
+    })  # fmt: skip
+    if name == "ideal_reuse":
+        recl = recl.model_copy(update={"top_k": recl.capacity, "margin": 0.0})
+    return ams.model_copy(update={"recl": recl})
 
 
 class FleetDevice(SessionScheme):
@@ -114,7 +128,7 @@ class Fleet:
         return self.evaluation.stream_info().classes
 
     def run(self, name: str, workdir: Path) -> FleetRun:
-        settings = self._ams_settings(name)
+        settings = scheme_settings(self.config.ams, name)
         with tempfile.TemporaryDirectory(prefix=f"fleet-{name}-", dir=workdir) as scratch:
             root = Path(scratch)
             reuse = None
@@ -133,16 +147,6 @@ class Fleet:
         return result
 
     # -- internals -----------------------------------------------------------------------------
-
-    def _ams_settings(self, name: str) -> AmsSettings:
-        ams = self.config.ams
-        recl = ams.recl.model_copy(update={
-            "enabled": name in ("ams_zoo", "recl", "ideal_reuse"),
-            "scheduler": "round-robin" if name == "ams_zoo" else "marginal-gain",
-        })  # fmt: skip
-        if name == "ideal_reuse":
-            recl = recl.model_copy(update={"top_k": recl.capacity, "margin": 0.0})
-        return ams.model_copy(update={"recl": recl})
 
     def _device(
         self, d: int, settings: AmsSettings, root: Path, reuse: ModelReuse | None
@@ -188,10 +192,15 @@ class _FleetTrainer:
         self.gains = MarginalGain(settings.recl.max_wait)
         self.phase_s, self.budget = phase_s, budget
         self.phases = [0] * len(devices)
+        self.requests = [0] * len(devices)  # each session's, when the scheduler last looked
         self.free_at = 0.0
 
     def serve(self, t: float) -> None:
         """Every phase the trainer can start by ``t``, one after the other."""
+        for i, device in enumerate(self.devices):  # a segment began a new request
+            if device.session.requests > self.requests[i]:
+                self.gains.new_request(str(i))
+            self.requests[i] = device.session.requests
         while self.free_at <= t:
             waiting = [i for i, x in enumerate(self.devices)
                        if x.waiting_since is not None and x.waiting_since <= t]  # fmt: skip
@@ -203,6 +212,7 @@ class _FleetTrainer:
             self.free_at += self.phase_s / self.budget
             before = device.session.stats.phases
             device.train(self.free_at)
+            self.requests[chosen] = device.session.requests  # a rebase of AMS's phase: its own
             if device.session.stats.phases > before:
                 self.phases[chosen] += 1
                 if device.session.last_phase is not None:
@@ -304,19 +314,28 @@ def _references(
     return reference
 
 
-def _times(
+def _scene_times(
     scenes: _Scenes, streams: list[ReplayStream], reference: dict[tuple[int, int], float]
-) -> dict[str, float | None]:
-    """Mean time to ``reference`` over the scenes a device visits first, and over returns."""
-    first, again = [], []
+) -> list[dict]:
+    """Every scene's time to ``reference``: which device, which part of its rotation, which
+    video, whether the device had seen that video before."""
+    times = []
     for d, stream in enumerate(streams):
         seen: set[str] = set()
         for index, piece in enumerate(stream.parts):
             if (d, index) in reference:
                 t, score = scenes.scene(d, index)
-                tta = time_to_accuracy(t, score, reference[(d, index)])
-                (again if piece.path.name in seen else first).append(tta)
+                times.append({"device": d, "part": index, "video": piece.path.name,
+                              "return": piece.path.name in seen,
+                              "s": time_to_accuracy(t, score, reference[(d, index)])})  # fmt: skip
             seen.add(piece.path.name)
+    return times
+
+
+def _times(scenes: list[dict]) -> dict[str, float | None]:
+    """Mean time over the scenes a device visits first, and over returns."""
+    first = [x["s"] for x in scenes if not x["return"]]
+    again = [x["s"] for x in scenes if x["return"]]
     return {"first_s": float(np.nanmean(first)) if first else None,
             "return_s": float(np.nanmean(again)) if again else None}  # fmt: skip
 
@@ -328,8 +347,9 @@ def _summary(
     streams: list[ReplayStream],
     references: list[dict[tuple[int, int], float]],
 ) -> dict:
-    accuracy = _times(scenes, streams, references[0])
-    gain = {} if gains is None else _times(gains, streams, references[1])
+    to_accuracy = _scene_times(scenes, streams, references[0])
+    to_gain = [] if gains is None else _scene_times(gains, streams, references[1])
+    accuracy, gain = _times(to_accuracy), _times(to_gain) if to_gain else {}
     down = sum(n for r in run.runs for _, n in r.downlink)
     duration = max(r.duration_s for r in run.runs)
     return {
@@ -342,10 +362,24 @@ def _summary(
         "training_s": run.training_s,
         "phases": run.phases,
         "switches": [len(s) for s in run.switches],
+        "switched_at": run.switches,  # per device: (stream time, "base" or "zoo")
         "scene_cuts": [r.extra.get("scene_cuts", 0) for r in run.runs],  # the devices' own
         "bytes_per_switch": sum(run.switch_bytes) / max(1, sum(len(s) for s in run.switches)),
         **({"zoo": run.zoo} if run.zoo else {}),
+        "scenes": _per_scene(to_accuracy, to_gain),
     }
+
+
+def _per_scene(to_accuracy: list[dict], to_gain: list[dict]) -> list[dict]:
+    """Scene by scene, its time to accuracy and, beside No Customization, to gain."""
+    scenes = []
+    for a, g in itertools.zip_longest(to_accuracy, to_gain):
+        scene = {k: v for k, v in a.items() if k != "s"}
+        scene["to_accuracy_s"] = a["s"]
+        if g is not None:
+            scene["to_gain_s"] = g["s"]
+        scenes.append(scene)
+    return scenes
 
 
 def write_fleet_report(

@@ -3,8 +3,10 @@ micro-window at a time, to the session whose accuracy gained most per second of 
 its last micro-window.
 
 A session without an estimate yet is served first (Algorithm 4 lines 10-12: every request gets
-one micro-window to measure its gain); a session passed over ``max_wait`` times in a row is
-served next whatever its gain, so none starves. Round-robin stays the daemon's default.
+one micro-window to measure its gain), as is one whose request changed (a scene cut, a move to
+another model: the gain it had measured was another scene's or another model's); a session
+passed over ``max_wait`` times in a row is served next whatever its gain, so none starves.
+Round-robin stays the daemon's default.
 """
 
 from __future__ import annotations
@@ -30,15 +32,20 @@ class MarginalGain:
             raise ValueError("no session is ready")
         unmeasured = [s for s in ready if s not in self.gain]
         starving = [s for s in ready if self._waited.get(s, 0) >= self.max_wait]
-        if unmeasured:
-            chosen = unmeasured[0]
-        elif starving:
+        if starving:  # before new requests too: sessions that keep moving starve no other
             chosen = max(starving, key=lambda s: self._waited[s])
+        elif unmeasured:
+            chosen = unmeasured[0]
         else:
             chosen = max(ready, key=lambda s: self.gain[s])
         for s in ready:
             self._waited[s] = 0 if s == chosen else self._waited.get(s, 0) + 1
         return chosen
+
+    def new_request(self, session: str) -> None:
+        """``session`` trains for another scene or from another model now: its gain is
+        measured again before it competes (lines 10-12)."""
+        self.gain.pop(session, None)
 
     def forget(self, session: str) -> None:
         for table in (self.gain, self.seconds, self._waited):
