@@ -173,12 +173,10 @@ class TrainerDaemon:
 
     def _step(self, device_id: str) -> bool:
         session = self._session(device_id)
-        phases, requests = session.stats.phases, session.requests
+        phases = session.stats.phases
         self.host.step(session)
         if session.stats.phases > phases and session.last_phase is not None:
-            self._gains.record(device_id, *session.last_phase)
-        elif session.requests > requests:
-            self._gains.new_request(device_id)
+            self._gains.record(device_id, session.requests, *session.last_phase)
         self._show(session)
         return session.has_work
 
@@ -223,7 +221,7 @@ class TrainerDaemon:
         them answered); then, among phases, the one Algorithm 4 picks."""
         with self._lock:
             sessions = {d: self.sessions.get(d) for d in queued}
-        phases = [d for d, s in sessions.items() if s is not None and s.trains_next]
+        phases = {d: s.requests for d, s in sessions.items() if s is not None and s.trains_next}
         others = [d for d in queued if d not in phases]
         return others[0] if others else self._gains.pick(phases)
 

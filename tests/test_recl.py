@@ -292,12 +292,12 @@ def test_a_retrained_model_the_device_does_not_run_is_a_candidate(tmp_path, base
 
 def test_the_scheduler_measures_each_session_then_trains_the_fastest_learner():
     scheduler = MarginalGain(max_wait=100)
-    ready = ["a", "b", "c"]
+    ready = {"a": 0, "b": 0, "c": 0}
     for session, gain in (("a", 0.01), ("b", 0.05), ("c", 0.02)):
         assert scheduler.pick(ready) == session  # lines 10-12: one micro-window each first
-        scheduler.record(session, gain, 1.0)
+        scheduler.record(session, 0, gain, 1.0)
     assert scheduler.pick(ready) == "b"
-    scheduler.record("b", 0.001, 1.0)  # b's curve flattened: the next best goes
+    scheduler.record("b", 0, 0.001, 1.0)  # b's curve flattened: the next best goes
     assert scheduler.pick(ready) == "c"
     assert scheduler.seconds == {"a": 1.0, "b": 2.0, "c": 1.0}
 
@@ -307,31 +307,27 @@ def test_a_new_request_is_measured_again_before_it_competes():
     the new scene's, so it gets the next micro-window, then competes on what it measured."""
     scheduler = MarginalGain(max_wait=100)
     for session, gain in (("a", 0.05), ("b", 0.001)):
-        scheduler.pick([session])
-        scheduler.record(session, gain, 1.0)
-    assert scheduler.pick(["a", "b"]) == "a"
-    scheduler.new_request("b")
-    assert scheduler.pick(["a", "b"]) == "b"
-    scheduler.record("b", 0.08, 1.0)  # the new scene's curve is steep
-    assert scheduler.pick(["a", "b"]) == "b"
+        scheduler.pick({session: 0})
+        scheduler.record(session, 0, gain, 1.0)
+    assert scheduler.pick({"a": 0, "b": 0}) == "a"
+    assert scheduler.pick({"a": 0, "b": 1}) == "b"  # b's request 1: a new scene
+    scheduler.record("b", 1, 0.08, 1.0)  # the new scene's curve is steep
+    assert scheduler.pick({"a": 0, "b": 1}) == "b"
     assert scheduler.seconds["b"] == 2.0  # its training time counts across requests
 
 
 def test_no_session_starves():
     scheduler = MarginalGain(max_wait=3)
     for session in ("fast", "slow"):
-        scheduler.pick([session])
-        scheduler.record(session, 0.1 if session == "fast" else 0.0, 1.0)
-    picks = [scheduler.pick(["fast", "slow"]) for _ in range(8)]
+        scheduler.pick({session: 0})
+        scheduler.record(session, 0, 0.1 if session == "fast" else 0.0, 1.0)
+    picks = [scheduler.pick({"fast": 0, "slow": 0}) for _ in range(8)]
     assert picks.count("slow") == 2 and "slow" in picks[:4]
     # nor where the fast one makes a new request every time (a device that keeps moving)
-    picks = []
-    for _ in range(8):
-        picks.append(scheduler.pick(["fast", "slow"]))
-        scheduler.new_request("fast")
+    picks = [scheduler.pick({"fast": n, "slow": 0}) for n in range(1, 9)]
     assert picks.count("slow") == 2 and "slow" in picks[:4]
     with pytest.raises(ValueError):
-        scheduler.pick([])
+        scheduler.pick({})
 
 
 # -- sessions sharing one zoo ----------------------------------------------------------------
@@ -450,12 +446,13 @@ def test_the_daemon_serves_device_work_first_then_the_fastest_learning_phase(tmp
     raw = trainer_raw(tmp_path)
     raw["recl"] = {"scheduler": "marginal-gain"}
     daemon = TrainerDaemon(TrainerConfig.model_validate(raw))
-    daemon.sessions = {d: SimpleNamespace(trains_next=d != "busy") for d in ("a", "b", "busy")}
+    daemon.sessions = {d: SimpleNamespace(trains_next=d != "busy", requests=0)
+                       for d in ("a", "b", "busy")}  # fmt: skip
     assert daemon._choose(["a", "b", "busy"]) == "busy"  # a segment or an ack waits there
     assert daemon._choose(["a", "b"]) == "a"  # no estimates yet: each in turn
-    daemon._gains.record("a", 0.01, 2.0)
+    daemon._gains.record("a", 0, 0.01, 2.0)
     assert daemon._choose(["a", "b"]) == "b"
-    daemon._gains.record("b", 0.02, 2.0)
+    daemon._gains.record("b", 0, 0.02, 2.0)
     assert daemon._choose(["a", "b"]) == "b"  # 0.01 mIoU per second against 0.005
 
 

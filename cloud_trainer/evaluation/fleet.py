@@ -21,7 +21,6 @@ charged for its safety checks: they are forward passes (seed 003 §6.3.2 ignores
 from __future__ import annotations
 
 import heapq
-import itertools
 import json
 import tempfile
 from collections.abc import Iterator
@@ -192,15 +191,10 @@ class _FleetTrainer:
         self.gains = MarginalGain(settings.recl.max_wait)
         self.phase_s, self.budget = phase_s, budget
         self.phases = [0] * len(devices)
-        self.requests = [0] * len(devices)  # each session's, when the scheduler last looked
         self.free_at = 0.0
 
     def serve(self, t: float) -> None:
         """Every phase the trainer can start by ``t``, one after the other."""
-        for i, device in enumerate(self.devices):  # a segment began a new request
-            if device.session.requests > self.requests[i]:
-                self.gains.new_request(str(i))
-            self.requests[i] = device.session.requests
         while self.free_at <= t:
             waiting = [i for i, x in enumerate(self.devices)
                        if x.waiting_since is not None and x.waiting_since <= t]  # fmt: skip
@@ -212,15 +206,16 @@ class _FleetTrainer:
             self.free_at += self.phase_s / self.budget
             before = device.session.stats.phases
             device.train(self.free_at)
-            self.requests[chosen] = device.session.requests  # a rebase of AMS's phase: its own
             if device.session.stats.phases > before:
                 self.phases[chosen] += 1
                 if device.session.last_phase is not None:
-                    self.gains.record(str(chosen), device.session.last_phase[0], self.phase_s)
+                    self.gains.record(str(chosen), device.session.requests,
+                                      device.session.last_phase[0], self.phase_s)  # fmt: skip
 
     def _pick(self, waiting: list[int]) -> int:
         if self.marginal:
-            return int(self.gains.pick([str(i) for i in waiting]))
+            return int(self.gains.pick({str(i): self.devices[i].session.requests
+                                        for i in waiting}))  # fmt: skip
         return min(waiting, key=lambda i: self.devices[i].waiting_since or 0.0)  # in turn: FIFO
 
 
@@ -315,27 +310,34 @@ def _references(
 
 
 def _scene_times(
-    scenes: _Scenes, streams: list[ReplayStream], reference: dict[tuple[int, int], float]
+    scenes: _Scenes,
+    gains: _Scenes | None,
+    streams: list[ReplayStream],
+    references: list[dict[tuple[int, int], float]],
 ) -> list[dict]:
-    """Every scene's time to ``reference``: which device, which part of its rotation, which
-    video, whether the device had seen that video before."""
+    """Every scene: which device, which part of its rotation, which video, whether the device
+    had seen that video before, its time to accuracy and, beside No Customization, to gain."""
     times = []
     for d, stream in enumerate(streams):
         seen: set[str] = set()
         for index, piece in enumerate(stream.parts):
-            if (d, index) in reference:
-                t, score = scenes.scene(d, index)
-                times.append({"device": d, "part": index, "video": piece.path.name,
-                              "return": piece.path.name in seen,
-                              "s": time_to_accuracy(t, score, reference[(d, index)])})  # fmt: skip
+            if (d, index) in references[0]:
+                scene = {"device": d, "part": index, "video": piece.path.name,
+                         "return": piece.path.name in seen,
+                         "to_accuracy_s": time_to_accuracy(*scenes.scene(d, index),
+                                                           references[0][(d, index)])}  # fmt: skip
+                if gains is not None:
+                    scene["to_gain_s"] = time_to_accuracy(*gains.scene(d, index),
+                                                          references[1][(d, index)])  # fmt: skip
+                times.append(scene)
             seen.add(piece.path.name)
     return times
 
 
-def _times(scenes: list[dict]) -> dict[str, float | None]:
-    """Mean time over the scenes a device visits first, and over returns."""
-    first = [x["s"] for x in scenes if not x["return"]]
-    again = [x["s"] for x in scenes if x["return"]]
+def _times(scenes: list[dict], key: str) -> dict[str, float | None]:
+    """Mean ``key`` over the scenes a device visits first, and over returns."""
+    first = [x[key] for x in scenes if not x["return"]]
+    again = [x[key] for x in scenes if x["return"]]
     return {"first_s": float(np.nanmean(first)) if first else None,
             "return_s": float(np.nanmean(again)) if again else None}  # fmt: skip
 
@@ -347,9 +349,9 @@ def _summary(
     streams: list[ReplayStream],
     references: list[dict[tuple[int, int], float]],
 ) -> dict:
-    to_accuracy = _scene_times(scenes, streams, references[0])
-    to_gain = [] if gains is None else _scene_times(gains, streams, references[1])
-    accuracy, gain = _times(to_accuracy), _times(to_gain) if to_gain else {}
+    per_scene = _scene_times(scenes, gains, streams, references)
+    accuracy = _times(per_scene, "to_accuracy_s")
+    gain = {} if gains is None else _times(per_scene, "to_gain_s")
     down = sum(n for r in run.runs for _, n in r.downlink)
     duration = max(r.duration_s for r in run.runs)
     return {
@@ -366,20 +368,8 @@ def _summary(
         "scene_cuts": [r.extra.get("scene_cuts", 0) for r in run.runs],  # the devices' own
         "bytes_per_switch": sum(run.switch_bytes) / max(1, sum(len(s) for s in run.switches)),
         **({"zoo": run.zoo} if run.zoo else {}),
-        "scenes": _per_scene(to_accuracy, to_gain),
+        "scenes": per_scene,
     }
-
-
-def _per_scene(to_accuracy: list[dict], to_gain: list[dict]) -> list[dict]:
-    """Scene by scene, its time to accuracy and, beside No Customization, to gain."""
-    scenes = []
-    for a, g in itertools.zip_longest(to_accuracy, to_gain):
-        scene = {k: v for k, v in a.items() if k != "s"}
-        scene["to_accuracy_s"] = a["s"]
-        if g is not None:
-            scene["to_gain_s"] = g["s"]
-        scenes.append(scene)
-    return scenes
 
 
 def write_fleet_report(
