@@ -173,10 +173,7 @@ class TrainerDaemon:
 
     def _step(self, device_id: str) -> bool:
         session = self._session(device_id)
-        phases = session.stats.phases
         self.host.step(session)
-        if session.stats.phases > phases and session.last_phase is not None:
-            self._gains.record(device_id, session.requests, *session.last_phase)
         self._show(session)
         return session.has_work
 
@@ -221,7 +218,8 @@ class TrainerDaemon:
         them answered); then, among phases, the one Algorithm 4 picks."""
         with self._lock:
             sessions = {d: self.sessions.get(d) for d in queued}
-        phases = {d: s.requests for d, s in sessions.items() if s is not None and s.trains_next}
+        phases = {d: s.phase_gain() for d, s in sessions.items()
+                  if s is not None and s.trains_next}  # fmt: skip
         others = [d for d in queued if d not in phases]
         return others[0] if others else self._gains.pick(phases)
 

@@ -204,8 +204,11 @@ class Session:
         self.device_id = device_id
         self._reuse = reuse
         self._dnngrad = dnngrad
-        # (mIoU gain, seconds) of the last phase, measured for the marginal-gain scheduler
-        self.last_phase: tuple[float, float] | None = None
+        # for the marginal-gain scheduler: the last phase, until the next samples judge it
+        # (request, the device's file before it and after it, training seconds), then its
+        # measured (request, mIoU gain, seconds)
+        self._phase_to_judge: tuple[int, bytes, bytes, float] | None = None
+        self._phase_gain: tuple[int, float, float] | None = None
         self.config = config
         self._signer = signer
         self.directory = directory
@@ -692,6 +695,7 @@ class Session:
             size = self.config.training.frame_size
             samples = labelled_samples(frames, teacher_labels, size, soft)
             self._add_samples(samples)
+            self._judge_phase(samples)
             labels = np.stack([s.labels for s in samples])
             self._archive_segment(segment, envelope.body, labels, soft)
         self.stats.segments += 1
@@ -774,7 +778,6 @@ class Session:
 
     def _train(self) -> list[Outgoing]:
         self._phase_due = False
-        self.last_phase = None
         if len(self.buffer) == 0:
             return []
         fresh, self._fresh = self._fresh, 0
@@ -815,6 +818,7 @@ class Session:
         if not passed:
             gated = UpdateRecord(time.time(), None, fmt.value, 0, "phase", loss, sent=False)
             self._records.append(gated)
+            self._judge_later(self.mirror.data, result.seconds)
             return []
         # The weights and optimizer state that make the next version are on disk before it is:
         # a trainer killed at any instant resumes exactly on them (see _restore).
@@ -826,7 +830,7 @@ class Session:
         self._remember_sent()
         self.stats.updates_sent += 1
         self._record_update(update, "phase", loss)
-        self._measure_gain(before, result.seconds)
+        self._judge_later(before, result.seconds)
         return self._counted_downlink([update, *self._refitted_selection()])
 
     def _refitted_selection(self) -> list[Outgoing]:
@@ -852,15 +856,39 @@ class Session:
             return None
         return self._refit
 
-    def _measure_gain(self, before: bytes, seconds: float) -> None:
-        """For the marginal-gain scheduler (Algorithm 4 lines 4-9): the phase's mIoU gain on
-        the newest samples, the device's file before it against the one it made."""
-        if self.config.recl.scheduler != "marginal-gain":
+    def _judge_later(self, before: bytes, seconds: float) -> None:
+        """For the marginal-gain scheduler: the phase just trained, from the device's file
+        ``before`` to the mirror's latest (the same file where the gate held the phase back),
+        to be judged on the next samples (``_judge_phase``)."""
+        if self.config.recl.scheduler == "marginal-gain":
+            self._phase_to_judge = (self.requests, before, self.mirror.data, seconds)
+
+    def _judge_phase(self, samples: list[Sample]) -> None:
+        """Algorithm 4 lines 4-9: the last phase's mIoU gain on the newest of ``samples``, its
+        model against the one before it. Judged on frames it never trained on (the paper's test
+        subset; on its own training frames every phase gains), with no frame held out of
+        training: the samples that come next. Not judged when a scene cut or a move came
+        between: its gain was for another request."""
+        pending, self._phase_to_judge = self._phase_to_judge, None
+        if pending is None or pending[0] != self.requests:
             return
-        judged, classes = self.buffer.newest(self.config.recl.samples), self.subset.classes
-        gain = self._judge.score(self.mirror.data, judged, classes)
-        gain -= self._judge.score(before, judged, classes)
-        self.last_phase = (gain, seconds)
+        request, before, after, seconds = pending
+        gain = 0.0
+        if after != before:
+            judged, classes = samples[-self.config.recl.samples :], self.subset.classes
+            gain = self._judge.score(after, judged, classes) - self._judge.score(
+                before, judged, classes
+            )
+        self._phase_gain = (request, gain, seconds)
+
+    def phase_gain(self, seconds: float | None = None) -> float | None:
+        """The mIoU its last judged phase gained per second of training, for the request it
+        trains for now (None: no phase of it judged yet, Algorithm 4 lines 10-12).
+        ``seconds``: what a phase counts as costing, in place of the time it took."""
+        if self._phase_gain is None or self._phase_gain[0] != self.requests:
+            return None
+        _, gain, took = self._phase_gain
+        return gain / max(took if seconds is None else seconds, 1e-9)
 
     def _rebase_if_better(self, fresh: int) -> bool:
         """Back to the base model and the ``fresh`` samples' scene alone, if the base labels

@@ -292,39 +292,39 @@ def test_a_retrained_model_the_device_does_not_run_is_a_candidate(tmp_path, base
 
 def test_the_scheduler_measures_each_session_then_trains_the_fastest_learner():
     scheduler = MarginalGain(max_wait=100)
-    ready = {"a": 0, "b": 0, "c": 0}
+    gains: dict[str, float | None] = {"a": None, "b": None, "c": None}
     for session, gain in (("a", 0.01), ("b", 0.05), ("c", 0.02)):
-        assert scheduler.pick(ready) == session  # lines 10-12: one micro-window each first
-        scheduler.record(session, 0, gain, 1.0)
-    assert scheduler.pick(ready) == "b"
-    scheduler.record("b", 0, 0.001, 1.0)  # b's curve flattened: the next best goes
-    assert scheduler.pick(ready) == "c"
-    assert scheduler.seconds == {"a": 1.0, "b": 2.0, "c": 1.0}
+        assert scheduler.pick(gains) == session  # lines 10-12: one micro-window each first
+        gains[session] = gain
+    assert scheduler.pick(gains) == "b"
+    gains["b"] = 0.001  # b's curve flattened: the next best goes
+    assert scheduler.pick(gains) == "c"
 
 
 def test_a_new_request_is_measured_again_before_it_competes():
     """A session whose curve had flattened cuts to a new scene: its old gain said nothing of
-    the new scene's, so it gets the next micro-window, then competes on what it measured."""
+    the new scene's (its session has none for it), so it gets the next micro-window, then
+    competes on what it measured."""
     scheduler = MarginalGain(max_wait=100)
-    for session, gain in (("a", 0.05), ("b", 0.001)):
-        scheduler.pick({session: 0})
-        scheduler.record(session, 0, gain, 1.0)
-    assert scheduler.pick({"a": 0, "b": 0}) == "a"
-    assert scheduler.pick({"a": 0, "b": 1}) == "b"  # b's request 1: a new scene
-    scheduler.record("b", 1, 0.08, 1.0)  # the new scene's curve is steep
-    assert scheduler.pick({"a": 0, "b": 1}) == "b"
-    assert scheduler.seconds["b"] == 2.0  # its training time counts across requests
+    assert scheduler.pick({"a": 0.05, "b": 0.001}) == "a"
+    assert scheduler.pick({"a": 0.05, "b": None}) == "b"  # b's new scene, unmeasured
+    assert scheduler.pick({"a": 0.05, "b": 0.08}) == "b"  # the new scene's curve is steep
+
+
+def test_new_requests_are_measured_in_turn():
+    """Where scenes change faster than the trainer comes round, most picks are of unmeasured
+    requests: the one passed over longest goes, not the first listed."""
+    scheduler = MarginalGain(max_wait=100)
+    picks = [scheduler.pick({"a": None, "b": None, "c": None}) for _ in range(6)]
+    assert picks == ["a", "b", "c", "a", "b", "c"]
 
 
 def test_no_session_starves():
     scheduler = MarginalGain(max_wait=3)
-    for session in ("fast", "slow"):
-        scheduler.pick({session: 0})
-        scheduler.record(session, 0, 0.1 if session == "fast" else 0.0, 1.0)
-    picks = [scheduler.pick({"fast": 0, "slow": 0}) for _ in range(8)]
+    picks = [scheduler.pick({"fast": 0.1, "slow": 0.0}) for _ in range(8)]
     assert picks.count("slow") == 2 and "slow" in picks[:4]
     # nor where the fast one makes a new request every time (a device that keeps moving)
-    picks = [scheduler.pick({"fast": n, "slow": 0}) for n in range(1, 9)]
+    picks = [scheduler.pick({"fast": None, "slow": 0.0}) for _ in range(8)]
     assert picks.count("slow") == 2 and "slow" in picks[:4]
     with pytest.raises(ValueError):
         scheduler.pick({})
@@ -344,14 +344,20 @@ def _reuse_config(tmp_path):
     return TrainerConfig.model_validate(raw)
 
 
-def _phases(session, segments):
+def _deliver(session, segment, seq: int) -> None:
     from shared_schema.envelope import decode, encode
+
+    msg, h264 = segment
+    env = encode(msg, device_id=session.device_id, seq=1000 + seq, boot="3" * 16, body=h264)
+    session.deliver(decode(env))
+
+
+def _phases(session, segments):
     from shared_schema.messages import Update
 
     updates = []
-    for i, (msg, h264) in enumerate(segments):
-        env = encode(msg, device_id=session.device_id, seq=1000 + i, boot="3" * 16, body=h264)
-        session.deliver(decode(env))
+    for i, segment in enumerate(segments):
+        _deliver(session, segment, i)
         while session.has_work:
             updates += [o for o in session.step() if isinstance(o.msg, Update)]
     return updates
@@ -420,7 +426,9 @@ def test_recl_refuses_a_float16_student(tmp_path):
         TrainerConfig.model_validate(raw)
 
 
-def test_with_the_marginal_gain_scheduler_a_phase_measures_its_gain(tmp_path, shared_dir):
+def test_a_phase_is_judged_on_the_samples_that_come_after_it(tmp_path, shared_dir):
+    """Algorithm 4's gain, on frames the phase never trained on (on its own training frames
+    every phase gains); a scene cut makes it another request's, unmeasured."""
     from cloud_trainer.config import TrainerConfig
     from cloud_trainer.session import Session
     from tests.trainer_helpers import trainer_raw, vtest_segments
@@ -431,9 +439,22 @@ def test_with_the_marginal_gain_scheduler_a_phase_measures_its_gain(tmp_path, sh
     initial = config.student.model.read_bytes()
     session = Session("cam-1", config, load_teacher(config.teacher), initial,
                       directory=tmp_path / "s")  # fmt: skip
-    assert _phases(session, vtest_segments(shared_dir)[:1])
-    gain, seconds = session.last_phase
-    assert seconds > 0 and -1.0 <= gain <= 1.0 and session.mirror.version == 1
+    first, second = vtest_segments(shared_dir)[:2]
+    assert _phases(session, [first]) and session.mirror.version == 1
+    assert session.phase_gain() is None  # no frame since has judged it
+    _deliver(session, second, seq=1)
+    while not session.trains_next:  # its samples labelled, the next phase not trained yet
+        session.step()
+    judged = session.buffer.newest(3)[-config.recl.samples :]  # the second segment's 3 frames
+    before, after = (session.mirror.versions()[v] for v in (0, 1))
+    classes = session.subset.classes
+    gain = session._judge.score(after, judged, classes) - session._judge.score(
+        before, judged, classes
+    )
+    assert session.phase_gain(seconds=2.0) == pytest.approx(gain / 2.0)
+    assert session.phase_gain() is not None
+    session.stats.scene_cuts += 1  # the next phase trains for another scene
+    assert session.phase_gain() is None
 
 
 def test_the_daemon_serves_device_work_first_then_the_fastest_learning_phase(tmp_path):
@@ -446,13 +467,14 @@ def test_the_daemon_serves_device_work_first_then_the_fastest_learning_phase(tmp
     raw = trainer_raw(tmp_path)
     raw["recl"] = {"scheduler": "marginal-gain"}
     daemon = TrainerDaemon(TrainerConfig.model_validate(raw))
-    daemon.sessions = {d: SimpleNamespace(trains_next=d != "busy", requests=0)
-                       for d in ("a", "b", "busy")}  # fmt: skip
+    gains: dict[str, float | None] = {"a": None, "b": None, "busy": None}
+    daemon.sessions = {d: SimpleNamespace(trains_next=d != "busy", phase_gain=lambda d=d: gains[d])
+                       for d in gains}  # fmt: skip
     assert daemon._choose(["a", "b", "busy"]) == "busy"  # a segment or an ack waits there
     assert daemon._choose(["a", "b"]) == "a"  # no estimates yet: each in turn
-    daemon._gains.record("a", 0, 0.01, 2.0)
+    gains["a"] = 0.005
     assert daemon._choose(["a", "b"]) == "b"
-    daemon._gains.record("b", 0, 0.02, 2.0)
+    gains["b"] = 0.01
     assert daemon._choose(["a", "b"]) == "b"  # 0.01 mIoU per second against 0.005
 
 

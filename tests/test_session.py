@@ -654,6 +654,17 @@ def test_a_phase_that_wrecks_the_model_is_gated(tmp_path, segments, revert):
     assert back == revert  # back to the file sent, or training went on from the phase
 
 
+def test_a_gated_phase_gained_the_marginal_gain_scheduler_nothing(tmp_path, segments):
+    # measured 0, not left unmeasured: an unmeasured session is served first, again and again
+    raw = trainer_raw(tmp_path, lr=1.0)
+    raw["gate"] = {**raw["gate"], "enabled": True, "margin": 0.0}
+    raw["recl"] = {"scheduler": "marginal-gain"}
+    session = _new_session(tmp_path, TrainerConfig.model_validate(raw))
+    assert _updates_of_two_segments(session, segments) == []
+    assert session.stats.phases_gated == 2
+    assert session.phase_gain() == 0.0  # the first, judged on the second's samples
+
+
 def test_without_the_gate_the_same_phases_are_sent(tmp_path, segments):
     session = _gated_session(tmp_path, lr=1.0, enabled=False)
     assert len(_updates_of_two_segments(session, segments)) == 2

@@ -206,15 +206,12 @@ class _FleetTrainer:
             self.free_at += self.phase_s / self.budget
             before = device.session.stats.phases
             device.train(self.free_at)
-            if device.session.stats.phases > before:
-                self.phases[chosen] += 1
-                if device.session.last_phase is not None:
-                    self.gains.record(str(chosen), device.session.requests,
-                                      device.session.last_phase[0], self.phase_s)  # fmt: skip
+            self.phases[chosen] += device.session.stats.phases - before
 
     def _pick(self, waiting: list[int]) -> int:
         if self.marginal:
-            return int(self.gains.pick({str(i): self.devices[i].session.requests
+            # every phase costs the same fixed figure: runs compare whatever the machine's load
+            return int(self.gains.pick({str(i): self.devices[i].session.phase_gain(self.phase_s)
                                         for i in waiting}))  # fmt: skip
         return min(waiting, key=lambda i: self.devices[i].waiting_since or 0.0)  # in turn: FIFO
 
