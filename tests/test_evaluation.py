@@ -459,6 +459,10 @@ def test_time_to_gain_cancels_what_the_frames_hold_and_keeps_the_models_progress
         ("a.mp4", False), ("b.mp4", False), ("a.mp4", True)]  # fmt: skip
     assert fast["scenes"][2]["to_gain_s"] == pytest.approx(4.0)
     assert fast["scenes"][2]["to_accuracy_s"] == pytest.approx(7.0)
+    # its mean: half easy, half hard frames, 10 points above No Customization for 8 s of 10
+    assert fast["scenes"][2]["miou"] == pytest.approx(0.75 + 0.08)
+    assert fast["scenes"][2]["gain"] == pytest.approx(0.08)
+    assert nc["scenes"][2]["gain"] == 0.0
 
 
 def test_only_recl_and_ideal_reuse_take_the_marginal_gain_scheduler():

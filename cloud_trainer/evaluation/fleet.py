@@ -313,19 +313,22 @@ def _scene_times(
     references: list[dict[tuple[int, int], float]],
 ) -> list[dict]:
     """Every scene: which device, which part of its rotation, which video, whether the device
-    had seen that video before, its time to accuracy and, beside No Customization, to gain."""
+    had seen that video before, its mean mIoU and time to accuracy and, beside No
+    Customization, its mean gain over it and time to gain."""
     times = []
     for d, stream in enumerate(streams):
         seen: set[str] = set()
         for index, piece in enumerate(stream.parts):
             if (d, index) in references[0]:
+                t, miou = scenes.scene(d, index)
+                level = references[0][(d, index)]
                 scene = {"device": d, "part": index, "video": piece.path.name,
-                         "return": piece.path.name in seen,
-                         "to_accuracy_s": time_to_accuracy(*scenes.scene(d, index),
-                                                           references[0][(d, index)])}  # fmt: skip
+                         "return": piece.path.name in seen, "miou": float(miou.mean()),
+                         "to_accuracy_s": time_to_accuracy(t, miou, level)}  # fmt: skip
                 if gains is not None:
-                    scene["to_gain_s"] = time_to_accuracy(*gains.scene(d, index),
-                                                          references[1][(d, index)])  # fmt: skip
+                    t, gain = gains.scene(d, index)
+                    scene["gain"] = float(gain.mean())
+                    scene["to_gain_s"] = time_to_accuracy(t, gain, references[1][(d, index)])
                 times.append(scene)
             seen.add(piece.path.name)
     return times
@@ -416,10 +419,10 @@ def plot_fleet(
 
     fig, axes = plt.subplots(len(streams), 1, figsize=(12, 2.6 * len(streams)), sharex=True,
                              squeeze=False)  # fmt: skip
+    scenes = {name: _Scenes.of(run, classes) for name, run in runs.items()}
     for d, (ax, stream) in enumerate(zip(axes[:, 0], streams, strict=True)):
         for c, (name, run) in enumerate(runs.items()):
-            scenes = _Scenes.of(run, classes)
-            t, miou = scenes.t[d], scenes.miou[d]
+            t, miou = scenes[name].t[d], scenes[name].miou[d]
             smooth = np.array([miou[(t >= x - _SMOOTH_S) & (t <= x)].mean() for x in t])
             ax.plot(t, 100 * smooth, lw=1.0, color=f"C{c}", label=name)
             for marker, kind in (("v", "base"), ("^", "zoo")):
