@@ -695,7 +695,6 @@ class Session:
             size = self.config.training.frame_size
             samples = labelled_samples(frames, teacher_labels, size, soft)
             self._add_samples(samples)
-            self._judge_phase(samples)
             labels = np.stack([s.labels for s in samples])
             self._archive_segment(segment, envelope.body, labels, soft)
         self.stats.segments += 1
@@ -717,6 +716,8 @@ class Session:
         controls = self._rate_control(segment.timestamps[-1], resend=resend)
         cut = len(samples) if segment.scene_cut else 0
         moved = self._rebase_at_cut(cut) if self._reuse is None else self._select_model(cut)
+        with self._stages.stage("judge"):  # after a move, which makes its gain another request's
+            self._judge_phase(samples)
         return gradient + controls + moved
 
     def _probe_accuracy(self, samples: list[Sample]) -> None:
@@ -783,8 +784,9 @@ class Session:
         fresh, self._fresh = self._fresh, 0
         if (refit := self._active_refit) is not None:  # before this phase trains on them
             refit.observe(self.mirror.data, self.buffer.newest(fresh), self.subset.classes)
-        if self._reuse is None:  # RECL chose when the samples came (_select_model)
-            self._rebase_if_better(fresh)
+        # RECL chose when the samples came (_select_model)
+        rebased = self._reuse is None and self._rebase_if_better(fresh)
+        trained_from = self._base if rebased else self.mirror.data  # its gain is over this
         held_out = self.config.gate.held_out(fresh, len(self.buffer))
         result: PhaseResult = train_phase(
             self.student,
@@ -824,13 +826,12 @@ class Session:
         # a trainer killed at any instant resumes exactly on them (see _restore).
         with self._stages.stage("checkpoint"):
             self.save(making=self.mirror.version + 1)
-        before = self.mirror.data
         with self._stages.stage("write_back"):
             update = self.mirror.advance(self.student, fmt, mask=self.optimizer.mask)
         self._remember_sent()
         self.stats.updates_sent += 1
         self._record_update(update, "phase", loss)
-        self._judge_later(before, result.seconds)
+        self._judge_later(trained_from, result.seconds)
         return self._counted_downlink([update, *self._refitted_selection()])
 
     def _refitted_selection(self) -> list[Outgoing]:
@@ -857,9 +858,10 @@ class Session:
         return self._refit
 
     def _judge_later(self, before: bytes, seconds: float) -> None:
-        """For the marginal-gain scheduler: the phase just trained, from the device's file
-        ``before`` to the mirror's latest (the same file where the gate held the phase back),
-        to be judged on the next samples (``_judge_phase``)."""
+        """For the marginal-gain scheduler: the phase just trained, from ``before`` (the
+        device's file, or the base where the phase rebased) to the mirror's latest (the same
+        file where the gate held the phase back), to be judged on the next samples
+        (``_judge_phase``)."""
         if self.config.recl.scheduler == "marginal-gain":
             self._phase_to_judge = (self.requests, before, self.mirror.data, seconds)
 

@@ -299,6 +299,7 @@ def test_the_scheduler_measures_each_session_then_trains_the_fastest_learner():
     assert scheduler.pick(gains) == "b"
     gains["b"] = 0.001  # b's curve flattened: the next best goes
     assert scheduler.pick(gains) == "c"
+    assert scheduler.picks == {"unmeasured": 3, "gain": 2}
 
 
 def test_a_new_request_is_measured_again_before_it_competes():
@@ -326,6 +327,7 @@ def test_no_session_starves():
     # nor where the fast one makes a new request every time (a device that keeps moving)
     picks = [scheduler.pick({"fast": None, "slow": 0.0}) for _ in range(8)]
     assert picks.count("slow") == 2 and "slow" in picks[:4]
+    assert scheduler.picks == {"gain": 6, "starving": 4, "unmeasured": 6}
     with pytest.raises(ValueError):
         scheduler.pick({})
 
@@ -439,22 +441,36 @@ def test_a_phase_is_judged_on_the_samples_that_come_after_it(tmp_path, shared_di
     initial = config.student.model.read_bytes()
     session = Session("cam-1", config, load_teacher(config.teacher), initial,
                       directory=tmp_path / "s")  # fmt: skip
-    first, second = vtest_segments(shared_dir)[:2]
+    first, second, third = vtest_segments(shared_dir)[:3]
     assert _phases(session, [first]) and session.mirror.version == 1
     assert session.phase_gain() is None  # no frame since has judged it
-    _deliver(session, second, seq=1)
-    while not session.trains_next:  # its samples labelled, the next phase not trained yet
-        session.step()
+
+    def labelled(segment, seq):  # its samples judged, the next phase not trained yet
+        _deliver(session, segment, seq)
+        for _ in range(10):
+            session.step()
+            if session.trains_next:
+                return
+        raise AssertionError("the segment made no phase due")
+
+    labelled(second, 1)
     judged = session.buffer.newest(3)[-config.recl.samples :]  # the second segment's 3 frames
     before, after = (session.mirror.versions()[v] for v in (0, 1))
     classes = session.subset.classes
     gain = session._judge.score(after, judged, classes) - session._judge.score(
         before, judged, classes
     )
+    assert gain != 0.0  # a measurement, not a default
     assert session.phase_gain(seconds=2.0) == pytest.approx(gain / 2.0)
     assert session.phase_gain() is not None
-    session.stats.scene_cuts += 1  # the next phase trains for another scene
-    assert session.phase_gain() is None
+    session.step()  # the second phase, which the third segment's frames would judge, but
+    msg, h264 = third  # they are another scene's
+    _deliver(session, (msg.model_copy(update={"scene_cut": True}), h264), 2)
+    for _ in range(10):
+        if not session.has_work:
+            break
+        session.step()
+    assert session.stats.scene_cuts == 1 and session.phase_gain() is None
 
 
 def test_the_daemon_serves_device_work_first_then_the_fastest_learning_phase(tmp_path):

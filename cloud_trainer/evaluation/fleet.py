@@ -103,6 +103,7 @@ class FleetRun:
     switches: list[list[tuple[float, str]]]  # per device: when it was moved to another model
     switch_bytes: list[int]  # per device: what the updates that moved it cost
     zoo: dict[str, float] = field(default_factory=dict)
+    picks: dict[str, int] = field(default_factory=dict)  # Algorithm 4's, by why (scheduler.py)
 
 
 class Fleet:
@@ -177,7 +178,8 @@ class Fleet:
         training_s = [p * trainer.phase_s for p in trainer.phases]
         return FleetRun(name, [x.ctx.run for x in devices], training_s, trainer.phases,
                         [x.switches for x in devices],
-                        [x.session.stats.switch_bytes for x in devices])  # fmt: skip
+                        [x.session.stats.switch_bytes for x in devices],
+                        picks=dict(trainer.gains.picks) if trainer.marginal else {})  # fmt: skip
 
 
 class _FleetTrainer:
@@ -368,6 +370,7 @@ def _summary(
         "scene_cuts": [r.extra.get("scene_cuts", 0) for r in run.runs],  # the devices' own
         "bytes_per_switch": sum(run.switch_bytes) / max(1, sum(len(s) for s in run.switches)),
         **({"zoo": run.zoo} if run.zoo else {}),
+        **({"picks": run.picks} if run.picks else {}),
         "scenes": per_scene,
     }
 

@@ -12,6 +12,7 @@ row is served next whatever its gain, so none starves. Round-robin stays the dae
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 
 
@@ -19,6 +20,9 @@ class MarginalGain:
     def __init__(self, max_wait: int = 8) -> None:
         self.max_wait = max_wait
         self._waited: dict[str, int] = {}
+        # why each pick went where it did: "starving", "unmeasured" (lines 10-12) or "gain"
+        # (line 15); where scenes change faster than the trainer comes round, hardly ever "gain"
+        self.picks: Counter[str] = Counter()
 
     def pick(self, ready: Mapping[str, float | None]) -> str:
         """The session to train next among ``ready``, each with the accuracy its last
@@ -28,11 +32,12 @@ class MarginalGain:
         unmeasured = [s for s, gain in ready.items() if gain is None]
         starving = [s for s in ready if self._waited.get(s, 0) >= self.max_wait]
         if starving:  # before new requests too: sessions that keep moving starve no other
-            chosen = max(starving, key=lambda s: self._waited[s])
+            chosen, why = max(starving, key=lambda s: self._waited[s]), "starving"
         elif unmeasured:  # in turn (lines 10-12), not in the order they are listed
-            chosen = max(unmeasured, key=lambda s: self._waited.get(s, 0))
+            chosen, why = max(unmeasured, key=lambda s: self._waited.get(s, 0)), "unmeasured"
         else:
-            chosen = max(ready, key=lambda s: ready[s] or 0.0)
+            chosen, why = max(ready, key=lambda s: ready[s] or 0.0), "gain"
+        self.picks[why] += 1
         for s in ready:
             self._waited[s] = 0 if s == chosen else self._waited.get(s, 0) + 1
         return chosen
