@@ -205,7 +205,7 @@ class Session:
         self._reuse = reuse
         self._dnngrad = dnngrad
         # for the marginal-gain scheduler: the last phase, until the next samples judge it
-        # (request, the device's file before it and after it, training seconds), then its
+        # (request, the file it trained from and the one it made, training seconds), then its
         # measured (request, mIoU gain, seconds)
         self._phase_to_judge: tuple[int, bytes, bytes, float] | None = None
         self._phase_gain: tuple[int, float, float] | None = None
