@@ -930,7 +930,7 @@ class Session:
         choice = self._reuse.select(
             self.device_id, self.mirror.data, new, self.subset.classes,
             self._training_state if runs else lambda: None,
-            retrained=None if runs else retrained,
+            retrained=None if runs else retrained, cut=bool(cut),
         )  # fmt: skip
         if choice is None:
             return []

@@ -301,6 +301,7 @@ class ZooMetrics(Message):
     gated_checks: Count
     admitted: Count
     pruned: Count
+    refined: Count = 0  # experts whose place a model trained on from them took
     reuse_rate: Annotated[float, Field(ge=0.0, le=1.0)]
     gate_hit_rate: Annotated[float, Field(ge=0.0, le=1.0)]
 

@@ -130,6 +130,25 @@ def test_an_expert_keeps_its_training_state_and_a_damaged_one_is_refused_alone(
     assert not path.exists()
 
 
+def test_a_model_trained_on_from_an_expert_takes_its_place_whole(tmp_path, base, experts):
+    zoo = ExpertZoo(tmp_path, base)
+    first = zoo.add(experts[0], origin="cam-1", classes=[0], state=_state(1))
+    zoo.record_selection(first.id)
+    refined = zoo.refine(first.id, experts[1], _state(2))
+    assert (refined.id, refined.picks, refined.joined_at, refined.refined) == (first.id, 1, 0, 1)
+    assert zoo.file(first.id) == experts[1] and zoo.find(experts[0]) is None
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != MANIFEST) == sorted(
+        f"{refined.sha256[:16]}{suffix}" for suffix in (".qdelta", ".state")
+    )  # the old ones went
+    again = ExpertZoo(tmp_path, base)
+    assert again.refused == again.states_refused == 0 and again.file(first.id) == experts[1]
+    assert again.state(first.id)["optimizer"]["step_count"] == 2
+    assert again.get(first.id).refined == 1
+    other = again.add(experts[2], origin="cam-2", classes=[0])
+    assert again.refine(first.id, experts[2]).sha256 == refined.sha256  # another's file: no
+    assert again.file(other.id) == experts[2] and len(again) == 2
+
+
 def test_a_damaged_manifest_or_another_base_leaves_an_empty_zoo(
     tmp_path, base, experts, shared_dir
 ):
@@ -284,6 +303,47 @@ def test_a_retrained_model_the_device_does_not_run_is_a_candidate(tmp_path, base
     assert choice.verdict.scores[RETRAINED] > choice.verdict.scores[BASE]
     without = reuse.select("cam-1", wrecked, samples, range(21))
     assert without is not None and without.name == BASE and RETRAINED not in without.verdict.scores
+    reuse.close()
+
+
+def _labelled_by(model: bytes, frames: list[np.ndarray], path) -> list[Sample]:
+    """The frames labelled by ``model``: it is right on every pixel, any other model less so."""
+    path.write_bytes(model)
+    labeller = load_teacher(TeacherConfig(kind="litert", model=path))
+    return [Sample(float(i), f, labeller.label(f[None])[0].astype(np.uint8))
+            for i, f in enumerate(frames)]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ["same scene", "cut", "refine off"])
+def test_a_devices_model_refines_the_expert_it_trained_on_from_unless_the_scene_cut(
+    tmp_path, base, frames, case
+):
+    from cloud_trainer.recl.config import AdmissionConfig, ReclConfig
+    from cloud_trainer.recl.reuse import ModelReuse
+
+    first, later = _expert(base, seed=5, scale=0.5), _expert(base, seed=6, scale=0.5)
+    admission = AdmissionConfig(refine=case != "refine off")
+    reuse = ModelReuse(ReclConfig(enabled=True, admission=admission), base, tmp_path / "zoo", 2)
+    scene = _labelled_by(first, frames, tmp_path / "a")
+    # cam-0's model labels its frames best by far: it joins the zoo
+    assert reuse.select("cam-0", first, scene, [0, 15]) is None
+    (expert,) = reuse.zoo.experts
+    # cam-1 moves to it, on the same frames
+    wrecked = _expert(base, seed=9, scale=2.0)
+    choice = reuse.select("cam-1", wrecked, scene, [0, 15])
+    assert choice is not None and choice.name == f"zoo:{expert.id}"
+    # and trains on from it: its model now labels the newer frames best
+    newer = _labelled_by(later, frames, tmp_path / "b")
+    assert reuse.select("cam-1", later, newer, [0, 15], cut=case == "cut") is None
+    if case != "same scene":  # a new scene's model is an expert of its own (as all are, off)
+        assert reuse.stats.refined == 0 and len(reuse.zoo) == 2
+        assert reuse.zoo.file(expert.id) == first
+    else:
+        assert reuse.stats.refined == 1 and len(reuse.zoo) == 1 and reuse.stats.admitted == 1
+        assert reuse.zoo.file(expert.id) == later
+        measured = [row[expert.id] for row in reuse._data.accuracy]  # measured again, all frames
+        judge = reuse._judge
+        assert measured == [judge.per_sample(later, [s], c)[0] for s, c in reuse._data.frames]
     reuse.close()
 
 

@@ -15,6 +15,10 @@ class AdmissionConfig(BaseModel):
     queue: int = Field(1, ge=1, le=64)  # promising models that join together
     eta: int = Field(1, ge=0)  # picks in the last q selections an expert needs to stay
     q: int = Field(3000, ge=1)  # selections the pruning rule looks back over (~a day, §6.3.3)
+    # a model trained on from an expert takes its place where the expert is the check's best
+    # and the model beats it by refine_by (false: experts stay as they joined, as in §6.3.3)
+    refine: bool = True
+    refine_by: float = Field(0.005, ge=0.0, le=1.0)
 
 
 class ReclConfig(BaseModel):

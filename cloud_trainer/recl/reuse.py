@@ -9,7 +9,11 @@ it beats the device's model by the margin; the session then trains on from it (f
 weights and optimizer moments, where the zoo keeps them) and its update takes the device there.
 What the check measured teaches the gating network, and a device model that beats every other
 candidate by α is promising: it waits in the admission queue, with the session's training
-state, then joins the zoo.
+state, then joins the zoo. A device model trained on from an expert (since the device moved to
+it, with no scene cut between) is judged against that expert instead: where the expert is
+still the check's best and the model beats it by ``admission.refine_by``, the model takes the
+expert's place, so that the training every device spends on a scene accumulates in one
+expert (an addition to §6.3.3, whose experts stay as they joined).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class ReuseStats:
     gated_checks: int = 0  # checks with at least one expert from the gating network
     admitted: int = 0
     pruned: int = 0
+    refined: int = 0  # experts whose place a model trained on from them took
 
 
 class ModelReuse:
@@ -76,6 +81,7 @@ class ModelReuse:
         # each frame kept with the classes it was judged over, for new experts to be measured on
         self._data = GatingData(config.gating_frames)
         self._queue = AdmissionQueue(config.admission.queue)
+        self._lineage: dict[str, str] = {}  # device: the expert its model was trained on from
         self._judge = FileJudge(threads)
         self.stats = ReuseStats()
 
@@ -87,29 +93,36 @@ class ModelReuse:
         classes: Sequence[int],
         state: Callable[[], bytes | None] = lambda: None,
         retrained: bytes | None = None,
+        cut: bool = False,
     ) -> Choice | None:
         """The model ``device_id`` should move to from ``current``, judged on ``samples``
         (the newest ``config.samples`` of them); None to train on from ``current``.
         ``state``: the session's training state under ``current``, asked for only when
-        ``current`` is to join the zoo; ``retrained``: the session's last retrained model
-        if the device does not run it (a gated phase's)."""
+        ``current`` is to join the zoo or refine an expert; ``retrained``: the session's last
+        retrained model if the device does not run it (a gated phase's); ``cut``: the
+        samples are a new scene's."""
         judged = list(samples)[-self.config.samples :]
         features = self._features(np.stack([s.rgb for s in judged]))
         top = self.gating.top_k(features, self.config.top_k)
+        own = self.zoo.find(current)  # the device runs an expert of the zoo, or not
+        parent = self._parent(device_id, own, cut)
         files = {CURRENT: current, BASE: self._base}
         if retrained is not None:
             files[RETRAINED] = retrained
-        files.update({_ZOO + e: self.zoo.file(e) for e in top})
+        experts = [*top, parent] if parent is not None and parent not in top else top
+        files.update({_ZOO + e: self.zoo.file(e) for e in experts})
         per_frame = {name: self._judge.per_sample(data, judged, classes)
                      for name, data in files.items()}  # fmt: skip
         verdict = safety_check({n: float(np.mean(v)) for n, v in per_frame.items()},
                                self.config.margin)  # fmt: skip
-        own = self.zoo.find(current)  # the device runs an expert of the zoo, or not
         self._learn(device_id, features, judged, classes, per_frame, own)
         self._count(verdict, top)
-        if own is None and current != self._base:
+        if parent is not None and self._refines(parent, verdict):
+            self._refine(device_id, parent, current, state)
+        elif own is None and current != self._base:
             self._admit(device_id, current, classes, verdict, state)
         self._prune()
+        self._follow(device_id, verdict)
         if not verdict.switch:
             return None
         expert = verdict.best.removeprefix(_ZOO) if verdict.best.startswith(_ZOO) else None
@@ -133,6 +146,49 @@ class ModelReuse:
         self._judge.close()
 
     # -- the gating network and the zoo --------------------------------------------------------
+
+    def _parent(self, device_id: str, own: str | None, cut: bool) -> str | None:
+        """The expert the device's model was trained on from, where it runs a model of its
+        own (not the expert itself) trained on the same scene."""
+        if own is not None:
+            self._lineage[device_id] = own
+        elif cut:  # the new scene is not the one the expert was chosen for
+            self._lineage.pop(device_id, None)
+        parent = self._lineage.get(device_id)
+        return parent if own is None and parent in self.zoo else None
+
+    def _follow(self, device_id: str, verdict: Verdict) -> None:
+        """The device's lineage after the check: a move to an expert or the base starts anew
+        (a move to its own retrained model keeps it)."""
+        if verdict.switch and verdict.best.startswith(_ZOO):
+            self._lineage[device_id] = verdict.best.removeprefix(_ZOO)
+        elif verdict.switch and verdict.best == BASE:
+            self._lineage.pop(device_id, None)
+
+    def _refines(self, parent: str, verdict: Verdict) -> bool:
+        """Whether the device's model should take the place of ``parent``, the expert it was
+        trained on from: the parent is the check's best expert and the model beats it by
+        ``admission.refine_by``."""
+        rule = self.config.admission
+        experts = {n: s for n, s in verdict.scores.items() if n.startswith(_ZOO)}
+        best = max(experts, key=experts.__getitem__)
+        return rule.refine and best == _ZOO + parent and (
+            verdict.scores[CURRENT] >= experts[best] + rule.refine_by)  # fmt: skip
+
+    def _refine(
+        self, device_id: str, parent: str, current: bytes, state: Callable[[], bytes | None]
+    ) -> None:
+        self.zoo.refine(parent, current, state())
+        self._measure(parent, current)
+        train_gating(self.gating, self._data, self.config.gating_steps)
+        self.stats.refined += 1
+        log.info("expert %s refined by %s's model (refined %d times)", parent, device_id,
+                 self.zoo.get(parent).refined)  # fmt: skip
+
+    def _measure(self, expert_id: str, data: bytes) -> None:
+        """The expert's accuracy on every frame the gating network learns from."""
+        self._data.measure(expert_id, [self._judge.per_sample(data, [s], c)[0]
+                                       for s, c in self._data.frames])  # fmt: skip
 
     def _learn(
         self,
@@ -193,8 +249,7 @@ class ModelReuse:
                                   classes=candidate.classes, state=candidate.state,
                                   accuracy=candidate.score)  # fmt: skip
             self.gating.add(expert.id)
-            self._data.measure(expert.id, [self._judge.per_sample(candidate.data, [s], c)[0]
-                                           for s, c in self._data.frames])  # fmt: skip
+            self._measure(expert.id, candidate.data)
             self.stats.admitted += 1
             log.info("expert %s from %s joined the zoo (mIoU %.3f; %d experts)", expert.id,
                      candidate.origin, candidate.score, len(self.zoo))  # fmt: skip

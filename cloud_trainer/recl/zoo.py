@@ -14,6 +14,10 @@ under the int8 file and the optimizer's moments, a weights-only torch file, its 
 manifest), so that training goes on from it as from the session that made it rather than from
 rounded weights and fresh moments. A state that fails its hash or does not load is refused
 (``states_refused``) and the expert is used without it.
+
+A model trained on from an expert may take its place (``refine``): the expert keeps its id,
+picks and age, and its files, named by their content, are written beside the old ones, which go
+once the manifest names the new.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -47,8 +51,8 @@ _MATERIALIZED = 4  # expert files kept built in memory (the candidates of one se
 class Expert:
     """What the manifest records of one expert."""
 
-    id: str  # the first 16 hex digits of its file's sha256
-    sha256: str
+    id: str  # the first 16 hex digits of the sha256 of the file it joined with
+    sha256: str  # of its file now (a refined expert's file is not the one it joined with)
     origin: str  # the device whose frames trained it
     classes: list[int]  # the classes of the samples it was trained on
     created_s: float  # wall-clock time it joined the zoo
@@ -56,6 +60,7 @@ class Expert:
     joined_at: int = 0  # the zoo's selection count when it joined (pruning spares it for q)
     state_sha256: str | None = None  # of its training state's file, if it keeps one
     extra: dict[str, float] = field(default_factory=dict)  # e.g. the accuracy that admitted it
+    refined: int = 0  # how often a model trained on from it took its place
 
 
 class ExpertZoo:
@@ -107,7 +112,7 @@ class ExpertZoo:
         expert = self._experts[expert_id]
         if expert.state_sha256 is None:
             return None
-        path = self._path(expert_id, _STATE)
+        path = self._path(expert, _STATE)
         try:
             raw = path.read_bytes()
             if sha256_hex(raw) != expert.state_sha256:
@@ -146,21 +151,32 @@ class ExpertZoo:
         known = self.find(data)
         if known is not None:
             return self._experts[known]
-        layout = self._base.with_data(data)  # refuses a file of another layout
-        body = qdelta.encode(self._base, {t.index: layout.values(t) for t in layout.trainable})
+        body = self._delta(data)
         sha = sha256_hex(data)
         expert = Expert(sha[:16], sha, origin, sorted(int(c) for c in classes), time.time(),
                         joined_at=self.selections, extra=dict(extra))  # fmt: skip
         while len(self._experts) >= self.capacity:
             self._drop(self._least_picked(), evicted=True)
-        atomic_write(self._path(expert.id), body)
-        if state is not None:
-            atomic_write(self._path(expert.id, _STATE), state)
-            expert.state_sha256 = sha256_hex(state)
+        self._write(expert, body, state)
         self._experts[expert.id] = expert
         self._remember(expert.id, bytes(data))
         self._save()
         return expert
+
+    def refine(self, expert_id: str, data: bytes, state: bytes | None = None) -> Expert:
+        """A model trained on from the expert (``data``, with its training ``state``) takes its
+        place: the same id, picks and age, for the scene it serves. The old files go only once
+        the manifest names the new ones, so a power cut leaves one of the two whole."""
+        old = self._experts[expert_id]
+        if self.find(data) is not None:
+            return old  # already in the zoo: nothing is learned by a second copy
+        new = replace(old, sha256=sha256_hex(data), state_sha256=None, refined=old.refined + 1)
+        self._write(new, self._delta(data), state)
+        self._experts[expert_id] = new
+        self._remember(expert_id, bytes(data))
+        self._save()
+        self._unlink(old)
+        return new
 
     def record_selection(self, expert_id: str | None) -> None:
         """A selection was made; ``expert_id`` is the expert it sent (None: none of the zoo's)."""
@@ -181,11 +197,25 @@ class ExpertZoo:
         return min(self._experts.values(), key=lambda e: (e.picks, e.created_s)).id
 
     def _drop(self, expert_id: str, *, evicted: bool) -> None:
-        self._experts.pop(expert_id)
+        self._unlink(self._experts.pop(expert_id))
         self._files.pop(expert_id, None)
-        self._path(expert_id).unlink(missing_ok=True)
-        self._path(expert_id, _STATE).unlink(missing_ok=True)
         self.evicted += evicted
+
+    def _delta(self, data: bytes) -> bytes:
+        """The qdelta that takes the base file to ``data``."""
+        layout = self._base.with_data(data)  # refuses a file of another layout
+        return qdelta.encode(self._base, {t.index: layout.values(t) for t in layout.trainable})
+
+    def _write(self, expert: Expert, body: bytes, state: bytes | None) -> None:
+        """The expert's delta and state files, before the manifest names them."""
+        atomic_write(self._path(expert), body)
+        if state is not None:
+            atomic_write(self._path(expert, _STATE), state)
+            expert.state_sha256 = sha256_hex(state)
+
+    def _unlink(self, expert: Expert) -> None:
+        self._path(expert).unlink(missing_ok=True)
+        self._path(expert, _STATE).unlink(missing_ok=True)
 
     def _remember(self, expert_id: str, data: bytes) -> None:
         self._files[expert_id] = data
@@ -193,14 +223,15 @@ class ExpertZoo:
             self._files.popitem(last=False)
 
     def _built(self, expert: Expert) -> bytes:
-        body = self._path(expert.id).read_bytes()
+        body = self._path(expert).read_bytes()
         data = apply_update(UpdateFormat.QDELTA, self._base, body)
         if sha256_hex(data) != expert.sha256:
             raise UpdateFormatError("its delta does not make the file the manifest records")
         return data
 
-    def _path(self, expert_id: str, suffix: str = _SUFFIX) -> Path:
-        return self.directory / f"{expert_id}{suffix}"
+    def _path(self, expert: Expert, suffix: str = _SUFFIX) -> Path:
+        # named by its file's content, so that a refinement writes beside the files it replaces
+        return self.directory / f"{expert.sha256[:16]}{suffix}"
 
     def _save(self) -> None:
         manifest = {
@@ -238,7 +269,7 @@ class ExpertZoo:
             self._remember(expert.id, self._built(expert))
         except (OSError, UpdateFormatError) as exc:
             self.refused += 1
-            damaged = self._path(expert.id)
+            damaged = self._path(expert)
             if damaged.exists():
                 damaged.rename(damaged.with_name(damaged.name + ".damaged"))
             log.error("expert %s of the model zoo refused (%s); the zoo goes on without it",
