@@ -24,7 +24,7 @@ from cloud_trainer.dashboard.actions import Action, ActionRefused
 from cloud_trainer.dashboard.state import ActionEntry, FleetState
 from cloud_trainer.host import SessionHost, checkpointed, housekeep, recently_active
 from cloud_trainer.prometheus import TrainerMetrics
-from cloud_trainer.recl.scheduler import MarginalGain
+from cloud_trainer.recl.scheduler import REASONS, MarginalGain
 from cloud_trainer.scheduler import RoundRobin
 from cloud_trainer.session import Session, open_inbox, store_segment
 from edge_runtime.spool import Spool
@@ -297,11 +297,17 @@ class TrainerDaemon:
             self.scheduler.notify(device_id)
 
     def report(self) -> list[dict[str, object]]:
-        """Every session's metrics: logged, published retained, and exported."""
+        """Every session's metrics: logged, published retained, and exported; the trainer's
+        own (its zoo's, why Algorithm 4 picked whom) exported too."""
+        figures: dict[str, float] = {}
         if self.host.reuse is not None:
             zoo = self.host.reuse.metrics()
             log.info("metrics model zoo %s", zoo.model_dump())
-            self.metrics.trainer(zoo.model_dump())
+            figures.update(zoo.model_dump())
+        if self.config.recl.scheduler == "marginal-gain":
+            figures.update({f"scheduler_picks_{why}": self._gains.picks[why] for why in REASONS})
+        if figures:
+            self.metrics.trainer(figures)
         reports = []
         for session in list(self.sessions.values()):
             figures = self.host.report(session)

@@ -552,6 +552,11 @@ def test_the_daemon_serves_device_work_first_then_the_fastest_learning_phase(tmp
     assert daemon._choose(["a", "b"]) == "b"
     gains["b"] = 0.01
     assert daemon._choose(["a", "b"]) == "b"  # 0.01 mIoU per second against 0.005
+    daemon.sessions = {}
+    daemon.report()  # why it picked whom, exported
+    picks = {m.name.removeprefix("amstream_trainer_scheduler_picks_"): m.samples[0].value
+             for m in daemon.metrics.collect() if "scheduler_picks" in m.name}  # fmt: skip
+    assert picks == {"starving": 0, "unmeasured": 2, "gain": 1}
 
 
 def test_a_frame_judged_again_updates_its_row_instead_of_adding_one():

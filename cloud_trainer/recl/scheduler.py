@@ -15,13 +15,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 
+# why a pick went where it did: a session passed over max_wait times, a request not measured
+# yet (lines 10-12), the best measured gain (line 15)
+REASONS = ("starving", "unmeasured", "gain")
+
 
 class MarginalGain:
     def __init__(self, max_wait: int = 8) -> None:
         self.max_wait = max_wait
         self._waited: dict[str, int] = {}
-        # why each pick went where it did: "starving", "unmeasured" (lines 10-12) or "gain"
-        # (line 15); where scenes change faster than the trainer comes round, hardly ever "gain"
+        # picks by REASONS; where scenes change faster than the trainer comes round, hardly
+        # ever by "gain"
         self.picks: Counter[str] = Counter()
 
     def pick(self, ready: Mapping[str, float | None]) -> str:
