@@ -144,6 +144,12 @@ def test_a_model_trained_on_from_an_expert_takes_its_place_whole(tmp_path, base,
     assert again.refused == again.states_refused == 0 and again.file(first.id) == experts[1]
     assert again.state(first.id)["optimizer"]["step_count"] == 2
     assert again.get(first.id).refined == 1
+    # a power cut after the new files, before the manifest: the expert as it was, no strays
+    (tmp_path / "0123456789abcdef.qdelta").write_bytes(b"half a refinement")
+    (tmp_path / "0123456789abcdef.state").write_bytes(b"half a refinement")
+    again = ExpertZoo(tmp_path, base)
+    assert again.file(first.id) == experts[1] and again.refused == 0
+    assert not list(tmp_path.glob("0123456789abcdef.*"))
     other = again.add(experts[2], origin="cam-2", classes=[0])
     assert again.refine(first.id, experts[2]).sha256 == refined.sha256  # another's file: no
     assert again.file(other.id) == experts[2] and len(again) == 2

@@ -17,7 +17,8 @@ rounded weights and fresh moments. A state that fails its hash or does not load 
 
 A model trained on from an expert may take its place (``refine``): the expert keeps its id,
 picks and age, and its files, named by their content, are written beside the old ones, which go
-once the manifest names the new.
+once the manifest names the new; files the manifest does not name (a power cut between the two)
+are removed at load.
 """
 
 from __future__ import annotations
@@ -246,6 +247,7 @@ class ExpertZoo:
         remove_partial_writes(self.directory)
         path = self.directory / MANIFEST
         if not path.exists():
+            self._remove_unnamed()  # a first expert's, cut off before its manifest
             return
         try:
             manifest = json.loads(path.read_bytes())
@@ -263,6 +265,17 @@ class ExpertZoo:
             self._adopt(expert)
         if self.refused:
             self._save()
+        self._remove_unnamed()
+
+    def _remove_unnamed(self) -> None:
+        """Expert files the manifest does not name: written for a change that a power cut
+        kept from the manifest, or replaced by one whose old files it kept from going."""
+        named = {
+            self._path(e, suffix) for e in self._experts.values() for suffix in (_SUFFIX, _STATE)
+        }
+        for path in [*self.directory.glob(f"*{_SUFFIX}"), *self.directory.glob(f"*{_STATE}")]:
+            if path not in named:
+                path.unlink(missing_ok=True)
 
     def _adopt(self, expert: Expert) -> None:
         try:
