@@ -438,6 +438,7 @@ class Session:
         """The file of ``version`` as the next version: a delta, or (a device that takes none)
         the full model, when full_model_interval_s allows."""
         update = self.mirror.reissue(version, self._delta_format())
+        self._went_back()
         # No checkpoint needed before this is sent: an older one reads as stale against the
         # new version, and training resumes from its file (the daemon saves after the action).
         self._train_from_mirror()
@@ -448,11 +449,17 @@ class Session:
         self._record_update(update, f"rollback to v{version}")
         return done, self._counted_downlink([update])
 
+    def _went_back(self) -> None:
+        """A rollback: the device's model no longer descends from the expert it moved to."""
+        if self._reuse is not None:
+            self._reuse.forget(self.device_id)
+
     def _return_to(self, version: int) -> None:
         """Training and the mirror back on the mirror's ``version``, crash-consistently: the
         checkpoint holds that version's weights before the later versions leave the disk (a
         checkpoint of a later version, with the mirror back on this one, would read as the
         weights of the next version: see _restore)."""
+        self._went_back()
         self._train_from(self.mirror.versions()[version])
         self._remember_sent()
         self.save(making=version)
@@ -922,7 +929,11 @@ class Session:
         samples of the new scene are judged alone, as the rebase rule does (_rebase_at_cut)."""
         unjudged, self._unjudged = self._unjudged, 0
         fmt = self._delta_format()
-        if self._reuse is None or unjudged == 0 or self._fresh == 0 or fmt is None or self.paused:
+        if self._reuse is None:
+            return []
+        if cut:  # whether judged now or not, training from here is not the old scene's expert's
+            self._reuse.forget(self.device_id)
+        if unjudged == 0 or self._fresh == 0 or fmt is None or self.paused:
             return []
         new = self.buffer.newest(cut or self._fresh)
         retrained = self.mirror.candidate(self.student)

@@ -150,6 +150,9 @@ def test_a_model_trained_on_from_an_expert_takes_its_place_whole(tmp_path, base,
     again = ExpertZoo(tmp_path, base)
     assert again.file(first.id) == experts[1] and again.refused == 0
     assert not list(tmp_path.glob("0123456789abcdef.*"))
+    # the file it joined with is still that expert's: it cannot join again under its id
+    assert again.add(experts[0], origin="cam-2", classes=[0]).sha256 == refined.sha256
+    assert again.holds(experts[0]) == first.id and again.find(experts[0]) is None
     other = again.add(experts[2], origin="cam-2", classes=[0])
     assert again.refine(first.id, experts[2]).sha256 == refined.sha256  # another's file: no
     assert again.file(other.id) == experts[2] and len(again) == 2
@@ -162,6 +165,9 @@ def test_a_damaged_manifest_or_another_base_leaves_an_empty_zoo(
     (tmp_path / MANIFEST).write_bytes(b"{not json")
     zoo = ExpertZoo(tmp_path, base)
     assert len(zoo) == 0 and zoo.refused == 1 and (tmp_path / (MANIFEST + ".damaged")).exists()
+    kept = sorted(p.name for p in tmp_path.glob("*.qdelta.damaged"))  # set aside, not deleted
+    assert len(kept) == 1 and kept == sorted(p.name for p in ExpertZoo(tmp_path, base)
+                                             .directory.glob("*.qdelta.damaged"))  # fmt: skip
     zoo.add(experts[0], origin="cam-1", classes=[0])
     other = (shared_dir / "models/coral/deeplabv3_mnv2_pascal_quant.tflite").read_bytes()
     assert len(ExpertZoo(tmp_path, other)) == 0
@@ -320,7 +326,8 @@ def _labelled_by(model: bytes, frames: list[np.ndarray], path) -> list[Sample]:
             for i, f in enumerate(frames)]  # fmt: skip
 
 
-@pytest.mark.parametrize("case", ["same scene", "cut", "refine off"])
+@pytest.mark.parametrize("case", ["same scene", "cut", "rollback", "refined by another",
+                                  "refine off"])  # fmt: skip
 def test_a_devices_model_refines_the_expert_it_trained_on_from_unless_the_scene_cut(
     tmp_path, base, frames, case
 ):
@@ -340,16 +347,38 @@ def test_a_devices_model_refines_the_expert_it_trained_on_from_unless_the_scene_
     assert choice is not None and choice.name == f"zoo:{expert.id}"
     # and trains on from it: its model now labels the newer frames best
     newer = _labelled_by(later, frames, tmp_path / "b")
+    if case == "rollback":
+        reuse.forget("cam-1")
+    other = _expert(base, seed=7, scale=0.5)
+    if case == "refined by another":  # cam-1's model is a fork of the expert's old file
+        reuse.zoo.refine(expert.id, other)
     assert reuse.select("cam-1", later, newer, [0, 15], cut=case == "cut") is None
-    if case != "same scene":  # a new scene's model is an expert of its own (as all are, off)
+    if case != "same scene":  # a model of its own, which joins by α (as all do, off)
         assert reuse.stats.refined == 0 and len(reuse.zoo) == 2
-        assert reuse.zoo.file(expert.id) == first
+        assert reuse.zoo.file(expert.id) == (other if case == "refined by another" else first)
     else:
         assert reuse.stats.refined == 1 and len(reuse.zoo) == 1 and reuse.stats.admitted == 1
         assert reuse.zoo.file(expert.id) == later
         measured = [row[expert.id] for row in reuse._data.accuracy]  # measured again, all frames
         judge = reuse._judge
         assert measured == [judge.per_sample(later, [s], c)[0] for s, c in reuse._data.frames]
+    reuse.close()
+
+
+def test_an_evicted_expert_leaves_the_gating_network_too(tmp_path, base, frames):
+    from cloud_trainer.recl.config import ReclConfig
+    from cloud_trainer.recl.reuse import ModelReuse
+
+    first, later = _expert(base, seed=5, scale=0.5), _expert(base, seed=6, scale=0.5)
+    reuse = ModelReuse(ReclConfig(enabled=True, capacity=1), base, tmp_path / "zoo", 2)
+    reuse.select("cam-0", first, _labelled_by(first, frames, tmp_path / "a"), [0, 15])
+    newer = _labelled_by(later, frames, tmp_path / "b")
+    reuse.select("cam-1", later, newer, [0, 15])
+    (expert,) = reuse.zoo.experts
+    assert reuse.zoo.file(expert.id) == later and reuse.gating.experts == [expert.id]
+    assert all(set(row) <= {expert.id} for row in reuse._data.accuracy)
+    wrecked = _expert(base, seed=9, scale=2.0)
+    assert reuse.select("cam-2", wrecked, newer, [0, 15]).name == f"zoo:{expert.id}"
     reuse.close()
 
 

@@ -10,10 +10,11 @@ weights and optimizer moments, where the zoo keeps them) and its update takes th
 What the check measured teaches the gating network, and a device model that beats every other
 candidate by α is promising: it waits in the admission queue, with the session's training
 state, then joins the zoo. A device model trained on from an expert (since the device moved to
-it, with no scene cut between) is judged against that expert instead: where the expert is
-still the check's best and the model beats it by ``admission.refine_by``, the model takes the
-expert's place, so that the training every device spends on a scene accumulates in one
-expert (an addition to §6.3.3, whose experts stay as they joined).
+it, with no scene cut or rollback between, and no other device's refinement of that expert)
+is first judged against that expert: where the expert is still the check's best and the model
+beats it by ``admission.refine_by``, the model takes the expert's place, so that the training
+devices spend on a scene accumulates in one expert (an addition to §6.3.3, whose experts stay
+as they joined); otherwise it may still join as a new expert, by α.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class ModelReuse:
         # each frame kept with the classes it was judged over, for new experts to be measured on
         self._data = GatingData(config.gating_frames)
         self._queue = AdmissionQueue(config.admission.queue)
-        self._lineage: dict[str, str] = {}  # device: the expert its model was trained on from
+        # device: the expert its model was trained on from, and that expert's file then
+        self._lineage: dict[str, tuple[str, str]] = {}
         self._judge = FileJudge(threads)
         self.stats = ReuseStats()
 
@@ -105,7 +107,7 @@ class ModelReuse:
         features = self._features(np.stack([s.rgb for s in judged]))
         top = self.gating.top_k(features, self.config.top_k)
         own = self.zoo.find(current)  # the device runs an expert of the zoo, or not
-        parent = self._parent(device_id, own, cut)
+        parent = self._parent(device_id, current, own, cut)
         files = {CURRENT: current, BASE: self._base}
         if retrained is not None:
             files[RETRAINED] = retrained
@@ -118,7 +120,7 @@ class ModelReuse:
         self._learn(device_id, features, judged, classes, per_frame, own)
         self._count(verdict, top)
         if parent is not None and self._refines(parent, verdict):
-            self._refine(device_id, parent, current, state)
+            self._refine(device_id, parent, current, classes, verdict, state)
         elif own is None and current != self._base:
             self._admit(device_id, current, classes, verdict, state)
         self._prune()
@@ -147,23 +149,31 @@ class ModelReuse:
 
     # -- the gating network and the zoo --------------------------------------------------------
 
-    def _parent(self, device_id: str, own: str | None, cut: bool) -> str | None:
-        """The expert the device's model was trained on from, where it runs a model of its
-        own (not the expert itself) trained on the same scene."""
-        if own is not None:
-            self._lineage[device_id] = own
-        elif cut:  # the new scene is not the one the expert was chosen for
-            self._lineage.pop(device_id, None)
-        parent = self._lineage.get(device_id)
-        return parent if own is None and parent in self.zoo else None
+    def forget(self, device_id: str) -> None:
+        """The device's model no longer descends from the expert it moved to (a rollback)."""
+        self._lineage.pop(device_id, None)
+
+    def _parent(self, device_id: str, current: bytes, own: str | None, cut: bool) -> str | None:
+        """The expert the device's model was trained on from, on the same scene, where the
+        expert is still the file it started from (no other device refined it since) and the
+        device runs a model of its own trained from it."""
+        if cut:  # the new scene is not the one the expert was chosen for
+            self.forget(device_id)
+        elif own is not None:
+            self._lineage[device_id] = (own, self.zoo.get(own).sha256)
+        expert, started = self._lineage.get(device_id, ("", ""))
+        if own is not None or current == self._base or expert not in self.zoo:
+            return None
+        return expert if self.zoo.get(expert).sha256 == started else None
 
     def _follow(self, device_id: str, verdict: Verdict) -> None:
         """The device's lineage after the check: a move to an expert or the base starts anew
         (a move to its own retrained model keeps it)."""
         if verdict.switch and verdict.best.startswith(_ZOO):
-            self._lineage[device_id] = verdict.best.removeprefix(_ZOO)
+            expert = verdict.best.removeprefix(_ZOO)
+            self._lineage[device_id] = (expert, self.zoo.get(expert).sha256)
         elif verdict.switch and verdict.best == BASE:
-            self._lineage.pop(device_id, None)
+            self.forget(device_id)
 
     def _refines(self, parent: str, verdict: Verdict) -> bool:
         """Whether the device's model should take the place of ``parent``, the expert it was
@@ -176,9 +186,17 @@ class ModelReuse:
             verdict.scores[CURRENT] >= experts[best] + rule.refine_by)  # fmt: skip
 
     def _refine(
-        self, device_id: str, parent: str, current: bytes, state: Callable[[], bytes | None]
+        self,
+        device_id: str,
+        parent: str,
+        current: bytes,
+        classes: Sequence[int],
+        verdict: Verdict,
+        state: Callable[[], bytes | None],
     ) -> None:
-        self.zoo.refine(parent, current, state())
+        refined = self.zoo.refine(parent, current, state(), classes,
+                                  accuracy=verdict.scores[CURRENT])  # fmt: skip
+        self._lineage[device_id] = (parent, refined.sha256)
         self._measure(parent, current)
         train_gating(self.gating, self._data, self.config.gating_steps)
         self.stats.refined += 1
@@ -245,9 +263,12 @@ class ModelReuse:
             return
         ready = self._queue.offer(Candidate(current, device_id, tuple(classes), mine, state()))
         for candidate in ready:
+            if self.zoo.holds(candidate.data):  # it joined, or was refined into an expert, since
+                continue
             expert = self.zoo.add(candidate.data, origin=candidate.origin,
                                   classes=candidate.classes, state=candidate.state,
                                   accuracy=candidate.score)  # fmt: skip
+            self._forget_gone()  # an expert it evicted
             self.gating.add(expert.id)
             self._measure(expert.id, candidate.data)
             self.stats.admitted += 1
@@ -261,7 +282,11 @@ class ModelReuse:
         if not gone:
             return
         self.zoo.remove(gone)
-        for expert_id in gone:
+        self._forget_gone()
+        self.stats.pruned += len(gone)
+
+    def _forget_gone(self) -> None:
+        """The gating network's units and measures of experts that left the zoo."""
+        for expert_id in [e for e in self.gating.experts if e not in self.zoo]:
             self.gating.remove(expert_id)
             self._data.forget(expert_id)
-        self.stats.pruned += len(gone)

@@ -135,6 +135,12 @@ class ExpertZoo:
         sha = sha256_hex(data)
         return next((e.id for e in self._experts.values() if e.sha256 == sha), None)
 
+    def holds(self, data: bytes) -> str | None:
+        """The id of the expert whose file ``data`` is, or was when it joined (a refined
+        expert keeps that file's id), if one is."""
+        joined = sha256_hex(data)[:16]
+        return joined if joined in self._experts else self.find(data)
+
     # -- changing ------------------------------------------------------------------------------
 
     def add(
@@ -148,30 +154,41 @@ class ExpertZoo:
     ) -> Expert:
         """Admit the model file ``data`` (of the base's layout), with its training ``state``
         (a torch file) if known; the least picked expert leaves first if the zoo is full. A
-        file already in the zoo is that expert."""
-        known = self.find(data)
+        file the zoo holds (``holds``) is that expert."""
+        known = self.holds(data)
         if known is not None:
             return self._experts[known]
         body = self._delta(data)
         sha = sha256_hex(data)
         expert = Expert(sha[:16], sha, origin, sorted(int(c) for c in classes), time.time(),
                         joined_at=self.selections, extra=dict(extra))  # fmt: skip
-        while len(self._experts) >= self.capacity:
-            self._drop(self._least_picked(), evicted=True)
+        gone = [self._drop(self._least_picked(), evicted=True)
+                for _ in range(len(self._experts) - self.capacity + 1)]  # fmt: skip
         self._write(expert, body, state)
         self._experts[expert.id] = expert
         self._remember(expert.id, bytes(data))
         self._save()
+        self._unlink(*gone)
         return expert
 
-    def refine(self, expert_id: str, data: bytes, state: bytes | None = None) -> Expert:
-        """A model trained on from the expert (``data``, with its training ``state``) takes its
-        place: the same id, picks and age, for the scene it serves. The old files go only once
-        the manifest names the new ones, so a power cut leaves one of the two whole."""
+    def refine(
+        self,
+        expert_id: str,
+        data: bytes,
+        state: bytes | None = None,
+        classes: Iterable[int] | None = None,
+        **extra: float,
+    ) -> Expert:
+        """A model trained on from the expert (``data``, with its training ``state``, on
+        ``classes``) takes its place: the same id, picks and age, for the scene it serves. The
+        old files go only once the manifest names the new ones, so a power cut leaves one of
+        the two whole."""
         old = self._experts[expert_id]
-        if self.find(data) is not None:
+        if self.holds(data) is not None:
             return old  # already in the zoo: nothing is learned by a second copy
-        new = replace(old, sha256=sha256_hex(data), state_sha256=None, refined=old.refined + 1)
+        kept = old.classes if classes is None else sorted(int(c) for c in classes)
+        new = replace(old, sha256=sha256_hex(data), state_sha256=None, refined=old.refined + 1,
+                      classes=kept, extra={**old.extra, **extra})  # fmt: skip
         self._write(new, self._delta(data), state)
         self._experts[expert_id] = new
         self._remember(expert_id, bytes(data))
@@ -188,19 +205,20 @@ class ExpertZoo:
         self._save()
 
     def remove(self, expert_ids: Iterable[str]) -> None:
-        for expert_id in list(expert_ids):
-            self._drop(expert_id, evicted=False)
+        gone = [self._drop(expert_id, evicted=False) for expert_id in list(expert_ids)]
         self._save()
+        self._unlink(*gone)
 
     # -- internals -----------------------------------------------------------------------------
 
     def _least_picked(self) -> str:
         return min(self._experts.values(), key=lambda e: (e.picks, e.created_s)).id
 
-    def _drop(self, expert_id: str, *, evicted: bool) -> None:
-        self._unlink(self._experts.pop(expert_id))
+    def _drop(self, expert_id: str, *, evicted: bool) -> Expert:
+        """The expert out of the zoo; its files go once the manifest no longer names it."""
         self._files.pop(expert_id, None)
         self.evicted += evicted
+        return self._experts.pop(expert_id)
 
     def _delta(self, data: bytes) -> bytes:
         """The qdelta that takes the base file to ``data``."""
@@ -214,9 +232,10 @@ class ExpertZoo:
             atomic_write(self._path(expert, _STATE), state)
             expert.state_sha256 = sha256_hex(state)
 
-    def _unlink(self, expert: Expert) -> None:
-        self._path(expert).unlink(missing_ok=True)
-        self._path(expert, _STATE).unlink(missing_ok=True)
+    def _unlink(self, *experts: Expert) -> None:
+        for expert in experts:
+            self._path(expert).unlink(missing_ok=True)
+            self._path(expert, _STATE).unlink(missing_ok=True)
 
     def _remember(self, expert_id: str, data: bytes) -> None:
         self._files[expert_id] = data
@@ -258,7 +277,8 @@ class ExpertZoo:
             experts = [Expert(**e) for e in manifest["experts"]]
         except (ValueError, KeyError, TypeError) as exc:
             self.refused += 1
-            path.rename(path.with_name(path.name + ".damaged"))
+            for refused in [path, *self._files_on_disk()]:  # kept, for a person to look at
+                refused.rename(refused.with_name(refused.name + ".damaged"))
             log.error("model zoo %s refused (%s); starting an empty zoo", path, exc)
             return
         for expert in experts:
@@ -273,9 +293,12 @@ class ExpertZoo:
         named = {
             self._path(e, suffix) for e in self._experts.values() for suffix in (_SUFFIX, _STATE)
         }
-        for path in [*self.directory.glob(f"*{_SUFFIX}"), *self.directory.glob(f"*{_STATE}")]:
+        for path in self._files_on_disk():
             if path not in named:
                 path.unlink(missing_ok=True)
+
+    def _files_on_disk(self) -> list[Path]:
+        return [*self.directory.glob(f"*{_SUFFIX}"), *self.directory.glob(f"*{_STATE}")]
 
     def _adopt(self, expert: Expert) -> None:
         try:
