@@ -16,6 +16,7 @@ properties (content type, message expiry, session expiry, receive maximum).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
@@ -341,7 +342,9 @@ class MqttLink:
             self.publish(final).wait(timeout)
         self._stopping = True
         self._client.disconnect()
-        self._client.loop_stop()
+        # paho's thread can end on the disconnect between loop_stop's check and its join
+        with contextlib.suppress(AttributeError):
+            self._client.loop_stop()
         with self._queue_cv:
             self._queue.append(None)
             self._queue_cv.notify()
