@@ -299,15 +299,15 @@ class TrainerDaemon:
     def report(self) -> list[dict[str, object]]:
         """Every session's metrics: logged, published retained, and exported; the trainer's
         own (its zoo's, why Algorithm 4 picked whom) exported too."""
-        figures: dict[str, float] = {}
+        trainer: dict[str, float] = {}
         if self.host.reuse is not None:
             zoo = self.host.reuse.metrics()
             log.info("metrics model zoo %s", zoo.model_dump())
-            figures.update(zoo.model_dump())
+            trainer.update(zoo.model_dump())
         if self.config.recl.scheduler == "marginal-gain":
-            figures.update({f"scheduler_picks_{why}": self._gains.picks[why] for why in REASONS})
-        if figures:
-            self.metrics.trainer(figures)
+            trainer.update({f"scheduler_picks_{why}": self._gains.picks[why] for why in REASONS})
+        if trainer:
+            self.metrics.trainer(trainer)
         reports = []
         for session in list(self.sessions.values()):
             figures = self.host.report(session)

@@ -156,13 +156,13 @@ class ModelReuse:
     def _parent(self, device_id: str, current: bytes, own: str | None, cut: bool) -> str | None:
         """The expert the device's model was trained on from, on the same scene, where the
         expert is still the file it started from (no other device refined it since) and the
-        device runs a model of its own trained from it."""
+        device runs a model of its own trained from it (not a file the zoo holds)."""
         if cut:  # the new scene is not the one the expert was chosen for
             self.forget(device_id)
         elif own is not None:
             self._lineage[device_id] = (own, self.zoo.get(own).sha256)
         expert, started = self._lineage.get(device_id, ("", ""))
-        if own is not None or current == self._base or expert not in self.zoo:
+        if current == self._base or self.zoo.holds(current) or expert not in self.zoo:
             return None
         return expert if self.zoo.get(expert).sha256 == started else None
 
