@@ -593,6 +593,12 @@ class Session:
                     "optimizer": _to_cpu(self.optimizer.state_dict())}, buffer)  # fmt: skip
         return buffer.getvalue()
 
+    def _running_state(self) -> bytes | None:
+        """The training state, where the student is the model the device runs (None after a
+        gated phase: the state is of another model)."""
+        running = self.mirror.candidate(self.student) == self.mirror.data
+        return self._training_state() if running else None
+
     def _student_of(self, data: bytes) -> TFLiteStudent | ElasticStudent:
         """The student holding the weights of the model file ``data``; a float16 device's is
         trained in float, an int8 one's on the file's frozen grids; an elastic student (OPA)
@@ -926,22 +932,22 @@ class Session:
         training goes on from the chosen model (an expert's master weights and optimizer state
         where the zoo keeps them; the base's weights with fresh moments; the last retrained
         model's, a gated phase's, are the student's already). At a scene cut the ``cut``
-        samples of the new scene are judged alone, as the rebase rule does (_rebase_at_cut)."""
+        samples of the new scene are judged alone, as the rebase rule does (_rebase_at_cut),
+        and the device's model may be held as its expert's heir (``ModelReuse.hold``)."""
         unjudged, self._unjudged = self._unjudged, 0
         fmt = self._delta_format()
         if self._reuse is None:
             return []
         if cut:  # whether judged now or not, training from here is not the old scene's expert's
-            self._reuse.forget(self.device_id)
+            self._reuse.hold(self.device_id, self.mirror.data, self._running_state)
         if unjudged == 0 or self._fresh == 0 or fmt is None or self.paused:
             return []
         new = self.buffer.newest(cut or self._fresh)
         retrained = self.mirror.candidate(self.student)
         runs = retrained == self.mirror.data  # the student is the device's model: no gated phase
         choice = self._reuse.select(
-            self.device_id, self.mirror.data, new, self.subset.classes,
-            self._training_state if runs else lambda: None,
-            retrained=None if runs else retrained, cut=bool(cut),
+            self.device_id, self.mirror.data, new, self.subset.classes, self._running_state,
+            retrained=None if runs else retrained,
         )  # fmt: skip
         if choice is None:
             return []

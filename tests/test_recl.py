@@ -326,33 +326,38 @@ def _labelled_by(model: bytes, frames: list[np.ndarray], path) -> list[Sample]:
             for i, f in enumerate(frames)]  # fmt: skip
 
 
-@pytest.mark.parametrize("case", ["same scene", "cut", "rollback", "refined by another",
-                                  "refine off"])  # fmt: skip
-def test_a_devices_model_refines_the_expert_it_trained_on_from_unless_the_scene_cut(
-    tmp_path, base, frames, case
-):
+def _moved_to_an_expert(tmp_path, base, frames, refine: bool):
+    """A zoo whose one expert (``first``) cam-0's model founded on ``scene``, the frames it
+    labels best by far, and cam-1, which ran a wrecked model, moved to on the same frames."""
     from cloud_trainer.recl.config import AdmissionConfig, ReclConfig
     from cloud_trainer.recl.reuse import ModelReuse
 
-    first, later = _expert(base, seed=5, scale=0.5), _expert(base, seed=6, scale=0.5)
-    admission = AdmissionConfig(refine=case != "refine off")
-    reuse = ModelReuse(ReclConfig(enabled=True, admission=admission), base, tmp_path / "zoo", 2)
+    first = _expert(base, seed=5, scale=0.5)
+    config = ReclConfig(enabled=True, admission=AdmissionConfig(refine=refine))
+    reuse = ModelReuse(config, base, tmp_path / "zoo", 2)
     scene = _labelled_by(first, frames, tmp_path / "a")
-    # cam-0's model labels its frames best by far: it joins the zoo
     assert reuse.select("cam-0", first, scene, [0, 15]) is None
     (expert,) = reuse.zoo.experts
-    # cam-1 moves to it, on the same frames
     wrecked = _expert(base, seed=9, scale=2.0)
     choice = reuse.select("cam-1", wrecked, scene, [0, 15])
     assert choice is not None and choice.name == f"zoo:{expert.id}"
-    # and trains on from it: its model now labels the newer frames best
+    return reuse, expert, first, scene, wrecked
+
+
+@pytest.mark.parametrize("case", ["same scene", "rollback", "refined by another", "refine off"])
+def test_a_devices_model_refines_the_expert_it_trained_on_from_unless_it_went_back(
+    tmp_path, base, frames, case
+):
+    reuse, expert, first, _, _ = _moved_to_an_expert(tmp_path, base, frames, case != "refine off")
+    # cam-1 trains on from the expert: its model now labels the newer frames best
+    later = _expert(base, seed=6, scale=0.5)
     newer = _labelled_by(later, frames, tmp_path / "b")
     if case == "rollback":
         reuse.forget("cam-1")
     other = _expert(base, seed=7, scale=0.5)
     if case == "refined by another":  # cam-1's model is a fork of the expert's old file
         reuse.zoo.refine(expert.id, other)
-    assert reuse.select("cam-1", later, newer, [0, 15], cut=case == "cut") is None
+    assert reuse.select("cam-1", later, newer, [0, 15]) is None
     if case != "same scene":  # a model of its own, which joins by α (as all do, off)
         assert reuse.stats.refined == 0 and len(reuse.zoo) == 2
         assert reuse.zoo.file(expert.id) == (other if case == "refined by another" else first)
@@ -362,6 +367,41 @@ def test_a_devices_model_refines_the_expert_it_trained_on_from_unless_the_scene_
         measured = [row[expert.id] for row in reuse._data.accuracy]  # measured again, all frames
         judge = reuse._judge
         assert measured == [judge.per_sample(later, [s], c)[0] for s, c in reuse._data.frames]
+    reuse.close()
+
+
+@pytest.mark.parametrize("case", ["its scene", "another scene first", "fails its test",
+                                  "expert refined since", "refine off"])  # fmt: skip
+def test_a_model_held_at_a_cut_refines_its_expert_on_a_later_check_of_the_experts_scene(
+    tmp_path, base, frames, case
+):
+    reuse, expert, first, scene, wrecked = _moved_to_an_expert(
+        tmp_path, base, frames, case != "refine off"
+    )
+    # cam-1 trained on from the expert until a scene cut: its model is held, with its state
+    later = _expert(base, seed=6, scale=0.5)
+    reuse.hold("cam-1", later, lambda: _state(3))
+    assert reuse.zoo.file(expert.id) == first and reuse.stats.refined == 0
+    other = _expert(base, seed=7, scale=0.5)
+    if case == "expert refined since":
+        reuse.zoo.refine(expert.id, other)
+    if case == "another scene first":  # the base's own labels: not the expert's scene, it waits
+        reuse.select("cam-2", wrecked, _labelled_by(base, frames, tmp_path / "c"), [0, 15])
+        assert reuse.zoo.file(expert.id) == first
+    if case == "fails its test":  # judged on frames the expert labels best: dropped
+        reuse.select("cam-2", wrecked, scene, [0, 15])
+        assert reuse.zoo.file(expert.id) == first
+    # a later check, of another device, on frames the held model labels best
+    choice = reuse.select("cam-2", wrecked, _labelled_by(later, frames, tmp_path / "b"), [0, 15])
+    if case in ("its scene", "another scene first"):
+        assert reuse.stats.refined == 1 and reuse.zoo.file(expert.id) == later
+        assert choice.name == f"zoo:{expert.id}" and choice.data == later
+        assert reuse.zoo.state(expert.id) is not None  # the held model's own state
+        assert choice.verdict.scores[choice.name] > choice.verdict.scores["base"]
+    else:
+        assert reuse.stats.refined == 0 and not any("heir" in n for n in choice.verdict.scores)
+        kept = other if case == "expert refined since" else first
+        assert reuse.zoo.file(expert.id) == kept
     reuse.close()
 
 

@@ -14,7 +14,11 @@ it, with no scene cut or rollback between, and no other device's refinement of t
 is first judged against that expert: where the expert is still the check's best and the model
 beats it by ``admission.refine_by``, the model takes the expert's place, so that the training
 devices spend on a scene accumulates in one expert (an addition to §6.3.3, whose experts stay
-as they joined); otherwise it may still join as a new expert, by α.
+as they joined); otherwise it may still join as a new expert, by α. A visit's last phase is
+followed by the next scene's cut, whose frames cannot judge it: the model is held as the
+expert's heir (``hold``), and the next check with the expert among its candidates judges the
+heir too, on that check's frames, which neither trained on; where the expert is that check's
+best and the heir beats it by ``refine_by``, the heir takes its place before the check decides.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ log = logging.getLogger(__name__)
 BASE = "base"  # the candidate name of the pretrained student
 RETRAINED = "retrained"  # the session's last retrained model, when the device does not run it
 _ZOO = "zoo:"  # candidate names of experts: the prefix, then the expert's id
+_HEIR = "heir:"  # candidate names of held heirs: the prefix, then their expert's id
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,16 @@ class Choice:
     name: str  # BASE, or "zoo:" and the expert's id
     verdict: Verdict
     state: dict | None = None  # the expert's training state, if the zoo keeps it
+
+
+@dataclass(frozen=True)
+class Heir:
+    """A model trained on from an expert's file (``parent``, its sha256) until a scene cut,
+    waiting for frames of the expert's scene to be judged on."""
+
+    data: bytes
+    parent: str
+    state: bytes | None
 
 
 @dataclass
@@ -84,6 +99,7 @@ class ModelReuse:
         self._queue = AdmissionQueue(config.admission.queue)
         # device: the expert its model was trained on from, and that expert's file then
         self._lineage: dict[str, tuple[str, str]] = {}
+        self._heirs: dict[str, Heir] = {}  # expert: the newest model held at a cut (one each)
         self._judge = FileJudge(threads)
         self.stats = ReuseStats()
 
@@ -95,33 +111,35 @@ class ModelReuse:
         classes: Sequence[int],
         state: Callable[[], bytes | None] = lambda: None,
         retrained: bytes | None = None,
-        cut: bool = False,
     ) -> Choice | None:
         """The model ``device_id`` should move to from ``current``, judged on ``samples``
         (the newest ``config.samples`` of them); None to train on from ``current``.
         ``state``: the session's training state under ``current``, asked for only when
         ``current`` is to join the zoo or refine an expert; ``retrained``: the session's last
-        retrained model if the device does not run it (a gated phase's); ``cut``: the
-        samples are a new scene's."""
+        retrained model if the device does not run it (a gated phase's). At a scene cut,
+        ``hold`` comes first."""
         judged = list(samples)[-self.config.samples :]
         features = self._features(np.stack([s.rgb for s in judged]))
         top = self.gating.top_k(features, self.config.top_k)
         own = self.zoo.find(current)  # the device runs an expert of the zoo, or not
-        parent = self._parent(device_id, current, own, cut)
+        parent = self._parent(device_id, current, own)
         files = {CURRENT: current, BASE: self._base}
         if retrained is not None:
             files[RETRAINED] = retrained
         experts = [*top, parent] if parent is not None and parent not in top else top
         files.update({_ZOO + e: self.zoo.file(e) for e in experts})
+        files.update({_HEIR + e: self._heirs[e].data for e in experts if self._heir(e)})
         per_frame = {name: self._judge.per_sample(data, judged, classes)
                      for name, data in files.items()}  # fmt: skip
+        if self._succeed(files, per_frame, classes):  # the parent may be refined
+            parent = self._parent(device_id, current, own)
         verdict = safety_check({n: float(np.mean(v)) for n, v in per_frame.items()},
                                self.config.margin)  # fmt: skip
         self._learn(device_id, features, judged, classes, per_frame, own)
         self._count(verdict, top)
         if parent is not None and self._refines(parent, verdict):
             self._refine(device_id, parent, current, classes, verdict, state)
-        elif own is None and current != self._base:
+        elif not self.zoo.holds(current) and current != self._base:
             self._admit(device_id, current, classes, verdict, state)
         self._prune()
         self._follow(device_id, verdict)
@@ -153,18 +171,68 @@ class ModelReuse:
         """The device's model no longer descends from the expert it moved to (a rollback)."""
         self._lineage.pop(device_id, None)
 
-    def _parent(self, device_id: str, current: bytes, own: str | None, cut: bool) -> str | None:
+    def hold(
+        self, device_id: str, current: bytes, state: Callable[[], bytes | None] = lambda: None
+    ) -> None:
+        """A scene cut: the device's model (with its training ``state``), where trained on
+        from an expert, becomes that expert's heir, in place of an older one; the device's
+        lineage ends, as the new scene is not the one the expert was chosen for."""
+        parent = self._parent(device_id, current, self.zoo.find(current))
+        self.forget(device_id)
+        if parent is not None and self.config.admission.refine:
+            self._heirs[parent] = Heir(current, self.zoo.get(parent).sha256, state())
+
+    def _parent(self, device_id: str, current: bytes, own: str | None) -> str | None:
         """The expert the device's model was trained on from, on the same scene, where the
         expert is still the file it started from (no other device refined it since) and the
         device runs a model of its own trained from it (not a file the zoo holds)."""
-        if cut:  # the new scene is not the one the expert was chosen for
-            self.forget(device_id)
-        elif own is not None:
+        if own is not None:
             self._lineage[device_id] = (own, self.zoo.get(own).sha256)
         expert, started = self._lineage.get(device_id, ("", ""))
         if current == self._base or self.zoo.holds(current) or expert not in self.zoo:
             return None
         return expert if self.zoo.get(expert).sha256 == started else None
+
+    def _heir(self, expert_id: str) -> bool:
+        """Whether the expert has a heir to judge: trained on from its file as it is now, and
+        not a file the zoo holds (it joined since); a stale heir is dropped."""
+        heir = self._heirs.get(expert_id)
+        if heir is None:
+            return False
+        if heir.parent == self.zoo.get(expert_id).sha256 and not self.zoo.holds(heir.data):
+            return True
+        del self._heirs[expert_id]
+        return False
+
+    def _succeed(
+        self, files: dict[str, bytes], per_frame: dict[str, list[float]], classes: Sequence[int]
+    ) -> bool:
+        """The judged heirs leave the candidates. On frames of its expert's scene (the expert
+        is the check's best expert and labels them at least as well as the base), a heir that
+        beats the expert by ``admission.refine_by`` takes its place, in the zoo and in the
+        check (the device may move to it), and one that does not is dropped: it had its test.
+        A heir judged on another scene's frames waits on. Whether an expert was refined."""
+        mean = {n: float(np.mean(v)) for n, v in per_frame.items()}
+        experts = {n: s for n, s in mean.items() if n.startswith(_ZOO)}
+        best = max(experts, key=experts.__getitem__, default=None)
+        refined = False
+        for name in [n for n in mean if n.startswith(_HEIR)]:
+            expert, mine = name.removeprefix(_HEIR), per_frame.pop(name)
+            files.pop(name)
+            if best != _ZOO + expert or mean[best] < mean[BASE]:
+                continue
+            heir = self._heirs.pop(expert)
+            if mean[name] < mean[best] + self.config.admission.refine_by:
+                continue
+            self.zoo.refine(expert, heir.data, heir.state, classes, accuracy=mean[name])
+            files[best], per_frame[best] = heir.data, mine
+            self._measure(expert, heir.data)
+            train_gating(self.gating, self._data, self.config.gating_steps)
+            self.stats.refined += 1
+            refined = True
+            log.info("expert %s refined by a heir (refined %d times)", expert,
+                     self.zoo.get(expert).refined)  # fmt: skip
+        return refined
 
     def _follow(self, device_id: str, verdict: Verdict) -> None:
         """The device's lineage after the check: a move to an expert or the base starts anew
@@ -290,3 +358,4 @@ class ModelReuse:
         for expert_id in [e for e in self.gating.experts if e not in self.zoo]:
             self.gating.remove(expert_id)
             self._data.forget(expert_id)
+            self._heirs.pop(expert_id, None)
