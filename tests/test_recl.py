@@ -393,15 +393,43 @@ def test_a_model_held_at_a_cut_refines_its_expert_on_a_later_check_of_the_expert
         assert reuse.zoo.file(expert.id) == first
     # a later check, of another device, on frames the held model labels best
     choice = reuse.select("cam-2", wrecked, _labelled_by(later, frames, tmp_path / "b"), [0, 15])
+    assert not any("heir" in n for n in choice.verdict.scores)  # judged, not a candidate
     if case in ("its scene", "another scene first"):
         assert reuse.stats.refined == 1 and reuse.zoo.file(expert.id) == later
         assert choice.name == f"zoo:{expert.id}" and choice.data == later
         assert reuse.zoo.state(expert.id) is not None  # the held model's own state
         assert choice.verdict.scores[choice.name] > choice.verdict.scores["base"]
     else:
-        assert reuse.stats.refined == 0 and not any("heir" in n for n in choice.verdict.scores)
+        assert reuse.stats.refined == 0
         kept = other if case == "expert refined since" else first
         assert reuse.zoo.file(expert.id) == kept
+    reuse.close()
+
+
+def test_a_scene_cut_ends_the_devices_lineage(tmp_path, base, frames):
+    reuse, expert, first, _, _ = _moved_to_an_expert(tmp_path, base, frames, True)
+    # cam-1's model at its cut is poor (it never takes the expert's place), and after the cut
+    # cam-1 trains a model of the new scene: it descends from the expert no more
+    reuse.hold("cam-1", _expert(base, seed=10, scale=2.0))
+    own = _expert(base, seed=8, scale=0.5)
+    assert reuse.select("cam-1", own, _labelled_by(own, frames, tmp_path / "c"), [0, 15]) is None
+    assert reuse.zoo.file(expert.id) == first and reuse.stats.refined == 0
+    assert reuse.zoo.holds(own)  # it joined by α instead
+    reuse.close()
+
+
+def test_a_devices_model_at_least_as_good_as_its_siblings_heir_refines_the_expert_instead(
+    tmp_path, base, frames
+):
+    reuse, expert, _, scene, wrecked = _moved_to_an_expert(tmp_path, base, frames, True)
+    # cam-2 moves to the expert too, and is cut with a model held as its heir; cam-1's model,
+    # trained on from the same file, labels the next frames best
+    assert reuse.select("cam-2", wrecked, scene, [0, 15]).name == f"zoo:{expert.id}"
+    reuse.hold("cam-2", _expert(base, seed=11, scale=0.5))
+    sibling = _expert(base, seed=6, scale=0.5)
+    reuse.select("cam-1", sibling, _labelled_by(sibling, frames, tmp_path / "d"), [0, 15])
+    assert reuse.zoo.file(expert.id) == sibling and reuse.stats.refined == 1
+    assert "cam-2" not in reuse._lineage and not reuse._heirs  # judged, and dropped
     reuse.close()
 
 

@@ -131,8 +131,9 @@ class ModelReuse:
         files.update({_HEIR + e: self._heirs[e].data for e in experts if self._heir(e)})
         per_frame = {name: self._judge.per_sample(data, judged, classes)
                      for name, data in files.items()}  # fmt: skip
-        if self._succeed(files, per_frame, classes):  # the parent may be refined
-            parent = self._parent(device_id, current, own)
+        if self._succeed(files, per_frame, parent):  # an expert took its heir's file:
+            own = self.zoo.find(current)  # the device may no longer run it,
+            parent = self._parent(device_id, current, own)  # nor descend from its file
         verdict = safety_check({n: float(np.mean(v)) for n, v in per_frame.items()},
                                self.config.margin)  # fmt: skip
         self._learn(device_id, features, judged, classes, per_frame, own)
@@ -205,13 +206,16 @@ class ModelReuse:
         return False
 
     def _succeed(
-        self, files: dict[str, bytes], per_frame: dict[str, list[float]], classes: Sequence[int]
+        self, files: dict[str, bytes], per_frame: dict[str, list[float]], parent: str | None
     ) -> bool:
         """The judged heirs leave the candidates. On frames of its expert's scene (the expert
         is the check's best expert and labels them at least as well as the base), a heir that
         beats the expert by ``admission.refine_by`` takes its place, in the zoo and in the
-        check (the device may move to it), and one that does not is dropped: it had its test.
-        A heir judged on another scene's frames waits on. Whether an expert was refined."""
+        check (the device may move to it), and one that does not is dropped: it had its test;
+        so is one that the checked device's model, trained on from the same expert
+        (``parent``), labels the frames at least as well as (that model may refine it
+        instead). A heir judged on another scene's frames waits on. Whether an expert was
+        refined."""
         mean = {n: float(np.mean(v)) for n, v in per_frame.items()}
         experts = {n: s for n, s in mean.items() if n.startswith(_ZOO)}
         best = max(experts, key=experts.__getitem__, default=None)
@@ -222,9 +226,11 @@ class ModelReuse:
             if best != _ZOO + expert or mean[best] < mean[BASE]:
                 continue
             heir = self._heirs.pop(expert)
-            if mean[name] < mean[best] + self.config.admission.refine_by:
+            if mean[name] < mean[best] + self.config.admission.refine_by or (
+                expert == parent and mean[CURRENT] >= mean[name]
+            ):
                 continue
-            self.zoo.refine(expert, heir.data, heir.state, classes, accuracy=mean[name])
+            self.zoo.refine(expert, heir.data, heir.state, accuracy=mean[name])
             files[best], per_frame[best] = heir.data, mine
             self._measure(expert, heir.data)
             train_gating(self.gating, self._data, self.config.gating_steps)
@@ -264,6 +270,7 @@ class ModelReuse:
     ) -> None:
         refined = self.zoo.refine(parent, current, state(), classes,
                                   accuracy=verdict.scores[CURRENT])  # fmt: skip
+        self._heirs.pop(parent, None)  # trained on from the file it no longer is
         self._lineage[device_id] = (parent, refined.sha256)
         self._measure(parent, current)
         train_gating(self.gating, self._data, self.config.gating_steps)
