@@ -946,7 +946,8 @@ class Session:
         retrained = self.mirror.candidate(self.student)
         runs = retrained == self.mirror.data  # the student is the device's model: no gated phase
         choice = self._reuse.select(
-            self.device_id, self.mirror.data, new, self.subset.classes, self._running_state,
+            self.device_id, self.mirror.data, new, self.subset.classes,
+            self._training_state if runs else lambda: None,
             retrained=None if runs else retrained,
         )  # fmt: skip
         if choice is None:

@@ -18,13 +18,15 @@ as they joined); otherwise it may still join as a new expert, by α. A visit's l
 followed by the next scene's cut, whose frames cannot judge it: the model is held as the
 expert's heir (``hold``), and the next check with the expert among its candidates judges the
 heir too, on that check's frames, which neither trained on; where the expert is that check's
-best and the heir beats it by ``refine_by``, the heir takes its place before the check decides.
+best (and at least the base's) and the heir beats it by ``refine_by``, the heir takes its place
+before the check decides, unless the checked device's own model, trained on from the same
+file, labels the frames as well.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -60,6 +62,13 @@ class Choice:
     name: str  # BASE, or "zoo:" and the expert's id
     verdict: Verdict
     state: dict | None = None  # the expert's training state, if the zoo keeps it
+
+
+def _best_expert(scores: Mapping[str, float]) -> str | None:
+    """The candidate name of the best scoring expert of the zoo among ``scores`` (None: no
+    expert was judged)."""
+    experts = [name for name in scores if name.startswith(_ZOO)]
+    return max(experts, key=scores.__getitem__, default=None)
 
 
 @dataclass(frozen=True)
@@ -217,8 +226,7 @@ class ModelReuse:
         instead). A heir judged on another scene's frames waits on. Whether an expert was
         refined."""
         mean = {n: float(np.mean(v)) for n, v in per_frame.items()}
-        experts = {n: s for n, s in mean.items() if n.startswith(_ZOO)}
-        best = max(experts, key=experts.__getitem__, default=None)
+        best = _best_expert(mean)
         refined = False
         for name in [n for n in mean if n.startswith(_HEIR)]:
             expert, mine = name.removeprefix(_HEIR), per_frame.pop(name)
@@ -254,10 +262,9 @@ class ModelReuse:
         trained on from: the parent is the check's best expert and the model beats it by
         ``admission.refine_by``."""
         rule = self.config.admission
-        experts = {n: s for n, s in verdict.scores.items() if n.startswith(_ZOO)}
-        best = max(experts, key=experts.__getitem__)
+        best, scores = _best_expert(verdict.scores), verdict.scores
         return rule.refine and best == _ZOO + parent and (
-            verdict.scores[CURRENT] >= experts[best] + rule.refine_by)  # fmt: skip
+            scores[CURRENT] >= scores[best] + rule.refine_by)  # fmt: skip
 
     def _refine(
         self,
@@ -318,9 +325,7 @@ class ModelReuse:
             stats.reused += int(picked is not None)
         if top:
             stats.gated_checks += 1
-            experts = [n for n in verdict.scores if n.startswith(_ZOO)]
-            best_expert = max(experts, key=verdict.scores.__getitem__)
-            stats.gate_hits += int(best_expert == _ZOO + top[0])
+            stats.gate_hits += int(_best_expert(verdict.scores) == _ZOO + top[0])
 
     def _admit(
         self,
