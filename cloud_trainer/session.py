@@ -257,6 +257,11 @@ class Session:
         self._previous_labels: np.ndarray | None = None
         self._fresh = 0  # samples labelled since the last phase: the next one's held-out
         self._unjudged = 0  # samples labelled since RECL's last selection: the next one's
+        self._scene = 0  # samples labelled since the device's last scene cut
+        # RECL's look: after a cut the device is told to send its next segment within
+        # recl.look_s, for the safety check to judge the new scene on a few frames at once
+        self._looking = False
+        self._retell = False  # the next segment's answer carries a control (after a restore)
         self._next_rate_update: float | None = None
         self._clock = DeviceClock()  # the device's time, across its restarts
         self._phase_due = False
@@ -389,7 +394,10 @@ class Session:
         return Outgoing(control)
 
     def control(self) -> Control:
-        return Control(sampling_rate_fps=self.asr.rate_fps, t_update_s=self.atr.t_update_s)
+        t_update_s = self.atr.t_update_s
+        if self._looking:
+            t_update_s = min(t_update_s, self.config.recl.look_s or t_update_s)
+        return Control(sampling_rate_fps=self.asr.rate_fps, t_update_s=t_update_s)
 
     # -- an operator's actions (the dashboard) -----------------------------------------------------
 
@@ -723,9 +731,14 @@ class Session:
             self._probe_accuracy(samples)
         with self._stages.stage("gradient"):
             gradient = self._gradient(rgb[-1], segment.timestamps[-1])
+        # the segment after a cut's ends RECL's look: T_update goes back to ATR's
+        looked = self._looking and not segment.scene_cut
+        self._looking = self._looking and segment.scene_cut
         # a device sampling faster than it was told missed a control or cut on its own (or began
         # the segment before a lower rate reached it: the control goes once more, harmless)
-        resend = segment.scene_cut or segment.sampling_rate_fps > self.asr.rate_fps
+        resend = (segment.scene_cut or looked or self._retell
+                  or segment.sampling_rate_fps > self.asr.rate_fps)  # fmt: skip
+        self._retell = False
         controls = self._rate_control(segment.timestamps[-1], resend=resend)
         cut = len(samples) if segment.scene_cut else 0
         moved = self._rebase_at_cut(cut) if self._reuse is None else self._select_model(cut)
@@ -760,6 +773,7 @@ class Session:
     def _add_samples(self, samples: list[Sample]) -> None:
         self._fresh += len(samples)
         self._unjudged += len(samples)
+        self._scene += len(samples)
         for sample in samples:
             self.subset.observe(sample.labels)
             if self._previous_labels is not None:
@@ -774,6 +788,8 @@ class Session:
         across the cut, which measures no scene's pace."""
         self.stats.scene_cuts += 1
         self._previous_labels = None
+        self._scene = 0
+        self._looking = self._reuse is not None and self.config.recl.look_s is not None
         self.asr.cut()
         self.atr.cut()
         self._next_rate_update = device_time + self.config.asr.interval_s
@@ -927,22 +943,27 @@ class Session:
     def _select_model(self, cut: int = 0) -> list[Outgoing]:
         """RECL's selection (``recl.reuse``), every update window, before the device waits
         for a training slot: the base or an expert of the zoo, where one labels the samples
-        since the last phase (none of them trained on yet) better than the device's model
-        (the rebase is its zoo of one). The switch leaves at once, an ordinary delta update;
-        training goes on from the chosen model (an expert's master weights and optimizer state
-        where the zoo keeps them; the base's weights with fresh moments; the last retrained
-        model's, a gated phase's, are the student's already). At a scene cut the ``cut``
+        since the last phase (none of them trained on yet; since the last scene cut, where
+        that came later) better than the device's model (the rebase is its zoo of one). The
+        switch leaves at once, an ordinary delta update; training goes on from the chosen
+        model (an expert's master weights and optimizer state where the zoo keeps them; the
+        base's weights with fresh moments; the last retrained model's, a gated phase's, are
+        the student's already). At a scene cut the ``cut``
         samples of the new scene are judged alone, as the rebase rule does (_rebase_at_cut),
-        and the device's model may be held as its expert's heir (``ModelReuse.hold``)."""
+        and the device's model may be held as its expert's heir (``ModelReuse.hold``); the
+        segment after the cut's, which the device sends ``recl.look_s`` later, is checked on
+        the new scene's frames so far."""
         unjudged, self._unjudged = self._unjudged, 0
         fmt = self._delta_format()
         if self._reuse is None:
             return []
         if cut:  # whether judged now or not, training from here is not the old scene's expert's
             self._reuse.hold(self.device_id, self.mirror.data, self._running_state)
-        if unjudged == 0 or self._fresh == 0 or fmt is None or self.paused:
+        # the samples no phase trained on yet, of the scene the device is in now
+        count = cut or min(self._fresh, self._scene)
+        if unjudged == 0 or count == 0 or fmt is None or self.paused:
             return []
-        new = self.buffer.newest(cut or self._fresh)
+        new = self.buffer.newest(count)
         retrained = self.mirror.candidate(self.student)
         runs = retrained == self.mirror.data  # the student is the device's model: no gated phase
         choice = self._reuse.select(
@@ -1080,6 +1101,7 @@ class Session:
             ],
             "previous_labels": _tensor_or_none(self._previous_labels),
             "fresh": self._fresh,
+            "scene": self._scene,
             "buffer_start": self.buffer.start,
             "next_rate_update": self._next_rate_update,
             "clock": self._clock.state_dict(),
@@ -1133,6 +1155,8 @@ class Session:
         self._previous_labels = None if previous is None else previous.cpu().numpy()
         self._next_rate_update = state["next_rate_update"]
         self._fresh = int(state.get("fresh", 0))  # not in checkpoints before the gate
+        self._scene = int(state.get("scene", self._fresh))  # nor this before RECL's look
+        self._retell = True  # what the device was told last may postdate the checkpoint
         self.paused = bool(state.get("paused", False))  # nor this before the dashboard
         self._clock.load_state_dict(state["clock"])
         self._rng.bit_generator.state = state["rng"]

@@ -51,7 +51,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class BufferSettings:
-    """What the trainer controls; a change applies from the next segment on."""
+    """What the trainer controls. A new rate or knobs apply from the next segment on; a new
+    T_update to the segment being filled too, which it only tells when to close (RECL's look
+    after a scene cut asks for the next segment within seconds, while it is being filled)."""
 
     t_update_s: float = 10.0
     sampling_rate_fps: float = 1.0  # the rate frames are sampled at: tells x264 the frame rate
@@ -109,9 +111,9 @@ class _Batch:
     frames: list[Frame]
     scene_cut: bool = False
 
-    def takes(self, frame: Frame) -> bool:
+    def takes(self, frame: Frame, t_update_s: float) -> bool:
         first, last = self.frames[0].timestamp, self.frames[-1].timestamp
-        return last <= frame.timestamp < first + self.settings.t_update_s
+        return last <= frame.timestamp < first + t_update_s
 
 
 class SegmentBuffer:
@@ -191,7 +193,7 @@ class SegmentBuffer:
                 self._open = _Batch(self._settings, [frame], scene_cut=True)
                 self._close_open()
                 return
-            if self._open is not None and not self._open.takes(frame):
+            if self._open is not None and not self._open.takes(frame, self._settings.t_update_s):
                 self._close_open()
             batch = self._open = self._open or _Batch(self._settings, [])
             batch.frames.append(frame)

@@ -265,29 +265,34 @@ def test_timestamps_going_back_start_a_new_segment(small: list[Frame]):
     assert all(isinstance(s.message(), Segment) for s in got.segments)
 
 
-def test_reconfigure_applies_from_the_next_segment(small: list[Frame]):
+def test_reconfigure_applies_from_the_next_segment_but_t_update_at_once(small: list[Frame]):
+    """A control mid-segment: the open segment keeps its rate and knobs (what it is encoded
+    with) but closes by the new T_update, shorter here (RECL's look after a cut)."""
     got = Collector()
     buffer = SegmentBuffer(
-        got, BufferSettings(t_update_s=2.0, sampling_rate_fps=1.0), max_pending=8
+        got, BufferSettings(t_update_s=10.0, sampling_rate_fps=1.0), max_pending=8
     )
-    frames = _stamped(small, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    frames = _stamped(small, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
     buffer.add(frames[0])
-    control = Control(sampling_rate_fps=0.5, t_update_s=4.0, encoder=EncoderKnobs(width=96, qp=30))
-    # mid-segment: the open segment keeps its settings
+    control = Control(sampling_rate_fps=0.5, t_update_s=2.0, encoder=EncoderKnobs(width=96, qp=30))
     buffer.reconfigure(
         t_update_s=control.t_update_s,
         sampling_rate_fps=control.sampling_rate_fps,
         knobs=control.encoder,
     )
-    for frame in frames[1:]:
+    for frame in frames[1:5]:
+        buffer.add(frame)
+    buffer.reconfigure(t_update_s=4.0)  # longer: the open segment (from 4.0) takes 7.0 too
+    for frame in frames[5:]:
         buffer.add(frame)
     buffer.close()
-    first, second = got.segments
+    first, second, third = got.segments
     assert first.timestamps == (0.0, 1.0) and (first.width, first.sampling_rate_fps) == (192, 1.0)
     assert first.knobs == EncoderKnobs()
-    assert second.timestamps == (2.0, 3.0, 4.0, 5.0)  # now 4 s long
+    assert second.timestamps == (2.0, 3.0)
     assert (second.width, second.height, second.sampling_rate_fps) == (96, 72, 0.5)
     assert second.knobs.qp == 30
+    assert third.timestamps == (4.0, 5.0, 6.0, 7.0)
     message = second.message(model_version=3)
     assert (message.width, message.timestamps, message.model_version) == (96, second.timestamps, 3)
 

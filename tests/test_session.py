@@ -760,6 +760,40 @@ def test_at_a_scene_cut_recls_selection_judges_the_new_scene_alone(tmp_path, seg
     reuse.close()
 
 
+def test_after_a_scene_cut_recl_looks_at_the_new_scene_within_look_s(tmp_path, segments):
+    """With RECL on, the control answering a cut asks for the next segment within
+    ``recl.look_s``; that segment's check judges the new scene's samples alone, though older
+    ones wait for a phase, and its answer gives the device ATR's T_update back. A restarted
+    trainer tells the device its rates on the next segment, whatever it told it before."""
+    from cloud_trainer.recl.reuse import ModelReuse
+
+    raw = trainer_raw(tmp_path)
+    raw["recl"] = {"enabled": True, "samples": 12, "look_s": 3.0}
+    config = TrainerConfig.model_validate(raw)
+    base = config.student.model.read_bytes()
+    reuse = ModelReuse(config.recl, base, config.zoo_directory, threads=2)
+    session = Session("cam-1", config, load_teacher(config.teacher), base,
+                      directory=tmp_path / "ckpt" / "cam-1", reuse=reuse)  # fmt: skip
+    judged = []
+    reuse.select = lambda device, current, samples, *args, **kwargs: judged.append(
+        [s.timestamp for s in samples])  # fmt: skip
+    _run(session, hello(session.mirror.sha256))
+    _run(session, envelope(*segments[0]))
+    out = _run(session, envelope(*segments[1]), _cut(segments[2]), envelope(*segments[3]))
+    t_updates = [o.msg.t_update_s for o in out if isinstance(o.msg, Control)]
+    assert t_updates[-2:] == [3.0, config.atr.tau_min_s]  # the cut's answer, the look's
+    assert session.stats.phases == 2  # segment 1's phase trained after the look was judged
+    new_scene = [*segments[2][0].timestamps, *segments[3][0].timestamps]
+    assert judged[-1] == new_scene  # not segment 1's samples, which no phase trained on yet
+    assert [o for o in _run(session, envelope(*segments[3])) if isinstance(o.msg, Control)] == []
+    restarted = _restarted(session)
+    assert restarted.restore()
+    (control,) = [o.msg for o in _run(restarted, envelope(*segments[3]))
+                  if isinstance(o.msg, Control)]  # fmt: skip
+    assert control.t_update_s == config.atr.tau_min_s
+    reuse.close()
+
+
 def test_without_rebase_the_wrecked_model_trains_on(tmp_path, segments):
     session = _rebasing_session(tmp_path, enabled=False)
     assert len(_updates_of_two_segments(session, segments)) == 2

@@ -35,6 +35,11 @@ class ReclConfig(BaseModel):
     top_k: int = Field(4, ge=1, le=64)  # experts the gating network sends to the safety check
     samples: int = Field(4, ge=1, le=64)  # newest samples the safety check judges on
     margin: float = Field(0.02, ge=0.0, le=1.0)  # mIoU a switch must gain (0.02: two points)
+    # after a scene cut the device is told to send its next segment this soon (a control's
+    # T_update, ATR's again from the segment after), so that the check judges the new scene on
+    # a few frames within seconds, not on the cut's frame alone or an update window later;
+    # None: no look
+    look_s: float | None = Field(3.0, gt=0.0, le=3600.0)
     gating_frames: int = Field(32, ge=1, le=1024)  # frames the gating network learns from
     gating_steps: int = Field(100, ge=1, le=10_000)  # Adam steps per gating update
     admission: AdmissionConfig = AdmissionConfig()
