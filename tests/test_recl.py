@@ -433,6 +433,24 @@ def test_a_devices_model_at_least_as_good_as_its_siblings_heir_refines_the_exper
     reuse.close()
 
 
+def test_a_heir_leaves_the_zoo_with_its_expert(tmp_path, base, frames):
+    from cloud_trainer.recl.config import ReclConfig
+    from cloud_trainer.recl.reuse import ModelReuse
+
+    first = _expert(base, seed=5, scale=0.5)
+    reuse = ModelReuse(ReclConfig(enabled=True, capacity=1), base, tmp_path / "zoo", 2)
+    scene = _labelled_by(first, frames, tmp_path / "a")
+    reuse.select("cam-0", first, scene, [0, 15])
+    (expert,) = reuse.zoo.experts
+    assert reuse.select("cam-1", _expert(base, seed=9, scale=2.0), scene, [0, 15]) is not None
+    reuse.hold("cam-1", _expert(base, seed=6, scale=0.5), lambda: _state(3))
+    assert expert.id in reuse._heirs
+    own = _expert(base, seed=8, scale=0.5)  # cam-2's model joins by α: the zoo's one place
+    reuse.select("cam-2", own, _labelled_by(own, frames, tmp_path / "c"), [0, 15])
+    assert reuse.zoo.holds(own) and expert.id not in reuse.zoo and not reuse._heirs
+    reuse.close()
+
+
 def test_an_evicted_expert_leaves_the_gating_network_too(tmp_path, base, frames):
     from cloud_trainer.recl.config import ReclConfig
     from cloud_trainer.recl.reuse import ModelReuse

@@ -774,9 +774,10 @@ def test_after_a_scene_cut_recl_looks_at_the_new_scene_within_look_s(tmp_path, s
     reuse = ModelReuse(config.recl, base, config.zoo_directory, threads=2)
     session = Session("cam-1", config, load_teacher(config.teacher), base,
                       directory=tmp_path / "ckpt" / "cam-1", reuse=reuse)  # fmt: skip
-    judged = []
+    judged, held = [], []
     reuse.select = lambda device, current, samples, *args, **kwargs: judged.append(
         [s.timestamp for s in samples])  # fmt: skip
+    reuse.hold = lambda device, data, state: held.append((device, data))
     _run(session, hello(session.mirror.sha256))
     _run(session, envelope(*segments[0]))
     out = _run(session, envelope(*segments[1]), _cut(segments[2]), envelope(*segments[3]))
@@ -785,6 +786,7 @@ def test_after_a_scene_cut_recl_looks_at_the_new_scene_within_look_s(tmp_path, s
     assert session.stats.phases == 2  # segment 1's phase trained after the look was judged
     new_scene = [*segments[2][0].timestamps, *segments[3][0].timestamps]
     assert judged[-1] == new_scene  # not segment 1's samples, which no phase trained on yet
+    assert held == [("cam-1", session.mirror.versions()[1])]  # at the cut, the model it ran
     assert [o for o in _run(session, envelope(*segments[3])) if isinstance(o.msg, Control)] == []
     restarted = _restarted(session)
     assert restarted.restore()
