@@ -257,11 +257,14 @@ class Session:
         self._previous_labels: np.ndarray | None = None
         self._fresh = 0  # samples labelled since the last phase: the next one's held-out
         self._unjudged = 0  # samples labelled since RECL's last selection: the next one's
-        self._scene = 0  # samples labelled since the device's last scene cut
+        self._scene_start = -float("inf")  # the device's last scene cut (device time)
         # RECL's look: after a cut the device is told to send its next segment within
         # recl.look_s, for the safety check to judge the new scene on a few frames at once
         self._looking = False
-        self._retell = False  # the next segment's answer carries a control (after a restore)
+        # the next segment's answer carries a control, unless one goes before it: what the
+        # device was told last may be another process's (a retained control, or one sent after
+        # the checkpoint this session resumes from)
+        self._retell = True
         self._next_rate_update: float | None = None
         self._clock = DeviceClock()  # the device's time, across its restarts
         self._phase_due = False
@@ -389,6 +392,7 @@ class Session:
         return out
 
     def _signed_control(self, control: Control) -> Outgoing:
+        self._retell = False
         if self._signer is not None:
             control = self._signer.sign(self.device_id, control)
         return Outgoing(control)
@@ -396,7 +400,7 @@ class Session:
     def control(self) -> Control:
         t_update_s = self.atr.t_update_s
         if self._looking:
-            t_update_s = min(t_update_s, self.config.recl.look_s or t_update_s)
+            t_update_s = min(t_update_s, self.config.recl.look_s)
         return Control(sampling_rate_fps=self.asr.rate_fps, t_update_s=t_update_s)
 
     # -- an operator's actions (the dashboard) -----------------------------------------------------
@@ -738,7 +742,6 @@ class Session:
         # the segment before a lower rate reached it: the control goes once more, harmless)
         resend = (segment.scene_cut or looked or self._retell
                   or segment.sampling_rate_fps > self.asr.rate_fps)  # fmt: skip
-        self._retell = False
         controls = self._rate_control(segment.timestamps[-1], resend=resend)
         cut = len(samples) if segment.scene_cut else 0
         moved = self._rebase_at_cut(cut) if self._reuse is None else self._select_model(cut)
@@ -773,7 +776,6 @@ class Session:
     def _add_samples(self, samples: list[Sample]) -> None:
         self._fresh += len(samples)
         self._unjudged += len(samples)
-        self._scene += len(samples)
         for sample in samples:
             self.subset.observe(sample.labels)
             if self._previous_labels is not None:
@@ -788,8 +790,10 @@ class Session:
         across the cut, which measures no scene's pace."""
         self.stats.scene_cuts += 1
         self._previous_labels = None
-        self._scene = 0
-        self._looking = self._reuse is not None and self.config.recl.look_s is not None
+        self._scene_start = device_time
+        # a look only where a check can follow it
+        judges = not self.paused and self._delta_format() is not None
+        self._looking = self._reuse is not None and self.config.recl.look_s > 0 and judges
         self.asr.cut()
         self.atr.cut()
         self._next_rate_update = device_time + self.config.asr.interval_s
@@ -960,10 +964,10 @@ class Session:
         if cut:  # whether judged now or not, training from here is not the old scene's expert's
             self._reuse.hold(self.device_id, self.mirror.data, self._running_state)
         # the samples no phase trained on yet, of the scene the device is in now
-        count = cut or min(self._fresh, self._scene)
-        if unjudged == 0 or count == 0 or fmt is None or self.paused:
+        new = [s for s in self.buffer.newest(cut or self._fresh)
+               if s.timestamp >= self._scene_start]  # fmt: skip
+        if unjudged == 0 or not new or fmt is None or self.paused:
             return []
-        new = self.buffer.newest(count)
         retrained = self.mirror.candidate(self.student)
         runs = retrained == self.mirror.data  # the student is the device's model: no gated phase
         choice = self._reuse.select(
@@ -1101,7 +1105,7 @@ class Session:
             ],
             "previous_labels": _tensor_or_none(self._previous_labels),
             "fresh": self._fresh,
-            "scene": self._scene,
+            "scene_start": self._scene_start,
             "buffer_start": self.buffer.start,
             "next_rate_update": self._next_rate_update,
             "clock": self._clock.state_dict(),
@@ -1155,8 +1159,7 @@ class Session:
         self._previous_labels = None if previous is None else previous.cpu().numpy()
         self._next_rate_update = state["next_rate_update"]
         self._fresh = int(state.get("fresh", 0))  # not in checkpoints before the gate
-        self._scene = int(state.get("scene", self._fresh))  # nor this before RECL's look
-        self._retell = True  # what the device was told last may postdate the checkpoint
+        self._scene_start = float(state.get("scene_start", -float("inf")))  # nor this
         self.paused = bool(state.get("paused", False))  # nor this before the dashboard
         self._clock.load_state_dict(state["clock"])
         self._rng.bit_generator.state = state["rng"]

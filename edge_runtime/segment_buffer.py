@@ -208,7 +208,8 @@ class SegmentBuffer:
         sampling_rate_fps: float | None = None,
         knobs: EncoderKnobs | None = None,
     ) -> None:
-        """Change what is given (``knobs`` replaces all encoder knobs) from the next segment on."""
+        """Change what is given (``knobs`` replaces all encoder knobs) from the next segment on;
+        ``t_update_s`` also for the segment being filled (``BufferSettings``)."""
         with self._cond:
             current = self._settings
             self._settings = BufferSettings(

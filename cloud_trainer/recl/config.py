@@ -38,8 +38,8 @@ class ReclConfig(BaseModel):
     # after a scene cut the device is told to send its next segment this soon (a control's
     # T_update, ATR's again from the segment after), so that the check judges the new scene on
     # a few frames within seconds, not on the cut's frame alone or an update window later;
-    # None: no look
-    look_s: float | None = Field(3.0, gt=0.0, le=3600.0)
+    # 0: no look
+    look_s: float = Field(3.0, ge=0.0, le=3600.0)
     gating_frames: int = Field(32, ge=1, le=1024)  # frames the gating network learns from
     gating_steps: int = Field(100, ge=1, le=10_000)  # Adam steps per gating update
     admission: AdmissionConfig = AdmissionConfig()
