@@ -261,10 +261,8 @@ class Session:
         # RECL's look: after a cut the device is told to send its next segment within
         # recl.look_s, for the safety check to judge the new scene on a few frames at once
         self._looking = False
-        # the next segment's answer carries a control, unless one goes before it: what the
-        # device was told last may be another process's (a retained control, or one sent after
-        # the checkpoint this session resumes from)
-        self._retell = True
+        # the next segment's answer carries a control, unless one goes before it (restore)
+        self._retell = False
         self._next_rate_update: float | None = None
         self._clock = DeviceClock()  # the device's time, across its restarts
         self._phase_due = False
@@ -1129,6 +1127,7 @@ class Session:
         path = self.directory / CHECKPOINT
         if not path.is_file():
             return False
+        self._retell = True  # another process told the device its rates, maybe after saving
         try:
             # weights_only: tensors, containers and plain values; a checkpoint cannot run code
             state = torch.load(path, map_location=self.config.training.device, weights_only=True)
