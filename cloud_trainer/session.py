@@ -789,9 +789,9 @@ class Session:
         self.stats.scene_cuts += 1
         self._previous_labels = None
         self._scene_start = device_time
-        # a look only where a check can follow it
-        judges = not self.paused and self._delta_format() is not None
-        self._looking = self._reuse is not None and self.config.recl.look_s > 0 and judges
+        # a look only where a check, and a move, can follow it
+        self._looking = (self._reuse is not None and self.config.recl.look_s > 0
+                         and self._move_format() is not None)  # fmt: skip
         self.asr.cut()
         self.atr.cut()
         self._next_rate_update = device_time + self.config.asr.interval_s
@@ -956,7 +956,7 @@ class Session:
         segment after the cut's, which the device sends ``recl.look_s`` later, is checked on
         the new scene's frames so far."""
         unjudged, self._unjudged = self._unjudged, 0
-        fmt = self._delta_format()
+        fmt = self._move_format()
         if self._reuse is None:
             return []
         if cut:  # whether judged now or not, training from here is not the old scene's expert's
@@ -964,7 +964,7 @@ class Session:
         # the samples no phase trained on yet, of the scene the device is in now
         new = [s for s in self.buffer.newest(cut or self._fresh)
                if s.timestamp >= self._scene_start]  # fmt: skip
-        if unjudged == 0 or not new or fmt is None or self.paused:
+        if unjudged == 0 or not new or fmt is None:
             return []
         retrained = self.mirror.candidate(self.student)
         runs = retrained == self.mirror.data  # the student is the device's model: no gated phase
@@ -993,13 +993,18 @@ class Session:
         """At a scene cut, the rebase rule on the cut's ``count`` samples alone, at once; where
         the base wins the device goes back to it now rather than at the next phase, and a
         phase due on the old scene's samples, which the buffer forgets, is not trained."""
-        fmt = self._delta_format()
-        if not count or fmt is None or self.paused:
+        fmt = self._move_format()
+        if not count or fmt is None:
             return []
         if not self._rebase_if_better(count):
             return []
         self._phase_due, self._fresh = False, count
         return self._switch(fmt, BASE)
+
+    def _move_format(self) -> UpdateFormat | None:
+        """The format a move to another model (the base, an expert) goes in; None where none
+        may go now: learning paused, or a device that takes no delta."""
+        return None if self.paused else self._delta_format()
 
     def _switch(self, fmt: UpdateFormat, name: str) -> list[Outgoing]:
         """The update that takes the device to the model training goes on from (``name``)."""
